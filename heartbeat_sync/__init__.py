@@ -1,0 +1,29 @@
+"""Keep a Molecule AI workspace alive and bring its delegation results back, on threads.
+
+    from heartbeat_sync import Heartbeat
+
+    hb = Heartbeat(platform_url, workspace_id)
+    hb.start_thread()
+
+The library logs to the ``heartbeat_sync`` logger tree and installs no handlers.
+"""
+
+from __future__ import annotations
+
+from .__about__ import __version__
+from ._files import format_delegation_results, read_delegation_results
+from ._loop import Heartbeat
+from ._status import Status
+from ._wedge import clear_wedge, is_wedged, mark_wedged, wedge_reason
+
+__all__ = [
+    "Heartbeat",
+    "Status",
+    "__version__",
+    "clear_wedge",
+    "format_delegation_results",
+    "is_wedged",
+    "mark_wedged",
+    "read_delegation_results",
+    "wedge_reason",
+]

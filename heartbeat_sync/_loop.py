@@ -1,0 +1,564 @@
+"""The heartbeat loop on a thread: beat, poll delegations, poll activity, deliver results."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import random
+import threading
+import time
+import types
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import _messages, _metadata, _status, _wedge
+from ._auth import TOKEN_ENV, Credentials, resolve_configs_dir
+from ._client import CursorGone, PlatformClient, PlatformError
+from ._files import IdLog, ResultsFile
+from ._http import SessionFactory, make_session
+from ._messages import Result
+from ._ratelimit import RateLimitedLog
+from ._worker import SideEffectWorker
+
+logger = logging.getLogger("heartbeat_sync")
+
+DEFAULT_RESULTS_FILE = "/tmp/delegation_results.jsonl"
+DEFAULT_CURSOR_FILE = "/tmp/delegation_activity_cursor"
+DEFAULT_SEEN_FILE = "/tmp/delegation_seen_ids"
+#: After this many failed beats in a row the session is rebuilt (the reference's rule).
+MAX_CONSECUTIVE_FAILURES = 10
+#: A start phase of up to this share of the interval keeps a fleet from beating in step.
+START_PHASE = 0.1
+#: Rows asked for per activity page, and pages read per cycle when the server has more.
+ACTIVITY_PAGE = 100
+ACTIVITY_MAX_PAGES = 5
+
+
+def _env_path(value: str | os.PathLike[str] | None, env: str, default: str) -> str:
+    if value is not None:
+        return os.fspath(value)
+    return os.environ.get(env) or default
+
+
+class Heartbeat:
+    """Keeps a workspace alive on the platform and brings delegation results back, on threads.
+
+    Every ``interval_seconds`` (fixed rate on ``time.monotonic``) the beat thread POSTs a
+    heartbeat, reads the workspace's delegations and its ``a2a_receive`` activity, appends new
+    results to ``results_file`` (each exactly once, ever) and hands them to a side-effect thread
+    that wakes the agent with a self-message and notifies the user.
+
+    Args:
+        platform_url: Base URL of the platform, e.g. ``http://platform:8080``.
+        workspace_id: This workspace's id.
+        interval_seconds: Seconds between beats; any float > 0 (the class does not clamp).
+        results_file: JSONL file the results are appended to. None: ``$DELEGATION_RESULTS_FILE``,
+            else ``/tmp/delegation_results.jsonl``.
+        cursor_file: Activity ids already processed. None: ``$DELEGATION_ACTIVITY_CURSOR_FILE``,
+            else ``/tmp/delegation_activity_cursor``.
+        seen_file: Delegation ids already delivered. None: ``$DELEGATION_SEEN_FILE``, else
+            ``/tmp/delegation_seen_ids``.
+        configs_dir: Where ``.auth_token`` is read and ``.platform_inbound_secret`` written.
+            None: ``$CONFIGS_DIR``, else ``/configs`` if writable, else ``~/.molecule-workspace``.
+        self_message_cooldown: Least seconds between two wake-up self-messages.
+        runtime_metadata: Callable returning the beat's ``runtime_metadata`` (or None). Without
+            one, the adapter named by ``$ADAPTER_MODULE`` is asked, as the reference does.
+        max_seen_ids: Delegation ids remembered (newest kept).
+        max_cursor_ids: Activity ids remembered (newest kept).
+        request_timeout: Seconds per platform request.
+        self_message_timeout: Seconds for the wake-up self-message.
+        wakeup_retry_deadline: How long a wake-up refused by a busy agent is retried.
+        exit_timeout: At interpreter exit, seconds given to pending side effects; None to opt
+            out of the exit hook.
+        rng: Source of the random start phase (anything with ``random()``), for tests.
+        session_factory: Makes each thread's ``requests.Session``; the default mounts urllib3
+            ``Retry`` with ``Retry-After`` capped below the interval.
+
+    Environment variables are read here, at construction, never at import time.
+    """
+
+    def __init__(
+        self,
+        platform_url: str,
+        workspace_id: str,
+        interval_seconds: float = 30.0,
+        results_file: str | os.PathLike[str] | None = None,
+        cursor_file: str | os.PathLike[str] | None = None,
+        seen_file: str | os.PathLike[str] | None = None,
+        configs_dir: str | os.PathLike[str] | None = None,
+        self_message_cooldown: float = 60.0,
+        runtime_metadata: _metadata.MetadataSource | None = None,
+        *,
+        max_seen_ids: int = 1000,
+        max_cursor_ids: int = 2000,
+        request_timeout: float = 10.0,
+        self_message_timeout: float = 120.0,
+        wakeup_retry_deadline: float = 300.0,
+        exit_timeout: float | None = 2.0,
+        rng: random.Random | None = None,
+        session_factory: SessionFactory | None = None,
+    ) -> None:
+        if not platform_url or not isinstance(platform_url, str):
+            raise ValueError("platform_url is required")
+        if not workspace_id or not isinstance(workspace_id, str):
+            raise ValueError("workspace_id is required")
+        interval = float(interval_seconds)
+        if not math.isfinite(interval) or interval <= 0:
+            raise ValueError(f"interval_seconds must be a number > 0, not {interval_seconds!r}")
+        self.platform_url = platform_url.rstrip("/")
+        self.workspace_id = workspace_id
+        self.interval_seconds = interval
+        self.results_path = _env_path(results_file, "DELEGATION_RESULTS_FILE", DEFAULT_RESULTS_FILE)
+        self.cursor_path = _env_path(
+            cursor_file, "DELEGATION_ACTIVITY_CURSOR_FILE", DEFAULT_CURSOR_FILE
+        )
+        self.seen_path = _env_path(seen_file, "DELEGATION_SEEN_FILE", DEFAULT_SEEN_FILE)
+        self.configs_dir: Path = resolve_configs_dir(configs_dir)
+        self.self_message_cooldown = float(self_message_cooldown)
+        self._runtime_metadata = runtime_metadata
+        self.request_timeout = request_timeout
+        self.exit_timeout = exit_timeout
+        self._rng: Any = rng if rng is not None else random.Random()
+        # urllib3 sleeps inside a request where stop() cannot reach it: keep that short.
+        retry_after_cap = min(5.0, interval / 4)
+        self._session_factory: SessionFactory = session_factory or (
+            lambda: make_session(retry_after_cap)
+        )
+        self._credentials = Credentials(
+            self.configs_dir,
+            origin=os.environ.get("PLATFORM_URL") or None,
+            env_token=os.environ.get(TOKEN_ENV),
+        )
+        self._results = ResultsFile(self.results_path)
+        self._seen = IdLog(self.seen_path, max_seen_ids)
+        self._cursor = IdLog(self.cursor_path, max_cursor_ids)
+        self._worker = SideEffectWorker(
+            self._new_client,
+            cooldown=self.self_message_cooldown,
+            retry_deadline=wakeup_retry_deadline,
+            self_message_timeout=self_message_timeout,
+            name=f"heartbeat-sync-side-effects-{workspace_id[:8]}",
+        )
+        self._warn = RateLimitedLog(logger)
+        self._init_state()
+        ref = weakref.WeakMethod(self._after_fork_in_child)
+
+        def _child() -> None:
+            method = ref()
+            if method is not None:
+                method()
+
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_child)
+
+    def _init_state(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._beat_client: PlatformClient | None = None
+        self._start_time = time.time()
+        self._error_count = 0
+        self._request_count = 0
+        self._sample_error = ""
+        self._active_tasks = 0
+        self._current_task = ""
+        self._beats_ok = 0
+        self._beats_failed = 0
+        self._consecutive_failures = 0
+        self._last_success: float | None = None
+        self._last_error: str | None = None
+        self._results_delivered = 0
+        self._reload_ids = True
+        self._unreachable = False
+        self._warned_foreign: OrderedDict[str, None] = OrderedDict()
+
+    def _after_fork_in_child(self) -> None:
+        # The child inherits this object but not its threads, and the parent's lock may have
+        # been held at the fork: the child's copy is a stopped Heartbeat with fresh locks.
+        self._init_state()
+        self._warn.reinit_after_fork()
+        self._credentials.reinit_after_fork()
+        # File locks are per object; the parent's may have been held by its beat thread.
+        self._results = ResultsFile(self.results_path)
+        self._seen = IdLog(self.seen_path, self._seen.max_ids)
+        self._cursor = IdLog(self.cursor_path, self._cursor.max_ids)
+
+    def _new_client(self) -> PlatformClient:
+        return PlatformClient(
+            self.platform_url,
+            self.workspace_id,
+            self._credentials,
+            self._session_factory,
+            timeout=self.request_timeout,
+        )
+
+    # --- what the agent sets and reads ------------------------------------------------------
+
+    def record_error(self, error: str) -> None:
+        """Count a failed request of the agent; ``error`` becomes the beat's ``sample_error``."""
+        with self._lock:
+            self._error_count += 1
+            self._request_count += 1
+            self._sample_error = str(error)
+
+    def record_success(self) -> None:
+        """Count a successful request of the agent."""
+        with self._lock:
+            self._request_count += 1
+
+    @property
+    def error_rate(self) -> float:
+        """Errors ÷ requests since the last successful beat (0.0 with no requests)."""
+        with self._lock:
+            return self._error_count / self._request_count if self._request_count else 0.0
+
+    @property
+    def sample_error(self) -> str:
+        """The last error given to :meth:`record_error`."""
+        with self._lock:
+            return self._sample_error
+
+    @property
+    def active_tasks(self) -> int:
+        """Tasks in progress, sent with every beat (the platform drains its queue below 1)."""
+        with self._lock:
+            return self._active_tasks
+
+    @active_tasks.setter
+    def active_tasks(self, value: int) -> None:
+        with self._lock:
+            self._active_tasks = int(value)
+
+    @property
+    def current_task(self) -> str:
+        """What the agent is doing, sent with every beat. Setting a new value beats at once."""
+        with self._lock:
+            return self._current_task
+
+    @current_task.setter
+    def current_task(self, value: str) -> None:
+        value = "" if value is None else str(value)
+        with self._lock:
+            changed = value != self._current_task
+            self._current_task = value
+        if changed:
+            self.beat_now()
+
+    def beat_now(self) -> None:
+        """Run a cycle as soon as possible (the regular schedule is unchanged)."""
+        self._wake.set()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start_thread(self) -> threading.Thread:
+        """Start the beat and side-effect daemon threads; return the beat thread.
+
+        Calling it again while they run starts nothing and returns the same thread.
+        """
+        if os.getpid() != self._pid:
+            self._after_fork_in_child()
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return self._thread
+            self._stopping = False
+            self._wake.clear()
+            self._worker.start()
+            thread = threading.Thread(
+                target=self._run, name=f"heartbeat-sync-{self.workspace_id[:8]}", daemon=True
+            )
+            self._thread = thread
+            thread.start()
+        if self.exit_timeout is not None:
+            _live.add(self)
+            _install_exit_hook()
+        return thread
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop both threads; return True if both ended within ``timeout`` seconds.
+
+        Returns within ``timeout`` even if the platform hangs: a request in flight is
+        interrupted. Pending side effects are dropped (and counted); to give them a chance
+        first, see ``exit_timeout``.
+        """
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            self._stopping = True
+            thread = self._thread
+            client = self._beat_client
+        self._wake.set()
+        if client is not None:
+            client.abort()
+        beat_done = True
+        if thread is not None:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+            beat_done = not thread.is_alive()
+        worker_done = self._worker.stop(max(0.0, deadline - time.monotonic()))
+        _live.discard(self)
+        return beat_done and worker_done
+
+    def __enter__(self) -> Heartbeat:
+        self.start_thread()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def status(self) -> _status.Status:
+        """An immutable snapshot of the loop's state and counters."""
+        with self._lock:
+            running = self._thread is not None and self._thread.is_alive()
+            if not running or self._stopping:
+                state = _status.STOPPED
+            elif self._consecutive_failures:
+                state = _status.DEGRADED
+            elif self._beats_ok:
+                state = _status.HEALTHY
+            else:
+                state = _status.STARTING
+            snapshot: dict[str, Any] = {
+                "state": state,
+                "running": running,
+                "beats_ok": self._beats_ok,
+                "beats_failed": self._beats_failed,
+                "consecutive_failures": self._consecutive_failures,
+                "last_success": self._last_success,
+                "last_error": self._last_error,
+                "results_delivered": self._results_delivered,
+            }
+        drops = dict(self._worker.dropped)
+        return _status.Status(
+            wakeups_sent=self._worker.wakeups_sent,
+            notifications_sent=self._worker.notifications_sent,
+            side_effects_dropped=sum(drops.values()),
+            drops=types.MappingProxyType(drops),
+            queue_depth=self._worker.queue_depth,
+            **snapshot,
+        )
+
+    # --- the beat thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        client = self._new_client()
+        with self._lock:
+            self._beat_client = client
+        interval = self.interval_seconds
+        next_at = time.monotonic() + self._rng.random() * START_PHASE * interval
+        try:
+            while True:
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    self._wake.wait(delay)
+                if self._stopping:
+                    return
+                forced = self._wake.is_set()
+                self._wake.clear()
+                try:
+                    self._cycle(client)
+                except Exception:  # nothing may kill the beat thread
+                    logger.exception("heartbeat cycle failed")
+                now = time.monotonic()
+                if forced and next_at > now:
+                    continue  # an extra cycle; the regular slot still stands
+                # Fixed rate: the next slot is the previous slot + interval; slots missed
+                # during a stall are skipped, never run in a burst.
+                next_at += interval
+                if next_at <= now:
+                    next_at += math.floor((now - next_at) / interval + 1) * interval
+        finally:
+            client.close()
+
+    def _cycle(self, client: PlatformClient) -> None:
+        if self._reload_ids:
+            self._recover_files()
+        if not self._beat(client) and self._unreachable:
+            return  # the platform cannot be reached: the polls would only wait and fail too
+        if self._stopping:
+            return
+        try:
+            self._poll_delegations(client)
+        except Exception:
+            logger.exception("delegations poll failed")
+        if self._stopping:
+            return
+        try:
+            self._poll_activity(client)
+        except Exception:
+            logger.exception("activity poll failed")
+
+    def _recover_files(self) -> None:
+        # Finish a delivery a crash (or a failed write) interrupted, then read the id logs
+        # as they are on disk, so that nothing delivered is delivered again.
+        try:
+            self._results.recover()
+            self._seen.reload()
+            self._cursor.reload()
+            self._reload_ids = False
+        except Exception as exc:
+            self._warn.warning("files", "cannot read the results or cursor files: %s", exc)
+
+    def _beat(self, client: PlatformClient) -> bool:
+        with self._lock:
+            errors, requests_ = self._error_count, self._request_count
+            rate = errors / requests_ if requests_ else 0.0
+            sample, active, task = self._sample_error, self._active_tasks, self._current_task
+            uptime = time.time() - self._start_time
+        wedged = _wedge.wedge_reason() if _wedge.is_wedged() else None
+        body = _messages.build_beat_body(
+            self.workspace_id,
+            error_rate=rate,
+            sample_error=sample,
+            active_tasks=active,
+            current_task=task,
+            uptime_seconds=uptime,
+            wedge_reason=wedged,
+            runtime_metadata=_metadata.collect(self._runtime_metadata),
+        )
+        try:
+            reply = client.heartbeat(body)
+        except Exception as exc:  # PlatformError, or a bug: either way a failed beat
+            if self._stopping:
+                return False  # interrupted by stop(), not a failure of the platform
+            self._unreachable = isinstance(exc, PlatformError) and exc.connect_error
+            self._beat_failed(client, exc)
+            return False
+        self._unreachable = False
+        with self._lock:
+            # Only what this beat reported is reset: errors recorded meanwhile still count.
+            self._error_count = max(0, self._error_count - errors)
+            self._request_count = max(0, self._request_count - requests_)
+            recovered = self._consecutive_failures
+            self._consecutive_failures = 0
+            self._beats_ok += 1
+            self._last_success = time.time()
+            self._last_error = None
+        if recovered:
+            logger.info("heartbeat recovered after %d failed beat(s)", recovered)
+        self._warn.reset("beat")
+        if reply.inbound_secret:
+            self._credentials.save_inbound_secret(reply.inbound_secret)
+        return True
+
+    def _beat_failed(self, client: PlatformClient, exc: Exception) -> None:
+        with self._lock:
+            self._consecutive_failures += 1
+            self._beats_failed += 1
+            failures = self._consecutive_failures
+            self._last_error = str(exc) if isinstance(exc, PlatformError) else repr(exc)
+        self._warn.warning("beat", "heartbeat failed (%d consecutive): %s", failures, exc)
+        if failures % MAX_CONSECUTIVE_FAILURES == 0:
+            logger.info("recreating the HTTP session after %d failed beats", failures)
+            client.rebuild()
+
+    def _poll_delegations(self, client: PlatformClient) -> None:
+        try:
+            rows = client.delegations()
+        except PlatformError as exc:
+            self._warn.warning("delegations", "delegations poll failed: %s", exc)
+            return
+        self._warn.reset("delegations")
+        parsed = _messages.delegation_results(rows, self.workspace_id, self._seen, time.time())
+        for did, source in parsed.foreign:
+            if did not in self._warned_foreign:
+                logger.warning(
+                    "skipping delegation %s: source_id %r is not this workspace", did, source
+                )
+                self._warned_foreign[did] = None
+                while len(self._warned_foreign) > 1000:
+                    self._warned_foreign.popitem(last=False)
+        if parsed.malformed:
+            self._warn.warning(
+                "delegation-rows", "skipped %d malformed delegation row(s)", parsed.malformed
+            )
+        if parsed.results:
+            self._deliver(parsed.results, [(self._seen, parsed.ids)])
+
+    def _poll_activity(self, client: PlatformClient) -> None:
+        for _ in range(ACTIVITY_MAX_PAGES):
+            since = self._cursor.newest()
+            try:
+                try:
+                    rows = client.activity(since, limit=ACTIVITY_PAGE)
+                except CursorGone:
+                    logger.info("activity cursor unknown to the platform; reading the window")
+                    since = None
+                    rows = client.activity(None, limit=ACTIVITY_PAGE)
+            except PlatformError as exc:
+                self._warn.warning("activity", "activity poll failed: %s", exc)
+                return
+            self._warn.reset("activity")
+            honoured = since is not None and not any(
+                isinstance(r, dict) and r.get("id") == since for r in rows
+            )
+            if not honoured or _messages.newest_first(rows):
+                # A full window (no cursor, a 410, or a server that ignores since_id) comes
+                # newest first; results are processed oldest first.
+                honoured = False
+                rows = list(reversed(rows))
+            parsed = _messages.activity_results(rows, self.workspace_id, self._cursor, time.time())
+            if parsed.malformed:
+                self._warn.warning(
+                    "activity-rows", "skipped %d malformed activity row(s)", parsed.malformed
+                )
+            if parsed.results:
+                if not self._deliver(parsed.results, [(self._cursor, parsed.ids)]):
+                    return
+            elif parsed.ids:
+                self._cursor.add(parsed.ids)
+                self._cursor.save()
+            if not honoured or len(rows) < ACTIVITY_PAGE or not parsed.ids:
+                return
+
+    def _deliver(self, results: Sequence[Result], id_logs: list[tuple[IdLog, list[str]]]) -> bool:
+        try:
+            self._results.deliver([r.record for r in results], id_logs)
+        except Exception as exc:
+            # Nothing is lost: the ids were not recorded, so the next cycle delivers them.
+            self._reload_ids = True
+            self._warn.warning("deliver", "could not write results: %s", exc)
+            return False
+        self._warn.reset("deliver")
+        with self._lock:
+            self._results_delivered += len(results)
+        logger.info("%d new result(s) written to %s", len(results), self.results_path)
+        self._worker.submit(results)
+        return True
+
+
+# --- interpreter exit -------------------------------------------------------------------------
+
+_live: weakref.WeakSet[Heartbeat] = weakref.WeakSet()
+_hook_installed = False
+_hook_lock = threading.Lock()
+
+
+def _install_exit_hook() -> None:
+    global _hook_installed
+    with _hook_lock:
+        if not _hook_installed:
+            atexit.register(_at_exit)
+            _hook_installed = True
+
+
+def _at_exit() -> None:
+    """Give pending side effects a short, bounded chance before the daemon threads die."""
+    for hb in list(_live):
+        if hb.exit_timeout is None or os.getpid() != hb._pid:
+            continue
+        worker = hb._worker
+        if not worker.idle():
+            logger.info(
+                "heartbeat-sync: waiting up to %.1f s for %s",
+                hb.exit_timeout,
+                worker.pending_summary(),
+            )
+            if not worker.flush(hb.exit_timeout):
+                logger.warning("heartbeat-sync: exiting with %s not sent", worker.pending_summary())
+        hb.stop(timeout=0.5)

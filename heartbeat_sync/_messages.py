@@ -1,0 +1,331 @@
+"""Pure functions: the beat body, rows into results, and the texts the loop sends.
+
+Nothing here does I/O or keeps state, so every rule of the reference loop that is about
+*what* is sent or kept can be tested with plain tables and property tests.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Where a result came from: the delegations list, or an a2a_receive activity row.
+ORIGIN_DELEGATION = "delegation"
+ORIGIN_ACTIVITY = "activity"
+FINAL_STATUSES = ("completed", "failed")
+PREVIEW_LIMIT = 4096
+#: Lines listed in one wake-up message; the rest are counted (they are all in the results file).
+TRIGGER_MAX_LINES = 50
+
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Result:
+    """One result for the agent: the record written to the results file, and its origin."""
+
+    record: Record
+    origin: str
+
+    @property
+    def id(self) -> str:
+        return str(self.record["delegation_id"])
+
+
+@dataclass
+class Parsed:
+    """What a list of rows yielded: new results, ids to remember, and what was wrong."""
+
+    results: list[Result] = field(default_factory=list)
+    #: ids to add to the cursor/seen log, in processing order (oldest first).
+    ids: list[str] = field(default_factory=list)
+    #: delegation ids of completed rows that name another workspace as their source.
+    foreign: list[tuple[str, str]] = field(default_factory=list)
+    malformed: int = 0
+
+
+def _text(value: Any) -> str:
+    """A string field from platform JSON: strings as they are, null as "", numbers printed."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value).lower()
+    if isinstance(value, (int, float)):
+        return str(value)
+    return ""
+
+
+def _valid_id(value: Any) -> bool:
+    # Ids are persisted comma-joined, so one with a comma or white space would corrupt the file.
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 256
+        and "," not in value
+        and not any(c.isspace() for c in value)
+    )
+
+
+def build_beat_body(
+    workspace_id: str,
+    *,
+    error_rate: float,
+    sample_error: str,
+    active_tasks: int,
+    current_task: str,
+    uptime_seconds: float,
+    wedge_reason: str | None = None,
+    runtime_metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The heartbeat body, with the reference's fields and rules.
+
+    ``uptime_seconds`` is sent as an int (the server rejects a fraction with 400). When the
+    runtime is wedged, ``runtime_state`` is ``"wedged"`` and the reason replaces
+    ``sample_error``; otherwise the key is absent. ``runtime_metadata`` is absent when None.
+    """
+    body: dict[str, Any] = {
+        "workspace_id": workspace_id,
+        "error_rate": float(error_rate) if math.isfinite(error_rate) else 0.0,
+        "sample_error": sample_error,
+        "active_tasks": int(active_tasks),
+        "current_task": current_task,
+        "uptime_seconds": max(0, int(uptime_seconds)),
+    }
+    if wedge_reason is not None:
+        body["runtime_state"] = "wedged"
+        body["sample_error"] = wedge_reason
+    if runtime_metadata is not None:
+        body["runtime_metadata"] = dict(runtime_metadata)
+    return body
+
+
+def inbound_secret(body: Any) -> str | None:
+    """``platform_inbound_secret`` from a heartbeat reply, when it is a non-empty string."""
+    if not isinstance(body, dict):
+        return None
+    secret = body.get("platform_inbound_secret")
+    if isinstance(secret, str) and secret and len(secret) <= 4096:
+        return secret
+    return None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent/bad."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return None
+        try:
+            seconds = email.utils.mktime_tz(parsed) - (time.time() if now is None else now)
+        except (OverflowError, ValueError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def delegation_results(
+    rows: Iterable[Any], workspace_id: str, seen: Container[str], now: float
+) -> Parsed:
+    """Turn ``GET /delegations`` rows into results, as the reference does.
+
+    A row becomes a result when it is an object with a ``delegation_id`` not in ``seen``, a
+    status of completed or failed, and ``source_id`` equal to this workspace. A completed row
+    from another source is listed in ``foreign`` (for a warning) and not delivered. Anything
+    malformed is counted and skipped alone.
+    """
+    out = Parsed()
+    batch: set[str] = set()
+    for row in rows:
+        if not isinstance(row, dict):
+            out.malformed += 1
+            continue
+        did = row.get("delegation_id")
+        if did is None or did == "":
+            continue  # activity-path "Delegation failed" rows carry no id (CONTRACT.md S4)
+        if not isinstance(did, str) or not _valid_id(did):
+            out.malformed += 1
+            continue
+        status = row.get("status")
+        if status not in FINAL_STATUSES or did in seen or did in batch:
+            continue
+        source_id = _text(row.get("source_id"))
+        if source_id != workspace_id:
+            out.foreign.append((did, source_id))
+            continue
+        batch.add(did)
+        out.ids.append(did)
+        record: Record = {
+            "delegation_id": did,
+            "target_id": _text(row.get("target_id")),
+            "source_id": source_id,
+            "status": status,
+            "summary": _text(row.get("summary")),
+            "response_preview": _text(row.get("response_preview")),
+            "error": _text(row.get("error")),
+            "timestamp": now,
+        }
+        out.results.append(Result(record, ORIGIN_DELEGATION))
+    return out
+
+
+def message_text(request_body: Any) -> str | None:
+    """The text parts of an A2A request (``params.message.parts``), joined; None if none.
+
+    A part counts when it is an object whose ``kind`` or ``type`` is ``"text"`` and whose
+    ``text`` is a non-empty string. Any other shape is ignored, never an error (CONTRACT C5).
+    """
+    if not isinstance(request_body, dict):
+        return None
+    params = request_body.get("params")
+    message = params.get("message") if isinstance(params, dict) else None
+    parts = message.get("parts") if isinstance(message, dict) else None
+    if not isinstance(parts, list):
+        return None
+    texts = [
+        p["text"]
+        for p in parts
+        if isinstance(p, dict)
+        and (p.get("kind") == "text" or p.get("type") == "text")
+        and isinstance(p.get("text"), str)
+        and p["text"]
+    ]
+    return " ".join(texts) if texts else None
+
+
+def activity_results(
+    rows: Iterable[Any], workspace_id: str, seen: Container[str], now: float
+) -> Parsed:
+    """Turn ``a2a_receive`` activity rows (oldest first) into results, as the reference does.
+
+    Every well-formed row not in ``seen`` is listed in ``ids`` (so the cursor moves past it);
+    it becomes a result only when its ``source_id`` names a peer (a string, not this
+    workspace). The record has the reference's shape: the row id as ``delegation_id``, the peer
+    as ``target_id``, status completed, and the request's text (else the summary) as preview.
+    """
+    out = Parsed()
+    batch: set[str] = set()
+    for row in rows:
+        if not isinstance(row, dict):
+            out.malformed += 1
+            continue
+        activity_id = row.get("id")
+        if not isinstance(activity_id, str) or not _valid_id(activity_id):
+            out.malformed += 1
+            continue
+        if activity_id in seen or activity_id in batch:
+            continue
+        batch.add(activity_id)
+        out.ids.append(activity_id)
+        source_id = row.get("source_id")
+        if not isinstance(source_id, str) or not source_id or source_id == workspace_id:
+            continue
+        summary = _text(row.get("summary"))
+        text = message_text(row.get("request_body"))
+        preview = text if text is not None else summary
+        record: Record = {
+            "delegation_id": activity_id,
+            "target_id": source_id,
+            "source_id": workspace_id,
+            "status": "completed",
+            "summary": summary,
+            "response_preview": preview[:PREVIEW_LIMIT],
+            "error": "",
+            "timestamp": now,
+        }
+        out.results.append(Result(record, ORIGIN_ACTIVITY))
+    return out
+
+
+def newest_first(rows: Sequence[Any]) -> bool:
+    """True when rows are ordered newest first by ``created_at`` (a server that ignored
+    ``since_id``). RFC 3339 timestamps of one server compare correctly as strings."""
+    stamps: list[str] = [
+        r["created_at"]
+        for r in rows
+        if isinstance(r, dict) and isinstance(r.get("created_at"), str)
+    ]
+    return len(stamps) >= 2 and stamps[0] > stamps[-1]
+
+
+def _summary_line(result: Result) -> str:
+    r = result.record
+    if result.origin == ORIGIN_ACTIVITY:
+        line = (
+            f"- [completed] Peer response from {r['target_id'][:8]}: "
+            f"{r['summary'][:80] or '(no summary)'}"
+        )
+    else:
+        line = f"- [{r['status']}] Delegation {r['delegation_id'][:8]}: {r['summary'][:80]}"
+    if r.get("error"):
+        line += f"\n  Error: {r['error'][:100]}"
+    return line
+
+
+def trigger_text(results: Sequence[Result], parent_name: str) -> str:
+    """The wake-up text the agent receives for a batch of results (the reference's wording).
+
+    Peer text never goes into it beyond the platform's summary (the agent reads the full
+    results from the results file); a batch of only activity results uses the reference's
+    activity wording, anything else the delegation wording.
+    """
+    only_activity = bool(results) and all(r.origin == ORIGIN_ACTIVITY for r in results)
+    lines = [_summary_line(r) for r in results[:TRIGGER_MAX_LINES]]
+    if len(results) > TRIGGER_MAX_LINES:
+        lines.append(f"- … and {len(results) - TRIGGER_MAX_LINES} more in the results file")
+    if only_activity:
+        head = (
+            "Delegation results are ready (from a2a_receive via activity_logs). "
+            "Review them and take appropriate action:\n"
+        )
+        report = (
+            f"\n\nIMPORTANT: Delegate a summary of these results to your parent "
+            f"'{parent_name}' using delegate_task. Also use send_message_to_user "
+            f"to notify the user."
+        )
+    else:
+        head = "Delegation results are ready. Review them and take appropriate action:\n"
+        report = (
+            f"\n\nIMPORTANT: Report these results back to your parent '{parent_name}' "
+            f"by delegating a summary to them. Use delegate_task or delegate_task_async "
+            f"with a concise status report. Also use send_message_to_user to notify the user."
+        )
+    if not parent_name:
+        report = "\n\nReport results using send_message_to_user to notify the user."
+    return head + "\n".join(lines) + report
+
+
+def notify_text(result: Result) -> str:
+    """The canvas notification for one result (the reference's wording)."""
+    r = result.record
+    if result.origin == ORIGIN_ACTIVITY:
+        msg = f"Delegation completed: {r['summary'][:100] or '(no summary)'}"
+    else:
+        msg = f"Delegation {r['status']}: {r['summary'][:100]}"
+    if r.get("response_preview"):
+        msg += f"\nResult: {r['response_preview'][:200]}"
+    return msg
+
+
+def self_message_body(text: str, message_id: str) -> dict[str, Any]:
+    """The A2A ``message/send`` body of a wake-up: role user, one ``kind: text`` part."""
+    return {
+        "method": "message/send",
+        "params": {
+            "message": {
+                "role": "user",
+                "messageId": message_id,
+                "parts": [{"kind": "text", "text": text}],
+            },
+        },
+    }

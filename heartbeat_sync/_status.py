@@ -1,0 +1,51 @@
+"""The immutable status snapshot returned by ``Heartbeat.status()``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: Not started, or stopped.
+STOPPED = "stopped"
+#: Started; no beat has been answered yet.
+STARTING = "starting"
+#: The last beat was answered 2xx.
+HEALTHY = "healthy"
+#: The last beat failed (``consecutive_failures`` > 0).
+DEGRADED = "degraded"
+
+
+@dataclass(frozen=True)
+class Status:
+    """A snapshot of one ``Heartbeat``; it never changes after it is taken.
+
+    Counters count since the ``Heartbeat`` was constructed.
+    """
+
+    #: One of ``"stopped"``, ``"starting"``, ``"healthy"``, ``"degraded"``.
+    state: str
+    #: True while the beat thread is alive.
+    running: bool
+    #: Beats the platform answered 2xx.
+    beats_ok: int
+    #: Beats that failed (an exception or a non-2xx status, after the 401 retry).
+    beats_failed: int
+    #: Failed beats since the last successful one.
+    consecutive_failures: int
+    #: ``time.time()`` of the last successful beat, or None.
+    last_success: float | None
+    #: The last failure, in words (never a secret), or None after a success.
+    last_error: str | None
+    #: Results written to the results file.
+    results_delivered: int
+    #: Wake-up self-messages the platform accepted.
+    wakeups_sent: int
+    #: Notifications the platform accepted.
+    notifications_sent: int
+    #: Side effects (wake-ups or notifications) dropped, all reasons together.
+    side_effects_dropped: int
+    #: The drops by reason: ``queue_full``, ``wakeup_failed``, ``notify_failed``,
+    #: ``notify_disabled``, ``notify_backlog``, ``stopped``.
+    drops: Mapping[str, int]
+    #: Side effects waiting on the worker.
+    queue_depth: int

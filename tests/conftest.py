@@ -1,0 +1,141 @@
+"""Shared fixtures: a FakePlatform on loopback and Heartbeats pointed at it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from heartbeat_sync import Heartbeat, clear_wedge
+from heartbeat_sync.testing import FakePlatform, Workspace
+
+
+class FixedRandom:
+    """A random source that always returns one value (the start phase becomes predictable)."""
+
+    def __init__(self, value: float = 0.0) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+@pytest.fixture
+def platform() -> Iterator[FakePlatform]:
+    with FakePlatform() as fp:
+        yield fp
+
+
+@pytest.fixture
+def ws(platform: FakePlatform, tmp_path: Path) -> Workspace:
+    """A workspace with a live token, written where the Heartbeat reads it."""
+    workspace = platform.add_workspace(name="worker")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    assert workspace.token
+    (configs / ".auth_token").write_text(workspace.token)
+    return workspace
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in (
+        "DELEGATION_RESULTS_FILE",
+        "DELEGATION_ACTIVITY_CURSOR_FILE",
+        "DELEGATION_SEEN_FILE",
+        "CONFIGS_DIR",
+        "MOLECULE_WORKSPACE_TOKEN",
+        "ADAPTER_MODULE",
+        "PLATFORM_URL",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    clear_wedge()
+    yield
+    clear_wedge()
+
+
+HeartbeatFactory = Callable[..., Heartbeat]
+
+
+@pytest.fixture
+def make_hb(platform: FakePlatform, ws: Workspace, tmp_path: Path) -> Iterator[HeartbeatFactory]:
+    """Build Heartbeats on the fixture's workspace and files; all are stopped at teardown."""
+    made: list[Heartbeat] = []
+
+    def factory(**kwargs: Any) -> Heartbeat:
+        options: dict[str, Any] = {
+            "interval_seconds": 0.2,
+            "results_file": tmp_path / "results.jsonl",
+            "cursor_file": tmp_path / "cursor",
+            "seen_file": tmp_path / "seen",
+            "configs_dir": tmp_path / "configs",
+            "self_message_cooldown": 0.0,
+            "rng": FixedRandom(0.0),
+            "exit_timeout": None,
+        }
+        options.update(kwargs)
+        platform_url = options.pop("platform_url", platform.url)
+        workspace_id = options.pop("workspace_id", ws.id)
+        hb = Heartbeat(platform_url, workspace_id, **options)
+        made.append(hb)
+        return hb
+
+    yield factory
+    for hb in made:
+        assert hb.stop(timeout=5.0) or True  # hanging-platform tests assert on stop themselves
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.01) -> bool:
+    """Wait for ``predicate`` on an Event, never a bare sleep; return its last value."""
+    event = threading.Event()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        event.wait(step)
+    return predicate()
+
+
+def read_lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    return [line for line in path.read_text().splitlines() if line]
+
+
+class LogCapture(logging.Handler):
+    """Collects records of the heartbeat_sync logger tree at DEBUG (thread-safe)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._guard = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._guard:
+            self.records.append(record)
+
+    def messages(self, level: int = logging.DEBUG) -> list[str]:
+        with self._guard:
+            return [r.getMessage() for r in self.records if r.levelno >= level]
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    handler = LogCapture()
+    logger = logging.getLogger("heartbeat_sync")
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+
+
+def umask_safe_mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o777

@@ -1,0 +1,127 @@
+"""HTTP behaviour: what is retried, Retry-After caps, rate-limited warnings, outages, bodies."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import requests
+from urllib3.util.retry import Retry
+
+from heartbeat_sync._http import make_retry, make_session
+from heartbeat_sync.testing import FakePlatform, Workspace
+
+from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
+
+
+def test_retry_policy_matches_the_design() -> None:
+    retry = make_retry(retry_after_cap=2.0)
+    assert isinstance(retry, Retry)
+    for status in (429, 502, 503, 504):
+        assert retry.is_retry("GET", status)
+        assert not retry.is_retry("POST", status)
+    assert not retry.is_retry("GET", 500)
+    assert retry.connect and retry.connect >= 1  # connect errors: every method
+    assert retry.backoff_factor > 0 and retry.backoff_jitter > 0
+    assert retry.parse_retry_after("3600") == 2.0
+    assert retry.new(total=1).parse_retry_after("3600") == 2.0  # the cap survives new()
+
+
+def test_gets_are_retried_on_503_with_backoff(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    platform.fault("delegations", status=503, times=2)
+    did = platform.add_delegation(ws.id, status="completed")
+    with make_hb(interval_seconds=30.0):
+        assert platform.wait_for_requests("delegations", 3, timeout=5)
+        assert wait_until(lambda: len(read_lines(tmp_path / "results.jsonl")) == 1)
+    assert [r.status for r in platform.requests_for("delegations")[:3]] == [503, 503, 200]
+    assert did in read_lines(tmp_path / "results.jsonl")[0]
+
+
+def test_posts_are_not_retried_on_status_or_dropped_connection(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    platform.fault("heartbeat", status=503, times=1)
+    platform.fault("heartbeat", drop=True, times=1)
+    hb = make_hb(interval_seconds=30.0)
+    with hb:
+        assert wait_until(lambda: hb.status().beats_failed == 1, timeout=5)
+        assert len(platform.requests_for("heartbeat")) == 1
+        hb.beat_now()
+        assert wait_until(lambda: hb.status().beats_failed == 2, timeout=5)
+        assert len(platform.requests_for("heartbeat")) == 2
+
+
+def test_retry_after_is_capped_below_the_interval(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    platform.fault("delegations", status=503, headers={"Retry-After": "3600"}, times=1)
+    with make_hb(interval_seconds=0.4):
+        assert platform.wait_for_requests("delegations", 2, timeout=3)
+    first, second = platform.requests_for("delegations")[:2]
+    assert second.time - first.time < 0.4
+
+
+def test_failure_warnings_are_rate_limited(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, logs: LogCapture
+) -> None:
+    platform.fault("heartbeat", status=500)
+    with make_hb(interval_seconds=0.02) as hb:
+        assert wait_until(lambda: hb.status().beats_failed >= 21, timeout=10)
+    warned = [m for m in logs.messages(logging.WARNING) if m.startswith("heartbeat failed")]
+    counts = [int(m.split("(")[1].split()[0]) for m in warned]
+    assert counts[:5] == [1, 2, 3, 10, 20]
+
+
+def test_session_rebuilt_after_ten_failures_and_outage_keeps_the_schedule(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    made: list[requests.Session] = []
+
+    def factory() -> requests.Session:
+        session = make_session()
+        made.append(session)
+        return session
+
+    platform.fault("heartbeat", drop=True)
+    interval = 0.05
+    hb = make_hb(interval_seconds=interval, session_factory=factory)
+    with hb:
+        assert wait_until(lambda: hb.status().beats_failed >= 12, timeout=10)
+        window_start = time.monotonic()
+        count_start = len(platform.requests_for("heartbeat"))
+        assert not platform.wait_for(lambda: False, timeout=0.5)
+        beats = len(platform.requests_for("heartbeat")) - count_start
+        elapsed = time.monotonic() - window_start
+    # One attempt per slot, never a spin (the reference retries ~25 times a second).
+    assert beats <= elapsed / interval + 2
+    assert len(made) >= 2  # the beat thread's first session, and the rebuilt one
+
+
+def test_outage_then_recovery_within_one_interval(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, logs: LogCapture
+) -> None:
+    interval = 0.1
+    with make_hb(interval_seconds=interval) as hb:
+        assert wait_until(lambda: hb.status().beats_ok >= 1)
+        platform.stop()
+        assert wait_until(lambda: hb.status().consecutive_failures >= 5, timeout=10)
+        platform.start()
+        back = time.monotonic()
+        assert wait_until(lambda: hb.status().state == "healthy", timeout=5)
+        assert time.monotonic() - back < interval + 0.5
+    assert any("recovered" in m for m in logs.messages(logging.INFO))
+
+
+def test_huge_get_body_is_abandoned_not_buffered(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    platform.fault("delegations", body_size=20 * 1024 * 1024, times=1)
+    platform.fault("activity", body_size=20 * 1024 * 1024, times=1)
+    did = platform.add_delegation(ws.id, status="completed")
+    with make_hb(interval_seconds=0.1) as hb:
+        assert wait_until(lambda: len(read_lines(tmp_path / "results.jsonl")) == 1, timeout=5)
+        assert hb.status().beats_ok >= 1
+    assert did in read_lines(tmp_path / "results.jsonl")[0]

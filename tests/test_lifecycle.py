@@ -1,0 +1,155 @@
+"""Heartbeat lifecycle: threads, stop, context manager, and a loop nothing can kill."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+
+from heartbeat_sync import Heartbeat
+from heartbeat_sync._http import make_session
+from heartbeat_sync.testing import FakePlatform, Workspace
+
+from .conftest import HeartbeatFactory, wait_until
+
+
+def _threads_named(prefix: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
+def test_start_thread_starts_two_named_daemon_threads(make_hb: HeartbeatFactory) -> None:
+    hb = make_hb()
+    beat = hb.start_thread()
+    assert beat.daemon and beat.is_alive()
+    assert beat.name.startswith("heartbeat-sync-")
+    side = _threads_named("heartbeat-sync-side-effects-")
+    assert len(side) == 1 and side[0].daemon and side[0].is_alive()
+    assert hb.stop(2.0)
+    assert not beat.is_alive() and not side[0].is_alive()
+
+
+def test_second_start_starts_nothing_new(make_hb: HeartbeatFactory) -> None:
+    hb = make_hb()
+    first = hb.start_thread()
+    before = set(threading.enumerate())
+    assert hb.start_thread() is first
+    assert set(threading.enumerate()) == before
+    assert hb.stop(2.0)
+
+
+def test_stop_before_start_and_twice(make_hb: HeartbeatFactory) -> None:
+    hb = make_hb()
+    assert hb.stop(0.1)
+    hb.start_thread()
+    assert hb.stop(2.0)
+    assert hb.stop(0.1)
+    assert hb.status().state == "stopped"
+
+
+def test_context_manager_starts_and_stops(
+    platform: FakePlatform, make_hb: HeartbeatFactory, ws: Workspace
+) -> None:
+    hb = make_hb()
+    with hb as running:
+        assert running is hb
+        assert platform.wait_for_requests("heartbeat", 1, timeout=5)
+        assert hb.status().running
+    assert not hb.status().running
+
+
+def test_stop_is_bounded_when_the_platform_hangs(
+    platform: FakePlatform, make_hb: HeartbeatFactory
+) -> None:
+    platform.fault("heartbeat", delay=30)
+    platform.fault("a2a", delay=30)
+    hb = make_hb(request_timeout=30.0)
+    hb.start_thread()
+    assert platform.wait_for_requests("heartbeat", 1, timeout=5)
+    started = time.monotonic()
+    ended = hb.stop(timeout=2.0)
+    elapsed = time.monotonic() - started
+    assert ended, "the request in flight is interrupted and both threads end"
+    assert elapsed < 1.0
+
+
+def test_stop_is_bounded_while_a_wakeup_hangs(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    platform.fault("a2a", delay=60)
+    platform.add_delegation(ws.id, status="completed")
+    hb = make_hb()
+    hb.start_thread()
+    assert platform.wait_for_requests("a2a", 1, timeout=5)
+    started = time.monotonic()
+    assert hb.stop(timeout=2.0)
+    assert time.monotonic() - started < 1.0
+    assert hb.status().wakeups_sent == 0
+
+
+def test_a_failing_cycle_does_not_kill_the_loop(
+    platform: FakePlatform, make_hb: HeartbeatFactory, ws: Workspace
+) -> None:
+    calls = []
+
+    def flaky_session() -> requests.Session:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise RuntimeError("no session today")
+        return make_session()
+
+    hb = make_hb(session_factory=flaky_session)
+    beat = hb.start_thread()
+    assert wait_until(lambda: hb.status().beats_ok >= 2, timeout=5)
+    assert beat.is_alive()
+    assert hb.status().beats_failed >= 1
+
+
+def test_an_exception_inside_the_cycle_is_logged_and_the_next_cycle_runs(
+    platform: FakePlatform, make_hb: HeartbeatFactory, ws: Workspace, logs
+) -> None:
+    calls = []
+
+    def metadata() -> dict[str, object]:
+        calls.append(1)
+        if len(calls) == 1:
+            return {"not_json": object()}  # the request cannot even be encoded
+        return {"capabilities": {"heartbeat": True}}
+
+    hb = make_hb(runtime_metadata=metadata)
+    beat = hb.start_thread()
+    assert platform.wait_for(lambda: len(platform.heartbeats(ws.id)) >= 2, timeout=5)
+    assert beat.is_alive()
+    assert platform.heartbeats(ws.id)[-1]["runtime_metadata"] == {
+        "capabilities": {"heartbeat": True}
+    }
+    assert any("heartbeat failed" in m for m in logs.messages())
+
+
+def test_constructor_validates_arguments(platform: FakePlatform) -> None:
+    import pytest
+
+    with pytest.raises(ValueError):
+        Heartbeat("", "ws")
+    with pytest.raises(ValueError):
+        Heartbeat(platform.url, "")
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            Heartbeat(platform.url, "ws", interval_seconds=bad)
+
+
+def test_status_snapshot_is_immutable(make_hb: HeartbeatFactory, platform: FakePlatform) -> None:
+    import dataclasses
+
+    import pytest
+
+    hb = make_hb()
+    snap = hb.status()
+    assert snap.state == "stopped"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snap.state = "healthy"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        snap.drops["x"] = 1  # type: ignore[index]
+    hb.start_thread()
+    assert wait_until(lambda: hb.status().state == "healthy", timeout=5)
+    assert hb.status().last_success is not None

@@ -1,0 +1,270 @@
+"""Pure parts: beat body, rows into results, texts, Retry-After; tables and properties."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from heartbeat_sync import _messages as m
+from heartbeat_sync._http import parse_json
+
+WS = "11111111-1111-4111-8111-111111111111"
+PEER = "22222222-2222-4222-8222-222222222222"
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
+    max_leaves=12,
+)
+# Rows that look like the real thing, with any field replaced by anything.
+row_keys = st.sampled_from(
+    [
+        "id",
+        "delegation_id",
+        "status",
+        "source_id",
+        "target_id",
+        "summary",
+        "request_body",
+        "response_preview",
+        "error",
+        "created_at",
+    ]
+)
+near_rows = st.dictionaries(
+    row_keys,
+    json_values | st.sampled_from([WS, PEER, "completed", "failed", "a-b-c"]),
+    max_size=10,
+)
+
+
+def test_beat_body_table() -> None:
+    body = m.build_beat_body(
+        WS, error_rate=0.25, sample_error="e", active_tasks=3, current_task="t", uptime_seconds=9.9
+    )
+    assert body == {
+        "workspace_id": WS,
+        "error_rate": 0.25,
+        "sample_error": "e",
+        "active_tasks": 3,
+        "current_task": "t",
+        "uptime_seconds": 9,
+    }
+    wedged = m.build_beat_body(
+        WS,
+        error_rate=0.0,
+        sample_error="e",
+        active_tasks=0,
+        current_task="",
+        uptime_seconds=0,
+        wedge_reason="stuck",
+        runtime_metadata={"capabilities": {}},
+    )
+    assert wedged["runtime_state"] == "wedged" and wedged["sample_error"] == "stuck"
+    assert wedged["runtime_metadata"] == {"capabilities": {}}
+    json.dumps(wedged)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("3", 3.0),
+        (" 1.5 ", 1.5),
+        ("-4", 0.0),
+        ("soon", None),
+        ("nan", None),
+        ("inf", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+    ],
+)
+def test_parse_retry_after(value: str | None, expected: float | None) -> None:
+    assert m.parse_retry_after(value) == expected
+
+
+def test_parse_retry_after_http_date_in_the_future() -> None:
+    got = m.parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0)
+    assert got == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"status": "ok", "platform_inbound_secret": "s3cret"}, "s3cret"),
+        ({"status": "ok"}, None),
+        ({"platform_inbound_secret": ""}, None),
+        ({"platform_inbound_secret": 5}, None),
+        (["platform_inbound_secret"], None),
+        (None, None),
+    ],
+)
+def test_inbound_secret(body: Any, expected: str | None) -> None:
+    assert m.inbound_secret(body) == expected
+
+
+def _delegation(**kw: Any) -> dict[str, Any]:
+    row = {"delegation_id": "d1", "status": "completed", "source_id": WS, "target_id": PEER}
+    row.update(kw)
+    return row
+
+
+@pytest.mark.parametrize(
+    ("row", "delivered"),
+    [
+        (_delegation(), True),
+        (_delegation(status="failed"), True),
+        (_delegation(status="pending"), False),
+        (_delegation(status="stuck"), False),
+        (_delegation(delegation_id=""), False),
+        (_delegation(source_id=PEER), False),
+        (_delegation(source_id=None), False),
+        (_delegation(summary=None, response_preview=7, error=["x"]), True),
+    ],
+)
+def test_delegation_rows(row: dict[str, Any], delivered: bool) -> None:
+    parsed = m.delegation_results([row], WS, set(), 1.0)
+    assert bool(parsed.results) is delivered
+    if delivered:
+        rec = parsed.results[0].record
+        assert all(isinstance(rec[k], str) for k in ("summary", "response_preview", "error"))
+
+
+def test_delegation_seen_and_duplicates_in_one_response() -> None:
+    rows = [
+        _delegation(delegation_id="a"),
+        _delegation(delegation_id="a"),
+        _delegation(delegation_id="b"),
+    ]
+    parsed = m.delegation_results(rows, WS, {"b"}, 1.0)
+    assert [r.id for r in parsed.results] == ["a"]
+    assert parsed.ids == ["a"]
+
+
+def test_foreign_rows_are_listed_for_a_warning() -> None:
+    parsed = m.delegation_results([_delegation(source_id=PEER)], WS, set(), 1.0)
+    assert parsed.foreign == [("d1", PEER)]
+
+
+def test_activity_rows() -> None:
+    rows = [
+        {"id": "a1", "source_id": PEER, "summary": "s"},
+        {"id": "a2", "source_id": WS},
+        {"id": "a3", "source_id": None},
+        {"id": "a1", "source_id": PEER},
+        "junk",
+        {"id": "a,4", "source_id": PEER},
+    ]
+    parsed = m.activity_results(rows, WS, set(), 2.0)
+    assert [r.id for r in parsed.results] == ["a1"]
+    assert parsed.ids == ["a1", "a2", "a3"]
+    assert parsed.malformed == 2
+    rec = parsed.results[0].record
+    assert rec == {
+        "delegation_id": "a1",
+        "target_id": PEER,
+        "source_id": WS,
+        "status": "completed",
+        "summary": "s",
+        "response_preview": "s",
+        "error": "",
+        "timestamp": 2.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([{"created_at": "2026-01-02T00:00:00Z"}, {"created_at": "2026-01-01T00:00:00Z"}], True),
+        ([{"created_at": "2026-01-01T00:00:00Z"}, {"created_at": "2026-01-02T00:00:00Z"}], False),
+        ([{"created_at": "2026-01-01T00:00:00Z"}], False),
+        ([{}, None, {"created_at": 5}], False),
+    ],
+)
+def test_newest_first(rows: list[Any], expected: bool) -> None:
+    assert m.newest_first(rows) is expected
+
+
+def test_trigger_text_caps_the_list() -> None:
+    results = [
+        m.Result(
+            {"delegation_id": f"id{i}", "status": "completed", "summary": "x" * 100, "error": ""},
+            m.ORIGIN_DELEGATION,
+        )
+        for i in range(m.TRIGGER_MAX_LINES + 5)
+    ]
+    text = m.trigger_text(results, "")
+    assert text.count("\n- [completed]") == m.TRIGGER_MAX_LINES
+    assert "and 5 more in the results file" in text
+    assert "- [completed] Delegation id0: " + "x" * 80 + "\n" in text
+
+
+def test_notify_and_self_message_shapes() -> None:
+    r = m.Result(
+        {
+            "delegation_id": "d",
+            "status": "failed",
+            "summary": "s",
+            "response_preview": "",
+            "error": "e",
+        },
+        m.ORIGIN_DELEGATION,
+    )
+    assert m.notify_text(r) == "Delegation failed: s"
+    body = m.self_message_body("hi", "mid")
+    assert body["params"]["message"] == {
+        "role": "user",
+        "messageId": "mid",
+        "parts": [{"kind": "text", "text": "hi"}],
+    }
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(json_values | near_rows, max_size=8))
+def test_any_delegations_json_is_parsed_without_exceptions(rows: list[Any]) -> None:
+    parsed = m.delegation_results(rows, WS, set(), 0.0)
+    ids = [r.id for r in parsed.results]
+    assert len(ids) == len(set(ids))
+    for r in parsed.results:
+        json.dumps(r.record)
+        assert r.record["source_id"] == WS and r.record["status"] in m.FINAL_STATUSES
+        m.notify_text(r)
+    m.trigger_text(parsed.results, "p")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(json_values | near_rows, max_size=8))
+def test_any_activity_json_is_parsed_without_exceptions(rows: list[Any]) -> None:
+    parsed = m.activity_results(rows, WS, set(), 0.0)
+    assert len(parsed.ids) == len(set(parsed.ids))
+    for r in parsed.results:
+        json.dumps(r.record)
+        assert r.record["target_id"] not in ("", WS)
+        assert len(r.record["response_preview"]) <= m.PREVIEW_LIMIT
+    m.newest_first(rows)
+    m.trigger_text(parsed.results, "")
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_any_json_anywhere_a_body_is_read(value: Any) -> None:
+    m.inbound_secret(value)
+    m.message_text(value)
+    m.message_text({"params": {"message": {"parts": value}}})
+    m.newest_first(value if isinstance(value, list) else [value])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_parse_to_json_or_none(data: bytes) -> None:
+    parse_json(data)
+
+
+def test_deeply_nested_json_is_refused_not_raised() -> None:
+    assert parse_json(b"[" * 100_000 + b"]" * 100_000) is None

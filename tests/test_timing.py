@@ -1,0 +1,87 @@
+"""The schedule: fixed rate on the monotonic clock, no bursts, a random start phase."""
+
+from __future__ import annotations
+
+from heartbeat_sync.testing import FakePlatform, Workspace
+
+from .conftest import FixedRandom, HeartbeatFactory
+
+
+def _beat_times(platform: FakePlatform) -> list[float]:
+    return [r.time for r in platform.requests_for("heartbeat")]
+
+
+def test_fixed_rate_does_not_drift_with_slow_requests(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    # Each beat takes 60 ms: a fixed-delay loop (the reference's sleep after work) would
+    # drift by 60 ms a beat; a fixed rate keeps the slots.
+    platform.fault("heartbeat", delay=0.06)
+    interval = 0.15
+    with make_hb(interval_seconds=interval):
+        assert platform.wait_for(lambda: len(_beat_times(platform)) >= 11, timeout=10)
+    times = _beat_times(platform)[:11]
+    span = times[10] - times[0]
+    assert abs(span - 10 * interval) < 0.25 * interval, span
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps) > 0.5 * interval
+
+
+def test_missed_slots_are_skipped_not_burst(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    interval = 0.1
+    platform.fault("heartbeat", delay=0.55, times=1)  # one stall of five and a half slots
+    with make_hb(interval_seconds=interval):
+        assert platform.wait_for(lambda: len(_beat_times(platform)) >= 6, timeout=10)
+    times = _beat_times(platform)[:6]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    # After the stall the loop waits for the next slot instead of running the missed ones.
+    assert min(gaps[1:]) > 0.5 * interval, gaps
+    # ... and the next slot is on the original grid (within a slot of the stall's end).
+    assert gaps[0] < 0.55 + interval + 0.05
+
+
+def test_random_start_phase_is_up_to_ten_percent(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    import time
+
+    interval = 2.0
+    started = time.monotonic()
+    with make_hb(interval_seconds=interval, rng=FixedRandom(0.999)):
+        assert platform.wait_for_requests("heartbeat", 1, timeout=5)
+    late = _beat_times(platform)[0] - started
+    assert 0.18 < late < 0.5, late
+    platform.clear_requests()
+    started = time.monotonic()
+    with make_hb(interval_seconds=interval, rng=FixedRandom(0.0)):
+        assert platform.wait_for_requests("heartbeat", 1, timeout=5)
+    assert _beat_times(platform)[0] - started < 0.15
+
+
+def test_default_start_phase_spreads_a_fleet(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    import random
+
+    phases = set()
+    for seed in range(3):
+        hb = make_hb(interval_seconds=10.0, rng=random.Random(seed))
+        phases.add(round(hb._rng.random(), 6))
+    assert len(phases) == 3
+
+
+def test_beat_now_runs_a_cycle_at_once(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    hb = make_hb(interval_seconds=30.0)
+    with hb:
+        assert platform.wait_for_requests("heartbeat", 1, timeout=5)
+        assert platform.wait_for_requests("activity", 1, timeout=5)
+        hb.beat_now()
+        assert platform.wait_for_requests("heartbeat", 2, timeout=2)
+        assert platform.wait_for_requests("delegations", 2, timeout=2)
+        assert platform.wait_for_requests("activity", 2, timeout=2)
+        # The regular schedule is unchanged: no third beat follows on its own.
+        assert not platform.wait_for_requests("heartbeat", 3, timeout=0.3)
