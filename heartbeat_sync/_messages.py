@@ -272,17 +272,19 @@ def _summary_line(result: Result) -> str:
     return line
 
 
-def trigger_text(results: Sequence[Result], parent_name: str) -> str:
+def trigger_text(results: Sequence[Result], parent_name: str, more: int = 0) -> str:
     """The wake-up text the agent receives for a batch of results (the reference's wording).
 
     Peer text never goes into it beyond the platform's summary (the agent reads the full
     results from the results file); a batch of only activity results uses the reference's
-    activity wording, anything else the delegation wording.
+    activity wording, anything else the delegation wording. At most
+    :data:`TRIGGER_MAX_LINES` results are listed; the rest (and ``more``) are counted.
     """
     only_activity = bool(results) and all(r.origin == ORIGIN_ACTIVITY for r in results)
     lines = [_summary_line(r) for r in results[:TRIGGER_MAX_LINES]]
-    if len(results) > TRIGGER_MAX_LINES:
-        lines.append(f"- … and {len(results) - TRIGGER_MAX_LINES} more in the results file")
+    more += max(0, len(results) - TRIGGER_MAX_LINES)
+    if more:
+        lines.append(f"- … and {more} more in the results file")
     if only_activity:
         head = (
             "Delegation results are ready (from a2a_receive via activity_logs). "

@@ -90,6 +90,8 @@ class SideEffectWorker:
         self._busy = False
         self._client: PlatformClient | None = None
         self._pending_wake: list[Result] = []
+        # Results beyond the listed ones are only counted: memory stays bounded.
+        self._wake_more = 0
         self._pending_notify: collections.deque[Result] = collections.deque()
         self._next_wake_at = float("-inf")
         self._first_attempt_at: float | None = None
@@ -152,7 +154,7 @@ class SideEffectWorker:
         """What the worker still has to do, in words (for the exit hook's log line)."""
         with self._cond:
             batches = len(self._inbox)
-            wake = len(self._pending_wake)
+            wake = len(self._pending_wake) + self._wake_more
             notes = len(self._pending_notify)
             busy = self._busy
         parts = []
@@ -218,7 +220,9 @@ class SideEffectWorker:
                         return
                     while self._inbox:
                         batch = self._inbox.popleft()
-                        self._pending_wake.extend(batch)
+                        listed = max(0, _messages.TRIGGER_MAX_LINES - len(self._pending_wake))
+                        self._pending_wake.extend(batch[:listed])
+                        self._wake_more += max(0, len(batch) - listed)
                         room = self.max_notify_backlog - len(self._pending_notify)
                         self._pending_notify.extend(batch[: max(0, room)])
                         if len(batch) > room:
@@ -257,14 +261,16 @@ class SideEffectWorker:
         self._inbox.clear()
         self._pending_notify.clear()
         self._pending_wake = []
+        self._wake_more = 0
 
     def _step(self, client: PlatformClient) -> None:
         now = self._clock()
         with self._cond:
             wake_due = bool(self._pending_wake) and now >= self._next_wake_at
             batch = list(self._pending_wake) if wake_due else []
+            more = self._wake_more
         if wake_due:
-            self._send_wakeup(client, batch)
+            self._send_wakeup(client, batch, more)
             return
         with self._cond:
             result = self._pending_notify.popleft() if self._pending_notify else None
@@ -290,8 +296,8 @@ class SideEffectWorker:
         self._parent_name = name
         return name
 
-    def _send_wakeup(self, client: PlatformClient, batch: list[Result]) -> None:
-        text = _messages.trigger_text(batch, self._parent(client))
+    def _send_wakeup(self, client: PlatformClient, batch: list[Result], more: int) -> None:
+        text = _messages.trigger_text(batch, self._parent(client), more)
         now = self._clock()
         if self._first_attempt_at is None:
             self._first_attempt_at = now
@@ -313,18 +319,19 @@ class SideEffectWorker:
             self._warn.warning("wakeup", "wake-up failed, dropped: %s", exc)
             with self._cond:
                 self._drop(DROP_WAKEUP_FAILED, 1)
-                self._finish_wakeup(batch, now)
+                self._finish_wakeup(batch, more, now)
             return
         self._warn.reset("wakeup")
         logger.info("wake-up sent for %d result(s)", len(batch))
         with self._cond:
             self.wakeups_sent += 1
-            self._finish_wakeup(batch, self._clock())
+            self._finish_wakeup(batch, more, self._clock())
 
-    def _finish_wakeup(self, batch: list[Result], now: float) -> None:
+    def _finish_wakeup(self, batch: list[Result], more: int, now: float) -> None:
         # Results that arrived while this wake-up was in flight stay pending for the next one.
         sent = {id(r) for r in batch}
         self._pending_wake = [r for r in self._pending_wake if id(r) not in sent]
+        self._wake_more = max(0, self._wake_more - more)
         self._next_wake_at = now + self.cooldown
         self._first_attempt_at = None
 
