@@ -73,6 +73,7 @@ class Credentials:
         self._token_loaded = False
         self._secret: str | None = None
         self._secret_loaded = False
+        self._mode_checked = False
 
     @property
     def token_path(self) -> Path:
@@ -83,7 +84,20 @@ class Credentials:
         return self.configs_dir / INBOUND_SECRET_FILE
 
     def _load_token(self) -> str | None:
-        return _read_secret_file(self.token_path) or self._env_token
+        token = _read_secret_file(self.token_path)
+        if token and not self._mode_checked:
+            self._mode_checked = True
+            try:
+                mode = self.token_path.stat().st_mode & 0o777
+            except OSError:
+                mode = 0
+            if mode & 0o077:
+                logger.warning(
+                    "%s is readable by other users (mode %o); it should be 0600",
+                    self.token_path,
+                    mode,
+                )
+        return token or self._env_token
 
     def token(self) -> str | None:
         """The current bearer token, or None when none is known."""

@@ -75,6 +75,8 @@ class Heartbeat:
         wakeup_retry_deadline: How long a wake-up refused by a busy agent is retried.
         exit_timeout: At interpreter exit, seconds given to pending side effects; None to opt
             out of the exit hook.
+        origin: The ``Origin`` header sent with every request (what gets past the platform's
+            same-origin check). None: ``$PLATFORM_URL`` if set, else no header.
         rng: Source of the random start phase (anything with ``random()``), for tests.
         session_factory: Makes each thread's ``requests.Session``; the default mounts urllib3
             ``Retry`` with ``Retry-After`` capped below the interval.
@@ -100,6 +102,7 @@ class Heartbeat:
         self_message_timeout: float = 120.0,
         wakeup_retry_deadline: float = 300.0,
         exit_timeout: float | None = 2.0,
+        origin: str | None = None,
         rng: random.Random | None = None,
         session_factory: SessionFactory | None = None,
     ) -> None:
@@ -131,7 +134,7 @@ class Heartbeat:
         )
         self._credentials = Credentials(
             self.configs_dir,
-            origin=os.environ.get("PLATFORM_URL") or None,
+            origin=origin or os.environ.get("PLATFORM_URL") or None,
             env_token=os.environ.get(TOKEN_ENV),
         )
         self._results = ResultsFile(self.results_path)
@@ -303,6 +306,14 @@ class Heartbeat:
         worker_done = self._worker.stop(max(0.0, deadline - time.monotonic()))
         _live.discard(self)
         return beat_done and worker_done
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait up to ``timeout`` seconds for pending wake-ups and notifications to be sent.
+
+        Returns True when nothing is left. A wake-up held back by the cooldown or by a busy
+        agent counts as pending. Call it before :meth:`stop` to give side effects a chance.
+        """
+        return self._worker.flush(timeout)
 
     def __enter__(self) -> Heartbeat:
         self.start_thread()
@@ -559,6 +570,6 @@ def _at_exit() -> None:
                 hb.exit_timeout,
                 worker.pending_summary(),
             )
-            if not worker.flush(hb.exit_timeout):
+            if not hb.flush(hb.exit_timeout):
                 logger.warning("heartbeat-sync: exiting with %s not sent", worker.pending_summary())
         hb.stop(timeout=0.5)

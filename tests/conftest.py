@@ -40,6 +40,7 @@ def ws(platform: FakePlatform, tmp_path: Path) -> Workspace:
     configs.mkdir()
     assert workspace.token
     (configs / ".auth_token").write_text(workspace.token)
+    (configs / ".auth_token").chmod(0o600)
     return workspace
 
 

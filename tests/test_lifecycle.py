@@ -32,9 +32,10 @@ def test_start_thread_starts_two_named_daemon_threads(make_hb: HeartbeatFactory)
 def test_second_start_starts_nothing_new(make_hb: HeartbeatFactory) -> None:
     hb = make_hb()
     first = hb.start_thread()
-    before = set(threading.enumerate())
+    before = set(_threads_named("heartbeat-sync"))
+    assert len(before) == 2
     assert hb.start_thread() is first
-    assert set(threading.enumerate()) == before
+    assert set(_threads_named("heartbeat-sync")) == before
     assert hb.stop(2.0)
 
 
