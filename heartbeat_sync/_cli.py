@@ -1,0 +1,909 @@
+"""The ``heartbeat-sync`` command line: ``run``, ``demo`` and ``results``.
+
+* ``heartbeat-sync run`` runs the loop as a process, configured from the environment the
+  reference runtime uses (flags override it), and stops gracefully on SIGTERM/SIGINT.
+* ``heartbeat-sync demo`` plays a short story against an in-process ``FakePlatform`` and shows,
+  as it happens, what the loop does; everything it prints is read off ``Heartbeat.status()`` and
+  the platform's request log.
+* ``heartbeat-sync results`` shows (or, with ``--consume``, takes) the delegation results file.
+
+The library never configures logging or prints; this module is the only place that does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import heapq
+import http
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, TextIO
+from urllib.parse import urlsplit
+
+from .__about__ import __version__
+from ._files import (
+    DEFAULT_RESULTS_FILE,
+    RESULTS_FILE_ENV,
+    ResultsFile,
+    format_delegation_results,
+    read_delegation_results,
+)
+from ._loop import Heartbeat
+from ._status import Status
+
+if TYPE_CHECKING:
+    from .testing import FakePlatform, RecordedRequest
+
+PROG = "heartbeat-sync"
+
+#: The interval ``run`` accepts, in seconds (the reference runtime's config clamps to this).
+MIN_INTERVAL = 5.0
+MAX_INTERVAL = 300.0
+DEFAULT_INTERVAL = 30.0
+#: Above this interval ``run`` warns: the platform marks a workspace offline after
+#: :data:`OFFLINE_AFTER` seconds without a beat, so one or two lost beats already flap it.
+WARN_INTERVAL = 60.0
+OFFLINE_AFTER = 180.0
+#: ``run``'s budget after a stop signal: pending side effects may use part of it, the threads
+#: the rest.
+STOP_TIMEOUT = 5.0
+DRAIN_TIMEOUT = 2.0
+
+ENV_PLATFORM_URL = "PLATFORM_URL"
+ENV_WORKSPACE_ID = "WORKSPACE_ID"
+ENV_INTERVAL = "HEARTBEAT_INTERVAL_SECONDS"
+ENV_CONFIGS_DIR = "CONFIGS_DIR"
+ENV_RESULTS_FILE = RESULTS_FILE_ENV
+ENV_CURSOR_FILE = "DELEGATION_ACTIVITY_CURSOR_FILE"
+ENV_SEEN_FILE = "DELEGATION_SEEN_FILE"
+ENV_TOKEN = "MOLECULE_WORKSPACE_TOKEN"
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+logger = logging.getLogger("heartbeat_sync.cli")
+
+
+# --- configuration of ``run`` (pure) -----------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A missing or invalid setting; the message names it and says how to set it."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``heartbeat-sync run`` needs, after flags and environment are merged."""
+
+    platform_url: str
+    workspace_id: str
+    interval: float
+    configs_dir: str | None
+    results_file: str | None
+    cursor_file: str | None
+    seen_file: str | None
+    log_level: str
+
+
+def parse_interval(raw: str, source: str) -> tuple[float, list[str]]:
+    """Parse a heartbeat interval and clamp it to [5, 300] seconds.
+
+    ``source`` names where ``raw`` came from (a flag or an environment variable) for messages.
+    Returns the interval and the warnings to log: one when it was clamped, one when it is above
+    60 s. Raises :class:`ConfigError` for anything that is not a finite number.
+    """
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"invalid heartbeat interval {raw!r} from {source}: not a number of seconds "
+            f"(set {ENV_INTERVAL} or pass --interval, e.g. 30)"
+        ) from None
+    if not math.isfinite(value):
+        raise ConfigError(
+            f"invalid heartbeat interval {raw!r} from {source}: not a finite number of seconds "
+            f"(set {ENV_INTERVAL} or pass --interval, e.g. 30)"
+        )
+    warnings: list[str] = []
+    clamped = min(MAX_INTERVAL, max(MIN_INTERVAL, value))
+    if clamped != value:
+        warnings.append(
+            f"heartbeat interval {value:g} s from {source} is outside "
+            f"[{MIN_INTERVAL:g}, {MAX_INTERVAL:g}]; clamped to {clamped:g} s"
+        )
+    if clamped > WARN_INTERVAL:
+        warnings.append(
+            f"heartbeat interval {clamped:g} s is above {WARN_INTERVAL:g} s: the platform marks "
+            f"a workspace offline after {OFFLINE_AFTER:g} s without a beat, so a missed beat or "
+            f"two can take it offline"
+        )
+    return clamped, warnings
+
+
+def validate_platform_url(url: str, source: str) -> str:
+    """Return ``url`` without a trailing slash; :class:`ConfigError` unless it is http(s)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"invalid platform URL {url!r} from {source}: it must be an http:// or https:// URL "
+            f"(set {ENV_PLATFORM_URL} or pass --platform-url, e.g. http://platform:8080)"
+        )
+    return url.rstrip("/")
+
+
+def _pick(
+    flag_value: str | None, flag: str, env: str, environ: Mapping[str, str]
+) -> tuple[str, str]:
+    """The flag's value if given, else the environment's ("" when neither), and its source."""
+    if flag_value is not None:
+        return flag_value.strip(), flag
+    return environ.get(env, "").strip(), env
+
+
+def load_run_config(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[RunConfig, list[str]]:
+    """Merge ``run``'s flags over the environment; return the config and warnings to log.
+
+    Raises :class:`ConfigError` (one line, naming the setting) when the platform URL or the
+    workspace id is missing or invalid, or the interval is not a number.
+    """
+    url, url_source = _pick(args.platform_url, "--platform-url", ENV_PLATFORM_URL, environ)
+    if not url:
+        raise ConfigError(
+            f"no platform URL: set {ENV_PLATFORM_URL} or pass --platform-url "
+            f"(e.g. http://platform:8080)"
+        )
+    url = validate_platform_url(url, url_source)
+    workspace_id, ws_source = _pick(args.workspace_id, "--workspace-id", ENV_WORKSPACE_ID, environ)
+    if not workspace_id:
+        raise ConfigError(f"no workspace id: set {ENV_WORKSPACE_ID} or pass --workspace-id")
+    if "/" in workspace_id or any(c.isspace() for c in workspace_id):
+        raise ConfigError(
+            f"invalid workspace id {workspace_id!r} from {ws_source}: it may not contain '/' "
+            f"or white space (set {ENV_WORKSPACE_ID} or pass --workspace-id)"
+        )
+    raw_interval, interval_source = _pick(args.interval, "--interval", ENV_INTERVAL, environ)
+    warnings: list[str] = []
+    if raw_interval:
+        interval, warnings = parse_interval(raw_interval, interval_source)
+    else:
+        interval = DEFAULT_INTERVAL
+
+    def path(flag_value: str | None, flag: str, env: str) -> str | None:
+        value, _ = _pick(flag_value, flag, env, environ)
+        return value or None  # None: the library applies its own default
+
+    config = RunConfig(
+        platform_url=url,
+        workspace_id=workspace_id,
+        interval=interval,
+        configs_dir=path(args.configs_dir, "--configs-dir", ENV_CONFIGS_DIR),
+        results_file=path(args.results_file, "--results-file", ENV_RESULTS_FILE),
+        cursor_file=path(args.cursor_file, "--cursor-file", ENV_CURSOR_FILE),
+        seen_file=path(args.seen_file, "--seen-file", ENV_SEEN_FILE),
+        log_level=(args.log_level or "INFO").upper(),
+    )
+    return config, warnings
+
+
+# --- argument parsing ---------------------------------------------------------------------------
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} must be a number > 0")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``heartbeat-sync`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Keep a Molecule AI workspace alive on the platform and bring its delegation "
+            "results back, on threads."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the heartbeat loop as a process (configured from the environment)",
+        description=(
+            "Run the heartbeat loop until SIGTERM or SIGINT. Configured from the environment "
+            f"the reference runtime uses ({ENV_PLATFORM_URL}, {ENV_WORKSPACE_ID}, "
+            f"{ENV_CONFIGS_DIR}, {ENV_RESULTS_FILE}, {ENV_CURSOR_FILE}, {ENV_SEEN_FILE}, "
+            f"{ENV_INTERVAL}); flags override it. The bearer token is read from "
+            f"<configs>/.auth_token, else ${ENV_TOKEN}. Logs go to stderr."
+        ),
+    )
+    run.add_argument(
+        "--platform-url", metavar="URL", help=f"platform base URL (default: ${ENV_PLATFORM_URL})"
+    )
+    run.add_argument(
+        "--workspace-id", metavar="ID", help=f"this workspace's id (default: ${ENV_WORKSPACE_ID})"
+    )
+    run.add_argument(
+        "--interval",
+        metavar="SECONDS",
+        help=(
+            f"seconds between beats, clamped to [{MIN_INTERVAL:g}, {MAX_INTERVAL:g}] "
+            f"(default: ${ENV_INTERVAL}, else {DEFAULT_INTERVAL:g})"
+        ),
+    )
+    run.add_argument(
+        "--configs-dir",
+        metavar="DIR",
+        help=(
+            f"where .auth_token is read (default: ${ENV_CONFIGS_DIR}, else /configs, "
+            f"else ~/.molecule-workspace)"
+        ),
+    )
+    run.add_argument(
+        "--results-file",
+        metavar="PATH",
+        help=f"JSONL results file (default: ${ENV_RESULTS_FILE}, else {DEFAULT_RESULTS_FILE})",
+    )
+    run.add_argument(
+        "--cursor-file", metavar="PATH", help=f"activity cursor file (default: ${ENV_CURSOR_FILE})"
+    )
+    run.add_argument(
+        "--seen-file", metavar="PATH", help=f"delivered delegation ids (default: ${ENV_SEEN_FILE})"
+    )
+    run.add_argument(
+        "--log-level",
+        type=_log_level,
+        default="INFO",
+        metavar="LEVEL",
+        help=f"one of {', '.join(LOG_LEVELS)} (default: INFO)",
+    )
+
+    demo = sub.add_parser(
+        "demo",
+        help="show the loop working end to end against an in-process fake platform",
+        description=(
+            "Start a FakePlatform and a Heartbeat and play a short story on the platform side: "
+            "two delegations complete, a peer answers through A2A, the agent is busy once so "
+            "the wake-up is retried, and the token rotates. Prints what happens as it happens, "
+            "then a summary read off Heartbeat.status() and the platform's request log."
+        ),
+    )
+    demo.add_argument(
+        "--seconds",
+        type=_positive_float,
+        default=8.0,
+        help="how long the story runs (default: 8)",
+    )
+    demo.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=0.5,
+        help="heartbeat interval in seconds; the story is timed in these units (default: 0.5)",
+    )
+
+    results = sub.add_parser(
+        "results",
+        help="show the delegation results file (--consume takes them)",
+        description=(
+            "Show the delegation results waiting in the results file. Without --consume the file "
+            "is only read; with it the results are removed, as the agent's reader does."
+        ),
+    )
+    results.add_argument(
+        "--file",
+        metavar="PATH",
+        help=f"results file (default: ${ENV_RESULTS_FILE}, else {DEFAULT_RESULTS_FILE})",
+    )
+    results.add_argument(
+        "--consume", action="store_true", help="remove the results shown (read_delegation_results)"
+    )
+    results.add_argument("--json", action="store_true", help="one JSON object per line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the process exit code (2 for usage or configuration errors)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+    command: str | None = args.command
+    try:
+        if command == "run":
+            return _cmd_run(args)
+        if command == "demo":
+            return _cmd_demo(args.seconds, args.interval, sys.stdout)
+        if command == "results":
+            return _cmd_results(args)
+    except BrokenPipeError:
+        # The reader went away (``| head``): stop quietly, and keep the interpreter from
+        # failing again when it flushes stdout at exit.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    parser.print_help(sys.stderr)
+    return 2
+
+
+# --- run ----------------------------------------------------------------------------------------
+
+
+def _configure_logging(level: str) -> None:
+    """What ``logging.basicConfig`` does, to stderr; the library itself never does this."""
+    logging.basicConfig(
+        level=getattr(logging, level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _has_token(configs_dir: Path) -> bool:
+    try:
+        if (configs_dir / ".auth_token").read_text(encoding="utf-8").strip():
+            return True
+    except OSError:
+        pass
+    return bool(os.environ.get(ENV_TOKEN, "").strip())
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config, warnings = load_run_config(args, os.environ)
+    except ConfigError as exc:
+        print(f"{PROG} run: error: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(config.log_level)
+    for warning in warnings:
+        logger.warning("%s", warning)
+    try:
+        hb = Heartbeat(
+            config.platform_url,
+            config.workspace_id,
+            interval_seconds=config.interval,
+            results_file=config.results_file,
+            cursor_file=config.cursor_file,
+            seen_file=config.seen_file,
+            configs_dir=config.configs_dir,
+            # Sent as the Origin header, as the reference runtime does with $PLATFORM_URL
+            # (what gets past the SaaS same-origin check); a URL given by flag counts the same.
+            origin=config.platform_url,
+        )
+    except ValueError as exc:
+        print(f"{PROG} run: error: {exc}", file=sys.stderr)
+        return 2
+    if not _has_token(hb.configs_dir):
+        logger.warning(
+            "no auth token in %s/.auth_token or $%s: beats are sent without one",
+            hb.configs_dir,
+            ENV_TOKEN,
+        )
+
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: types.FrameType | None) -> None:
+        # Only note it: logging from a signal handler could re-enter a handler's stream.
+        received.append(signum)
+        stop.set()
+
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread: the caller must stop us some other way
+            logger.warning("cannot install a handler for %s here", sig.name)
+    try:
+        hb.start_thread()
+        # Beat at once, as the reference runtime does; the regular schedule (with its random
+        # start phase, which keeps a fleet from beating in step) is unchanged.
+        hb.beat_now()
+        logger.info(
+            "%s %s: workspace %s on %s, a beat every %g s; results to %s",
+            PROG,
+            __version__,
+            config.workspace_id,
+            config.platform_url,
+            config.interval,
+            hb.results_path,
+        )
+        # A timed wait, so that the loop also notices the event where a signal cannot
+        # interrupt a blocking wait.
+        while not stop.wait(1.0):
+            pass
+        logger.info("received %s; stopping", signal.Signals(received[0]).name)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        _drain(hb, DRAIN_TIMEOUT)
+        ended = hb.stop(timeout=max(0.5, deadline - time.monotonic()))
+    status = hb.status()
+    logger.info(
+        "stopped (threads ended: %s): %d beats ok, %d failed, %d results delivered, "
+        "%d wake-ups, %d notifications, %d side effects dropped",
+        "yes" if ended else "no, a request is still in flight",
+        status.beats_ok,
+        status.beats_failed,
+        status.results_delivered,
+        status.wakeups_sent,
+        status.notifications_sent,
+        status.side_effects_dropped,
+    )
+    return 0
+
+
+def _drain(hb: Heartbeat, timeout: float) -> None:
+    """Give pending wake-ups and notifications up to ``timeout`` seconds before stopping."""
+    if hb.status().queue_depth:
+        logger.info("waiting up to %.1f s for pending side effects", timeout)
+        hb.flush(timeout)
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    path: str = args.file or os.environ.get(ENV_RESULTS_FILE) or DEFAULT_RESULTS_FILE
+    if args.consume:
+        # Never raises: an I/O problem is logged as a warning (to stderr through logging's
+        # last-resort handler) and the results stay in the file.
+        records = read_delegation_results(path)
+    else:
+        try:
+            records = ResultsFile(path).peek()
+        except OSError as exc:  # includes filelock.Timeout
+            print(f"{PROG} results: error: cannot read {path}: {exc}", file=sys.stderr)
+            return 1
+    if args.json:
+        for record in records:
+            print(json.dumps(record, ensure_ascii=False))
+    elif records:
+        print(format_delegation_results(records))
+    else:
+        print(f"no results in {path}")
+    if records and not args.json:
+        what = "consumed" if args.consume else "left in place; --consume removes them"
+        print(f"({len(records)} result(s) from {path}, {what})", file=sys.stderr)
+    return 0
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+#: The story's last step comes at this many story units; the run lasts about twice that.
+STORY_UNITS = 15
+#: How often the demo's main thread looks at the platform's request log and the status.
+WATCH_PERIOD = 0.05
+BUSY_STATUSES = frozenset({429, 502, 503, 504})
+#: How long console lines are held so that they come out in time order.
+REORDER_DELAY = 0.2
+
+
+class _Console:
+    """Timestamped lines on one stream, from the main thread and the logging handler.
+
+    Lines are held for :data:`REORDER_DELAY` and written in time order: the platform's
+    requests are seen by polling, a little after the library has logged what they caused.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.t0_wall = time.time()
+        self.t0_mono = time.monotonic()
+        self._lock = threading.Lock()
+        self._held: list[tuple[float, int, str]] = []
+        self._seq = 0
+
+    def line(self, source: str, text: str, *, at_mono: float | None = None) -> None:
+        """A line stamped with ``at_mono`` (``time.monotonic()``; default now)."""
+        when = (at_mono if at_mono is not None else time.monotonic()) - self.t0_mono
+        self._hold(when, source, text)
+
+    def line_wall(self, source: str, text: str, at_wall: float) -> None:
+        """A line stamped with ``at_wall`` (``time.time()``, as in a log record)."""
+        self._hold(at_wall - self.t0_wall, source, text)
+
+    def _hold(self, when: float, source: str, text: str) -> None:
+        indented = text.replace("\n", "\n" + " " * 19)
+        with self._lock:
+            self._seq += 1
+            heapq.heappush(self._held, (when, self._seq, f"{when:6.2f}s  {source:<9} {indented}"))
+
+    def flush(self, *, everything: bool = False) -> None:
+        """Write the held lines older than the reorder delay (all of them with ``everything``)."""
+        horizon = time.monotonic() - self.t0_mono - REORDER_DELAY
+        with self._lock:
+            while self._held and (everything or self._held[0][0] <= horizon):
+                self.stream.write(heapq.heappop(self._held)[2] + "\n")
+            self.stream.flush()
+
+    def plain(self, text: str = "") -> None:
+        """Write everything held, then ``text`` without a stamp."""
+        self.flush(everything=True)
+        with self._lock:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+
+class _ConsoleHandler(logging.Handler):
+    """Writes the library's log records as compact console lines."""
+
+    def __init__(self, console: _Console) -> None:
+        super().__init__(logging.INFO)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.levelno != logging.INFO:
+                text = f"{record.levelname}: {text}"
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.console.line_wall("library", text, record.created)
+        except Exception:
+            self.handleError(record)
+
+
+def _status_phrase(status: int | None) -> str:
+    if status is None:
+        return "no answer (connection dropped)"
+    try:
+        return f"{status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+def _message_text(body: Any) -> str:
+    try:
+        parts = body["params"]["message"]["parts"]
+        return " ".join(str(p.get("text", "")) for p in parts if isinstance(p, dict))
+    except (KeyError, TypeError):
+        return ""
+
+
+class _Story:
+    """The demo's cast on the FakePlatform, and what happened to them."""
+
+    def __init__(self, fp: FakePlatform, configs_dir: Path) -> None:
+        from .testing import Response
+
+        self.fp = fp
+        self.configs_dir = configs_dir
+        self.lead = fp.add_workspace(name="team-lead")
+        self.agent = fp.add_workspace(name="demo-agent", parent_id=self.lead.id)
+        self.researcher = fp.add_workspace(name="researcher")
+        self.reviewer = fp.add_workspace(name="reviewer")
+        self.names = {
+            ws.id: ws.name for ws in (self.lead, self.agent, self.researcher, self.reviewer)
+        }
+        token = self.agent.token
+        assert token is not None  # add_workspace mints one
+        self.write_token(token)
+        self.d1 = fp.add_delegation(
+            self.agent.id, target_id=self.researcher.id, summary="Summarise the Q3 sales report"
+        )
+        self.d2 = fp.add_delegation(
+            self.agent.id, target_id=self.reviewer.id, summary="Review the release notes"
+        )
+        # The agent is busy the first time it is woken: the platform answers 503 + Retry-After.
+        busy = Response(503, {"error": "busy", "busy": True}, {"Retry-After": "1"})
+        fp.set_a2a_responses(self.agent.id, [busy])
+        self.peer_answer_id: str | None = None
+        self.new_token: str | None = None
+
+    def write_token(self, token: str) -> None:
+        # Temp file + rename: the loop never reads a half-written token.
+        path = self.configs_dir / ".auth_token"
+        tmp = path.with_name(".auth_token.tmp")
+        tmp.write_text(token, encoding="utf-8")
+        os.replace(tmp, path)
+
+
+class _PlatformWatcher:
+    """Prints each request the platform answered, once, in the order it arrived."""
+
+    def __init__(self, story: _Story, console: _Console) -> None:
+        self.story = story
+        self.console = console
+        self._next = 0
+        self._beats = 0
+        self._explained_401 = False
+
+    def poll(self, *, final: bool = False) -> None:
+        log = self.story.fp.requests
+        now = time.monotonic()
+        while self._next < len(log):
+            entry = log[self._next]
+            # The status is filled in when the answer is decided; wait for it (a dropped
+            # connection keeps None for good).
+            if entry.status is None and not final and now - entry.time < 2.0:
+                break
+            self._next += 1
+            text = self._describe(entry)
+            if text:
+                self.console.line("platform", text, at_mono=entry.time)
+
+    def _describe(self, entry: RecordedRequest) -> str | None:
+        route: str = entry.route
+        status: int | None = entry.status
+        ok = status is not None and 200 <= status < 300
+        if route == "heartbeat":
+            if ok:
+                self._beats += 1
+                body = entry.json() or {}
+                task = body.get("current_task") or ""
+                extra = f", current_task {task!r}" if task else ""
+                return f"heartbeat #{self._beats} accepted{extra}"
+            if status == 401 and not self._explained_401:
+                self._explained_401 = True
+                return (
+                    f"heartbeat refused: {_status_phrase(status)} (on a 401 the loop re-reads "
+                    f".auth_token and retries once)"
+                )
+            return f"heartbeat refused: {_status_phrase(status)}"
+        if route in ("delegations", "activity"):
+            return None if ok else f"GET {route} answered {_status_phrase(status)}"
+        if route == "a2a":
+            if status in BUSY_STATUSES:
+                return f"wake-up self-message answered {_status_phrase(status)} (agent busy)"
+            lines = [
+                line.strip()
+                for line in _message_text(entry.json()).splitlines()
+                if line.startswith("- ")
+            ]
+            if ok:
+                return "wake-up self-message delivered to the agent:\n" + "\n".join(lines)
+            return f"wake-up self-message answered {_status_phrase(status)}"
+        if route == "notify":
+            body = entry.json() or {}
+            first = str(body.get("message", "")).splitlines()[:1]
+            if ok:
+                return f"notification shown to the user: {first[0] if first else ''}"
+            return f"notification answered {_status_phrase(status)}"
+        if route == "workspace":
+            name = self.story.names.get(entry.workspace_id or "", "?")
+            return f"workspace lookup ({name}) answered {_status_phrase(status)}"
+        return f"{entry.method} {entry.path} answered {_status_phrase(status)}"
+
+
+class _StatusWatcher:
+    """Prints changes of the loop's state and of its drops."""
+
+    def __init__(self, hb: Heartbeat, console: _Console) -> None:
+        self.hb = hb
+        self.console = console
+        self._state = ""
+        self._dropped = 0
+
+    def poll(self) -> Status:
+        status = self.hb.status()
+        if status.state != self._state:
+            detail = f" ({status.last_error})" if status.last_error else ""
+            if self._state:
+                self.console.line("status", f"{self._state} -> {status.state}{detail}")
+            else:
+                self.console.line("status", f"the loop is {status.state}{detail}")
+            self._state = status.state
+        if status.side_effects_dropped != self._dropped:
+            self._dropped = status.side_effects_dropped
+            self.console.line("status", f"side effects dropped so far: {dict(status.drops)}")
+        return status
+
+
+def _cmd_demo(seconds: float, interval: float, stream: TextIO) -> int:
+    console = _Console(stream)
+    handler = _ConsoleHandler(console)
+    lib_logger = logging.getLogger("heartbeat_sync")
+    old_level = lib_logger.level
+    lib_logger.addHandler(handler)
+    lib_logger.setLevel(logging.INFO)
+    try:
+        with tempfile.TemporaryDirectory(prefix="heartbeat-sync-demo-") as tmp:
+            return _play(seconds, interval, Path(tmp), console)
+    finally:
+        lib_logger.removeHandler(handler)
+        lib_logger.setLevel(old_level)
+
+
+def _play(seconds: float, interval: float, tmp: Path, console: _Console) -> int:
+    from .testing import FakePlatform
+
+    configs = tmp / "configs"
+    configs.mkdir()
+    results_path = tmp / "delegation_results.jsonl"
+    # Story steps come every two units; a long interval compresses the story into --seconds.
+    unit = min(interval, seconds / STORY_UNITS)
+    with FakePlatform() as fp:
+        story = _Story(fp, configs)
+        hb = Heartbeat(
+            fp.url,
+            story.agent.id,
+            interval_seconds=interval,
+            results_file=results_path,
+            cursor_file=tmp / "activity_cursor",
+            seen_file=tmp / "seen_ids",
+            configs_dir=configs,
+            self_message_cooldown=interval,
+            exit_timeout=None,
+        )
+        console.plain(
+            f"{PROG} demo: a FakePlatform at {fp.url}; workspace {story.agent.id[:8]} "
+            f"('demo-agent', parent 'team-lead') beats every {interval:g} s for {seconds:g} s"
+        )
+        console.plain(f"files in {tmp}")
+        # The rotation needs a failed beat and a recovering one after the last step, and the
+        # busy agent's wake-up is retried after a Retry-After of 1 s.
+        needed = max(8 * unit + 3 * interval, 2 * unit + 1.0 + 2 * interval)
+        if needed > seconds:
+            console.plain(
+                f"note: at a {interval:g} s interval the story needs about {needed:.1f} s to "
+                f"play out, more than {seconds:g} s (shorten --interval or lengthen --seconds)"
+            )
+        console.plain()
+        platform_watch = _PlatformWatcher(story, console)
+        status_watch = _StatusWatcher(hb, console)
+
+        def complete(did: str, who: str, preview: str) -> Callable[[], None]:
+            def step() -> None:
+                fp.set_delegation(story.agent.id, did, status="completed", response_preview=preview)
+                console.line("story", f"{who} completed delegation {did[:8]} on the platform")
+
+            return step
+
+        def peer_answers() -> None:
+            story.peer_answer_id = fp.add_activity(
+                story.agent.id,
+                source_id=story.researcher.id,
+                text="Also: Q3 churn fell to 2.1%, details in the shared sheet.",
+                summary="Follow-up from researcher",
+            )
+            console.line("story", "researcher answered through A2A (an a2a_receive activity row)")
+
+        failed_at_rotation: list[int] = []
+
+        def rotate() -> None:
+            story.new_token = fp.rotate_token(story.agent.id)
+            failed_at_rotation.append(hb.status().beats_failed)
+            console.line(
+                "story",
+                "the platform rotated the token; the new one reaches the configs dir later",
+            )
+
+        steps: list[tuple[float, Callable[[], None]]] = [
+            (2 * unit, complete(story.d1, "researcher", "Revenue up 12% quarter on quarter.")),
+            (4 * unit, complete(story.d2, "reviewer", "Two typos fixed; ready to ship.")),
+            (6 * unit, peer_answers),
+            (8 * unit, rotate),
+        ]
+        interrupted = False
+        hb.current_task = "waiting for 2 delegations"
+        hb.start_thread()
+        start = time.monotonic()
+        deadline = start + seconds
+        pause = threading.Event()
+        try:
+            while time.monotonic() < deadline:
+                elapsed = time.monotonic() - start
+                while steps and steps[0][0] <= elapsed:
+                    steps.pop(0)[1]()
+                status = status_watch.poll()
+                if (
+                    story.new_token
+                    and failed_at_rotation
+                    and status.beats_failed > failed_at_rotation[0]
+                ):
+                    # A beat has failed with the old token: now hand out the new one.
+                    story.write_token(story.new_token)
+                    story.new_token = None
+                    console.line("story", "the new token was written to configs/.auth_token")
+                platform_watch.poll()
+                console.flush()
+                pause.wait(WATCH_PERIOD)
+            # Give a wake-up or notification still in flight a moment to finish.
+            grace = time.monotonic() + 2.0
+            while status_watch.poll().queue_depth and time.monotonic() < grace:
+                platform_watch.poll()
+                console.flush()
+                pause.wait(WATCH_PERIOD)
+        except KeyboardInterrupt:
+            interrupted = True
+            console.plain("interrupted")
+        finally:
+            ended = hb.stop(timeout=3.0)
+        platform_watch.poll(final=True)
+        status_watch.poll()
+        _summary(console, hb, story, results_path, ended)
+    return 130 if interrupted else 0
+
+
+def _summary(
+    console: _Console, hb: Heartbeat, story: _Story, results_path: Path, ended: bool
+) -> None:
+    fp = story.fp
+    status = hb.status()
+    beats = fp.requests_for("heartbeat", story.agent.id)
+    refused = [r for r in beats if r.status is not None and not 200 <= r.status < 300]
+    accepted = len(fp.heartbeats(story.agent.id))
+    last_refused = max((i for i, r in enumerate(beats) if r in refused), default=None)
+    recovered = last_refused is not None and any(
+        r.status is not None and 200 <= r.status < 300 for r in beats[last_refused + 1 :]
+    )
+    a2a = fp.requests_for("a2a", story.agent.id)
+    busy_at = [i for i, r in enumerate(a2a) if r.status in BUSY_STATUSES]
+    retried_ok = bool(busy_at) and any(
+        r.status is not None and 200 <= r.status < 300 for r in a2a[busy_at[0] + 1 :]
+    )
+    notes = fp.notifications(story.agent.id)
+    drops = ", ".join(f"{k}: {v}" for k, v in sorted(status.drops.items())) or "none"
+
+    consumed = read_delegation_results(results_path)
+    ids = {str(r.get("delegation_id")) for r in consumed}
+    from_peer = story.peer_answer_id is not None and story.peer_answer_id in ids
+    delegations = sum(1 for d in (story.d1, story.d2) if d in ids)
+
+    def check(ok: bool, text: str) -> str:
+        return f"  [{'x' if ok else ' '}] {text}"
+
+    console.plain()
+    console.plain("--- summary (read off Heartbeat.status() and the platform's request log) ---")
+    console.plain(
+        f"beats          {status.beats_ok} ok, {status.beats_failed} failed "
+        f"(the platform accepted {accepted} and refused {len(refused)} heartbeat request(s))"
+    )
+    console.plain(f"results        {status.results_delivered} delivered to the results file")
+    if busy_at:
+        retried = "then retried" if len(a2a) > busy_at[0] + 1 else "not retried"
+        refusals = f"{len(busy_at)} attempt(s) refused because the agent was busy ({retried})"
+    else:
+        refusals = "no attempt refused"
+    console.plain(f"wake-ups       {status.wakeups_sent} sent; {refusals}")
+    console.plain(
+        f"notifications  {status.notifications_sent} sent (the platform accepted {len(notes)})"
+    )
+    console.plain(f"drops          {status.side_effects_dropped} ({drops})")
+    console.plain(
+        f"threads        {'all stopped' if ended else 'NOT stopped within 3 s'}; "
+        f"final state {status.state}"
+    )
+    console.plain("story:")
+    console.plain(check(delegations == 2, f"both delegations were delivered ({delegations}/2)"))
+    console.plain(check(from_peer, "the researcher's A2A answer was delivered"))
+    console.plain(check(retried_ok, "the busy agent's wake-up was retried and then delivered"))
+    console.plain(
+        check(
+            status.beats_failed > 0 and recovered,
+            f"the token rotation cost {status.beats_failed} failed beat(s), then the loop "
+            f"recovered" + ("" if recovered else " (no recovery seen)"),
+        )
+    )
+    console.plain()
+    console.plain(f"read_delegation_results() consumed {len(consumed)} result(s):")
+    console.plain(format_delegation_results(consumed) or "(none)")
+    left = ResultsFile(results_path).peek()
+    console.plain(f"results left in the file afterwards: {len(left)}")

@@ -1,0 +1,151 @@
+"""The examples run as scripts: standalone (with their own FakePlatform) and against a platform."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from heartbeat_sync.testing import FakePlatform, Workspace
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+
+CONFIG_ENV = (
+    "PLATFORM_URL",
+    "WORKSPACE_ID",
+    "CONFIGS_DIR",
+    "DELEGATION_RESULTS_FILE",
+    "DELEGATION_ACTIVITY_CURSOR_FILE",
+    "DELEGATION_SEEN_FILE",
+    "HEARTBEAT_INTERVAL_SECONDS",
+    "MOLECULE_WORKSPACE_TOKEN",
+    "ADAPTER_MODULE",
+    "PYTHONPATH",
+)
+
+
+def run_example(
+    name: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 10.0
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``examples/<name>`` as a user would: ``python examples/x.py``, nothing installed."""
+    clean = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV}
+    clean.update(env or {})
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        cwd=cwd,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return done, time.monotonic() - start
+
+
+@pytest.mark.timeout(30)
+def test_plain_script_standalone(tmp_path: Path) -> None:
+    done, took = run_example("plain_script.py", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "using an in-process FakePlatform" in out
+    assert "FAILED invoice-3 (corrupt): cannot parse invoice-3 (corrupt)" in out
+    assert out.count("done   invoice-") == 4
+    beats = re.search(r"heartbeat: (\d+) beats ok, 0 failed, state stopped", out)
+    assert beats
+    assert int(beats[1]) >= 2
+    assert f"the platform received {beats[1]} heartbeats" in out
+    # The platform saw the script's current_task and its error.
+    assert "'processing invoice-3 (corrupt)'" in out
+    worst = re.search(r"highest error_rate it saw: ([\d.]+) \(sample_error '([^']*)'\)", out)
+    assert worst
+    assert float(worst[1]) > 0
+    assert worst[2] == "cannot parse invoice-3 (corrupt)"
+    assert took < 10
+
+
+@pytest.mark.timeout(30)
+def test_thread_pool_worker_standalone(tmp_path: Path) -> None:
+    done, took = run_example("thread_pool_worker.py", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert len(re.findall(r"^job +\d+: ok$", out, re.MULTILINE)) == 10
+    assert len(re.findall(r"^job +\d+: error$", out, re.MULTILINE)) == 2
+    peak = re.search(r"at most (\d+) tasks ran at once; active_tasks is 0 now", out)
+    assert peak
+    assert 2 <= int(peak[1]) <= 4
+    seen = re.search(r"active_tasks it saw: \[([\d, ]*)\]", out)
+    assert seen
+    active = [int(n) for n in seen[1].split(",") if n.strip()]
+    assert max(active) >= 2  # a beat went out while several tasks ran
+    errors = re.search(r"beats reporting errors: (\d+)", out)
+    assert errors
+    assert int(errors[1]) >= 1
+    assert "upstream timed out" in out
+    assert took < 10
+
+
+@pytest.mark.timeout(30)
+def test_agent_loop_injects_the_result_into_a_prompt(tmp_path: Path) -> None:
+    done, took = run_example("agent_loop.py", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    completed = out.index("[platform] the researcher completed delegation")
+    # The prompts before the delegation completed carry no results...
+    assert "[A2A_RESULT_FROM_PEER]" not in out[:completed]
+    # ...and a later prompt carries it, injected by format_delegation_results.
+    later = out[completed:]
+    prompt = later[later.index("----- prompt") :]
+    assert re.match(r"----- prompt, turn \d+ \(1 new result\(s\)\) -----", prompt)
+    block = re.search(
+        r"\[A2A_RESULT_FROM_PEER\]\n(.*?)\n\[/A2A_RESULT_FROM_PEER\]", prompt, re.DOTALL
+    )
+    assert block
+    assert block[1] == (
+        "- [completed] Find three hotels in Alfama\n"
+        "  Response: Memmo Alfama, Santiago de Alfama, Palacio Belmonte"
+    )
+    assert "Assistant: the researcher's hotels are in" in out
+    assert "1 result(s) were injected into prompts" in out
+    assert "the platform received 1 wake-up message(s)" in out
+    assert took < 10
+
+
+@pytest.mark.timeout(30)
+def test_plain_script_against_a_platform(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path
+) -> None:
+    env = {
+        "PLATFORM_URL": platform.url,
+        "WORKSPACE_ID": ws.id,
+        "CONFIGS_DIR": str(tmp_path / "configs"),
+        "DELEGATION_RESULTS_FILE": str(tmp_path / "results.jsonl"),
+        "DELEGATION_ACTIVITY_CURSOR_FILE": str(tmp_path / "cursor"),
+        "DELEGATION_SEEN_FILE": str(tmp_path / "seen"),
+    }
+    done, _ = run_example("plain_script.py", "--interval", "0.5", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "FakePlatform" not in done.stdout
+    beats = platform.heartbeats(ws.id)
+    assert beats
+    tasks = {b.get("current_task") for b in beats}
+    assert "processing invoice-3 (corrupt)" in tasks
+    assert any(b.get("sample_error") == "cannot parse invoice-3 (corrupt)" for b in beats)
+    assert all(
+        r.headers.get("authorization") == f"Bearer {ws.token}"
+        for r in platform.requests_for("heartbeat")
+    )
+
+
+@pytest.mark.timeout(30)
+def test_examples_need_a_workspace_id_with_a_platform_url(tmp_path: Path) -> None:
+    done, _ = run_example(
+        "agent_loop.py", "--platform-url", "http://127.0.0.1:9", cwd=tmp_path, timeout=10
+    )
+    assert done.returncode == 2
+    assert "WORKSPACE_ID" in done.stderr
