@@ -1,0 +1,50 @@
+"""The library logs to the ``heartbeat_sync`` tree, installs no handler and prints nothing."""
+
+from __future__ import annotations
+
+import ast
+import logging
+from pathlib import Path
+
+import pytest
+
+import heartbeat_sync
+from heartbeat_sync.testing import FakePlatform, Workspace
+
+from .conftest import HeartbeatFactory, wait_until
+
+PACKAGE = Path(heartbeat_sync.__file__).parent
+# The command line is the one module that prints and configures logging, for itself.
+PRINTING_ALLOWED = {"_cli.py"}
+
+
+def test_no_module_of_the_library_prints_or_configures_logging() -> None:
+    offenders = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.name in PRINTING_ALLOWED:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if name in ("print", "basicConfig", "addHandler", "dictConfig", "fileConfig"):
+                    offenders.append(f"{path.name}:{node.lineno} {name}")
+    assert offenders == []
+
+
+def test_a_running_heartbeat_prints_nothing_and_adds_no_handler(
+    platform: FakePlatform,
+    ws: Workspace,
+    make_hb: HeartbeatFactory,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    platform.fault("delegations", status=500, times=5)  # warnings are logged, not printed
+    with make_hb() as hb:
+        assert wait_until(lambda: hb.status().beats_ok >= 3)
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert "heartbeat" not in err
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("heartbeat_sync")]
+    assert "heartbeat_sync" in names
+    for name in names:
+        assert logging.getLogger(name).handlers == [], name
