@@ -154,7 +154,9 @@ class IdLog:
     path: str
     max_ids: int
 
-    def __init__(self, path: str | os.PathLike[str], max_ids: int) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], max_ids: int, lock_timeout: float | None = None
+    ) -> None:
         if max_ids < 1:
             raise ValueError(f"max_ids must be >= 1, not {max_ids!r}")
         self.path = os.fspath(path)
@@ -165,7 +167,8 @@ class IdLog:
         self._dirty = False
         self._warned_corrupt = False
         self._mutex = threading.RLock()
-        self._file_lock = filelock.FileLock(self.path + ".lock", timeout=_LOCK_TIMEOUT)
+        timeout = _LOCK_TIMEOUT if lock_timeout is None else lock_timeout
+        self._file_lock = filelock.FileLock(self.path + ".lock", timeout=timeout)
 
     def __repr__(self) -> str:
         return f"IdLog({self.path!r}, max_ids={self.max_ids})"
@@ -429,10 +432,13 @@ class ResultsFile:
     journal_path: str
     lock: filelock.BaseFileLock
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], lock_timeout: float | None = None) -> None:
         self.path = os.fspath(path)
         self.journal_path = self.path + ".journal"
-        self.lock = filelock.FileLock(self.path + ".lock", timeout=_LOCK_TIMEOUT)
+        # The beat thread passes a short timeout: a consumer stuck while holding the lock
+        # must delay a delivery (retried next cycle), never the heartbeat itself.
+        timeout = _LOCK_TIMEOUT if lock_timeout is None else lock_timeout
+        self.lock = filelock.FileLock(self.path + ".lock", timeout=timeout)
 
     def __repr__(self) -> str:
         return f"ResultsFile({self.path!r})"
@@ -451,11 +457,12 @@ class ResultsFile:
         ``delegation_id`` that delivery had added to one of ``id_logs``: those were delivered
         by it (a writer restarted after a crash would otherwise choose them again).
 
-        Raises ``filelock.Timeout`` when the lock is not free within 30 s, ``OSError`` when the
-        results file cannot be written (the append is rolled back where possible), and
-        ``TypeError``/``ValueError`` for a record JSON cannot encode. In each case nothing of
-        this call was delivered and the caller may retry it. An id log that cannot be written
-        only logs a warning; its in-memory object stays dirty so its next ``save`` retries.
+        Raises ``filelock.Timeout`` when the lock is not free within the lock timeout,
+        ``OSError`` when the results file cannot be written (the append is rolled back where
+        possible), and ``TypeError``/``ValueError`` for a record JSON cannot encode. In each
+        case nothing of this call was delivered and the caller may retry it. An id log that
+        cannot be written only logs a warning; its in-memory object stays dirty so its next
+        ``save`` retries.
         """
         logs = [(log, list(ids)) for log, ids in id_logs]
         if not records and not any(ids for _, ids in logs):

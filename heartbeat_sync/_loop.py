@@ -137,9 +137,11 @@ class Heartbeat:
             origin=origin or os.environ.get("PLATFORM_URL") or None,
             env_token=os.environ.get(TOKEN_ENV),
         )
-        self._results = ResultsFile(self.results_path)
-        self._seen = IdLog(self.seen_path, max_seen_ids)
-        self._cursor = IdLog(self.cursor_path, max_cursor_ids)
+        # A consumer that holds the results lock for long must not stall the beat.
+        self._lock_timeout = min(5.0, max(0.05, interval / 4))
+        self._results = ResultsFile(self.results_path, self._lock_timeout)
+        self._seen = IdLog(self.seen_path, max_seen_ids, self._lock_timeout)
+        self._cursor = IdLog(self.cursor_path, max_cursor_ids, self._lock_timeout)
         self._worker = SideEffectWorker(
             self._new_client,
             cooldown=self.self_message_cooldown,
@@ -189,9 +191,9 @@ class Heartbeat:
         self._warn.reinit_after_fork()
         self._credentials.reinit_after_fork()
         # File locks are per object; the parent's may have been held by its beat thread.
-        self._results = ResultsFile(self.results_path)
-        self._seen = IdLog(self.seen_path, self._seen.max_ids)
-        self._cursor = IdLog(self.cursor_path, self._cursor.max_ids)
+        self._results = ResultsFile(self.results_path, self._lock_timeout)
+        self._seen = IdLog(self.seen_path, self._seen.max_ids, self._lock_timeout)
+        self._cursor = IdLog(self.cursor_path, self._cursor.max_ids, self._lock_timeout)
 
     def _new_client(self) -> PlatformClient:
         return PlatformClient(

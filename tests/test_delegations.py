@@ -131,3 +131,23 @@ def test_bad_rows_cost_no_good_row(
     (record,) = _records(tmp_path / "results.jsonl")
     assert record["delegation_id"] == good
     assert record["summary"] == ""
+
+
+def test_a_consumer_holding_the_lock_delays_delivery_not_beats(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    import filelock
+
+    results = tmp_path / "results.jsonl"
+    interval = 0.1
+    with make_hb(interval_seconds=interval) as hb:
+        assert wait_until(lambda: hb.status().beats_ok >= 1)
+        with filelock.FileLock(str(results) + ".lock"):
+            did = platform.add_delegation(ws.id, status="completed")
+            n = len(platform.heartbeats(ws.id))
+            assert platform.wait_for(lambda: len(platform.heartbeats(ws.id)) >= n + 8, timeout=2)
+            assert read_lines(results) == []
+        assert wait_until(lambda: len(read_lines(results)) == 1, timeout=5)
+        m = hb.status().beats_ok
+        assert wait_until(lambda: hb.status().beats_ok >= m + 3)
+    assert [r["delegation_id"] for r in _records(results)] == [did]
