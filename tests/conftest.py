@@ -44,17 +44,23 @@ def ws(platform: FakePlatform, tmp_path: Path) -> Workspace:
     return workspace
 
 
+#: Every environment variable the library or the command line reads.
+CONFIG_ENV = (
+    "PLATFORM_URL",
+    "WORKSPACE_ID",
+    "CONFIGS_DIR",
+    "DELEGATION_RESULTS_FILE",
+    "DELEGATION_ACTIVITY_CURSOR_FILE",
+    "DELEGATION_SEEN_FILE",
+    "HEARTBEAT_INTERVAL_SECONDS",
+    "MOLECULE_WORKSPACE_TOKEN",
+    "ADAPTER_MODULE",
+)
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in (
-        "DELEGATION_RESULTS_FILE",
-        "DELEGATION_ACTIVITY_CURSOR_FILE",
-        "DELEGATION_SEEN_FILE",
-        "CONFIGS_DIR",
-        "MOLECULE_WORKSPACE_TOKEN",
-        "ADAPTER_MODULE",
-        "PLATFORM_URL",
-    ):
+    for name in CONFIG_ENV:
         monkeypatch.delenv(name, raising=False)
     clear_wedge()
     yield

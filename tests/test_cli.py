@@ -32,22 +32,11 @@ from heartbeat_sync._cli import (
 )
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .conftest import wait_until
+from .conftest import CONFIG_ENV, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
 #: Configuration the CLI reads from the environment: cleared for every subprocess.
-CONFIG_ENV = (
-    "PLATFORM_URL",
-    "WORKSPACE_ID",
-    "CONFIGS_DIR",
-    "DELEGATION_RESULTS_FILE",
-    "DELEGATION_ACTIVITY_CURSOR_FILE",
-    "DELEGATION_SEEN_FILE",
-    "HEARTBEAT_INTERVAL_SECONDS",
-    "MOLECULE_WORKSPACE_TOKEN",
-    "ADAPTER_MODULE",
-)
 
 posix_signals = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 

@@ -13,28 +13,19 @@ import pytest
 
 from heartbeat_sync.testing import FakePlatform, Workspace
 
+from .conftest import CONFIG_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 
-CONFIG_ENV = (
-    "PLATFORM_URL",
-    "WORKSPACE_ID",
-    "CONFIGS_DIR",
-    "DELEGATION_RESULTS_FILE",
-    "DELEGATION_ACTIVITY_CURSOR_FILE",
-    "DELEGATION_SEEN_FILE",
-    "HEARTBEAT_INTERVAL_SECONDS",
-    "MOLECULE_WORKSPACE_TOKEN",
-    "ADAPTER_MODULE",
-    "PYTHONPATH",
-)
+CLEARED_ENV = (*CONFIG_ENV, "PYTHONPATH")
 
 
 def run_example(
     name: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 10.0
 ) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run ``examples/<name>`` as a user would: ``python examples/x.py``, nothing installed."""
-    clean = {k: v for k, v in os.environ.items() if k not in CONFIG_ENV}
+    clean = {k: v for k, v in os.environ.items() if k not in CLEARED_ENV}
     clean.update(env or {})
     start = time.monotonic()
     done = subprocess.run(
