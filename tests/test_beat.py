@@ -264,3 +264,22 @@ def test_current_task_change_beats_at_once(
         assert body["current_task"] == "summarising"
         hb.current_task = "summarising"  # unchanged: no extra beat
         assert not platform.wait_for(lambda: len(platform.heartbeats(ws.id)) > n + 1, timeout=0.3)
+
+
+def test_a_netrc_entry_for_the_platform_does_not_replace_the_bearer_token(
+    platform: FakePlatform,
+    ws: Workspace,
+    make_hb: HeartbeatFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password elsewhere\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    with make_hb() as hb:
+        assert wait_until(lambda: hb.status().beats_ok >= 2)
+    assert hb.status().beats_failed == 0
+    for request in platform.requests:
+        if request.route in ("heartbeat", "delegations", "activity"):
+            assert request.headers["authorization"] == f"Bearer {ws.token}"
