@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 import weakref
 from typing import Any, Callable
 
@@ -33,6 +34,17 @@ class BoundedRetry(Retry):
     """
 
     retry_after_cap: float = 5.0
+    #: Set by ``AbortableAdapter.abort()``: from then on nothing is retried.
+    aborted: threading.Event | None = None
+
+    def increment(self, *args: Any, **kwargs: Any) -> BoundedRetry:
+        if self.aborted is not None and self.aborted.is_set():
+            # stop() shut the connection down on purpose: a retry would reconnect and could
+            # hang for the whole request timeout, past stop()'s deadline.
+            error = kwargs.get("error", args[3] if len(args) > 3 else None)
+            if error is not None:
+                raise error
+        return super().increment(*args, **kwargs)
 
     def parse_retry_after(self, retry_after: str) -> float:
         return min(super().parse_retry_after(retry_after), self.retry_after_cap)
@@ -40,6 +52,7 @@ class BoundedRetry(Retry):
     def new(self, **kw: Any) -> BoundedRetry:
         retry = super().new(**kw)
         retry.retry_after_cap = self.retry_after_cap
+        retry.aborted = self.aborted
         return retry
 
 
@@ -69,6 +82,7 @@ def make_retry(retry_after_cap: float) -> BoundedRetry:
         respect_retry_after_header=True,
     )
     retry.retry_after_cap = max(0.0, retry_after_cap)
+    retry.aborted = threading.Event()
     return retry
 
 
@@ -104,7 +118,10 @@ class AbortableAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _SPool}
 
     def abort(self) -> None:
-        """Shut down every connection this adapter opened (in flight or idle)."""
+        """Shut down every connection this adapter opened (in flight or idle); retry nothing."""
+        aborted = getattr(self.max_retries, "aborted", None)
+        if aborted is not None:
+            aborted.set()
         for conn in list(getattr(self, "_live", ())):
             sock = getattr(conn, "sock", None)
             if sock is not None:

@@ -94,6 +94,7 @@ class SideEffectWorker:
         self._wake_more = 0
         self._pending_notify: collections.deque[Result] = collections.deque()
         self._next_wake_at = float("-inf")
+        self._last_was_wakeup = False
         self._first_attempt_at: float | None = None
         self._notify_paused_until = float("-inf")
         self._parent_name: str | None = None
@@ -267,8 +268,13 @@ class SideEffectWorker:
         now = self._clock()
         with self._cond:
             wake_due = bool(self._pending_wake) and now >= self._next_wake_at
+            # After a wake-up, one notification goes first: with a short cooldown and results
+            # arriving steadily, wake-ups would otherwise starve the notifications.
+            if wake_due and self._last_was_wakeup and self._pending_notify:
+                wake_due = False
             batch = list(self._pending_wake) if wake_due else []
             more = self._wake_more
+        self._last_was_wakeup = wake_due
         if wake_due:
             self._send_wakeup(client, batch, more)
             return
@@ -344,6 +350,10 @@ class SideEffectWorker:
         try:
             client.notify(_messages.notify_text(result))
         except PlatformError as exc:
+            if self._stopping:
+                with self._cond:
+                    self._drop(DROP_STOPPED, 1)
+                return
             error = exc.body.get("error") if isinstance(exc.body, dict) else None
             if exc.status == 403 and error == "talk_to_user_disabled":
                 logger.info(

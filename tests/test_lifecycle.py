@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
+import pytest
 import requests
 
 from heartbeat_sync import Heartbeat
 from heartbeat_sync._http import make_session
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .conftest import HeartbeatFactory, wait_until
+from .conftest import HeartbeatFactory, LogCapture, wait_until
 
 
 def _threads_named(prefix: str) -> list[threading.Thread]:
@@ -154,3 +156,19 @@ def test_status_snapshot_is_immutable(make_hb: HeartbeatFactory, platform: FakeP
     hb.start_thread()
     assert wait_until(lambda: hb.status().state == "healthy", timeout=5)
     assert hb.status().last_success is not None
+
+
+@pytest.mark.parametrize("route", ["delegations", "activity"])
+def test_stop_is_bounded_while_a_poll_hangs(
+    platform: FakePlatform, make_hb: HeartbeatFactory, route: str, logs: LogCapture
+) -> None:
+    platform.fault(route, delay=60)
+    hb = make_hb()
+    hb.start_thread()
+    assert platform.wait_for_requests(route, 1, timeout=5)
+    started = time.monotonic()
+    assert hb.stop(timeout=2.0)
+    assert time.monotonic() - started < 1.0
+    # The interrupted GET is not retried (a retry would reconnect and hang again).
+    assert len(platform.requests_for(route)) == 1
+    assert not [m for m in logs.messages(logging.WARNING) if "poll failed" in m]

@@ -204,3 +204,19 @@ def test_full_queue_drops_and_counts(
         assert status.queue_depth >= 2
         assert status.results_delivered == 6  # results are never dropped, only side effects
         platform.stop()
+
+
+def test_wakeups_do_not_starve_notifications(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    # Every wake-up takes longer than a beat, and results keep arriving: with no cooldown a
+    # wake-up is due again the moment the last one ends.
+    platform.fault("a2a", delay=0.2)
+    results = tmp_path / "results.jsonl"
+    with make_hb(interval_seconds=0.05, self_message_cooldown=0.0) as hb:
+        for i in range(12):
+            platform.add_delegation(ws.id, status="completed")
+            assert wait_until(lambda i=i: len(read_lines(results)) == i + 1, timeout=5)
+            platform.wait_for(lambda: False, timeout=0.1)
+        assert hb.status().wakeups_sent >= 2
+        assert hb.status().notifications_sent >= 2  # while results were still arriving
