@@ -32,8 +32,36 @@ DEFAULT_CURSOR_FILE = "/tmp/delegation_activity_cursor"
 DEFAULT_SEEN_FILE = "/tmp/delegation_seen_ids"
 #: After this many failed beats in a row the session is rebuilt (the reference's rule).
 MAX_CONSECUTIVE_FAILURES = 10
-#: A start phase of up to this share of the interval keeps a fleet from beating in step.
+#: The default start phase: the first beat comes within this share of the interval.
 START_PHASE = 0.1
+_GOLDEN = 0.6180339887498949
+
+
+class _PhaseSequence:
+    """Start phases for the Heartbeats of one process: a golden-ratio sequence from a random
+    start. Instances started together then spread evenly (independent uniform draws cluster
+    by chance); a forked child draws a new start, so forked workers do not beat in step."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next: float | None = None
+
+    def random(self) -> float:
+        with self._lock:
+            if self._next is None:
+                self._next = random.random()
+            value = self._next
+            self._next = (value + _GOLDEN) % 1.0
+            return value
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._next = None
+
+
+_phases = _PhaseSequence()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_phases.reset)
 #: Rows asked for per activity page, and pages read per cycle when the server has more.
 ACTIVITY_PAGE = 100
 ACTIVITY_MAX_PAGES = 5
@@ -77,7 +105,12 @@ class Heartbeat:
             out of the exit hook.
         origin: The ``Origin`` header sent with every request (what gets past the platform's
             same-origin check). None: ``$PLATFORM_URL`` if set, else no header.
+        start_phase: The first beat comes after a random share of the interval up to this
+            fraction (0 to 1). The default, 0.1, beats soon after start; a fleet started at the
+            same moment then beats within the first tenth of every interval. 1.0 spreads such a
+            fleet evenly over the interval, at the cost of a first beat up to an interval late.
         rng: Source of the random start phase (anything with ``random()``), for tests.
+            Default: a process-wide golden-ratio sequence from a random start.
         session_factory: Makes each thread's ``requests.Session``; the default mounts urllib3
             ``Retry`` with ``Retry-After`` capped below the interval.
 
@@ -103,6 +136,7 @@ class Heartbeat:
         wakeup_retry_deadline: float = 300.0,
         exit_timeout: float | None = 2.0,
         origin: str | None = None,
+        start_phase: float = START_PHASE,
         rng: random.Random | None = None,
         session_factory: SessionFactory | None = None,
     ) -> None:
@@ -126,7 +160,10 @@ class Heartbeat:
         self._runtime_metadata = runtime_metadata
         self.request_timeout = request_timeout
         self.exit_timeout = exit_timeout
-        self._rng: Any = rng if rng is not None else random.Random()
+        if not 0.0 <= start_phase <= 1.0:
+            raise ValueError(f"start_phase must be between 0 and 1, not {start_phase!r}")
+        self.start_phase = float(start_phase)
+        self._rng: Any = rng if rng is not None else _phases
         # urllib3 sleeps inside a request where stop() cannot reach it: keep that short.
         retry_after_cap = min(5.0, interval / 4)
         self._session_factory: SessionFactory = session_factory or (
@@ -363,7 +400,7 @@ class Heartbeat:
         with self._lock:
             self._beat_client = client
         interval = self.interval_seconds
-        next_at = time.monotonic() + self._rng.random() * START_PHASE * interval
+        next_at = time.monotonic() + self._rng.random() * self.start_phase * interval
         try:
             while True:
                 delay = next_at - time.monotonic()
@@ -474,7 +511,8 @@ class Heartbeat:
         try:
             rows = client.delegations()
         except PlatformError as exc:
-            self._warn.warning("delegations", "delegations poll failed: %s", exc)
+            if not self._stopping:  # a poll interrupted by stop() is not a platform failure
+                self._warn.warning("delegations", "delegations poll failed: %s", exc)
             return
         self._warn.reset("delegations")
         parsed = _messages.delegation_results(rows, self.workspace_id, self._seen, time.time())
@@ -504,7 +542,8 @@ class Heartbeat:
                     since = None
                     rows = client.activity(None, limit=ACTIVITY_PAGE)
             except PlatformError as exc:
-                self._warn.warning("activity", "activity poll failed: %s", exc)
+                if not self._stopping:
+                    self._warn.warning("activity", "activity poll failed: %s", exc)
                 return
             self._warn.reset("activity")
             honoured = since is not None and not any(

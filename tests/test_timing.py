@@ -60,16 +60,31 @@ def test_random_start_phase_is_up_to_ten_percent(
     assert _beat_times(platform)[0] - started < 0.15
 
 
-def test_default_start_phase_spreads_a_fleet(
+def test_default_start_phases_of_a_process_are_spread_evenly(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:
-    import random
+    phases = sorted(make_hb(rng=None)._rng.random() for _ in range(20))
+    gaps = [b - a for a, b in zip(phases, phases[1:])]
+    assert len(set(phases)) == 20
+    # A golden-ratio sequence leaves no gap wider than 0.1 between 20 points; 20 independent
+    # uniform draws nearly always do (their widest gap is about 0.15 on average).
+    assert max(gaps) < 0.1
 
-    phases = set()
-    for seed in range(3):
-        hb = make_hb(interval_seconds=10.0, rng=random.Random(seed))
-        phases.add(round(hb._rng.random(), 6))
-    assert len(phases) == 3
+
+def test_start_phase_can_spread_over_the_whole_interval(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    import time
+
+    import pytest
+
+    started = time.monotonic()
+    with make_hb(interval_seconds=1.0, start_phase=1.0, rng=FixedRandom(0.6)):
+        assert platform.wait_for_requests("heartbeat", 1, timeout=5)
+    assert 0.55 < _beat_times(platform)[0] - started < 0.8
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError):
+            make_hb(start_phase=bad)
 
 
 def test_beat_now_runs_a_cycle_at_once(
