@@ -1002,3 +1002,34 @@ def test_concurrent_consumer_threads_in_the_writers_process(tmp_path: Path) -> N
     assert len(everything) == len(set(everything)) == total
     assert set(everything) == {str(i) for i in range(total)}
     assert seen.newest() == str(total - 1)
+
+
+@pytest.mark.timeout(60)
+def test_threads_sharing_one_results_file_object_exclude_each_other(tmp_path: Path) -> None:
+    # One ResultsFile shared by two writer threads and a consumer thread: its lock must be
+    # held per thread (filelock before 3.11 shared it, and records were lost or doubled).
+    results = ResultsFile(tmp_path / "r.jsonl")
+    per_writer = 300
+    got: list[dict[str, object]] = []
+    done = threading.Event()
+
+    def writer(tag: str) -> None:
+        for i in range(per_writer):
+            results.deliver([record(f"{tag}-{i}")])
+
+    def consumer() -> None:
+        while not done.is_set():
+            got.extend(results.consume())
+
+    writers = [threading.Thread(target=writer, args=(tag,)) for tag in "ab"]
+    reader = threading.Thread(target=consumer)
+    reader.start()
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    done.set()
+    reader.join()
+    got.extend(results.consume())
+    ids = [r["delegation_id"] for r in got]
+    assert sorted(ids) == sorted(f"{tag}-{i}" for tag in "ab" for i in range(per_writer))
