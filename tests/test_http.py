@@ -125,3 +125,16 @@ def test_huge_get_body_is_abandoned_not_buffered(
         assert wait_until(lambda: len(read_lines(tmp_path / "results.jsonl")) == 1, timeout=5)
         assert hb.status().beats_ok >= 1
     assert did in read_lines(tmp_path / "results.jsonl")[0]
+
+
+def test_a_get_is_retried_after_a_dropped_connection(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    platform.fault("delegations", drop=True, times=1)
+    did = platform.add_delegation(ws.id, status="completed")
+    with make_hb(interval_seconds=30.0) as hb:
+        assert wait_until(lambda: len(read_lines(tmp_path / "results.jsonl")) == 1)
+        assert hb.status().beats_ok == 1  # within the first cycle, not on the next one
+    first, second = platform.requests_for("delegations")[:2]
+    assert first.status is None and second.status == 200
+    assert did in read_lines(tmp_path / "results.jsonl")[0]
