@@ -6,6 +6,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 import weakref
 from typing import Any, Callable
 
@@ -13,6 +14,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
 from . import __about__
@@ -26,28 +28,60 @@ SessionFactory = Callable[[], requests.Session]
 
 
 class BoundedRetry(Retry):
-    """``Retry`` whose ``Retry-After`` waits are capped.
+    """``Retry`` whose waits are capped and interruptible, and that an abort ends.
 
-    urllib3 sleeps with ``time.sleep`` inside the request, where ``stop()`` cannot interrupt it,
-    so a server asking for a long pause must not hold the thread for longer than ``cap``.
-    (``retry_after_max`` does the same from urllib3 2.6 on; this works with every 2.x.)
+    urllib3 sleeps between attempts inside the request: the ``Retry-After`` wait is capped at
+    ``retry_after_cap`` (``retry_after_max`` does that from urllib3 2.6 on; this works with
+    every 2.x), and every wait ends early when ``aborted`` is set. Once it is set nothing is
+    retried, so ``stop()`` is not held up by a retry that reconnects and hangs again.
     """
 
     retry_after_cap: float = 5.0
-    #: Set by ``AbortableAdapter.abort()``: from then on nothing is retried.
+    #: Set by ``AbortableAdapter.abort()``.
     aborted: threading.Event | None = None
 
-    def increment(self, *args: Any, **kwargs: Any) -> BoundedRetry:
-        if self.aborted is not None and self.aborted.is_set():
-            # stop() shut the connection down on purpose: a retry would reconnect and could
-            # hang for the whole request timeout, past stop()'s deadline.
-            error = kwargs.get("error", args[3] if len(args) > 3 else None)
+    def _is_aborted(self) -> bool:
+        return self.aborted is not None and self.aborted.is_set()
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> BoundedRetry:
+        if self._is_aborted():
             if error is not None:
                 raise error
-        return super().increment(*args, **kwargs)
+            # A status retry: urllib3 hands the caller the response it has (the request was
+            # answered; the client reports its status).
+            raise MaxRetryError(_pool, url or "", ResponseError("aborted by stop()"))
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        assert isinstance(retry, BoundedRetry)
+        return retry
 
     def parse_retry_after(self, retry_after: str) -> float:
         return min(super().parse_retry_after(retry_after), self.retry_after_cap)
+
+    def get_retry_after(self, response: Any) -> float | None:
+        try:
+            return super().get_retry_after(response)
+        except InvalidHeader:
+            return None  # a malformed Retry-After: back off as if there were none
+
+    def sleep(self, response: Any = None) -> None:
+        wait = None
+        if self.respect_retry_after_header and response is not None:
+            wait = self.get_retry_after(response)
+        if not wait:
+            wait = self.get_backoff_time()
+        if wait and wait > 0:
+            if self.aborted is not None:
+                self.aborted.wait(wait)
+            else:
+                time.sleep(wait)
 
     def new(self, **kw: Any) -> BoundedRetry:
         retry = super().new(**kw)

@@ -138,3 +138,28 @@ def test_a_get_is_retried_after_a_dropped_connection(
     first, second = platform.requests_for("delegations")[:2]
     assert first.status is None and second.status == 200
     assert did in read_lines(tmp_path / "results.jsonl")[0]
+
+
+def test_a_malformed_retry_after_still_retries_with_backoff(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    platform.fault("delegations", status=503, headers={"Retry-After": "soon-ish"}, times=1)
+    did = platform.add_delegation(ws.id, status="completed")
+    with make_hb(interval_seconds=30.0):
+        assert wait_until(lambda: len(read_lines(tmp_path / "results.jsonl")) == 1)
+    assert [r.status for r in platform.requests_for("delegations")[:2]] == [503, 200]
+    assert did in read_lines(tmp_path / "results.jsonl")[0]
+
+
+def test_stop_cuts_a_retry_after_wait_short_and_retries_nothing(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    platform.fault("delegations", status=503, headers={"Retry-After": "3"}, times=1)
+    platform.fault("delegations", delay=30, times=1)
+    hb = make_hb(interval_seconds=20.0)
+    hb.start_thread()
+    assert platform.wait_for_requests("delegations", 1, timeout=5)
+    started = time.monotonic()
+    assert hb.stop(timeout=3.0)
+    assert time.monotonic() - started < 1.0
+    assert not platform.wait_for_requests("delegations", 2, timeout=0.5)
