@@ -14,7 +14,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import _messages, _metadata, _status, _wedge
 from ._auth import TOKEN_ENV, Credentials, resolve_configs_dir
@@ -37,6 +37,12 @@ START_PHASE = 0.1
 _GOLDEN = 0.6180339887498949
 
 
+class RandomSource(Protocol):
+    """Anything with a ``random()`` returning a float in [0, 1), like ``random.Random``."""
+
+    def random(self) -> float: ...
+
+
 class _PhaseSequence:
     """Start phases for the Heartbeats of one process: a golden-ratio sequence from a random
     start. Instances started together then spread evenly (independent uniform draws cluster
@@ -49,7 +55,8 @@ class _PhaseSequence:
     def random(self) -> float:
         with self._lock:
             if self._next is None:
-                self._next = random.random()
+                # Not the shared generator: processes that seed it alike would start in step.
+                self._next = random.SystemRandom().random()
             value = self._next
             self._next = (value + _GOLDEN) % 1.0
             return value
@@ -137,7 +144,7 @@ class Heartbeat:
         exit_timeout: float | None = 2.0,
         origin: str | None = None,
         start_phase: float = START_PHASE,
-        rng: random.Random | None = None,
+        rng: RandomSource | None = None,
         session_factory: SessionFactory | None = None,
     ) -> None:
         if not platform_url or not isinstance(platform_url, str):
@@ -163,7 +170,7 @@ class Heartbeat:
         if not 0.0 <= start_phase <= 1.0:
             raise ValueError(f"start_phase must be between 0 and 1, not {start_phase!r}")
         self.start_phase = float(start_phase)
-        self._rng: Any = rng if rng is not None else _phases
+        self._rng: RandomSource = rng if rng is not None else _phases
         # urllib3 sleeps inside a request where stop() cannot reach it: keep that short.
         retry_after_cap = min(5.0, interval / 4)
         self._session_factory: SessionFactory = session_factory or (

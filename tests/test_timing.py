@@ -100,3 +100,16 @@ def test_beat_now_runs_a_cycle_at_once(
         assert platform.wait_for_requests("activity", 2, timeout=2)
         # The regular schedule is unchanged: no third beat follows on its own.
         assert not platform.wait_for_requests("heartbeat", 3, timeout=0.3)
+
+
+def test_seeding_the_shared_random_generator_does_not_align_processes() -> None:
+    import random
+
+    from heartbeat_sync._loop import _phases
+
+    starts = []
+    for _ in range(2):
+        random.seed(1234)  # what a reproducible worker does before starting its Heartbeat
+        _phases.reset()  # as in a freshly started (or forked) process
+        starts.append(_phases.random())
+    assert starts[0] != starts[1]
