@@ -1,0 +1,868 @@
+#!/usr/bin/env python3
+"""What a Heartbeat costs its user, measured against a FakePlatform on loopback.
+
+    python benchmarks/run.py [--quick] [--only NAME ...] [--json] [--json-file PATH]
+
+Prints one table: benchmark, figure, value, target, verdict. Every figure is a ratio or a
+distribution taken within one run, because the machines it runs on are shared and noisy.
+The platform runs in a child process (``_platform.py``) so its CPU is never counted as the
+client's. ``--quick`` shrinks every benchmark so the whole run takes well under a minute; it
+proves the script works and judges nothing. BENCHMARKS.md describes the method of each figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import math
+import multiprocessing
+import os
+import platform as _pyplatform
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing it
+    sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+from _platform import RemotePlatform  # noqa: E402
+
+from heartbeat_sync import Heartbeat  # noqa: E402
+from heartbeat_sync._http import make_session  # noqa: E402
+from heartbeat_sync._loop import START_PHASE, _PhaseSequence  # noqa: E402
+
+BENCHMARKS = ("cpu", "cadence", "bytes", "memory", "fleet", "latency")
+ENV_TO_CLEAR = (
+    "DELEGATION_RESULTS_FILE",
+    "DELEGATION_ACTIVITY_CURSOR_FILE",
+    "DELEGATION_SEEN_FILE",
+    "CONFIGS_DIR",
+    "MOLECULE_WORKSPACE_TOKEN",
+    "ADAPTER_MODULE",
+    "PLATFORM_URL",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    cpu_rounds: int
+    cpu_cycles: int
+    cpu_interval: float
+    cadence_seconds: float
+    cadence_interval: float
+    bytes_cycles: int
+    bytes_interval: float
+    memory_counts: tuple[int, ...]
+    fleet_size: int
+    fleet_interval: float
+    fleet_intervals: int
+    latency_samples: int
+    latency_interval: float
+
+
+FULL = Config(
+    quick=False,
+    cpu_rounds=16,
+    cpu_cycles=150,
+    cpu_interval=0.02,
+    cadence_seconds=90.0,
+    cadence_interval=0.2,
+    bytes_cycles=200,
+    bytes_interval=0.05,
+    memory_counts=(1, 10, 100),
+    fleet_size=200,
+    fleet_interval=5.0,
+    fleet_intervals=4,
+    latency_samples=20,
+    latency_interval=1.0,
+)
+QUICK = Config(
+    quick=True,
+    cpu_rounds=2,
+    cpu_cycles=25,
+    cpu_interval=0.02,
+    cadence_seconds=3.0,
+    cadence_interval=0.2,
+    bytes_cycles=10,
+    bytes_interval=0.05,
+    memory_counts=(1, 10),
+    fleet_size=40,
+    fleet_interval=1.0,
+    fleet_intervals=2,
+    latency_samples=3,
+    latency_interval=0.3,
+)
+
+
+@dataclass
+class Row:
+    """One line of the table. ``limit`` is the target: met when ``value <= limit``."""
+
+    benchmark: str
+    figure: str
+    value: float | None
+    text: str
+    target: str = "—"
+    limit: float | None = None
+    verdict: str = "—"
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def judge(self, quick: bool) -> None:
+        if self.limit is None or self.value is None:
+            self.verdict = "—"
+        elif quick:
+            self.verdict = "quick"
+        else:
+            self.verdict = "met" if self.value <= self.limit else "missed"
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+class FixedRandom:
+    """A start phase of ``value`` (0 = the first beat at once): runs that are comparable."""
+
+    def __init__(self, value: float = 0.0) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def pause(seconds: float) -> None:
+    if seconds > 0:
+        threading.Event().wait(seconds)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.005) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        pause(step)
+    return predicate()
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (``p`` in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def new_heartbeat(url: str, creds: tuple[str, str], root: Path, **options: Any) -> Heartbeat:
+    """A Heartbeat on its own temp files, its token where it reads it, no exit hook."""
+    workspace_id, token = creds
+    home = Path(tempfile.mkdtemp(prefix="hb-", dir=str(root)))
+    configs = home / "configs"
+    configs.mkdir()
+    token_file = configs / ".auth_token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    kwargs: dict[str, Any] = {
+        "results_file": home / "results.jsonl",
+        "cursor_file": home / "cursor",
+        "seen_file": home / "seen",
+        "configs_dir": configs,
+        "exit_timeout": None,
+    }
+    kwargs.update(options)
+    return Heartbeat(url, workspace_id, **kwargs)
+
+
+def vm_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def run_in_child(target: Callable[..., Any], *args: Any) -> Any:
+    """Run ``target(conn, *args)`` in a fresh spawned process and return what it sends."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(child, *args), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(300):
+            raise RuntimeError(f"{target.__name__} sent nothing in 300 s")
+        ok, value = parent.recv()
+    finally:
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+        parent.close()
+    if not ok:
+        raise RuntimeError(value)
+    return value
+
+
+# --- 1. CPU per cycle against a bare requests.Session -------------------------------------
+
+WARMUP_CYCLES = 5
+
+
+def _cpu_heartbeat(
+    fp: RemotePlatform, creds: tuple[str, str], root: Path, interval: float, cycles: int
+) -> float:
+    hb = new_heartbeat(fp.url, creds, root, interval_seconds=interval, rng=FixedRandom(0.0))
+    hb.start_thread()
+    try:
+        if not wait_until(lambda: hb.status().beats_ok >= WARMUP_CYCLES, 30):
+            raise RuntimeError("the Heartbeat did not beat")
+        beats0 = hb.status().beats_ok
+        cpu0 = time.process_time()
+        pause(cycles * interval)
+        cpu1 = time.process_time()
+        beats1 = hb.status().beats_ok
+    finally:
+        hb.stop()
+    return (cpu1 - cpu0) / max(1, beats1 - beats0)
+
+
+def _cpu_floor(
+    url: str, creds: tuple[str, str], body: dict[str, Any], interval: float, cycles: int
+) -> float:
+    """The same three requests a cycle, on a plain Session, on the same fixed-rate clock."""
+    workspace_id, token = creds
+    session = requests.Session()
+    headers = {"Authorization": f"Bearer {token}"}
+    beat_url = f"{url}/registry/heartbeat"
+    delegations_url = f"{url}/workspaces/{workspace_id}/delegations"
+    activity_url = f"{url}/workspaces/{workspace_id}/activity"
+    params = {"type": "a2a_receive", "source": "agent", "limit": "100"}
+    wait = threading.Event().wait
+
+    def run(n: int) -> None:
+        next_at = time.monotonic()
+        for _ in range(n):
+            session.post(beat_url, json=body, headers=headers, timeout=10).content  # noqa: B018
+            session.get(delegations_url, headers=headers, timeout=10).content  # noqa: B018
+            session.get(activity_url, params=params, headers=headers, timeout=10).content  # noqa: B018
+            next_at += interval
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                wait(delay)
+
+    try:
+        run(WARMUP_CYCLES)
+        cpu0 = time.process_time()
+        run(cycles)
+        cpu1 = time.process_time()
+    finally:
+        session.close()
+    return (cpu1 - cpu0) / cycles
+
+
+def bench_cpu(cfg: Config, root: Path) -> list[Row]:
+    interval = cfg.cpu_interval
+    heartbeat: list[float] = []
+    floor: list[float] = []
+    with RemotePlatform() as fp:
+        creds = fp.add_workspace()
+        body: dict[str, Any] = {}
+        server0 = fp.cpu()
+        for round_ in range(cfg.cpu_rounds):
+            # ABBA order, so that drift in the machine's load hits both sides alike.
+            for kind in ("hb", "floor") if round_ % 2 == 0 else ("floor", "hb"):
+                if kind == "hb":
+                    heartbeat.append(_cpu_heartbeat(fp, creds, root, interval, cfg.cpu_cycles))
+                    body = json.loads(fp.last_body("heartbeat", creds[0]))
+                else:
+                    floor.append(_cpu_floor(fp.url, creds, body, interval, cfg.cpu_cycles))
+        server_cpu = fp.cpu() - server0
+    hb_med, floor_med = statistics.median(heartbeat), statistics.median(floor)
+    ratio = hb_med / floor_med
+    # Each Heartbeat run against the floor run next to it: slow drift of the machine cancels.
+    paired = statistics.median(h / f for h, f in zip(heartbeat, floor))
+    detail = {
+        "heartbeat_us": [round(x * 1e6, 1) for x in heartbeat],
+        "floor_us": [round(x * 1e6, 1) for x in floor],
+        "paired_ratio_median": round(paired, 3),
+        "server_cpu_s": round(server_cpu, 2),
+        "interval_s": interval,
+        "cycles_per_run": cfg.cpu_cycles,
+    }
+    spread = f"runs {min(heartbeat) * 1e6:.0f} to {max(heartbeat) * 1e6:.0f} µs"
+    floor_spread = f"runs {min(floor) * 1e6:.0f} to {max(floor) * 1e6:.0f} µs"
+    return [
+        Row("cpu", "Heartbeat CPU per cycle (median)", hb_med, f"{hb_med * 1e6:.0f} µs ({spread})"),
+        Row(
+            "cpu",
+            "floor: bare requests.Session (default settings), same 3 requests",
+            floor_med,
+            f"{floor_med * 1e6:.0f} µs ({floor_spread})",
+        ),
+        Row(
+            "cpu",
+            "ratio Heartbeat / floor",
+            ratio,
+            f"{ratio:.2f}x (median of paired runs {paired:.2f}x; "
+            f"{cfg.cpu_rounds}+{cfg.cpu_rounds} runs of {cfg.cpu_cycles} cycles)",
+            "<= 1.15x",
+            1.15,
+            detail=detail,
+        ),
+    ]
+
+
+# --- 2. Cadence while the side effects are slow -------------------------------------------
+
+
+#: No cooldown: a 5 s wake-up whenever results are waiting, and (since the worker sends one
+#: notification between two wake-ups) a 1 s notification between them. The side-effect thread
+#: is always in a slow request, and the slowest one as often as the worker allows.
+CADENCE_COOLDOWN = 0.0
+
+
+def bench_cadence(cfg: Config, root: Path) -> list[Row]:
+    interval = cfg.cadence_interval
+    with RemotePlatform() as fp:
+        creds = fp.add_workspace()
+        workspace_id = creds[0]
+        peer, _ = fp.add_workspace()
+        fp.fault("a2a", delay=5.0)
+        fp.fault("notify", delay=1.0)
+        hb = new_heartbeat(
+            fp.url,
+            creds,
+            root,
+            interval_seconds=interval,
+            self_message_cooldown=CADENCE_COOLDOWN,
+            rng=FixedRandom(0.0),
+        )
+        hb.start_thread()
+        started = time.monotonic()
+        fed = 0
+        try:
+            while time.monotonic() - started < cfg.cadence_seconds:
+                fp.add_delegation(
+                    workspace_id,
+                    target_id=peer,
+                    status="completed",
+                    summary=f"task {fed}",
+                    response_preview=f"result {fed}",
+                )
+                if fed % 2 == 0:
+                    fp.add_activity(workspace_id, source_id=peer, text=f"reply {fed}")
+                fed += 1
+                pause(0.25)
+            status = hb.status()
+        finally:
+            hb.stop()
+        beats = fp.times("heartbeat", workspace_id)
+        a2a = fp.count("a2a", workspace_id)
+        notify = fp.count("notify", workspace_id)
+    gaps = [(b - a) / interval for a, b in zip(beats, beats[1:])]
+    detail = {
+        "beats": len(beats),
+        "interval_s": interval,
+        "results_fed": fed + (fed + 1) // 2,
+        "results_delivered": status.results_delivered,
+        "a2a_requests": a2a,
+        "notify_requests": notify,
+        "side_effects_dropped": dict(status.drops),
+        "gaps_over_1.02": sum(1 for g in gaps if g > 1.02),
+    }
+    context = (
+        f"{len(gaps)} gaps; {status.results_delivered} results, {a2a} slow /a2a, "
+        f"{notify} slow /notify"
+    )
+    p50, p99, top = percentile(gaps, 50), percentile(gaps, 99), max(gaps)
+    return [
+        Row("cadence", "inter-beat gap p50 / interval", p50, f"{p50:.3f}x"),
+        Row(
+            "cadence",
+            "inter-beat gap p99 / interval",
+            p99,
+            f"{p99:.3f}x ({context})",
+            "<= 1.05x",
+            1.05,
+            detail=detail,
+        ),
+        Row("cadence", "inter-beat gap max / interval", top, f"{top:.3f}x"),
+    ]
+
+
+# --- 3. Bytes received per idle cycle -----------------------------------------------------
+
+
+class ByteCounter:
+    """Counts what the client receives: status line, headers and body of every response.
+
+    A response hook sees the response before its (streamed) body is read, so the body is
+    counted from ``Content-Length``, which FakePlatform always sends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.received = 0
+        self.responses: dict[str, int] = {}
+
+    def reset(self) -> None:
+        with self._lock:
+            self.received = 0
+            self.responses = {}
+
+    def hook(self, resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+        size = len(f"HTTP/1.1 {resp.status_code} {resp.reason}\r\n") + 2
+        size += sum(len(f"{k}: {v}\r\n") for k, v in resp.raw.headers.items())
+        size += int(resp.headers.get("Content-Length") or 0)
+        path = resp.request.path_url.split("?")[0].rsplit("/", 1)[-1]
+        with self._lock:
+            self.received += size
+            self.responses[path] = self.responses.get(path, 0) + 1
+
+    def session_factory(self, retry_after_cap: float) -> Callable[[], requests.Session]:
+        def factory() -> requests.Session:
+            session = make_session(retry_after_cap)  # the library's own default session
+            session.hooks["response"].append(self.hook)
+            return session
+
+        return factory
+
+
+ROWS_SEEN = 100
+ROW_TEXT = (
+    "Summary of the quarterly report: revenue up 12% on the year, costs flat, two new "
+    "customers signed; details in the shared folder. "
+)
+
+
+def bench_bytes(cfg: Config, root: Path) -> list[Row]:
+    interval = cfg.bytes_interval
+    counter = ByteCounter()
+    with RemotePlatform() as fp:
+        creds = fp.add_workspace()
+        workspace_id, token = creds
+        peer, _ = fp.add_workspace()
+        for i in range(ROWS_SEEN):
+            fp.add_activity(workspace_id, source_id=peer, text=f"{i}: {ROW_TEXT}")
+        hb = new_heartbeat(
+            fp.url,
+            creds,
+            root,
+            interval_seconds=interval,
+            rng=FixedRandom(0.0),
+            session_factory=counter.session_factory(min(5.0, interval / 4)),
+        )
+        hb.start_thread()
+        try:
+
+            def settled() -> bool:
+                s = hb.status()
+                return (
+                    s.results_delivered >= ROWS_SEEN
+                    and s.wakeups_sent >= 1
+                    and s.notifications_sent + s.side_effects_dropped >= ROWS_SEEN
+                    and s.queue_depth == 0
+                )
+
+            if not wait_until(settled, 60):
+                raise RuntimeError(f"the 100 rows were not delivered: {hb.status()}")
+            # The wake-up itself adds an a2a_receive row (from self); let a few cycles pass it.
+            beats = hb.status().beats_ok
+            wait_until(lambda: hb.status().beats_ok >= beats + 5, 30)
+            counter.reset()
+            beats0 = hb.status().beats_ok
+            pause(cfg.bytes_cycles * interval)
+            beats1 = hb.status().beats_ok
+            received = counter.received
+            responses = dict(counter.responses)
+        finally:
+            hb.stop()
+        # What the reference's poll (newest-100 window, no since_id) receives every cycle.
+        full = ByteCounter()
+        session = full.session_factory(5.0)()
+        try:
+            session.get(
+                f"{fp.url}/workspaces/{workspace_id}/activity",
+                params={"type": "a2a_receive"},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            ).close()
+        finally:
+            session.close()
+    cycles = max(1, beats1 - beats0)
+    per_cycle = received / cycles
+    detail = {"cycles": cycles, "responses": responses, "interval_s": interval}
+    return [
+        Row(
+            "bytes",
+            f"received per idle cycle, {ROWS_SEEN} seen rows",
+            per_cycle,
+            f"{per_cycle:.0f} B ({cycles} cycles)",
+            "<= 1024 B",
+            1024.0,
+            detail=detail,
+        ),
+        Row(
+            "bytes",
+            "for comparison: one reference activity poll",
+            float(full.received),
+            f"{full.received} B (newest-100 window, no since_id)",
+        ),
+    ]
+
+
+# --- 4. Memory and threads per Heartbeat --------------------------------------------------
+
+
+def _run_once(url: str, creds: tuple[str, str], home: Path, interval: float) -> None:
+    hb = new_heartbeat(url, creds, home, interval_seconds=interval, rng=FixedRandom())
+    hb.start_thread()
+    wait_until(lambda: hb.status().beats_ok >= 1, 30)
+    hb.stop()
+
+
+def _memory_child(conn: Connection, url: str, creds: list[tuple[str, str]], root: str) -> None:
+    try:
+        home = Path(root)
+        interval = 1.0
+        # Warm up with one Heartbeat so that first-use costs (imports, caches, the allocator's
+        # arenas) are not charged to the instances measured.
+        _run_once(url, creds[0], home, interval)
+        gc.collect()
+        pause(0.2)
+        rss0, threads0 = vm_rss_kib(), threading.active_count()
+        hbs = [new_heartbeat(url, c, home, interval_seconds=interval) for c in creds[1:]]
+        for hb in hbs:
+            hb.start_thread()
+        ok = wait_until(lambda: all(hb.status().beats_ok >= 2 for hb in hbs), 60, 0.05)
+        gc.collect()
+        rss1, threads1 = vm_rss_kib(), threading.active_count()
+        for hb in hbs:
+            hb.stop()
+        conn.send((True, {"rss0": rss0, "rss1": rss1, "t0": threads0, "t1": threads1, "ok": ok}))
+    except Exception:
+        conn.send((False, traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def bench_memory(cfg: Config, root: Path) -> list[Row]:
+    rows = []
+    with RemotePlatform() as fp:
+        for n in cfg.memory_counts:
+            creds = fp.add_workspaces(n + 1)
+            got = run_in_child(_memory_child, fp.url, creds, str(root))
+            rss = (got["rss1"] - got["rss0"]) / n
+            threads = (got["t1"] - got["t0"]) / n
+            note = "" if got["ok"] else " (not all had beaten twice)"
+            rows.append(
+                Row(
+                    "memory",
+                    f"RSS per Heartbeat, {n} in one process",
+                    rss,
+                    f"{rss:.0f} KiB (process +{got['rss1'] - got['rss0']} KiB){note}",
+                    detail=got,
+                )
+            )
+            rows.append(
+                Row(
+                    "memory",
+                    f"threads per Heartbeat, {n} in one process",
+                    threads,
+                    f"{threads:.2f} ({got['t1'] - got['t0']} threads)",
+                )
+            )
+    return rows
+
+
+# --- 5. Fleet spread ----------------------------------------------------------------------
+
+
+def spread(times: Sequence[float], start: float, interval: float, intervals: int) -> float:
+    """Most beats in any window of 5% of the interval, over the mean count per window."""
+    window = 0.05 * interval
+    end = start + intervals * interval
+    ts = sorted(t for t in times if start <= t < end)
+    if not ts:
+        return float("nan")
+    best, j = 0, 0
+    for i, t in enumerate(ts):
+        while t - ts[j] >= window:
+            j += 1
+        best = max(best, i - j + 1)
+    mean = len(ts) * window / (end - start)
+    return best / mean
+
+
+#: Where a fleet's start phases come from: a fresh source per run (or per instance).
+PhaseSource = Callable[[], Any]
+
+
+def _golden() -> Any:
+    """The library's default phase source: a golden-ratio sequence from a random start."""
+    return _PhaseSequence()
+
+
+def _independent() -> Any:
+    """Independent uniform draws, what Heartbeats in separate processes get in effect."""
+    return random.Random()
+
+
+def simulated_spread(
+    n: int, intervals: int, phase_span: float, source: PhaseSource, trials: int = 400
+) -> tuple[float, float]:
+    """Median and p95 of :func:`spread` for ``n`` start phases ``source().random() *
+    phase_span`` (of the interval), on an ideal machine (no I/O, no CPU limit)."""
+    out = []
+    for _ in range(trials):
+        rng = source()
+        phases = [rng.random() * phase_span for _ in range(n)]
+        out.append(spread([p + k for p in phases for k in range(intervals)], 0.0, 1.0, intervals))
+    return statistics.median(out), percentile(out, 95)
+
+
+def _fleet_run(
+    cfg: Config, root: Path, options: Callable[[], dict[str, Any]]
+) -> tuple[float, float, int, list[float]]:
+    n, interval = cfg.fleet_size, cfg.fleet_interval
+    with RemotePlatform() as fp:
+        creds = fp.add_workspaces(n)
+        hbs = [
+            new_heartbeat(fp.url, c, root, interval_seconds=interval, **options()) for c in creds
+        ]
+        gc.collect()
+        started = time.monotonic()
+        for hb in hbs:
+            hb.start_thread()
+        start_took = time.monotonic() - started
+        try:
+            pause(cfg.fleet_intervals * interval + 0.1)
+        finally:
+            for hb in hbs:
+                hb.stop(timeout=5.0)
+        times = fp.times("heartbeat")
+    end = started + cfg.fleet_intervals * interval
+    counted = [t for t in times if started <= t < end]
+    ratio = spread(counted, started, interval, cfg.fleet_intervals)
+    phases = sorted(((t - started) / interval) % 1.0 for t in counted)
+    return ratio, start_took, len(counted), phases
+
+
+def bench_fleet(cfg: Config, root: Path) -> list[Row]:
+    n, interval = cfg.fleet_size, cfg.fleet_interval
+    rows = []
+    # (label, Heartbeat options per instance, judged against the target?). The first two use
+    # the library's default phase source (no rng): one golden-ratio sequence per process, so
+    # the 200 instances of a run take its next 200 points.
+    variants: list[tuple[str, Callable[[], dict[str, Any]], bool]] = [
+        (
+            f"max/mean beats per 5% window, default start phase ({START_PHASE:g}, golden-ratio)",
+            dict,
+            True,
+        ),
+        (
+            "max/mean beats per 5% window, start_phase=1.0 (golden-ratio)",
+            lambda: {"start_phase": 1.0},
+            True,
+        ),
+        (
+            "for comparison: start_phase=1.0, a random.Random() per instance",
+            lambda: {"start_phase": 1.0, "rng": random.Random()},
+            False,
+        ),
+    ]
+    for label, options, judged in variants:
+        ratio, took, beats, phases = _fleet_run(cfg, root, options)
+        deciles = [0] * 10
+        for p in phases:
+            deciles[min(9, int(p * 10))] += 1
+        rows.append(
+            Row(
+                "fleet",
+                label,
+                ratio,
+                f"{ratio:.2f} ({n} x {interval:g} s, {beats} beats, "
+                f"started in {took * 1e3:.0f} ms)",
+                "<= 2" if judged else "—",
+                2.0 if judged else None,
+                detail={"beats_per_tenth_of_interval": deciles, "start_seconds": took},
+            )
+        )
+    simulated: list[tuple[str, float, PhaseSource]] = [
+        (f"default start phase ({START_PHASE:g}, golden-ratio)", START_PHASE, _golden),
+        ("start_phase=1.0 (golden-ratio)", 1.0, _golden),
+        ("start_phase=1.0, independent draws", 1.0, _independent),
+    ]
+    for label, span, source in simulated:
+        median, p95 = simulated_spread(n, cfg.fleet_intervals, span, source)
+        rows.append(
+            Row(
+                "fleet",
+                f"for comparison, simulated: {label}",
+                median,
+                f"{median:.2f} median, {p95:.2f} p95 (ideal machine, 400 trials)",
+            )
+        )
+    return rows
+
+
+# --- 6. Delivery latency ------------------------------------------------------------------
+
+
+class Tail:
+    """Follows the results file; tells when a delegation id first appears in it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = 0
+        self.seen = b""
+
+    def wait_for(self, delegation_id: str, timeout: float) -> float:
+        needle = delegation_id.encode()
+        deadline = time.monotonic() + timeout
+        event = threading.Event()
+        while True:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(self.offset)
+                    chunk = f.read()
+            except FileNotFoundError:
+                chunk = b""
+            now = time.monotonic()
+            if chunk:
+                self.offset += len(chunk)
+                self.seen = self.seen[-4096:] + chunk
+            if needle in self.seen:
+                return now
+            if now > deadline:
+                raise RuntimeError(f"delegation {delegation_id} never reached the results file")
+            event.wait(0.0005)
+
+
+def bench_latency(cfg: Config, root: Path) -> list[Row]:
+    interval = cfg.latency_interval
+    rng = random.Random(11)
+    latencies: dict[str, list[float]] = {"schedule": [], "beat_now": []}
+    with RemotePlatform() as fp:
+        creds = fp.add_workspace()
+        workspace_id = creds[0]
+        peer, _ = fp.add_workspace()
+        hb = new_heartbeat(fp.url, creds, root, interval_seconds=interval, rng=FixedRandom(0.0))
+        tail = Tail(hb.results_path)
+        hb.start_thread()
+        try:
+            if not wait_until(lambda: hb.status().beats_ok >= 1, 30):
+                raise RuntimeError("the Heartbeat did not beat")
+            for mode, out in latencies.items():
+                for _ in range(cfg.latency_samples):
+                    did = fp.add_delegation(workspace_id, target_id=peer, status="pending")
+                    pause(rng.uniform(0, interval))  # a random point of the schedule
+                    completed = fp.complete(workspace_id, did)
+                    if mode == "beat_now":
+                        hb.beat_now()
+                    out.append(tail.wait_for(did, 3 * interval + 10) - completed)
+        finally:
+            hb.stop()
+    rows = []
+    labels = {"schedule": "on the schedule", "beat_now": "with beat_now()"}
+    for mode, values in latencies.items():
+        p50, top = statistics.median(values), max(values)
+        for name, v in (("p50", p50), ("max", top)):
+            rows.append(
+                Row(
+                    "latency",
+                    f"completed -> results file, {labels[mode]}, {name}",
+                    v,
+                    f"{v * 1e3:.1f} ms ({v / interval:.3f} x interval {interval:g} s)",
+                    detail={"samples_ms": [round(x * 1e3, 2) for x in values]},
+                )
+            )
+    return rows
+
+
+# --- the table ------------------------------------------------------------------------------
+
+RUNNERS: dict[str, Callable[[Config, Path], list[Row]]] = {
+    "cpu": bench_cpu,
+    "cadence": bench_cadence,
+    "bytes": bench_bytes,
+    "memory": bench_memory,
+    "fleet": bench_fleet,
+    "latency": bench_latency,
+}
+
+
+def render(rows: Sequence[Row]) -> str:
+    header = ("benchmark", "figure", "value", "target", "verdict")
+    cells = [header] + [(r.benchmark, r.figure, r.text, r.target, r.verdict) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+
+    def line(c: Sequence[str]) -> str:
+        return "| " + " | ".join(s.ljust(w) for s, w in zip(c, widths)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), rule] + [line(c) for c in cells[1:]])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts; judges nothing")
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME", help="run these")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument(
+        "--json-file", metavar="PATH", help="also write the rows as JSON (with raw samples) here"
+    )
+    args = parser.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    for name in ENV_TO_CLEAR:
+        os.environ.pop(name, None)
+    # The library's warnings (a request cut short by stop(), say) go to stderr, marked.
+    logging.basicConfig(level=logging.WARNING, format="# %(name)s %(levelname)s: %(message)s")
+    chosen = [b for b in BENCHMARKS if not args.only or b in args.only]
+    rows: list[Row] = []
+    failed = False
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hb-bench-") as tmp:
+        for name in chosen:
+            t0 = time.monotonic()
+            try:
+                got = RUNNERS[name](cfg, Path(tmp))
+            except Exception as exc:
+                traceback.print_exc()
+                failed = True
+                got = [Row(name, "error", None, f"{type(exc).__name__}: {exc}", verdict="error")]
+            for row in got:
+                if row.verdict != "error":
+                    row.judge(cfg.quick)
+                row.detail["seconds"] = round(time.monotonic() - t0, 1)
+            rows.extend(got)
+            print(f"# {name}: {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+    took = time.monotonic() - began
+    as_json = json.dumps([r.__dict__ for r in rows], indent=2, ensure_ascii=False)
+    if args.json_file:
+        Path(args.json_file).write_text(as_json + "\n", encoding="utf-8")
+    if args.json:
+        print(as_json)
+    else:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(
+            f"heartbeat_sync benchmarks ({'quick' if cfg.quick else 'full'} mode), "
+            f"Python {_pyplatform.python_version()}, {os.cpu_count()} CPUs, "
+            f"load {load:.2f}, {took:.0f} s"
+        )
+        print(render(rows))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
