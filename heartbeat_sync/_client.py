@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +90,6 @@ class PlatformClient:
         self._session_factory = session_factory
         self._session: requests.Session | None = None
         self.timeout = timeout
-        self._lock = threading.Lock()
 
     @property
     def session(self) -> requests.Session:
