@@ -96,8 +96,8 @@ def make_retry(retry_after_cap: float) -> BoundedRetry:
     Connect errors are retried for every method (the request never reached the server).
     Read errors and the statuses in :data:`RETRY_STATUSES` are retried for GET only: a POST
     is not idempotent (a heartbeat or a self-message must not be sent twice). Backoff and
-    ``Retry-After`` waits are both capped at ``retry_after_cap``, since urllib3 sleeps them
-    where nothing can interrupt.
+    ``Retry-After`` waits are both capped at ``retry_after_cap``: they happen inside a request,
+    where the schedule cannot see them (only ``stop()`` cuts them short).
     """
     retry = BoundedRetry(
         total=4,
