@@ -165,6 +165,7 @@ class Heartbeat:
         self.configs_dir: Path = resolve_configs_dir(configs_dir)
         self.self_message_cooldown = float(self_message_cooldown)
         self._runtime_metadata = runtime_metadata
+        self._adapter_module = os.environ.get("ADAPTER_MODULE")
         self.request_timeout = request_timeout
         self.exit_timeout = exit_timeout
         if not 0.0 <= start_phase <= 1.0:
@@ -476,7 +477,7 @@ class Heartbeat:
             current_task=task,
             uptime_seconds=uptime,
             wedge_reason=wedged,
-            runtime_metadata=_metadata.collect(self._runtime_metadata),
+            runtime_metadata=_metadata.collect(self._runtime_metadata, self._adapter_module),
         )
         try:
             reply = client.heartbeat(body)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
@@ -44,14 +43,15 @@ def _adapter_class(module_name: str) -> Any:
     return get_adapter("")
 
 
-def adapter_metadata() -> dict[str, Any] | None:
-    """Metadata from the adapter named by ``$ADAPTER_MODULE``, as the reference builds it.
+def adapter_metadata(module_name: str | None) -> dict[str, Any] | None:
+    """Metadata from the adapter module ``module_name`` (``$ADAPTER_MODULE``), as the
+    reference builds it.
 
     ``{"capabilities": {7 bools}}`` plus ``idle_timeout_seconds`` when the adapter's override
     is an int > 0. None when the variable is unset or anything about the adapter fails: a
     beat must never fail because capability discovery did.
     """
-    module_name = os.environ.get("ADAPTER_MODULE", "").strip()
+    module_name = (module_name or "").strip()
     if not module_name:
         return None
     try:
@@ -67,7 +67,7 @@ def adapter_metadata() -> dict[str, Any] | None:
         return None
 
 
-def collect(source: MetadataSource | None) -> dict[str, Any] | None:
+def collect(source: MetadataSource | None, adapter_module: str | None) -> dict[str, Any] | None:
     """The beat's ``runtime_metadata``: the user's callable first, then the adapter.
 
     None (the key is left out of the beat) when neither yields a mapping; a failure of
@@ -83,4 +83,4 @@ def collect(source: MetadataSource | None) -> dict[str, Any] | None:
             return dict(meta)
         if meta is not None:
             logger.debug("runtime_metadata callable returned %s, ignored", type(meta).__name__)
-    return adapter_metadata()
+    return adapter_metadata(adapter_module)

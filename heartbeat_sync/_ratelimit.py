@@ -28,9 +28,10 @@ class RateLimitedLog:
             n = self._counts.get(key, 0) + 1
             self._counts[key] = n
         if n <= self._first or n % self._every == 0:
-            self._logger.warning(msg + " (occurrence %d)", *args, n)
+            # stacklevel: the record names the caller's line, not this helper's.
+            self._logger.warning(msg + " (occurrence %d)", *args, n, stacklevel=2)
             return True
-        self._logger.debug(msg, *args)
+        self._logger.debug(msg, *args, stacklevel=2)
         return False
 
     def count(self, key: str) -> int:

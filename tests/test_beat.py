@@ -283,3 +283,21 @@ def test_a_netrc_entry_for_the_platform_does_not_replace_the_bearer_token(
     for request in platform.requests:
         if request.route in ("heartbeat", "delegations", "activity"):
             assert request.headers["authorization"] == f"Bearer {ws.token}"
+
+
+def test_the_environment_is_read_at_construction_only(
+    platform: FakePlatform,
+    ws: Workspace,
+    make_hb: HeartbeatFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (tmp_path / "hbs_late_adapter.py").write_text(ADAPTER.replace("IDLE", "600"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hb = make_hb()
+    monkeypatch.setenv("ADAPTER_MODULE", "hbs_late_adapter")  # too late for this Heartbeat
+    with hb:
+        body = _beats(platform, ws, 1)[0]
+        assert wait_until(lambda: hb.status().beats_ok >= 1)
+    sys.modules.pop("hbs_late_adapter", None)
+    assert "runtime_metadata" not in body

@@ -11,7 +11,7 @@ import pytest
 import heartbeat_sync
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .conftest import HeartbeatFactory, wait_until
+from .conftest import HeartbeatFactory, LogCapture, wait_until
 
 PACKAGE = Path(heartbeat_sync.__file__).parent
 # The command line is the one module that prints and configures logging, for itself.
@@ -48,3 +48,13 @@ def test_a_running_heartbeat_prints_nothing_and_adds_no_handler(
     assert "heartbeat_sync" in names
     for name in names:
         assert logging.getLogger(name).handlers == [], name
+
+
+def test_warnings_name_the_line_that_raised_them(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, logs: LogCapture
+) -> None:
+    platform.fault("heartbeat", status=500, times=1)
+    with make_hb() as hb:
+        assert wait_until(lambda: hb.status().beats_failed >= 1)
+    (record,) = [r for r in logs.records if r.getMessage().startswith("heartbeat failed")]
+    assert record.filename == "_loop.py"
