@@ -118,11 +118,17 @@ def _file_size(path: str) -> int:
         return 0
 
 
-def _valid_id(item: object) -> bool:
-    # A comma or whitespace inside an id would split or merge ids when the log is read back.
+#: The longest id an id log keeps (platform ids are 36-character UUIDs).
+MAX_ID_LENGTH = 256
+
+
+def valid_id(item: object) -> bool:
+    """True for an id an :class:`IdLog` can keep: a non-empty string of at most
+    :data:`MAX_ID_LENGTH` characters without a comma or white space (either would split or
+    merge ids when the log is read back)."""
     return (
         isinstance(item, str)
-        and item != ""
+        and 0 < len(item) <= MAX_ID_LENGTH
         and "," not in item
         and not any(ch.isspace() for ch in item)
     )
@@ -228,7 +234,7 @@ class IdLog:
             self.load()
             added: list[str] = []
             for item in ids:
-                if not _valid_id(item):
+                if not valid_id(item):
                     logger.debug("%s: skipping id that cannot be stored: %r", self.path, item)
                     continue
                 if item in self._ids:
@@ -302,7 +308,7 @@ class IdLog:
             self._warn_corrupt("%s is not UTF-8, starting empty", self.path)
             return []
         items = [item.strip() for item in text.split(",")]
-        good = [item for item in items if item and _valid_id(item)]
+        good = [item for item in items if item and valid_id(item)]
         if len(good) != sum(1 for item in items if item):
             self._warn_corrupt("%s holds malformed ids; they were dropped", self.path)
         return good

@@ -13,6 +13,8 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._files import valid_id
+
 #: Where a result came from: the delegations list, or an a2a_receive activity row.
 ORIGIN_DELEGATION = "delegation"
 ORIGIN_ACTIVITY = "activity"
@@ -57,16 +59,6 @@ def _text(value: Any) -> str:
     if isinstance(value, (int, float)):
         return str(value)
     return ""
-
-
-def _valid_id(value: Any) -> bool:
-    # Ids are persisted comma-joined, so one with a comma or white space would corrupt the file.
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= 256
-        and "," not in value
-        and not any(c.isspace() for c in value)
-    )
 
 
 def build_beat_body(
@@ -153,7 +145,7 @@ def delegation_results(
         did = row.get("delegation_id")
         if did is None or did == "":
             continue  # activity-path "Delegation failed" rows carry no id (CONTRACT.md S4)
-        if not isinstance(did, str) or not _valid_id(did):
+        if not isinstance(did, str) or not valid_id(did):
             out.malformed += 1
             continue
         status = row.get("status")
@@ -220,7 +212,7 @@ def activity_results(
             out.malformed += 1
             continue
         activity_id = row.get("id")
-        if not isinstance(activity_id, str) or not _valid_id(activity_id):
+        if not isinstance(activity_id, str) or not valid_id(activity_id):
             out.malformed += 1
             continue
         if activity_id in seen or activity_id in batch:
