@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3.exceptions as u3
 
 from . import _messages
 from ._auth import Credentials
@@ -264,8 +265,6 @@ class PlatformClient:
 
 def _is_connect_error(exc: requests.ConnectionError) -> bool:
     """True when the request surely never reached the server (refused, unreachable, DNS)."""
-    import urllib3.exceptions as u3
-
     reason: Any = exc.args[0] if exc.args else None
     inner = getattr(reason, "reason", reason)
     return isinstance(inner, (u3.NewConnectionError, u3.ConnectTimeoutError))

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from . import _messages, _metadata, _status, _wedge
 from ._auth import TOKEN_ENV, Credentials, resolve_configs_dir
 from ._client import CursorGone, PlatformClient, PlatformError
-from ._files import IdLog, ResultsFile
+from ._files import DEFAULT_RESULTS_FILE, RESULTS_FILE_ENV, IdLog, ResultsFile
 from ._http import SessionFactory, make_session
 from ._messages import Result
 from ._ratelimit import RateLimitedLog
@@ -27,7 +27,6 @@ from ._worker import SideEffectWorker
 
 logger = logging.getLogger("heartbeat_sync")
 
-DEFAULT_RESULTS_FILE = "/tmp/delegation_results.jsonl"
 DEFAULT_CURSOR_FILE = "/tmp/delegation_activity_cursor"
 DEFAULT_SEEN_FILE = "/tmp/delegation_seen_ids"
 #: After this many failed beats in a row the session is rebuilt (the reference's rule).
@@ -157,7 +156,7 @@ class Heartbeat:
         self.platform_url = platform_url.rstrip("/")
         self.workspace_id = workspace_id
         self.interval_seconds = interval
-        self.results_path = _env_path(results_file, "DELEGATION_RESULTS_FILE", DEFAULT_RESULTS_FILE)
+        self.results_path = _env_path(results_file, RESULTS_FILE_ENV, DEFAULT_RESULTS_FILE)
         self.cursor_path = _env_path(
             cursor_file, "DELEGATION_ACTIVITY_CURSOR_FILE", DEFAULT_CURSOR_FILE
         )
