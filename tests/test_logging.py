@@ -14,8 +14,8 @@ from heartbeat_sync.testing import FakePlatform, Workspace
 from .conftest import HeartbeatFactory, LogCapture, wait_until
 
 PACKAGE = Path(heartbeat_sync.__file__).parent
-# The command line is the one module that prints and configures logging, for itself.
-PRINTING_ALLOWED = {"_cli.py"}
+# The command line and its demo are the modules that print and configure logging, for themselves.
+PRINTING_ALLOWED = {"_cli.py", "_demo.py"}
 
 
 def test_no_module_of_the_library_prints_or_configures_logging() -> None:
