@@ -1,4 +1,4 @@
-"""The results file, its delivery journal, and the public reader and formatter.
+"""The results file, its delivery journal, and the public reader.
 
 Everything here must survive a SIGKILL at any instruction without losing or duplicating a
 result (CONTRACT.md §13 C18; the reference appends unlocked and never trims a torn tail), and
@@ -28,6 +28,7 @@ from typing import Any
 import filelock
 
 from . import _safefile
+from ._format import format_delegation_results
 from ._idlog import DEFAULT_LOCK_TIMEOUT, MAX_ID_LENGTH, IdLog, valid_id
 from ._ratelimit import RateLimitedLog
 from ._safefile import UntrustedFile
@@ -58,14 +59,6 @@ DEFAULT_RESULTS_FILE = "/tmp/delegation_results.jsonl"
 
 _TAIL_CHUNK = 64 * 1024
 _JOURNAL_VERSION = 2
-
-_MARKER_OPEN = "[A2A_RESULT_FROM_PEER]"
-_MARKER_CLOSE = "[/A2A_RESULT_FROM_PEER]"
-# The upstream runtime's escapes (molecule-runtime _sanitize_a2a._escape_boundary_markers).
-_MARKER_OPEN_ESCAPED = "[/ A2A_RESULT_FROM_PEER]"
-_MARKER_CLOSE_ESCAPED = "[/ /A2A_RESULT_FROM_PEER]"
-_SUMMARY_MAX = 80
-_PREVIEW_MAX = 200
 
 
 # One counter per kind of problem (the key): a damaged file or a full disk repeats every
@@ -519,42 +512,3 @@ def read_delegation_results(path: str | os.PathLike[str] | None = None) -> list[
     except (OSError, ValueError) as exc:  # filelock.Timeout and a refused file included
         logger.warning("could not read delegation results from %s: %s", os.fspath(path), exc)
         return []
-
-
-def _as_text(value: object) -> str:
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else str(value)
-
-
-def _escape_markers(text: str) -> str:
-    return text.replace(_MARKER_OPEN, _MARKER_OPEN_ESCAPED).replace(
-        _MARKER_CLOSE, _MARKER_CLOSE_ESCAPED
-    )
-
-
-def format_delegation_results(records: Iterable[Mapping[str, Any]]) -> str:
-    """Text for prompt injection, as the reference runtime's reader produces it.
-
-    One ``- [<status>] <summary>`` line per record (``?`` when the status is empty), plus
-    ``  Response: <preview>`` when there is a preview; summary cut to 80 and preview to 200
-    characters after escaping. The whole block is wrapped in ``[A2A_RESULT_FROM_PEER]`` ...
-    ``[/A2A_RESULT_FROM_PEER]``; no content can forge either marker. ``""`` when there is no
-    record. Non-mapping records are skipped; non-string values are ``str()``-ed, ``None`` is
-    empty.
-    """
-    parts: list[str] = []
-    for record in records:
-        if not isinstance(record, Mapping):
-            continue
-        status = _as_text(record.get("status")) or "?"
-        summary = _escape_markers(_as_text(record.get("summary")))[:_SUMMARY_MAX]
-        # Escape the bracketed status together with its brackets: a status of
-        # "/A2A_RESULT_FROM_PEER" would otherwise become a closing marker.
-        parts.append(f"{_escape_markers(f'- [{status}]')} {summary}")
-        preview = _as_text(record.get("response_preview"))
-        if preview:
-            parts.append(f"  Response: {_escape_markers(preview)[:_PREVIEW_MAX]}")
-    if not parts:
-        return ""
-    return _MARKER_OPEN + "\n" + "\n".join(parts) + "\n" + _MARKER_CLOSE
