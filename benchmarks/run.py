@@ -41,6 +41,7 @@ import requests  # noqa: E402
 from _platform import RemotePlatform  # noqa: E402
 
 from heartbeat_sync import Heartbeat  # noqa: E402
+from heartbeat_sync._activity import OVERLAP_MAX, SETTLE_SECONDS  # noqa: E402
 from heartbeat_sync._http import make_session  # noqa: E402
 from heartbeat_sync._loop import START_PHASE, _PhaseSequence  # noqa: E402
 
@@ -479,6 +480,15 @@ def bench_bytes(cfg: Config, root: Path) -> list[Row]:
             # The wake-up itself adds an a2a_receive row (from self); let a few cycles pass it.
             beats = hb.status().beats_ok
             wait_until(lambda: hb.status().beats_ok >= beats + 5, 30)
+            # For SETTLE_SECONDS after the last new row each poll re-reads the overlap (the
+            # rows read in that time, at most OVERLAP_MAX), which catches rows that commit late.
+            counter.reset()
+            settle0 = hb.status().beats_ok
+            pause(SETTLE_SECONDS)
+            settle_cycles = max(1, hb.status().beats_ok - settle0)
+            settle_received = counter.received
+            # Then the overlap is empty: an idle poll asks since_id of the newest row.
+            pause(2 * interval)
             counter.reset()
             beats0 = hb.status().beats_ok
             pause(cfg.bytes_cycles * interval)
@@ -511,6 +521,13 @@ def bench_bytes(cfg: Config, root: Path) -> list[Row]:
             "<= 1024 B",
             1024.0,
             detail=detail,
+        ),
+        Row(
+            "bytes",
+            f"per cycle in the {SETTLE_SECONDS:.0f} s after the last new row (overlap re-read)",
+            settle_received / settle_cycles,
+            f"{settle_received / settle_cycles:.0f} B ({settle_cycles} cycles, "
+            f"<= {OVERLAP_MAX} rows)",
         ),
         Row(
             "bytes",

@@ -1,45 +1,49 @@
-"""The results file, the id logs (activity cursor, seen file), and the public reader.
+"""The results file, its delivery journal, and the public reader.
 
 Everything here must survive a SIGKILL at any instruction without losing or duplicating a
-result (CONTRACT.md §13 C18; the reference appends unlocked and never trims a torn tail).
+result (CONTRACT.md §13 C18; the reference appends unlocked and never trims a torn tail), and
+must hold with any number of writers (processes, forked children) and readers at once.
 
-* :class:`IdLog` is an ordered, bounded set of ids persisted as one comma-joined line, oldest
-  first, rewritten atomically (temp file + ``os.replace``). Eviction keeps the newest ids by
-  insertion order, never by sorting (C3, C4).
-* :class:`ResultsFile` is the JSONL results file. Every writer and reader holds
-  ``FileLock(path + ".lock")``. A delivery first writes a journal (``path + ".journal"``) that
-  holds the byte offset, the exact text to append and the ids to record; applying the journal
-  is idempotent (truncate to the offset, append, add ids), so whoever takes the lock next after
-  a crash finishes the delivery exactly once. The kernel drops a dead process's lock, and every
-  user of the file runs :meth:`ResultsFile.recover` first thing under the lock, so nothing can be
-  written between a crash and its recovery.
+:class:`ResultsFile` is the JSONL results file. Every writer and reader holds
+``FileLock(path + ".lock")``. A delivery first writes a journal (``path + ".journal"``) holding
+the byte offset, the exact text to append and the ids to record per id log *by name*
+(``"seen"``, ``"cursor"``), never a path; applying it is idempotent (truncate to the offset,
+append, merge the ids), so whoever takes the lock next after a crash finishes the delivery
+exactly once. A reader knows no id log: it appends the text (so what it returns is whole and
+nothing can be appended twice after it empties the file) and leaves the ids in the journal for
+the next writer. Writers decide "already delivered?" against the id logs on disk and the
+journal, under the lock, never against their own memory. The id logs are in :mod:`._idlog`.
 
 Nothing here calls ``fsync``: the guarantees are against a killed process, not a power cut.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import threading
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import islice
 from typing import Any
 
 import filelock
 
+from . import _safefile
+from ._format import format_delegation_results
+from ._idlog import DEFAULT_LOCK_TIMEOUT, MAX_ID_LENGTH, IdLog, valid_id
 from ._ratelimit import RateLimitedLog
+from ._safefile import UntrustedFile
 
 __all__ = [
     "DEFAULT_RESULTS_FILE",
+    "MAX_ID_LENGTH",
     "RESULTS_FILE_ENV",
     "IdLog",
     "Record",
     "ResultsFile",
+    "UntrustedFile",
     "format_delegation_results",
     "read_delegation_results",
+    "valid_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,20 +57,8 @@ RESULTS_FILE_ENV = "DELEGATION_RESULTS_FILE"
 #: Results file used when neither an argument nor the environment names one.
 DEFAULT_RESULTS_FILE = "/tmp/delegation_results.jsonl"
 
-# Long enough that only a wedged peer makes it expire; short enough that a beat cycle still
-# ends and retries later instead of hanging forever.
-_LOCK_TIMEOUT = 30.0
 _TAIL_CHUNK = 64 * 1024
-# os.open on Windows needs O_BINARY or it translates newlines.
-_O_BINARY: int = getattr(os, "O_BINARY", 0)
-
-_MARKER_OPEN = "[A2A_RESULT_FROM_PEER]"
-_MARKER_CLOSE = "[/A2A_RESULT_FROM_PEER]"
-# The upstream runtime's escapes (molecule-runtime _sanitize_a2a._escape_boundary_markers).
-_MARKER_OPEN_ESCAPED = "[/ A2A_RESULT_FROM_PEER]"
-_MARKER_CLOSE_ESCAPED = "[/ /A2A_RESULT_FROM_PEER]"
-_SUMMARY_MAX = 80
-_PREVIEW_MAX = 200
+_JOURNAL_VERSION = 2
 
 
 # One counter per kind of problem (the key): a damaged file or a full disk repeats every
@@ -78,267 +70,45 @@ if hasattr(os, "register_at_fork"):
 
 
 # --------------------------------------------------------------------------------------------
-# Low-level file helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """``os.write`` until everything is written (a write may be short, e.g. near a quota)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so a reader sees the old or the new content, never a mix.
-
-    The caller holds the lock that guards ``path``, so one fixed temp name is safe and a temp
-    file left by a killed process is simply overwritten next time instead of piling up.
-    """
-    tmp = path + ".tmp"
-    # 0o666 less the umask, as open() would: the modes the reference runtime's files get.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_BINARY, 0o666)
-    try:
-        _write_all(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _unlink_if_present(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def _file_size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0
-
-
-#: The longest id an id log keeps (platform ids are 36-character UUIDs).
-MAX_ID_LENGTH = 256
-
-
-def valid_id(item: object) -> bool:
-    """True for an id an :class:`IdLog` can keep: a non-empty string of at most
-    :data:`MAX_ID_LENGTH` characters without a comma or white space (either would split or
-    merge ids when the log is read back)."""
-    return (
-        isinstance(item, str)
-        and 0 < len(item) <= MAX_ID_LENGTH
-        and "," not in item
-        and not any(ch.isspace() for ch in item)
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# IdLog
-# --------------------------------------------------------------------------------------------
-
-
-class IdLog:
-    """An ordered, bounded, persisted set of ids (the activity cursor, the seen file).
-
-    File format: the ids comma-joined, oldest first, no newline (the reference cursor's format,
-    but ordered by insertion). Reading tolerates surrounding whitespace, a trailing newline and
-    empty items. At most ``max_ids`` ids are kept: the newest by insertion order.
-
-    A caller may rely on:
-
-    * nothing touches the disk until the first use (``load`` is lazy and idempotent);
-    * a missing file is an empty log; an unreadable or damaged one is read as far as it can be
-      (invalid items dropped, one warning), never an exception;
-    * :meth:`save` replaces the file atomically under ``FileLock(path + ".lock")``, so the file
-      always parses, and logs instead of raising on ``OSError`` (the log stays dirty and the
-      next ``save`` retries);
-    * all methods are thread-safe.
-    """
-
-    path: str
-    max_ids: int
-
-    def __init__(
-        self, path: str | os.PathLike[str], max_ids: int, lock_timeout: float | None = None
-    ) -> None:
-        if max_ids < 1:
-            raise ValueError(f"max_ids must be >= 1, not {max_ids!r}")
-        self.path = os.fspath(path)
-        self.max_ids = max_ids
-        # dict keeps insertion order and gives O(1) membership: an ordered set.
-        self._ids: dict[str, None] = {}
-        self._loaded = False
-        self._dirty = False
-        self._warned_corrupt = False
-        self._mutex = threading.RLock()
-        timeout = _LOCK_TIMEOUT if lock_timeout is None else lock_timeout
-        self._file_lock = filelock.FileLock(self.path + ".lock", timeout=timeout)
-
-    def __repr__(self) -> str:
-        return f"IdLog({self.path!r}, max_ids={self.max_ids})"
-
-    def load(self) -> None:
-        """Read the file once; later calls do nothing (use :meth:`reload` to read again)."""
-        with self._mutex:
-            if self._loaded:
-                return
-            self._loaded = True
-            self._ids = dict.fromkeys(self._read_file())
-            self._trim()
-
-    def reload(self) -> None:
-        """Forget the in-memory state, including unsaved additions, and read the file again."""
-        with self._mutex:
-            self._loaded = False
-            self._dirty = False
-            self._ids = {}
-            self.load()
-
-    def __contains__(self, item: object) -> bool:
-        if not isinstance(item, str):
-            return False
-        with self._mutex:
-            self.load()
-            return item in self._ids
-
-    def __len__(self) -> int:
-        with self._mutex:
-            self.load()
-            return len(self._ids)
-
-    def newest(self) -> str | None:
-        """The id inserted last, or ``None`` when the log is empty."""
-        with self._mutex:
-            self.load()
-            return next(reversed(self._ids), None)
-
-    def ids(self) -> list[str]:
-        """All ids, oldest first."""
-        with self._mutex:
-            self.load()
-            return list(self._ids)
-
-    def add(self, ids: Iterable[str]) -> list[str]:
-        """Append the ids not yet present, in order, in memory only; return those.
-
-        The oldest ids beyond ``max_ids`` are evicted. Every id returned was absent before the
-        call, even if a long batch evicted it again at once. An id that is empty or contains a
-        comma or whitespace is skipped (logged at debug level): it would corrupt the format.
-        """
-        if isinstance(ids, str):
-            # A bare string is one id, not an iterable of one-character ids.
-            ids = (ids,)
-        with self._mutex:
-            self.load()
-            added: list[str] = []
-            for item in ids:
-                if not valid_id(item):
-                    logger.debug("%s: skipping id that cannot be stored: %r", self.path, item)
-                    continue
-                if item in self._ids:
-                    continue
-                self._ids[item] = None
-                added.append(item)
-            if added:
-                self._dirty = True
-                self._trim()
-            return added
-
-    def save(self) -> None:
-        """Write the file if anything was added since the last save; never raises ``OSError``."""
-        with self._mutex:
-            if not self._dirty:
-                return
-            try:
-                with self._file_lock:
-                    self._write()
-            except OSError as exc:  # filelock.Timeout is an OSError too
-                _warn.warning("id-log", "could not save %s (will retry): %s", self.path, exc)
-
-    # -- internals used by ResultsFile ------------------------------------------------------
-
-    def _write(self) -> None:
-        """Write the in-memory ids; the caller holds ``_mutex`` and ``_file_lock``."""
-        _atomic_write(self.path, ",".join(self._ids).encode("utf-8"))
-        self._dirty = False
-
-    def _update_on_disk(self, ids: Sequence[str]) -> None:
-        """Read the file, add ``ids`` and write it back, all under the file lock.
-
-        Raises ``OSError`` (``filelock.Timeout`` included) when it cannot.
-        """
-        with self._mutex, self._file_lock:
-            self._loaded = False
-            self._ids = {}
-            self.load()
-            self.add(ids)
-            self._write()
-
-    def _absorb(self, ids: Sequence[str], *, on_disk: bool) -> None:
-        """Add ids that a delivery already wrote to the file (``on_disk``) or failed to write.
-
-        When they are on disk the dirty flag is left as it was: memory and file agree on them.
-        """
-        with self._mutex:
-            was_dirty = self._dirty
-            self.add(ids)
-            if on_disk:
-                self._dirty = was_dirty
-
-    def _trim(self) -> None:
-        excess = len(self._ids) - self.max_ids
-        if excess > 0:
-            for old in list(islice(self._ids, excess)):
-                del self._ids[old]
-
-    def _read_file(self) -> list[str]:
-        try:
-            with open(self.path, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            self._warn_corrupt("cannot read %s, starting empty: %s", self.path, exc)
-            return []
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            self._warn_corrupt("%s is not UTF-8, starting empty", self.path)
-            return []
-        items = [item.strip() for item in text.split(",")]
-        good = [item for item in items if item and valid_id(item)]
-        if len(good) != sum(1 for item in items if item):
-            self._warn_corrupt("%s holds malformed ids; they were dropped", self.path)
-        return good
-
-    def _warn_corrupt(self, msg: str, *args: object) -> None:
-        if not self._warned_corrupt:
-            self._warned_corrupt = True
-            logger.warning(msg, *args)
-
-
-# --------------------------------------------------------------------------------------------
 # Journal
 # --------------------------------------------------------------------------------------------
 
 
+def _id_list(value: object) -> list[str] | None:
+    if not isinstance(value, list):
+        return None
+    return [i for i in value if valid_id(i)]
+
+
 class _Journal:
-    """One delivery in flight: cut the results file to ``offset``, append ``data``, add ids."""
+    """One delivery in flight: cut the results file to ``offset``, append ``data``, add ids.
 
-    __slots__ = ("data", "entries", "offset")
+    ``offset`` is ``None`` once the text is in the results file and only ids are left to
+    record. ``ids`` maps an id log's name to the ids it must hold. ``legacy`` maps an id log's
+    path to ids, from a journal of an earlier version (it held paths; only a path of a known
+    log is ever written).
+    """
 
-    def __init__(self, offset: int, data: str, entries: list[tuple[str, list[str], int]]) -> None:
+    __slots__ = ("data", "ids", "legacy", "offset")
+
+    def __init__(
+        self,
+        offset: int | None,
+        data: str,
+        ids: dict[str, list[str]],
+        legacy: dict[str, list[str]] | None = None,
+    ) -> None:
         self.offset = offset
         self.data = data
-        self.entries = entries
+        self.ids = ids
+        self.legacy = legacy or {}
 
     def dumps(self) -> bytes:
-        obj = {
+        obj: dict[str, object] = {
+            "version": _JOURNAL_VERSION,
             "offset": self.offset,
             "data": self.data,
-            "ids": [[path, ids, max_ids] for path, ids, max_ids in self.entries],
+            "ids": self.ids,
         }
         # ensure_ascii (the default) keeps lone surrogates in ``data`` representable.
         return json.dumps(obj).encode("ascii")
@@ -353,25 +123,34 @@ class _Journal:
         if not isinstance(obj, dict):
             return None
         offset, data, ids = obj.get("offset"), obj.get("data"), obj.get("ids")
-        if not (isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0):
+        if offset is not None and not (
+            isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0
+        ):
             return None
         if not isinstance(data, str):
             return None
-        if not isinstance(ids, list):
+        if obj.get("version") == _JOURNAL_VERSION:
+            if not isinstance(ids, dict):
+                return None
+            by_name: dict[str, list[str]] = {}
+            for name, values in ids.items():
+                checked = _id_list(values)
+                if checked is None:
+                    return None
+                by_name[name] = checked
+            return cls(offset, data, by_name)
+        # The first version: {"offset", "data", "ids": [[path, ids, max_ids], ...]}.
+        if offset is None or not isinstance(ids, list):
             return None
-        entries: list[tuple[str, list[str], int]] = []
+        by_path: dict[str, list[str]] = {}
         for entry in ids:
-            if not (isinstance(entry, list) and len(entry) == 3):
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)):
                 return None
-            path, id_list, max_ids = entry
-            if not (isinstance(path, str) and path and isinstance(id_list, list)):
+            checked = _id_list(entry[1])
+            if checked is None:
                 return None
-            if not all(isinstance(i, str) for i in id_list):
-                return None
-            if not (isinstance(max_ids, int) and not isinstance(max_ids, bool) and max_ids >= 1):
-                return None
-            entries.append((path, id_list, max_ids))
-        return cls(offset, data, entries)
+            by_path[entry[0]] = checked
+        return cls(offset, data, {}, by_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,7 +197,14 @@ def _parse_lines(raw: bytes) -> list[Record]:
 
 
 class ResultsFile:
-    """The JSONL results file with exactly-once delivery across crashes.
+    """The JSONL results file with exactly-once delivery across crashes and writers.
+
+    Args:
+        path: The results file. Resolved once, here: a symbolic link is followed, and the
+            lock and journal are named after the target, so every writer and reader of that
+            file excludes every other whichever name it was given.
+        lock_timeout: Seconds to wait for the lock (default 30).
+        id_logs: The writer's id logs, by :attr:`IdLog.name`. A reader passes none.
 
     A caller may rely on:
 
@@ -426,70 +212,105 @@ class ResultsFile:
       next append (C18) and never returned;
     * a delivery interrupted at any point is finished, exactly once, by the next
       :meth:`deliver`, :meth:`consume`, :meth:`peek` or :meth:`recover` from any process;
-    * the lock file (``path + ".lock"``) and, while a delivery is in flight, the journal
-      (``path + ".journal"``) live next to the file. The lock file stays on disk on purpose:
-      unlinking a lock file others may be waiting on breaks mutual exclusion.
-
-    A writer should call :meth:`recover` once at start-up *before* it loads its id logs, so a
-    delivery its previous run left half-done lands in those logs before it decides what is new.
+    * the results file, the journal and the lock file are created 0600. The results file and
+      the journal are opened without following a link and refused (one ERROR) unless they are
+      regular files owned by this user: a refused journal is neither applied nor removed, a
+      refused results file is neither read nor written;
+    * the lock file stays on disk on purpose: unlinking a lock file others may be waiting on
+      breaks mutual exclusion.
     """
 
     path: str
     journal_path: str
     lock: filelock.BaseFileLock
 
-    def __init__(self, path: str | os.PathLike[str], lock_timeout: float | None = None) -> None:
-        self.path = os.fspath(path)
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        lock_timeout: float | None = None,
+        id_logs: Iterable[IdLog] = (),
+    ) -> None:
+        self.path = _safefile.resolve(path)
         self.journal_path = self.path + ".journal"
         # The beat thread passes a short timeout: a consumer stuck while holding the lock
         # must delay a delivery (retried next cycle), never the heartbeat itself.
-        timeout = _LOCK_TIMEOUT if lock_timeout is None else lock_timeout
-        self.lock = filelock.FileLock(self.path + ".lock", timeout=timeout)
+        timeout = DEFAULT_LOCK_TIMEOUT if lock_timeout is None else lock_timeout
+        self.lock = filelock.FileLock(
+            self.path + ".lock", timeout=timeout, mode=_safefile.FILE_MODE
+        )
+        self._logs: dict[str, IdLog] = {}
+        for log in id_logs:
+            self._register(log)
 
     def __repr__(self) -> str:
         return f"ResultsFile({self.path!r})"
+
+    def _register(self, log: IdLog) -> None:
+        known = self._logs.setdefault(log.name, log)
+        if known is not log and known.path != log.path:
+            raise ValueError(f"two id logs named {log.name!r}: {known.path} and {log.path}")
 
     def deliver(
         self,
         records: Sequence[Record],
         id_logs: Sequence[tuple[IdLog, Sequence[str]]] = (),
-    ) -> None:
-        """Append ``records`` as JSON lines and add the ids to the id logs, as one crash-safe step.
+    ) -> list[Record]:
+        """Append the new ``records`` as JSON lines and add the ids to the id logs, as one
+        crash-safe step; return the records appended.
 
+        A record is new unless its ``delegation_id`` is already in one of ``id_logs`` *on
+        disk* (or in a journal still waiting to record it): the decision is taken under the
+        lock against what every writer has recorded, so two writers never both append it.
         After a SIGKILL at any point either nothing or everything of this call is (or will be,
-        on the next recovery) on disk, never half and never twice. The ``IdLog`` objects passed
-        in are updated in memory as well. If this call finds an earlier delivery left
-        half-done, it finishes that one first and then leaves out every record whose
-        ``delegation_id`` that delivery had added to one of ``id_logs``: those were delivered
-        by it (a writer restarted after a crash would otherwise choose them again).
+        on the next recovery) on disk, never half and never twice. The ``IdLog`` objects are
+        updated in memory as well.
 
-        Raises ``filelock.Timeout`` when the lock is not free within the lock timeout,
-        ``OSError`` when the results file cannot be written (the append is rolled back where
-        possible), and ``TypeError``/``ValueError`` for a record JSON cannot encode. In each
-        case nothing of this call was delivered and the caller may retry it. An id log that
-        cannot be written only logs a warning; its in-memory object stays dirty so its next
-        ``save`` retries.
+        Raises ``filelock.Timeout`` when a lock is not free within its timeout, ``OSError``
+        when the results file, the journal or an id log cannot be read or written (the
+        append is rolled back where possible), and ``TypeError``/``ValueError`` for a record
+        JSON cannot encode. In each case nothing of this call was delivered and the caller
+        may retry it. An id log that cannot be written after the append keeps its ids pending
+        in the journal and in memory; they are written by the next delivery or ``save``.
         """
-        logs = [(log, list(ids)) for log, ids in id_logs]
+        logs = [(log, [i for i in ids if valid_id(i)]) for log, ids in id_logs]
+        for log, _ in logs:
+            self._register(log)
         if not records and not any(ids for _, ids in logs):
-            return
+            return []
         with self.lock:
-            recovered = self._recover_locked()
-            if recovered is not None:
-                records = self._skip_recovered(*recovered, records, logs)
-            data = "".join(_encode_record(r) for r in records)
-            entries = [(os.path.abspath(log.path), ids, log.max_ids) for log, ids in logs if ids]
-            if not data and not entries:
-                return
-            journal = _Journal(_file_size(self.path), data, entries)
-            _atomic_write(self.journal_path, journal.dumps())
+            pending = self._recover_locked()
+            known: set[str] = set()
+            for log, _ in logs:
+                known |= log._on_disk()
+                known.update(pending.get(log.name, ()))
+            fresh = [r for r in records if r.get("delegation_id") not in known]
+            if len(fresh) != len(records):
+                logger.info(
+                    "left out %d result(s) already delivered by another writer or run",
+                    len(records) - len(fresh),
+                )
+            data = "".join(_encode_record(r) for r in fresh)
+            ids = {name: list(values) for name, values in pending.items()}
+            for log, new in logs:
+                merged = dict.fromkeys(ids.get(log.name, ()))
+                merged.update(dict.fromkeys(i for i in new if i not in known))
+                if merged:
+                    ids[log.name] = list(merged)
+            if not data and not ids:
+                return []
+            journal = _Journal(_safefile.file_size(self.path), data, ids)
+            _safefile.atomic_write(self.journal_path, journal.dumps())
             try:
-                failed = self._apply(journal)
+                self._append(journal)
             except OSError:
                 self._roll_back(journal)
                 raise
-        for log, ids in logs:
-            log._absorb(ids, on_disk=os.path.abspath(log.path) not in failed)
+            try:
+                self._record(journal)
+            except OSError as exc:
+                # Appended: the journal (still on disk) records the ids on the next recovery.
+                _warn.warning("id-log", "could not finish the delivery journal: %s", exc)
+        return fresh
 
     def consume(self) -> list[Record]:
         """Return every record and empty the file (truncated in place, never renamed).
@@ -506,30 +327,35 @@ class ResultsFile:
     def recover(self) -> None:
         """Finish a delivery a crashed process left half-done, then cut any torn tail.
 
-        Idempotent; a no-op when there is nothing to recover.
+        Idempotent; a no-op when there is nothing to recover. Ids for an id log this object
+        does not know stay in the journal for a writer that does.
         """
         if not self._may_exist():
             return
         with self.lock:
             self._recover_locked()
 
+    def recover_if_pending(self) -> None:
+        """:meth:`recover`, only when a journal is there (a single ``lstat`` otherwise)."""
+        if os.path.lexists(self.journal_path):
+            self.recover()
+
     # -- internals ---------------------------------------------------------------------------
 
     def _may_exist(self) -> bool:
         # Neither file there: nothing to read or recover, and no lock file is created in a
         # directory the writer may never use (the default lives in /tmp).
-        return os.path.exists(self.path) or os.path.exists(self.journal_path)
+        return os.path.lexists(self.path) or os.path.lexists(self.journal_path)
 
     def _read(self, *, remove: bool) -> list[Record]:
         if not self._may_exist():
             return []
         with self.lock:
             self._recover_locked()
-            try:
-                f = open(self.path, "r+b" if remove else "rb")  # noqa: SIM115 - closed below
-            except FileNotFoundError:
+            fd = _safefile.open_own(self.path, os.O_RDWR if remove else os.O_RDONLY)
+            if fd is None:
                 return []
-            with f:
+            with os.fdopen(fd, "r+b" if remove else "rb") as f:
                 raw = f.read()
                 if remove and raw:
                     # Truncate, not rename: the writer and other readers keep one inode and
@@ -537,17 +363,17 @@ class ResultsFile:
                     f.truncate(0)
         return _parse_lines(raw)
 
-    def _recover_locked(self) -> tuple[_Journal, set[str]] | None:
+    def _recover_locked(self) -> dict[str, list[str]]:
         """Apply a pending journal and cut a torn tail; the caller holds the lock.
 
-        Returns the journal it applied, if any, with the id-log paths it could not write.
+        Returns the ids the journal still holds for id logs that could not be written (or
+        that this object does not know).
         """
-        applied: tuple[_Journal, set[str]] | None = None
         try:
-            with open(self.journal_path, "rb") as f:
-                raw: bytes | None = f.read()
-        except FileNotFoundError:
-            raw = None
+            raw = _safefile.read_own(self.journal_path)
+        except UntrustedFile:
+            raw = None  # reported once; never applied, never removed
+        pending: dict[str, list[str]] = {}
         if raw is not None:
             journal = _Journal.loads(raw)
             if journal is None:
@@ -555,20 +381,22 @@ class ResultsFile:
                 _warn.warning(
                     "journal", "discarding unreadable delivery journal %s", self.journal_path
                 )
-                _unlink_if_present(self.journal_path)
+                _safefile.unlink_if_present(self.journal_path)
             else:
-                logger.info("finishing an interrupted delivery to %s", self.path)
-                applied = (journal, self._apply(journal))
+                if journal.offset is not None:
+                    logger.info("finishing an interrupted delivery to %s", self.path)
+                self._append(journal)
+                pending = self._record(journal)
         self._cut_torn_tail()
-        return applied
+        return pending
 
-    def _apply(self, journal: _Journal) -> set[str]:
-        """Carry out a journal, then delete it; idempotent. Returns id-log paths not written.
+    def _append(self, journal: _Journal) -> None:
+        """Append a journal's text at its offset; idempotent.
 
         Raises ``OSError`` if the results file cannot be written; the journal then stays.
         """
-        if journal.data:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | _O_BINARY, 0o666)
+        if journal.offset is not None and journal.data:
+            fd = _safefile.create_own(self.path)
             try:
                 size = os.fstat(fd).st_size
                 if size < journal.offset:
@@ -584,36 +412,64 @@ class ResultsFile:
                     # which is what makes applying the journal twice harmless.
                     os.ftruncate(fd, journal.offset)
                     os.lseek(fd, journal.offset, os.SEEK_SET)
-                    _write_all(fd, _to_bytes(journal.data))
+                    _safefile.write_all(fd, _to_bytes(journal.data))
             finally:
                 os.close(fd)
-        failed: set[str] = set()
-        for path, ids, max_ids in journal.entries:
+
+    def _record(self, journal: _Journal) -> dict[str, list[str]]:
+        """Merge a journal's ids into the id logs, then remove the journal (or keep only the
+        ids that could not be written). Returns those ids.
+
+        Raises ``OSError`` when the journal can be neither removed nor rewritten; it then
+        stays as it was, and applying it again is harmless.
+        """
+        ids = dict(journal.ids)
+        for path, values in journal.legacy.items():
+            log = next((lg for lg in self._logs.values() if lg.path == path), None)
+            if log is None:
+                _warn.warning("journal", "dropping ids an old journal held for %s", path)
+            else:
+                ids[log.name] = ids.get(log.name, []) + values
+        pending: dict[str, list[str]] = {}
+        for name, values in ids.items():
+            log = self._logs.get(name)
+            if log is None:
+                pending[name] = values
+                continue
             try:
-                IdLog(path, max_ids)._update_on_disk(ids)
+                log._update_on_disk(values)
             except OSError as exc:
-                # The results are delivered; losing an id only risks a later duplicate, and
-                # keeping the journal would re-append the data after a consumer emptied the file.
-                failed.add(path)
-                _warn.warning("id-log", "could not record delivered ids in %s: %s", path, exc)
-        _unlink_if_present(self.journal_path)
-        return failed
+                pending[name] = values
+                _warn.warning("id-log", "could not record delivered ids in %s: %s", log.path, exc)
+        if pending:
+            # The text is in; only ids are left. Never append it again (a reader may empty the
+            # file next), but keep the ids for whoever can write them.
+            if journal.offset is not None or pending != journal.ids:
+                _safefile.atomic_write(self.journal_path, _Journal(None, "", pending).dumps())
+        else:
+            _safefile.unlink_if_present(self.journal_path)
+        return pending
 
     def _roll_back(self, journal: _Journal) -> None:
+        if journal.offset is None:
+            return
         try:
-            with open(self.path, "r+b") as f:
-                f.truncate(journal.offset)
-            _unlink_if_present(self.journal_path)
+            fd = _safefile.open_own(self.path, os.O_WRONLY)
+            if fd is not None:
+                try:
+                    os.ftruncate(fd, journal.offset)
+                finally:
+                    os.close(fd)
+            _safefile.unlink_if_present(self.journal_path)
         except OSError as exc:
             logger.warning("could not roll back a failed delivery to %s: %s", self.path, exc)
 
     def _cut_torn_tail(self) -> None:
         """Cut the bytes after the last newline (a line a killed process did not finish)."""
-        try:
-            f = open(self.path, "r+b")  # noqa: SIM115 - closed below
-        except FileNotFoundError:
+        fd = _safefile.open_own(self.path, os.O_RDWR)
+        if fd is None:
             return
-        with f:
+        with os.fdopen(fd, "r+b") as f:
             size = f.seek(0, os.SEEK_END)
             if size == 0:
                 return
@@ -633,31 +489,6 @@ class ResultsFile:
             f.truncate(keep)
         _warn.warning("torn-tail", "cut a torn tail of %d bytes from %s", size - keep, self.path)
 
-    @staticmethod
-    def _skip_recovered(
-        journal: _Journal,
-        failed: set[str],
-        records: Sequence[Record],
-        logs: list[tuple[IdLog, list[str]]],
-    ) -> Sequence[Record]:
-        by_path = {path: ids for path, ids, _ in journal.entries}
-        delivered: set[str] = set()
-        for log, _ in logs:
-            path = os.path.abspath(log.path)
-            ids = by_path.get(path)
-            if ids:
-                log._absorb(ids, on_disk=path not in failed)
-                delivered.update(ids)
-        if not delivered:
-            return records
-        kept = [r for r in records if r.get("delegation_id") not in delivered]
-        if len(kept) != len(records):
-            logger.info(
-                "left out %d results an interrupted delivery had already written",
-                len(records) - len(kept),
-            )
-        return kept
-
 
 # --------------------------------------------------------------------------------------------
 # Public reader
@@ -670,52 +501,14 @@ def read_delegation_results(path: str | os.PathLike[str] | None = None) -> list[
     ``path`` defaults to ``$DELEGATION_RESULTS_FILE`` (read at each call), then
     ``/tmp/delegation_results.jsonl``. Works under the writer's lock, so a result is returned
     by exactly one call and none is lost to a concurrent write. A missing file gives ``[]``.
-    Never raises for I/O trouble: it logs a warning and returns ``[]``, and the results stay in
-    the file for the next call.
+    Never raises for I/O trouble or for anything in the files: it logs a warning and returns
+    ``[]``, and the results stay in the file for the next call. A results file or journal
+    that is a link or owned by another user is refused (one ERROR), never read.
     """
     if path is None:
         path = os.environ.get(RESULTS_FILE_ENV) or DEFAULT_RESULTS_FILE
     try:
         return ResultsFile(path).consume()
-    except OSError as exc:  # includes filelock.Timeout
+    except (OSError, ValueError) as exc:  # filelock.Timeout and a refused file included
         logger.warning("could not read delegation results from %s: %s", os.fspath(path), exc)
         return []
-
-
-def _as_text(value: object) -> str:
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else str(value)
-
-
-def _escape_markers(text: str) -> str:
-    return text.replace(_MARKER_OPEN, _MARKER_OPEN_ESCAPED).replace(
-        _MARKER_CLOSE, _MARKER_CLOSE_ESCAPED
-    )
-
-
-def format_delegation_results(records: Iterable[Mapping[str, Any]]) -> str:
-    """Text for prompt injection, as the reference runtime's reader produces it.
-
-    One ``- [<status>] <summary>`` line per record (``?`` when the status is empty), plus
-    ``  Response: <preview>`` when there is a preview; summary cut to 80 and preview to 200
-    characters after escaping. The whole block is wrapped in ``[A2A_RESULT_FROM_PEER]`` ...
-    ``[/A2A_RESULT_FROM_PEER]``; no content can forge either marker. ``""`` when there is no
-    record. Non-mapping records are skipped; non-string values are ``str()``-ed, ``None`` is
-    empty.
-    """
-    parts: list[str] = []
-    for record in records:
-        if not isinstance(record, Mapping):
-            continue
-        status = _as_text(record.get("status")) or "?"
-        summary = _escape_markers(_as_text(record.get("summary")))[:_SUMMARY_MAX]
-        # Escape the bracketed status together with its brackets: a status of
-        # "/A2A_RESULT_FROM_PEER" would otherwise become a closing marker.
-        parts.append(f"{_escape_markers(f'- [{status}]')} {summary}")
-        preview = _as_text(record.get("response_preview"))
-        if preview:
-            parts.append(f"  Response: {_escape_markers(preview)[:_PREVIEW_MAX]}")
-    if not parts:
-        return ""
-    return _MARKER_OPEN + "\n" + "\n".join(parts) + "\n" + _MARKER_CLOSE

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import _messages, _metadata, _status, _wedge
+from ._activity import ActivityPager, row_ids
 from ._auth import TOKEN_ENV, Credentials, resolve_configs_dir
 from ._client import CursorGone, PlatformClient, PlatformError
 from ._files import DEFAULT_RESULTS_FILE, RESULTS_FILE_ENV, IdLog, ResultsFile
@@ -71,6 +72,11 @@ if hasattr(os, "register_at_fork"):
 #: Rows asked for per activity page, and pages read per cycle when the server has more.
 ACTIVITY_PAGE = 100
 ACTIVITY_MAX_PAGES = 5
+#: The least ``max_seen_ids``: twice the delegations the platform lists (50). A smaller log
+#: forgets ids still listed, and delivers them again every cycle.
+MIN_SEEN_IDS = 100
+#: The least ``max_cursor_ids``: twice the activity rows one poll can read.
+MIN_CURSOR_IDS = 2 * ACTIVITY_PAGE * ACTIVITY_MAX_PAGES
 
 
 def _env_path(value: str | os.PathLike[str] | None, env: str, default: str) -> str:
@@ -102,8 +108,10 @@ class Heartbeat:
         self_message_cooldown: Least seconds between two wake-up self-messages.
         runtime_metadata: Callable returning the beat's ``runtime_metadata`` (or None). Without
             one, the adapter named by ``$ADAPTER_MODULE`` is asked, as the reference does.
-        max_seen_ids: Delegation ids remembered (newest kept).
-        max_cursor_ids: Activity ids remembered (newest kept).
+        max_seen_ids: Delegation ids remembered (newest kept); at least
+            :data:`MIN_SEEN_IDS`.
+        max_cursor_ids: Activity ids remembered (newest kept); at least
+            :data:`MIN_CURSOR_IDS`.
         request_timeout: Seconds per platform request.
         self_message_timeout: Seconds for the wake-up self-message.
         wakeup_retry_deadline: How long a wake-up refused by a busy agent is retried.
@@ -181,11 +189,18 @@ class Heartbeat:
             origin=origin or os.environ.get("PLATFORM_URL") or None,
             env_token=os.environ.get(TOKEN_ENV),
         )
-        # A consumer that holds the results lock for long must not stall the beat.
+        # A consumer that holds a lock for long must not stall the beat: one short timeout for
+        # every lock the beat thread takes (results, seen, cursor).
         self._lock_timeout = min(5.0, max(0.05, interval / 4))
-        self._results = ResultsFile(self.results_path, self._lock_timeout)
-        self._seen = IdLog(self.seen_path, max_seen_ids, self._lock_timeout)
-        self._cursor = IdLog(self.cursor_path, max_cursor_ids, self._lock_timeout)
+        for arg, value, least in (
+            ("max_seen_ids", max_seen_ids, MIN_SEEN_IDS),
+            ("max_cursor_ids", max_cursor_ids, MIN_CURSOR_IDS),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                # Fewer ids than one poll returns would deliver the same results every cycle.
+                raise ValueError(f"{arg} must be an int >= {least}, not {value!r}")
+        self._max_ids = (max_seen_ids, max_cursor_ids)
+        self._open_files()
         self._worker = SideEffectWorker(
             self._new_client,
             cooldown=self.self_message_cooldown,
@@ -235,9 +250,15 @@ class Heartbeat:
         self._warn.reinit_after_fork()
         self._credentials.reinit_after_fork()
         # File locks are per object; the parent's may have been held by its beat thread.
-        self._results = ResultsFile(self.results_path, self._lock_timeout)
-        self._seen = IdLog(self.seen_path, self._seen.max_ids, self._lock_timeout)
-        self._cursor = IdLog(self.cursor_path, self._cursor.max_ids, self._lock_timeout)
+        self._open_files()
+
+    def _open_files(self) -> None:
+        timeout = self._lock_timeout
+        self._seen = IdLog(self.seen_path, self._max_ids[0], timeout, name="seen")
+        self._cursor = IdLog(self.cursor_path, self._max_ids[1], timeout, name="cursor")
+        self._results = ResultsFile(self.results_path, timeout, (self._seen, self._cursor))
+        # Where the next activity page starts; a new start reads from the cursor file.
+        self._pager = ActivityPager()
 
     def _new_client(self) -> PlatformClient:
         return PlatformClient(
@@ -539,13 +560,21 @@ class Heartbeat:
             self._deliver(parsed.results, [(self._seen, parsed.ids)])
 
     def _poll_activity(self, client: PlatformClient) -> None:
+        # Ids a failed write left pending are written now (a no-op when there are none).
+        self._cursor.save()
+        self._seen.save()
+        try:
+            self._results.recover_if_pending()
+        except OSError as exc:
+            self._warn.warning("files", "cannot finish the delivery journal: %s", exc)
+        since = self._pager.first_since(self._cursor.ids)
         for _ in range(ACTIVITY_MAX_PAGES):
-            since = self._cursor.newest()
             try:
                 try:
                     rows = client.activity(since, limit=ACTIVITY_PAGE)
                 except CursorGone:
                     logger.info("activity cursor unknown to the platform; reading the window")
+                    self._pager.forget(since)
                     since = None
                     rows = client.activity(None, limit=ACTIVITY_PAGE)
             except PlatformError as exc:
@@ -568,22 +597,41 @@ class Heartbeat:
                 )
             if parsed.results:
                 if not self._deliver(parsed.results, [(self._cursor, parsed.ids)]):
-                    return
+                    return  # the pager stays put: the next poll reads these rows again
             elif parsed.ids:
                 self._cursor.add(parsed.ids)
                 self._cursor.save()
-            if not honoured or len(rows) < ACTIVITY_PAGE or not parsed.ids:
+            full = honoured and len(rows) >= ACTIVITY_PAGE
+            after = self._pager.read(since if honoured else None, row_ids(rows), full)
+            if after is None or after == since:
+                if full:
+                    self._warn.warning(
+                        "activity-stuck",
+                        "the activity cursor cannot advance past %s: a full page without a "
+                        "newer well-formed row; reading from there again next cycle",
+                        since,
+                    )
+                else:
+                    self._warn.reset("activity-stuck")
                 return
+            since = after
+        logger.info("read %d pages of activity; the rest follows next cycle", ACTIVITY_MAX_PAGES)
 
     def _deliver(self, results: Sequence[Result], id_logs: list[tuple[IdLog, list[str]]]) -> bool:
         try:
-            self._results.deliver([r.record for r in results], id_logs)
+            written = self._results.deliver([r.record for r in results], id_logs)
         except Exception as exc:
             # Nothing is lost: the ids were not recorded, so the next cycle delivers them.
             self._reload_ids = True
             self._warn.warning("deliver", "could not write results: %s", exc)
             return False
         self._warn.reset("deliver")
+        # Another writer of the same files may have delivered some already: those are its
+        # to announce.
+        fresh = {id(r) for r in written}
+        results = [r for r in results if id(r.record) in fresh]
+        if not results:
+            return True
         with self._lock:
             self._results_delivered += len(results)
         logger.info("%d new result(s) written to %s", len(results), self.results_path)

@@ -6,8 +6,11 @@ Nothing here does I/O or keeps state, so every rule of the reference loop that i
 
 from __future__ import annotations
 
+import calendar
+import datetime
 import email.utils
 import math
+import re
 import time
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -239,15 +242,40 @@ def activity_results(
     return out
 
 
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d\d):(\d\d))$"
+)
+
+
+def created_ns(value: Any) -> int | None:
+    """An RFC 3339 timestamp as nanoseconds since the epoch; None if it is not one.
+
+    The server's timestamps cannot be compared as strings: Go drops trailing zeros of the
+    fraction, so ``…:00.1Z`` sorts after ``…:00.12Z``.
+    """
+    if not isinstance(value, str):
+        return None
+    m = _RFC3339.match(value)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    try:
+        moment = datetime.datetime(year, month, day, hour, minute, min(second, 59))
+    except ValueError:
+        return None
+    seconds = calendar.timegm(moment.timetuple())
+    if m.group(9):
+        offset = int(m.group(10)) * 3600 + int(m.group(11)) * 60
+        seconds -= offset if m.group(9) == "+" else -offset
+    return seconds * 1_000_000_000 + int((m.group(7) or "0").ljust(9, "0"))
+
+
 def newest_first(rows: Sequence[Any]) -> bool:
     """True when rows are ordered newest first by ``created_at`` (a server that ignored
-    ``since_id``). RFC 3339 timestamps of one server compare correctly as strings."""
-    stamps: list[str] = [
-        r["created_at"]
-        for r in rows
-        if isinstance(r, dict) and isinstance(r.get("created_at"), str)
-    ]
-    return len(stamps) >= 2 and stamps[0] > stamps[-1]
+    ``since_id``)."""
+    stamps = [created_ns(r.get("created_at")) for r in rows if isinstance(r, dict)]
+    known = [s for s in stamps if s is not None]
+    return len(known) >= 2 and known[0] > known[-1]
 
 
 def _summary_line(result: Result) -> str:

@@ -294,6 +294,8 @@ class _Activity:
     created_at: str
     request_body: object = _MISSING
     response_body: object = _MISSING
+    # False until a late commit: the row has its created_at but no reader sees it yet.
+    committed: bool = True
 
     def to_json(self) -> dict[str, object]:
         row: dict[str, object] = {
@@ -955,6 +957,7 @@ class FakePlatform:
         method: str = "message/send",
         request_body: object = _MISSING,
         activity_id: str | None = None,
+        committed: bool = True,
     ) -> str:
         """Append an activity row to the workspace's log; returns the row id.
 
@@ -962,6 +965,11 @@ class FakePlatform:
         a JSON-RPC ``message/send`` request carrying ``text`` as one ``kind: text``
         part.  With neither, the row has no ``request_body`` key.  ``created_at`` is
         strictly increasing across all rows of the platform.
+
+        ``committed=False`` makes a row that commits late, as the platform's background
+        inserts can: it gets its ``created_at`` now but no read returns it (nor knows its
+        id as a ``since_id``) until :meth:`commit_activity`. Rows added meanwhile are
+        newer, so a ``since_id`` of one of them never returns it.
         """
         with self._lock:
             self._ws(workspace_id)
@@ -988,10 +996,22 @@ class FakePlatform:
                 summary=summary,
                 created_at=self._now(),
                 request_body=request_body,
+                committed=committed,
             )
             self._activity[workspace_id].append(row)
             self._changed()
             return row.id
+
+    def commit_activity(self, workspace_id: str, activity_id: str) -> None:
+        """Make a row added with ``committed=False`` visible, with its original ``created_at``."""
+        with self._lock:
+            self._ws(workspace_id)
+            for entry in self._activity[workspace_id]:
+                if isinstance(entry, _Activity) and entry.id == activity_id:
+                    entry.committed = True
+                    self._changed()
+                    return
+            raise KeyError(f"no activity row {activity_id!r} in {workspace_id!r}")
 
     def add_raw_activity_row(self, workspace_id: str, row: object) -> None:
         """Append any JSON value verbatim to the activity log (never filtered)."""
@@ -1001,10 +1021,10 @@ class FakePlatform:
             self._changed()
 
     def activity_rows(self, workspace_id: str) -> list[object]:
-        """The workspace's activity log as JSON rows, oldest first (raw rows verbatim)."""
+        """The workspace's committed activity rows as JSON, oldest first (raw rows verbatim)."""
         with self._lock:
             self._ws(workspace_id)
-            return [_entry_json(e) for e in self._activity[workspace_id]]
+            return [_entry_json(e) for e in self._activity[workspace_id] if _visible(e)]
 
     def set_a2a_responses(self, workspace_id: str, responses: list[Response]) -> None:
         """Script the answers of ``POST /workspaces/:id/a2a`` (replaces any script).
@@ -1545,7 +1565,8 @@ class FakePlatform:
             if n > 0:
                 limit = min(n, _ACTIVITY_MAX_LIMIT)
         activity_type = param("type")
-        entries = self._activity[ws_id]
+        # The log is in created_at order; a row not yet committed is invisible.
+        entries = [e for e in self._activity[ws_id] if _visible(e)]
         since_id = param("since_id") if self._generation == "MAY" else ""
         start = 0
         if since_id:
@@ -1557,6 +1578,9 @@ class FakePlatform:
                 if not _is_uuid(since_id):
                     return _error(500, "cursor lookup failed")
                 return _error(410, "cursor not found — reset cursor")
+            # Rows with a created_at strictly later than the cursor row's, oldest first (as
+            # the real server): a row that committed late with an older created_at is never
+            # returned after a newer row's id, however long ago it became visible.
             start = pos + 1
 
         def keep(e: _ActivityEntry) -> bool:
@@ -1713,6 +1737,10 @@ def _normalize_jsonrpc(body: dict[str, Any]) -> dict[str, Any]:
         if isinstance(message, dict) and "messageId" not in message:
             out["params"] = {**params, "message": {**message, "messageId": str(uuid.uuid4())}}
     return out
+
+
+def _visible(entry: _ActivityEntry) -> bool:
+    return isinstance(entry, _Raw) or entry.committed
 
 
 def _entry_json(entry: _ActivityEntry) -> object:

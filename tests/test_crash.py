@@ -60,9 +60,20 @@ def _start(tmp: Path, url: str, ws: str) -> subprocess.Popen[str]:
     return proc
 
 
+def _kill(procs: list[subprocess.Popen[str]]) -> None:
+    for proc in procs:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        if proc.stdout:
+            proc.stdout.close()
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_sigkill_at_random_moments_while_results_stream_in(tmp_path: Path) -> None:
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("writers", [1, 2], ids=["one-writer", "two-writers-one-workspace"])
+def test_sigkill_at_random_moments_while_results_stream_in(tmp_path: Path, writers: int) -> None:
+    """Writers killed at random moments; with two, two processes for one workspace share the
+    files and each decides against what the other recorded."""
     rng = random.Random(20261124)
     (tmp_path / "writer.py").write_text(WRITER)
     expected: set[str] = set()
@@ -89,7 +100,7 @@ def test_sigkill_at_random_moments_while_results_stream_in(tmp_path: Path) -> No
             proc.stdout.close()
         kills = 0
         while kills < 22:
-            proc = _start(tmp_path, platform.url, ws.id)
+            procs = [_start(tmp_path, platform.url, ws.id) for _ in range(writers)]
             # Hundreds of results per cycle: whole pages of peer rows, plus delegations
             # (kept under the platform's 50-row delegations window).
             for _ in range(rng.randint(1, 3)):
@@ -99,10 +110,9 @@ def test_sigkill_at_random_moments_while_results_stream_in(tmp_path: Path) -> No
                 did = platform.add_delegation(ws.id, status="completed", response_preview="y")
                 expected.add(did)
             pause.wait(rng.uniform(0.02, 0.4))
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-            if proc.stdout:
-                proc.stdout.close()
+            _kill(procs[:1])
+            pause.wait(rng.uniform(0.0, 0.1))  # the other one goes on alone for a moment
+            _kill(procs[1:])
             kills += 1
             ids = _check_files(tmp_path)
             assert len(ids) == len(set(ids)), "a result was delivered twice"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from heartbeat_sync import read_delegation_results
+from heartbeat_sync._loop import MIN_SEEN_IDS
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, read_lines, wait_until
@@ -101,18 +102,18 @@ def test_seen_ids_are_bounded_newest_kept_in_insertion_order(
 ) -> None:
     results = tmp_path / "results.jsonl"
     delivered: list[str] = []
-    with make_hb(max_seen_ids=8) as hb:
-        for _ in range(3):
-            batch = [platform.add_delegation(ws.id, status="completed") for _ in range(4)]
+    with make_hb(max_seen_ids=MIN_SEEN_IDS) as hb:
+        for size in (20, 40, 40, 20):
+            batch = [platform.add_delegation(ws.id, status="completed") for _ in range(size)]
             delivered += batch
             want = len(delivered)
             assert wait_until(lambda want=want: len(read_lines(results)) == want)
         assert wait_until(lambda: hb.status().beats_ok >= 2)
     seen = (tmp_path / "seen").read_text().split(",")
-    assert len(seen) == 8
-    # Rows of one response come newest first; each batch is delivered oldest first.
-    assert set(seen) == set(delivered[4:])
-    assert set(seen[:4]) == set(delivered[4:8])
+    assert len(seen) == MIN_SEEN_IDS == 100
+    # 120 delivered: the first batch (20) is evicted, the batches stay in order.
+    assert set(seen) == set(delivered[20:])
+    assert set(seen[:40]) == set(delivered[20:60])
 
 
 def test_bad_rows_cost_no_good_row(

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heartbeat_sync import _files
+from heartbeat_sync import _files, _safefile
 from heartbeat_sync._files import (
     IdLog,
     Record,
@@ -214,15 +214,17 @@ def test_idlog_save_failure_is_logged_not_raised_and_retried(
     assert path.read_text() == "a"
 
 
-def test_idlog_reload_forgets_unsaved_additions(tmp_path: Path) -> None:
+def test_idlog_reload_keeps_unsaved_additions_pending(tmp_path: Path) -> None:
+    """A re-read after a failed save must not forget the ids it could not write."""
     log = IdLog(tmp_path / "ids", max_ids=10)
     log.add(["a"])
     log.save()
     log.add(["b"])
+    (tmp_path / "ids").write_text("a,x")  # another writer added x meanwhile
     log.reload()
-    assert log.ids() == ["a"]
-    log.save()  # reload cleared the dirty flag
-    assert (tmp_path / "ids").read_text() == "a"
+    assert log.ids() == ["a", "x", "b"] and log.dirty
+    log.save()
+    assert (tmp_path / "ids").read_text() == "a,x,b" and not log.dirty
 
 
 def test_idlog_leaves_lock_and_no_temp_file(tmp_path: Path) -> None:
@@ -250,6 +252,11 @@ def test_idlog_property_any_sequence_keeps_invariants(
         log = IdLog(path, max_ids)
         memory: list[str] = []  # the model: an ordered list, newest last
         saved: list[str] = []
+        pending: list[str] = []  # added, not yet written: a save or reload merges them in
+
+        def merged() -> list[str]:
+            return list(dict.fromkeys(saved + pending))[-max_ids:]
+
         for op, ids in ops:
             if op == "add":
                 expected_new: list[str] = []
@@ -257,15 +264,21 @@ def test_idlog_property_any_sequence_keeps_invariants(
                     valid = i and "," not in i and not any(c.isspace() for c in i)
                     if valid and i not in memory:
                         memory.append(i)
+                        pending.append(i)
                         expected_new.append(i)
                 memory = memory[-max_ids:]
+                pending = [i for i in pending if i in memory]
                 assert log.add(ids) == expected_new
             elif op == "save":
                 log.save()
-                saved = list(memory)
+                if pending:
+                    saved = merged()
+                    memory = list(saved)
+                    pending = []
             else:
                 log.reload()
-                memory = list(saved)
+                memory = merged()
+                pending = [i for i in pending if i in memory]
             assert log.ids() == memory
             assert len(log) == len(set(log.ids())) <= max_ids
             assert log.newest() == (memory[-1] if memory else None)
@@ -328,18 +341,16 @@ def test_deliver_updates_id_logs_on_disk_and_in_memory(tmp_path: Path) -> None:
     assert cursor.ids() == ["a1"]
     assert (tmp_path / "seen").read_text() == "old,d1,d2"
     assert (tmp_path / "cursor").read_text() == "a1"
-    assert not seen._dirty and not cursor._dirty
+    assert not seen.dirty and not cursor.dirty
     assert not (tmp_path / "r.jsonl.journal").exists()
 
 
-def test_deliver_keeps_callers_unsaved_additions_pending(tmp_path: Path) -> None:
+def test_deliver_writes_the_callers_pending_ids_too(tmp_path: Path) -> None:
     results = ResultsFile(tmp_path / "r.jsonl")
     cursor = IdLog(tmp_path / "cursor", max_ids=10)
     cursor.add(["skipped-row"])  # not saved yet
     results.deliver([record("d1")], [(cursor, ["d1"])])
-    assert cursor.ids() == ["skipped-row", "d1"]
-    assert (tmp_path / "cursor").read_text() == "d1"
-    cursor.save()  # still dirty, so the pending id reaches the disk
+    assert cursor.ids() == ["skipped-row", "d1"] and not cursor.dirty
     assert (tmp_path / "cursor").read_text() == "skipped-row,d1"
 
 
@@ -429,8 +440,14 @@ def test_missing_file_reads_empty_without_creating_anything(tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
 
 
-def _journal(offset: int, data: bytes, ids: list[list[Any]]) -> bytes:
-    return json.dumps({"offset": offset, "data": data.decode("utf-8"), "ids": ids}).encode()
+def _journal(offset: int | None, data: bytes, ids: dict[str, list[str]]) -> bytes:
+    obj = {"version": 2, "offset": offset, "data": data.decode("utf-8"), "ids": ids}
+    return json.dumps(obj).encode()
+
+
+def _writer(path: Path, *names: str) -> ResultsFile:
+    """The results file as a writer sees it: with its id logs next to it."""
+    return ResultsFile(path, id_logs=[IdLog(path.parent / n, max_ids=10) for n in names])
 
 
 def test_recover_completes_a_half_written_delivery(tmp_path: Path) -> None:
@@ -441,14 +458,12 @@ def test_recover_completes_a_half_written_delivery(tmp_path: Path) -> None:
     data = line(record("d1")) + line(record("d2"))
     # The crash: journal written, half of the data appended, id log not yet updated.
     path.write_bytes(head + data[: len(data) // 2])
-    Path(str(path) + ".journal").write_bytes(
-        _journal(len(head), data, [[str(seen_path), ["d1", "d2"], 10]])
-    )
-    ResultsFile(path).recover()
+    Path(str(path) + ".journal").write_bytes(_journal(len(head), data, {"seen": ["d1", "d2"]}))
+    _writer(path, "seen").recover()
     assert path.read_bytes() == head + data
     assert seen_path.read_text() == "d0,d1,d2"
     assert not Path(str(path) + ".journal").exists()
-    ResultsFile(path).recover()  # idempotent
+    _writer(path, "seen").recover()  # idempotent
     assert path.read_bytes() == head + data
 
 
@@ -459,10 +474,8 @@ def test_recover_when_data_written_but_journal_not_deleted(tmp_path: Path) -> No
     data = line(record("d1"))
     path.write_bytes(head + data)  # every byte landed
     seen_path.write_text("d1")  # and even the id log was updated
-    Path(str(path) + ".journal").write_bytes(
-        _journal(len(head), data, [[str(seen_path), ["d1"], 10]])
-    )
-    assert ResultsFile(path).consume() == [record("d0"), record("d1")]
+    Path(str(path) + ".journal").write_bytes(_journal(len(head), data, {"seen": ["d1"]}))
+    assert _writer(path, "seen").consume() == [record("d0"), record("d1")]
     assert seen_path.read_text() == "d1"
     assert not Path(str(path) + ".journal").exists()
 
@@ -470,7 +483,7 @@ def test_recover_when_data_written_but_journal_not_deleted(tmp_path: Path) -> No
 def test_recover_before_any_byte_was_appended(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"  # the file does not even exist yet
     data = line(record("d1"))
-    Path(str(path) + ".journal").write_bytes(_journal(0, data, []))
+    Path(str(path) + ".journal").write_bytes(_journal(0, data, {}))
     assert ResultsFile(path).consume() == [record("d1")]
 
 
@@ -492,10 +505,8 @@ def test_stale_journal_after_outside_truncation_does_not_pad(tmp_path: Path) -> 
     path = tmp_path / "r.jsonl"
     seen_path = tmp_path / "seen"
     path.write_bytes(b"")
-    Path(str(path) + ".journal").write_bytes(
-        _journal(500, line(record("d1")), [[str(seen_path), ["d1"], 10]])
-    )
-    ResultsFile(path).recover()
+    Path(str(path) + ".journal").write_bytes(_journal(500, line(record("d1")), {"seen": ["d1"]}))
+    _writer(path, "seen").recover()
     assert path.read_bytes() == b""  # no NUL padding, no re-append
     assert seen_path.read_text() == "d1"
 
@@ -504,9 +515,7 @@ def test_restarted_writer_does_not_redeliver_what_a_journal_delivered(tmp_path: 
     path = tmp_path / "r.jsonl"
     seen_path = tmp_path / "seen"
     data = line(record("d1")) + line(record("d2"))
-    Path(str(path) + ".journal").write_bytes(
-        _journal(0, data, [[str(seen_path), ["d1", "d2"], 10]])
-    )
+    Path(str(path) + ".journal").write_bytes(_journal(0, data, {"seen": ["d1", "d2"]}))
     # The restarted writer read its seen file before anyone recovered, so it picks d1, d2 again.
     seen = IdLog(seen_path, max_ids=10)
     assert "d1" not in seen
@@ -517,42 +526,50 @@ def test_restarted_writer_does_not_redeliver_what_a_journal_delivered(tmp_path: 
     assert seen_path.read_text() == "d1,d2,d3"
 
 
-def test_consumer_finishes_a_writers_delivery_and_its_id_logs(tmp_path: Path) -> None:
+def test_consumer_finishes_the_text_and_leaves_the_ids_to_the_writer(tmp_path: Path) -> None:
+    """The reader knows no id log: it appends the text, keeps only the ids in the journal,
+    and nothing is appended twice after it emptied the file."""
     path = tmp_path / "r.jsonl"
     seen_path = tmp_path / "seen"
     cursor_path = tmp_path / "cursor"
     data = line(record("d1"))
-    Path(str(path) + ".journal").write_bytes(
-        _journal(0, data, [[str(seen_path), ["d1"], 10], [str(cursor_path), ["a9"], 10]])
-    )
+    journal = Path(str(path) + ".journal")
+    journal.write_bytes(_journal(0, data, {"seen": ["d1"], "cursor": ["a9"]}))
     assert read_delegation_results(path) == [record("d1")]
+    assert not seen_path.exists() and not cursor_path.exists()
+    assert json.loads(journal.read_bytes())["offset"] is None
+    assert read_delegation_results(path) == []  # never appended again
+    _writer(path, "seen", "cursor").recover()
     assert seen_path.read_text() == "d1"
     assert cursor_path.read_text() == "a9"
+    assert not journal.exists()
+    assert read_delegation_results(path) == []
 
 
-def test_journal_records_absolute_id_log_paths(
+def test_journal_holds_no_paths_only_id_log_names(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "w").mkdir()
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "w")
-    results = ResultsFile("r.jsonl")
     seen = IdLog("seen", max_ids=10)
+    results = ResultsFile("r.jsonl", id_logs=[seen])
     written: list[bytes] = []
-    real_apply = ResultsFile._apply
 
-    def crash_before_apply(self: ResultsFile, journal: Any) -> set[str]:
+    def crash_before_append(self: ResultsFile, journal: Any) -> None:
         written.append(Path(self.journal_path).read_bytes())
         raise KeyboardInterrupt  # not an OSError: no rollback, the journal stays (a "crash")
 
-    monkeypatch.setattr(ResultsFile, "_apply", crash_before_apply)
+    monkeypatch.setattr(ResultsFile, "_append", crash_before_append)
     with pytest.raises(KeyboardInterrupt):
         results.deliver([record("d1")], [(seen, ["d1"])])
-    monkeypatch.setattr(ResultsFile, "_apply", real_apply)
-    assert json.loads(written[0])["ids"] == [[str(tmp_path / "w" / "seen"), ["d1"], 10]]
-    # A consumer running in another directory completes it into the writer's seen file.
+    monkeypatch.undo()
+    assert json.loads(written[0])["ids"] == {"seen": ["d1"]}
+    assert str(tmp_path).encode() not in written[0]
+    # A consumer running in another directory gets the result; the writer records its id.
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert read_delegation_results(tmp_path / "w" / "r.jsonl") == [record("d1")]
+    _writer(tmp_path / "w" / "r.jsonl", "seen").recover()
     assert (tmp_path / "w" / "seen").read_text() == "d1"
     assert not (tmp_path / "elsewhere" / "seen").exists()
 
@@ -565,11 +582,15 @@ def test_failed_append_is_rolled_back_and_raised(
     seen = IdLog(tmp_path / "seen", max_ids=10)
     results.deliver([record("d0")], [(seen, ["d0"])])
 
+    real_write_all = _safefile.write_all
+
     def half_then_fail(fd: int, data: bytes) -> None:
+        if not os.readlink(f"/proc/self/fd/{fd}").endswith("r.jsonl"):
+            return real_write_all(fd, data)  # the journal
         os.write(fd, data[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(_files, "_write_all", half_then_fail)
+    monkeypatch.setattr(_safefile, "write_all", half_then_fail)
     with pytest.raises(OSError, match="No space"):
         results.deliver([record("d1")], [(seen, ["d1"])])
     monkeypatch.undo()
@@ -580,18 +601,29 @@ def test_failed_append_is_rolled_back_and_raised(
     assert results.consume() == [record("d0"), record("d1")]
 
 
-def test_unwritable_id_log_does_not_block_delivery(
+def test_unwritable_id_log_does_not_block_delivery_and_keeps_its_ids(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """An id log that cannot be written (here: its temp name is taken by a directory) keeps
+    the delivered ids pending, in memory and in the journal, until a later write succeeds."""
     results = ResultsFile(tmp_path / "r.jsonl")
-    (tmp_path / "not-a-dir").write_text("")
-    seen = IdLog(tmp_path / "not-a-dir" / "seen", max_ids=10)
+    seen = IdLog(tmp_path / "seen", max_ids=10)
+    (tmp_path / "seen.tmp").mkdir()
     with caplog.at_level(logging.WARNING, logger="heartbeat_sync"):
         results.deliver([record("d1")], [(seen, ["d1"])])
     assert results.peek() == [record("d1")]
-    assert not Path(results.journal_path).exists()
-    assert "d1" in seen and seen._dirty  # its next save() retries
+    assert json.loads(Path(results.journal_path).read_bytes())["ids"] == {"seen": ["d1"]}
+    assert "d1" in seen and seen.dirty
     assert any("could not record delivered ids" in m for m in warnings_of(caplog))
+    # A restarted writer decides against the journal too: d1 is not appended again.
+    again = IdLog(tmp_path / "seen", max_ids=10)
+    assert results.deliver([record("d1")], [(again, ["d1"])]) == []
+    (tmp_path / "seen.tmp").rmdir()
+    seen.save()
+    assert (tmp_path / "seen").read_text() == "d1"
+    results.recover()
+    assert not Path(results.journal_path).exists()
+    assert results.peek() == [record("d1")]
 
 
 def test_unencodable_record_raises_before_writing(tmp_path: Path) -> None:
@@ -663,7 +695,7 @@ def test_read_gives_up_on_a_held_lock_and_leaves_the_records(
 ) -> None:
     path = tmp_path / "r.jsonl"
     ResultsFile(path).deliver([record("d1")])
-    monkeypatch.setattr(_files, "_LOCK_TIMEOUT", 0.2)
+    monkeypatch.setattr(_files, "DEFAULT_LOCK_TIMEOUT", 0.2)
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -878,7 +910,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
         check=False,
     )
     assert done.returncode == 0, done.stderr.decode()
-    ResultsFile(results_path).recover()
+    ResultsFile(results_path, id_logs=[IdLog(seen_path, max_ids=batch * 3)]).recover()
     ids = [int(r["delegation_id"]) for r in _complete_lines(results_path)]
     assert ids == list(range(stop_at))
     assert results_path.read_bytes().endswith(b"\n")
