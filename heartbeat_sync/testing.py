@@ -675,7 +675,9 @@ class FakePlatform:
     against the real one): workspaces, tokens, delegations and activity rows are set up
     with the methods below, not with the server's admin routes (create, delegate, rotate,
     pause, delete); ``POST /workspaces/:id/a2a`` answers from :meth:`set_a2a_responses`
-    instead of forwarding to an agent's URL; ``CORS_ORIGINS`` cannot be configured.
+    instead of forwarding to an agent's URL (the real server answers
+    ``503 {"error":"workspace has no URL"}`` for a push-mode workspace that registered none:
+    script that with :meth:`fault`); ``CORS_ORIGINS`` cannot be configured.
     """
 
     def __init__(

@@ -61,3 +61,20 @@ def test_notifications_turned_off_pause_notifications(
         assert status.drops.get("notify_disabled", 0) == 2
     notes = [r for r in real_platform.activity(a, ta) if r.get("method") == "notify"]
     assert notes == []
+
+
+def test_a_workspace_without_an_agent_url_is_not_woken_again_and_again(
+    real_platform: RealPlatform, hb_files: dict[str, Any]
+) -> None:
+    """Beats alone bring an external workspace online, with no agent URL: the platform answers
+    its wake-up ``503 workspace has no URL``, which no retry can change."""
+    a, ta = real_platform.create_workspace("beats-only")
+    c, _ = real_platform.create_workspace("never-registered")
+    write_token(hb_files["configs_dir"], ta)
+    with Heartbeat(real_platform.url, a, interval_seconds=INTERVAL, **hb_files) as hb:
+        real_platform.delegate(a, ta, c, "summarise")
+        assert wait_until(lambda: hb.status().results_delivered == 1)
+        assert wait_until(lambda: hb.status().drops.get("wakeup_failed", 0) == 1, timeout=5)
+        assert hb.flush(timeout=2.0)
+        assert hb.status().wakeups_sent == 0
+    assert real_platform.row(a)["status"] == "online"
