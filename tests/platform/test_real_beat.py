@@ -48,7 +48,10 @@ def test_task_counts_error_rate_and_the_wedge_reach_the_row(
                 and real_platform.row(ws_id)["active_tasks"] == 2
             )
         )
-        # Error rate: one success, three errors since the last beat -> 0.75, degraded.
+        # Error rate: one success, three errors since the last beat -> 0.75, degraded. They are
+        # recorded just after a beat, so that one beat reports all four.
+        beats = hb.status().beats_ok
+        assert wait_until(lambda: hb.status().beats_ok > beats, step=0.005)
         hb.record_success()
         for _ in range(3):
             hb.record_error("upstream timed out")

@@ -30,10 +30,17 @@ def test_the_wakeup_and_the_notification_are_accepted(
         "Delegation results are ready"
     )
     assert f"Peer response from {b[:8]}" in wakeup["params"]["message"]["parts"][0]["text"]
-    rows = real_platform.activity(a, ta)
-    wakeups = [r for r in rows if r.get("activity_type") == "a2a_receive" and r["source_id"] == a]
-    assert len(wakeups) == 1 and wakeups[0]["status"] == "ok"
-    notes = [r for r in rows if r.get("method") == "notify"]
+
+    def rows(kind: str) -> list[dict[str, Any]]:
+        every = real_platform.activity(a, ta)
+        if kind == "wakeup":
+            return [r for r in every if r["activity_type"] == "a2a_receive" and r["source_id"] == a]
+        return [r for r in every if r.get("method") == "notify"]
+
+    # The proxy writes the wake-up's row from a goroutine, possibly after it answered.
+    assert wait_until(lambda: len(rows("wakeup")) == 1)
+    assert rows("wakeup")[0]["status"] == "ok"
+    notes = rows("notify")
     assert len(notes) == 1
     assert "numbers attached" in str(notes[0].get("response_body")), notes[0]
 
