@@ -38,7 +38,7 @@ def _strict() -> bool:
 
 
 def _ours(item: pytest.Item) -> bool:
-    return HERE in Path(str(item.fspath)).resolve().parents
+    return HERE in item.path.resolve().parents
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
