@@ -18,16 +18,18 @@ Sessions:
     that does); the dependencies are the releases pip picks for Python 3.9 (mypy parses their
     sources as 3.9 too), the stubs (types-requests) the newest.
 ``tests(3.9)`` ... ``tests(3.13)``
-    ``python -m pytest`` with the newest releases of the dependencies. The oldest and the newest
-    interpreter found run the whole suite (~1.5-2 min each); the ones between run
-    ``-m "not slow"`` (~1 min: the subprocess and crash tests would only repeat what the ends
-    show), so that ``.ci/run`` stays well inside the 20 minutes CI has on 2 cores. The suite
-    is not run under pytest-xdist: most of its time is sleeping, but its timing tests fail
-    under the load of parallel workers.
+    ``python -m pytest`` with the newest releases of the dependencies, without the integration
+    suite against the real platform server (``tests/platform``: ``.ci/run`` runs it once, in
+    the README's test command; ``nox -s "tests(3.12)" -- tests/platform`` runs it here). The
+    oldest and the newest interpreter found run the whole suite (~1.5-2 min each); the ones
+    between run ``-m "not slow"`` (~1 min: the subprocess and crash tests would only repeat
+    what the ends show), so that ``.ci/run`` stays well inside the 20 minutes CI has on 2
+    cores. The suite is not run under pytest-xdist: most of its time is sleeping, but its
+    timing tests fail under the load of parallel workers.
 ``floors``
-    The whole suite on the oldest interpreter with exactly the minimum versions of the
-    run-time dependencies, read from ``install_requires`` in ``setup.cfg`` (every entry there
-    must have a ``>=`` floor).
+    The whole suite (but ``tests/platform``) on the oldest interpreter with exactly the
+    minimum versions of the run-time dependencies, read from ``install_requires`` in
+    ``setup.cfg`` (every entry there must have a ``>=`` floor).
 ``package``
     ``python -m build`` (sdist, then the wheel from the sdist) into a temporary directory;
     the wheel is installed into a fresh virtual environment outside the source tree (one for
@@ -63,6 +65,9 @@ PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
 #: Tool versions; see the module docstring for why mypy is not the newest.
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==1.20.2"
+
+#: pytest arguments that leave out the integration suite (it needs the real platform server).
+NO_INTEGRATION = ("--ignore=tests/platform",)
 
 nox.options.sessions = ["lint", "types", "tests", "floors", "package"]
 # Interpreters are resolved below; one that is missing is skipped by the session itself.
@@ -237,9 +242,9 @@ def tests(session: nox.Session, version: str) -> None:
     if session.posargs:
         args = list(session.posargs)
     elif version in _ends():
-        args = []
+        args = [*NO_INTEGRATION]
     else:
-        args = ["-m", "not slow"]
+        args = [*NO_INTEGRATION, "-m", "not slow"]
     session.run("python", "-m", "pytest", *args)
 
 
@@ -261,7 +266,7 @@ def floors(session: nox.Session, version: str) -> None:
     )
     session.run("python", "-c", check)
     session.run("python", "-m", "pip", "check")
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", *(session.posargs or NO_INTEGRATION))
 
 
 @nox.session

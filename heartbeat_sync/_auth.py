@@ -11,11 +11,40 @@ import os
 import threading
 from pathlib import Path
 
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
+
 logger = logging.getLogger(__name__)
 
 TOKEN_FILE = ".auth_token"
 INBOUND_SECRET_FILE = ".platform_inbound_secret"
 TOKEN_ENV = "MOLECULE_WORKSPACE_TOKEN"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> str:
+    """The origin of ``url`` in the form the platform accepts as an ``Origin`` header.
+
+    The platform compares the header, as a string, with ``http://`` or ``https://`` followed by
+    the request's ``Host`` header, and refuses anything else with an empty 403 on every route.
+    So this is ``scheme://host[:port]`` as urllib3 writes ``Host``: scheme and host lower-case,
+    a default port left out, no credentials, no path, no trailing slash.
+
+    Raises ``ValueError`` unless ``url`` is an http(s) URL with a host.
+    """
+    try:
+        parts = parse_url(url.strip())
+    except LocationParseError as exc:
+        raise ValueError(f"{url!r} is not a URL") from exc
+    scheme = (parts.scheme or "").lower()
+    if scheme not in _DEFAULT_PORTS or not parts.host:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+    host = parts.host.lower()
+    if parts.port is None or parts.port == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{parts.port}"
 
 
 def resolve_configs_dir(configs_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from . import _messages, _metadata, _status, _wedge
 from ._activity import ActivityPager, row_ids
-from ._auth import TOKEN_ENV, Credentials, resolve_configs_dir
+from ._auth import TOKEN_ENV, Credentials, origin_of, resolve_configs_dir
 from ._client import CursorGone, PlatformClient, PlatformError
 from ._files import DEFAULT_RESULTS_FILE, RESULTS_FILE_ENV, IdLog, ResultsFile
 from ._http import SessionFactory, make_session
@@ -85,6 +85,22 @@ def _env_path(value: str | os.PathLike[str] | None, env: str, default: str) -> s
     return os.environ.get(env) or default
 
 
+def _origin_header(origin: str | None, platform_url: str) -> str | None:
+    """The ``Origin`` to send: ``origin`` serialised, else the platform URL's own origin when
+    ``$PLATFORM_URL`` asks for the header (as the reference runtime sends it)."""
+    if origin:
+        try:
+            return origin_of(origin)
+        except ValueError as exc:
+            raise ValueError(f"origin: {exc}") from None
+    if not os.environ.get("PLATFORM_URL"):
+        return None
+    try:
+        return origin_of(platform_url)
+    except ValueError:
+        return None  # no request can reach such a URL anyway
+
+
 class Heartbeat:
     """Keeps a workspace alive on the platform and brings delegation results back, on threads.
 
@@ -118,7 +134,9 @@ class Heartbeat:
         exit_timeout: At interpreter exit, seconds given to pending side effects; None to opt
             out of the exit hook.
         origin: The ``Origin`` header sent with every request (what gets past the platform's
-            same-origin check). None: ``$PLATFORM_URL`` if set, else no header.
+            same-origin check), sent as its ``scheme://host[:port]`` (the platform refuses a
+            path or a trailing slash). None: when ``$PLATFORM_URL`` is set, the origin of
+            ``platform_url`` (the only one the platform accepts from any client), else no header.
         start_phase: The first beat comes after a random share of the interval up to this
             fraction (0 to 1). The default, 0.1, beats soon after start; a fleet started at the
             same moment then beats within the first tenth of every interval. 1.0 spreads such a
@@ -186,7 +204,7 @@ class Heartbeat:
         )
         self._credentials = Credentials(
             self.configs_dir,
-            origin=origin or os.environ.get("PLATFORM_URL") or None,
+            origin=_origin_header(origin, self.platform_url),
             env_token=os.environ.get(TOKEN_ENV),
         )
         # A consumer that holds a lock for long must not stall the beat: one short timeout for

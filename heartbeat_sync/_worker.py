@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 #: Statuses after which a wake-up is retried: the agent is busy or waking (CONTRACT.md §8).
 RETRY_WAKEUP_STATUSES = frozenset({429, 502, 503, 504})
+#: The platform's 503 error for a workspace whose agent has no URL: not a busy agent.
+NO_AGENT_URL = "workspace has no URL"
 DEFAULT_RETRY_DELAY = 15.0
 #: How long notifications stay paused after the platform said they are turned off (403).
 NOTIFY_PAUSE_SECONDS = 600.0
@@ -46,7 +48,8 @@ class SideEffectWorker:
     and counted (its results are already safe in the results file). At most one wake-up is
     sent per ``cooldown``; results that arrive meanwhile are announced together as soon as it
     ends. A wake-up answered 503 (agent busy or waking) is retried after ``Retry-After``
-    until ``retry_deadline`` seconds after the first attempt.
+    until ``retry_deadline`` seconds after the first attempt; one answered 503 ``workspace
+    has no URL`` (no agent to wake) is dropped at once.
     """
 
     def __init__(
@@ -312,7 +315,11 @@ class SideEffectWorker:
         except PlatformError as exc:
             if self._stopping:
                 return  # interrupted by stop(); the wake-up is counted as dropped there
-            retryable = exc.status in RETRY_WAKEUP_STATUSES or exc.connect_error
+            error = exc.body.get("error") if isinstance(exc.body, dict) else None
+            # The platform knows no agent URL for this workspace (it beats but never
+            # registered one): no retry can deliver this; the next results try again.
+            no_agent = exc.status == 503 and error == NO_AGENT_URL
+            retryable = (exc.status in RETRY_WAKEUP_STATUSES or exc.connect_error) and not no_agent
             deadline = self._first_attempt_at + self.retry_deadline
             now = self._clock()
             if retryable and now < deadline:

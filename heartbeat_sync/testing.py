@@ -401,6 +401,20 @@ _MISSING_TOKEN = "missing workspace auth token"
 _INVALID_TOKEN = "invalid workspace auth token"
 
 
+#: The real server's default ``CORS_ORIGINS``.
+_CORS_ORIGINS = ("http://localhost:3000", "http://localhost:3001")
+
+
+def _origin_allowed(headers: dict[str, str]) -> bool:
+    """The real server's CORS check: no ``Origin``, the request's own ``http(s)://`` + ``Host``
+    (compared as strings: no trailing slash, no path, same case), or a listed origin."""
+    origin = headers.get("origin")
+    if not origin:
+        return True
+    host = headers.get("host", "")
+    return origin in (f"http://{host}", f"https://{host}", *_CORS_ORIGINS)
+
+
 def _bearer(headers: dict[str, str]) -> str | None:
     """The bearer token, or None when there is none (wrong scheme counts as none)."""
     value = headers.get("authorization", "")
@@ -650,9 +664,22 @@ class FakePlatform:
     All state lives behind one re-entrant lock, so test code and the server's handler
     threads may use the object concurrently.
 
+    Like the real server, a request whose ``Origin`` header is neither its own
+    ``http(s)://`` + ``Host`` nor one of the server's default ``CORS_ORIGINS``
+    (``http://localhost:3000``, ``http://localhost:3001``) is refused on every route with
+    ``403`` and an empty body.
+
     Not modelled: rate limiting, the SaaS tenant guard, admin/org tokens, the A2A
     hierarchy check, activity ``peer_id``/``since_secs``/``before_ts`` (ignored),
     WebSocket broadcasts, and UUID validation of workspace ids (any string is an id).
+
+    Where it differs from the real server on purpose (``tests/platform`` runs the library
+    against the real one): workspaces, tokens, delegations and activity rows are set up
+    with the methods below, not with the server's admin routes (create, delegate, rotate,
+    pause, delete); ``POST /workspaces/:id/a2a`` answers from :meth:`set_a2a_responses`
+    instead of forwarding to an agent's URL (the real server answers
+    ``503 {"error":"workspace has no URL"}`` for a push-mode workspace that registered none:
+    script that with :meth:`fault`); ``CORS_ORIGINS`` cannot be configured.
     """
 
     def __init__(
@@ -1352,6 +1379,9 @@ class FakePlatform:
     # All _route* methods run with the lock held.
 
     def _route(self, entry: RecordedRequest) -> _Reply:
+        if not _origin_allowed(entry.headers):
+            # The real server's CORS middleware: 403 with an empty body, before any route.
+            return _Reply(status=403, headers={"Content-Type": "text/plain; charset=utf-8"})
         route = entry.route
         if route == "heartbeat":
             return self._r_heartbeat(entry)
