@@ -23,7 +23,12 @@ from ._files import DEFAULT_RESULTS_FILE, RESULTS_FILE_ENV, IdLog, ResultsFile
 from ._http import SessionFactory, make_session
 from ._messages import Result
 from ._ratelimit import RateLimitedLog
-from ._register import RegistrationError, register_with, registration_body
+from ._register import (
+    REGISTER_RETRY_FIRST,
+    RegistrationError,
+    register_until_done,
+    registration_body,
+)
 from ._worker import SideEffectWorker
 
 logger = logging.getLogger("heartbeat_sync")
@@ -75,8 +80,7 @@ ACTIVITY_MAX_PAGES = 5
 #: Seconds between state checks when nothing suggests a change (a pause shows in no answer of
 #: an ordinary cycle): one cycle in ten at the default interval.
 STATE_CHECK_INTERVAL = 300.0
-#: Registration retries while the platform cannot be reached: the first wait, and the cap.
-REGISTER_RETRY_FIRST = 1.0
+#: The longest wait between registration attempts while the platform cannot be reached.
 REGISTER_RETRY_MAX = 60.0
 
 StateCallback = Callable[[str, str], None]
@@ -527,32 +531,25 @@ class Heartbeat:
 
     def _register_until_done(self, client: PlatformClient) -> None:
         assert self._registration is not None
-        delay = REGISTER_RETRY_FIRST
-        while not self._stopping:
-            self._credentials.refresh()  # a token placed meanwhile counts
-            try:
-                register_with(client, self._registration, self._credentials)
-                self._registered = True
-                return
-            except RegistrationError as exc:
-                if self._stopping:
-                    return
-                retry = (
-                    exc.transport or exc.status == 401 or exc.status in (429, 500, 502, 503, 504)
-                )
-                with self._lock:
-                    self._last_error = str(exc)
-                if not retry:
-                    logger.error("registration refused, beating without it: %s", exc)
-                    return
-                self._warn.warning(
-                    "register", "registration failed, retrying in %.1f s: %s", delay, exc
-                )
+
+        def wait(delay: float) -> None:
             self._wake.wait(delay)
             self._wake.clear()
-            delay = min(
-                delay * 2, max(REGISTER_RETRY_FIRST, min(REGISTER_RETRY_MAX, self.interval_seconds))
-            )
+
+        def failed(exc: RegistrationError) -> None:
+            with self._lock:
+                self._last_error = str(exc)
+
+        self._registered = register_until_done(
+            client,
+            self._registration,
+            self._credentials,
+            stopping=lambda: self._stopping,
+            wait=wait,
+            max_delay=max(REGISTER_RETRY_FIRST, min(REGISTER_RETRY_MAX, self.interval_seconds)),
+            warn=self._warn,
+            on_failure=failed,
+        )
 
     def _check_state(self, client: PlatformClient) -> None:
         seen = _lifecycle.probe(client)

@@ -13,15 +13,21 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ._auth import ORG_ID_ENV, TOKEN_ENV, Credentials, resolve_configs_dir, save_token
 from ._client import PlatformClient, PlatformError
 from ._http import make_session
+from ._ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
 DELIVERY_MODES = ("push", "poll")
+#: The first wait before a registration is tried again (it doubles up to a cap).
+REGISTER_RETRY_FIRST = 1.0
+#: Statuses after which a registration is tried again: the platform is overloaded or down, or
+#: the token is not (yet) the right one (it is re-read before each attempt).
+RETRY_STATUSES = frozenset({401, 429, 500, 502, 503, 504})
 
 
 class RegistrationError(Exception):
@@ -140,6 +146,39 @@ def register_with(
         "; a new token was saved" if issued else "",
     )
     return registration
+
+
+def register_until_done(
+    client: PlatformClient,
+    body: dict[str, Any],
+    credentials: Credentials,
+    *,
+    stopping: Callable[[], bool],
+    wait: Callable[[float], None],
+    max_delay: float,
+    warn: RateLimitedLog,
+    on_failure: Callable[[RegistrationError], None],
+) -> bool:
+    """Register, trying again with a doubling wait (up to ``max_delay``) while the platform
+    cannot be reached or answers a status in :data:`RETRY_STATUSES`. Returns True once
+    registered; False when refused for good (one ERROR line) or when ``stopping()``."""
+    delay = REGISTER_RETRY_FIRST
+    while not stopping():
+        credentials.refresh()  # a token placed meanwhile counts
+        try:
+            register_with(client, body, credentials)
+            return True
+        except RegistrationError as exc:
+            if stopping():
+                return False
+            on_failure(exc)
+            if not (exc.transport or exc.status in RETRY_STATUSES):
+                logger.error("registration refused, beating without it: %s", exc)
+                return False
+            warn.warning("register", "registration failed, retrying in %.1f s: %s", delay, exc)
+        wait(delay)
+        delay = min(delay * 2, max_delay)
+    return False
 
 
 def register(
