@@ -13,11 +13,14 @@ from __future__ import annotations
 from .__about__ import __version__
 from ._files import format_delegation_results, read_delegation_results
 from ._loop import Heartbeat
+from ._register import Registration, RegistrationError, register
 from ._status import Status
 from ._wedge import clear_wedge, is_wedged, mark_wedged, wedge_reason
 
 __all__ = [
     "Heartbeat",
+    "Registration",
+    "RegistrationError",
     "Status",
     "__version__",
     "clear_wedge",
@@ -25,5 +28,6 @@ __all__ = [
     "is_wedged",
     "mark_wedged",
     "read_delegation_results",
+    "register",
     "wedge_reason",
 ]

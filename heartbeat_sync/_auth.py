@@ -11,6 +11,7 @@ import os
 import threading
 from pathlib import Path
 
+import filelock
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
@@ -19,6 +20,60 @@ logger = logging.getLogger(__name__)
 TOKEN_FILE = ".auth_token"
 INBOUND_SECRET_FILE = ".platform_inbound_secret"
 TOKEN_ENV = "MOLECULE_WORKSPACE_TOKEN"
+#: Environment variable naming the tenant (org) of a multi-tenant platform.
+ORG_ID_ENV = "MOLECULE_ORG_ID"
+#: The header that routes a request to its tenant; without it such a platform answers 404.
+ORG_ID_HEADER = "X-Molecule-Org-Id"
+_TOKEN_LOCK_TIMEOUT = 10.0
+
+
+def check_org_id(org_id: str | None) -> str | None:
+    """``org_id`` stripped, or None when empty; ``ValueError`` if it cannot be a header value."""
+    if org_id is None:
+        return None
+    if not isinstance(org_id, str):
+        raise ValueError(f"org_id must be a string, not {type(org_id).__name__}")
+    value = org_id.strip()
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"org_id {org_id!r} may not contain white space or control characters")
+    return value or None
+
+
+def save_token(configs_dir: Path, token: str) -> Path:
+    """Write ``token`` to ``<configs_dir>/.auth_token``, 0600, atomically; return the path.
+
+    The platform shows a registration token once, so it must survive whatever happens next:
+    it goes to a temporary 0600 file in the same directory, is flushed to disk, and replaces
+    the old file with ``os.replace`` (a reader sees the old token or the new one, never a part),
+    all under ``FileLock(<configs_dir>/.auth_token.lock)`` so two writers never interleave.
+    Raises ``OSError`` (whose text never holds the token) when it cannot be written.
+    """
+    if not token or not isinstance(token, str):
+        raise ValueError("refusing to save an empty token")
+    configs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = configs_dir / TOKEN_FILE
+    tmp = configs_dir / f"{TOKEN_FILE}.tmp.{os.getpid()}.{threading.get_ident()}"
+    with filelock.FileLock(str(path) + ".lock", timeout=_TOKEN_LOCK_TIMEOUT):
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)  # the mode given to open() is filtered by the umask
+                os.write(fd, token.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):  # the rename itself reaches the disk too
+            dir_fd = os.open(configs_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    return path
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -45,6 +100,25 @@ def origin_of(url: str) -> str:
     if parts.port is None or parts.port == _DEFAULT_PORTS[scheme]:
         return f"{scheme}://{host}"
     return f"{scheme}://{host}:{parts.port}"
+
+
+def origin_header(origin: str | None, platform_url: str) -> str | None:
+    """The ``Origin`` to send: ``origin`` serialised, else the platform URL's own origin when
+    ``$PLATFORM_URL`` asks for the header (as the reference runtime sends it).
+
+    Raises ``ValueError`` naming the argument when ``origin`` is not an http(s) URL.
+    """
+    if origin:
+        try:
+            return origin_of(origin)
+        except ValueError as exc:
+            raise ValueError(f"origin: {exc}") from None
+    if not os.environ.get("PLATFORM_URL"):
+        return None
+    try:
+        return origin_of(platform_url)
+    except ValueError:
+        return None  # no request can reach such a URL anyway
 
 
 def resolve_configs_dir(configs_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -92,10 +166,15 @@ class Credentials:
     """
 
     def __init__(
-        self, configs_dir: Path, origin: str | None = None, env_token: str | None = None
+        self,
+        configs_dir: Path,
+        origin: str | None = None,
+        env_token: str | None = None,
+        org_id: str | None = None,
     ) -> None:
         self.configs_dir = configs_dir
-        self._origin = origin
+        self._origin = origin_of(origin) if origin else None
+        self.org_id = check_org_id(org_id)
         self._env_token = (env_token or "").strip() or None
         self._lock = threading.Lock()
         self._token: str | None = None
@@ -145,13 +224,21 @@ class Credentials:
             self._token_loaded = True
         return changed
 
-    def headers(self, self_source: str | None = None) -> dict[str, str]:
-        """Request headers: ``Authorization`` when a token is known, ``Origin`` when configured,
-        and ``X-Workspace-ID`` for calls the platform must attribute to this workspace."""
+    @property
+    def origin(self) -> str | None:
+        """The ``Origin`` header sent with every request, or None."""
+        return self._origin
+
+    def headers(self, self_source: str | None = None, *, auth: bool = True) -> dict[str, str]:
+        """Request headers: ``Authorization`` when a token is known (and ``auth``), ``Origin``
+        when configured, ``X-Molecule-Org-Id`` when an org id is set, and ``X-Workspace-ID``
+        for calls the platform must attribute to this workspace."""
         headers: dict[str, str] = {}
-        token = self.token()
+        token = self.token() if auth else None
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        if self.org_id:
+            headers[ORG_ID_HEADER] = self.org_id
         if self._origin:
             headers["Origin"] = self._origin
         if self_source:

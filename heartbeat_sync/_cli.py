@@ -5,6 +5,8 @@
 * ``heartbeat-sync demo`` plays a short story against an in-process ``FakePlatform`` and shows,
   as it happens, what the loop does; everything it prints is read off ``Heartbeat.status()`` and
   the platform's request log.
+* ``heartbeat-sync register`` registers the agent of an external workspace
+  (``POST /registry/register``) and keeps the token the platform shows once.
 * ``heartbeat-sync results`` shows (or, with ``--consume``, takes) the delegation results file.
 
 The library never configures logging or prints; this module and the demo (``_demo``) are the
@@ -27,10 +29,11 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from .__about__ import __version__
+from ._auth import ORG_ID_ENV
 from ._demo import run_demo
 from ._files import (
     DEFAULT_RESULTS_FILE,
@@ -40,9 +43,8 @@ from ._files import (
     read_delegation_results,
 )
 from ._loop import Heartbeat
-
-if TYPE_CHECKING:
-    pass
+from ._register import RegistrationError, register
+from ._status import REMOVED
 
 PROG = "heartbeat-sync"
 
@@ -67,6 +69,10 @@ ENV_RESULTS_FILE = RESULTS_FILE_ENV
 ENV_CURSOR_FILE = "DELEGATION_ACTIVITY_CURSOR_FILE"
 ENV_SEEN_FILE = "DELEGATION_SEEN_FILE"
 ENV_TOKEN = "MOLECULE_WORKSPACE_TOKEN"
+ENV_ORG_ID = ORG_ID_ENV
+ENV_AGENT_URL = "AGENT_URL"
+#: ``run``'s exit code when the platform removed the workspace (restarting will not help).
+EXIT_REMOVED = 3
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -303,6 +309,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="heartbeat interval in seconds; the story is timed in these units (default: 0.5)",
     )
 
+    reg = sub.add_parser(
+        "register",
+        help="register this agent with the platform and keep the token it shows once",
+        description=(
+            "Register the agent of an external workspace: POST /registry/register. A token in "
+            "the answer is written to <configs>/.auth_token (0600) and never printed; an "
+            "existing one is sent and kept. Configured from the environment "
+            f"({ENV_PLATFORM_URL}, {ENV_WORKSPACE_ID}, {ENV_AGENT_URL}, {ENV_CONFIGS_DIR}, "
+            f"{ENV_ORG_ID}); flags override it. Exit code 1 when the platform refuses."
+        ),
+    )
+    reg.add_argument(
+        "--platform-url", metavar="URL", help=f"platform base URL (default: ${ENV_PLATFORM_URL})"
+    )
+    reg.add_argument(
+        "--workspace-id", metavar="ID", help=f"the workspace's id (default: ${ENV_WORKSPACE_ID})"
+    )
+    reg.add_argument(
+        "--url",
+        metavar="URL",
+        help=f"where the platform reaches the agent, push delivery (default: ${ENV_AGENT_URL})",
+    )
+    reg.add_argument(
+        "--delivery-mode",
+        choices=("push", "poll"),
+        help="push or poll (default: poll without a URL, else what the platform has)",
+    )
+    reg.add_argument("--agent-card", metavar="JSON", help='the agent card, e.g. \'{"name": "x"}\'')
+    reg.add_argument(
+        "--configs-dir",
+        metavar="DIR",
+        help=f"where .auth_token is kept (default: ${ENV_CONFIGS_DIR}, else /configs, "
+        f"else ~/.molecule-workspace)",
+    )
+    reg.add_argument(
+        "--org-id",
+        metavar="ID",
+        help=f"tenant id, sent as X-Molecule-Org-Id (default: ${ENV_ORG_ID})",
+    )
+
     results = sub.add_parser(
         "results",
         help="show the delegation results file (--consume takes them)",
@@ -339,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args.seconds, args.interval, sys.stdout)
         if command == "results":
             return _cmd_results(args)
+        if command == "register":
+            return _cmd_register(args)
     except BrokenPipeError:
         # The reader went away (``| head``): stop quietly, and keep the interpreter from
         # failing again when it flushes stdout at exit.
@@ -432,10 +480,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             hb.results_path,
         )
         # A timed wait, so that the loop also notices the event where a signal cannot
-        # interrupt a blocking wait.
-        while not stop.wait(1.0):
+        # interrupt a blocking wait; the Heartbeat ends by itself if the workspace is removed.
+        while not stop.is_set() and not hb.wait(timeout=1.0):
             pass
-        logger.info("received %s; stopping", signal.Signals(received[0]).name)
+        if received:
+            logger.info("received %s; stopping", signal.Signals(received[0]).name)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -453,6 +502,63 @@ def _cmd_run(args: argparse.Namespace) -> int:
         status.wakeups_sent,
         status.notifications_sent,
         status.side_effects_dropped,
+    )
+    if status.state == REMOVED:
+        print(
+            f"{PROG} run: workspace {config.workspace_id} was removed from the platform; "
+            f"exiting with code {EXIT_REMOVED}",
+            file=sys.stderr,
+        )
+        return EXIT_REMOVED
+    return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    """``heartbeat-sync register``: one registration, one line of outcome."""
+    environ = os.environ
+    try:
+        url, url_source = _pick(args.platform_url, "--platform-url", ENV_PLATFORM_URL, environ)
+        if not url:
+            raise ConfigError(f"no platform URL: set {ENV_PLATFORM_URL} or pass --platform-url")
+        url = validate_platform_url(url, url_source)
+        workspace_id, _ = _pick(args.workspace_id, "--workspace-id", ENV_WORKSPACE_ID, environ)
+        if not workspace_id:
+            raise ConfigError(f"no workspace id: set {ENV_WORKSPACE_ID} or pass --workspace-id")
+        agent_url = _pick(args.url, "--url", ENV_AGENT_URL, environ)[0] or None
+        card: Any = None
+        if args.agent_card is not None:
+            try:
+                card = json.loads(args.agent_card)
+            except ValueError:
+                raise ConfigError("--agent-card is not valid JSON") from None
+            if not isinstance(card, dict):
+                raise ConfigError("--agent-card must be a JSON object")
+        mode = args.delivery_mode or (None if agent_url else "poll")
+        configs = _pick(args.configs_dir, "--configs-dir", ENV_CONFIGS_DIR, environ)[0] or None
+        org_id = _pick(args.org_id, "--org-id", ENV_ORG_ID, environ)[0] or None
+        reg = register(
+            url,
+            workspace_id,
+            url=agent_url,
+            agent_card=card,
+            configs_dir=configs,
+            org_id=org_id,
+            delivery_mode=mode,
+        )
+    except (ConfigError, ValueError) as exc:
+        print(f"{PROG} register: error: {exc}", file=sys.stderr)
+        return 2
+    except RegistrationError as exc:
+        print(f"{PROG} register: error: {exc}", file=sys.stderr)
+        return 1
+    token = (
+        f"a new token was saved to {reg.token_file}"
+        if reg.token_issued
+        else f"no new token (the one in {reg.token_file} or ${ENV_TOKEN} stays in use)"
+    )
+    print(
+        f"registered workspace {reg.workspace_id}: delivery mode "
+        f"{reg.delivery_mode or 'not reported'}; {token}"
     )
     return 0
 

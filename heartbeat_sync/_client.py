@@ -140,9 +140,7 @@ class PlatformClient:
         timeout: float | None = None,
         auth: bool = True,
     ) -> tuple[int, Any, requests.structures.CaseInsensitiveDict[str]]:
-        headers = (
-            self.credentials.headers(self.workspace_id if self_source else None) if auth else {}
-        )
+        headers = self.credentials.headers(self.workspace_id if self_source else None, auth=auth)
         try:
             resp = self.session.request(
                 method,
@@ -177,6 +175,8 @@ class PlatformClient:
     ) -> PlatformError:
         error = body.get("error") if isinstance(body, dict) else None
         detail = f": {str(error)[:200]}" if isinstance(error, str) and error else ""
+        if body is None and status in (403, 404):
+            detail = _empty_refusal_hint(status, self.credentials)
         return PlatformError(
             f"{what} answered {status}{detail}",
             status=status,
@@ -197,6 +197,26 @@ class PlatformClient:
         if not 200 <= status < 300:
             raise self._fail("heartbeat", status, reply, headers)
         return BeatReply(status, _messages.inbound_secret(reply), refreshed)
+
+    def register(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /registry/register; returns the 2xx answer's JSON object (secrets included:
+        the caller stores them and must never log the object)."""
+        status, reply, headers = self._request("POST", "/registry/register", json_body=body)
+        if not 200 <= status < 300:
+            raise self._fail("register", status, reply, headers)
+        if not isinstance(reply, dict):
+            raise PlatformError("register answered a non-object", status=status)
+        return reply
+
+    def state(self) -> dict[str, Any]:
+        """GET /workspaces/:id/state: ``{workspace_id, status, paused, deleted}`` on 200."""
+        path = f"/workspaces/{self.workspace_id}/state"
+        status, body, headers = self._request("GET", path)
+        if status != 200:
+            raise self._fail("state", status, body, headers)
+        if not isinstance(body, dict):
+            raise PlatformError("state answered a non-object", status=status)
+        return body
 
     def delegations(self) -> list[Any]:
         """GET /workspaces/:id/delegations: the rows, unvalidated (the parser checks each)."""
@@ -261,6 +281,23 @@ class PlatformClient:
         if not 200 <= status < 300:
             raise self._fail("notify", status, body, headers)
         return status
+
+
+def _empty_refusal_hint(status: int, credentials: Credentials) -> str:
+    """Why the platform answers 403 or 404 with an empty body: never a handler, always a guard."""
+    if status == 403:
+        origin = credentials.origin
+        sent = f"the Origin {origin!r}" if origin else "the request's origin"
+        return (
+            f" with an empty body: the platform refuses {sent} (it accepts only its own "
+            f"scheme://host or a configured canvas origin)"
+        )
+    if credentials.org_id:
+        return f" with an empty body: no tenant answers for org id {credentials.org_id!r}"
+    return (
+        " with an empty body: a multi-tenant platform answers this without an org id "
+        "(set org_id or $MOLECULE_ORG_ID, sent as X-Molecule-Org-Id)"
+    )
 
 
 def _is_connect_error(exc: requests.ConnectionError) -> bool:

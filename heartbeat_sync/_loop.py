@@ -14,16 +14,22 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
-from . import _messages, _metadata, _status, _wedge
+from . import _lifecycle, _messages, _metadata, _status, _wedge
 from ._activity import ActivityPager, row_ids
-from ._auth import TOKEN_ENV, Credentials, origin_of, resolve_configs_dir
+from ._auth import ORG_ID_ENV, TOKEN_ENV, Credentials, origin_header, resolve_configs_dir
 from ._client import CursorGone, PlatformClient, PlatformError
 from ._files import DEFAULT_RESULTS_FILE, RESULTS_FILE_ENV, IdLog, ResultsFile
 from ._http import SessionFactory, make_session
 from ._messages import Result
 from ._ratelimit import RateLimitedLog
+from ._register import (
+    REGISTER_RETRY_FIRST,
+    RegistrationError,
+    register_until_done,
+    registration_body,
+)
 from ._worker import SideEffectWorker
 
 logger = logging.getLogger("heartbeat_sync")
@@ -77,28 +83,19 @@ ACTIVITY_MAX_PAGES = 5
 MIN_SEEN_IDS = 100
 #: The least ``max_cursor_ids``: twice the activity rows one poll can read.
 MIN_CURSOR_IDS = 2 * ACTIVITY_PAGE * ACTIVITY_MAX_PAGES
+#: Seconds between state checks when nothing suggests a change (a pause shows in no answer of
+#: an ordinary cycle): one cycle in ten at the default interval.
+STATE_CHECK_INTERVAL = 300.0
+#: The longest wait between registration attempts while the platform cannot be reached.
+REGISTER_RETRY_MAX = 60.0
+
+StateCallback = Callable[[str, str], None]
 
 
 def _env_path(value: str | os.PathLike[str] | None, env: str, default: str) -> str:
     if value is not None:
         return os.fspath(value)
     return os.environ.get(env) or default
-
-
-def _origin_header(origin: str | None, platform_url: str) -> str | None:
-    """The ``Origin`` to send: ``origin`` serialised, else the platform URL's own origin when
-    ``$PLATFORM_URL`` asks for the header (as the reference runtime sends it)."""
-    if origin:
-        try:
-            return origin_of(origin)
-        except ValueError as exc:
-            raise ValueError(f"origin: {exc}") from None
-    if not os.environ.get("PLATFORM_URL"):
-        return None
-    try:
-        return origin_of(platform_url)
-    except ValueError:
-        return None  # no request can reach such a URL anyway
 
 
 class Heartbeat:
@@ -145,6 +142,20 @@ class Heartbeat:
             Default: a process-wide golden-ratio sequence from a random start.
         session_factory: Makes each thread's ``requests.Session``; the default mounts urllib3
             ``Retry`` with ``Retry-After`` capped below the interval.
+        register: Register the agent (``POST /registry/register``) on the beat thread before
+            the first beat, retried with backoff while the platform cannot be reached; again
+            after a pause, when the platform waits for the agent. A new token is saved to
+            ``configs_dir`` (see :func:`heartbeat_sync.register`).
+        agent_card: The agent card sent when registering (None: ``{}``).
+        agent_url: Where the platform reaches the agent (push delivery); None registers in
+            poll mode.
+        org_id: The tenant of a multi-tenant platform, sent as ``X-Molecule-Org-Id`` on every
+            request. None: ``$MOLECULE_ORG_ID``, else no header.
+        on_state_change: Called as ``on_state_change(old, new)`` with ``status().state`` values
+            whenever the state changes (never for ``stopped``), on the side-effect thread, never
+            on the beat thread. The change to ``removed`` is the last call.
+        state_check_interval: Seconds between state checks when nothing suggests a change
+            (None: only on a hint). A pause changes no answer of an ordinary cycle.
 
     Environment variables are read here, at construction, never at import time.
     """
@@ -171,6 +182,12 @@ class Heartbeat:
         start_phase: float = START_PHASE,
         rng: RandomSource | None = None,
         session_factory: SessionFactory | None = None,
+        register: bool = False,
+        agent_card: dict[str, Any] | None = None,
+        agent_url: str | None = None,
+        org_id: str | None = None,
+        on_state_change: StateCallback | None = None,
+        state_check_interval: float | None = STATE_CHECK_INTERVAL,
     ) -> None:
         if not platform_url or not isinstance(platform_url, str):
             raise ValueError("platform_url is required")
@@ -204,9 +221,30 @@ class Heartbeat:
         )
         self._credentials = Credentials(
             self.configs_dir,
-            origin=_origin_header(origin, self.platform_url),
+            origin=origin_header(origin, self.platform_url),
             env_token=os.environ.get(TOKEN_ENV),
+            org_id=org_id if org_id is not None else os.environ.get(ORG_ID_ENV),
         )
+        self.org_id = self._credentials.org_id
+        # Validated now: a registration the platform would refuse fails here, not later.
+        self._registration = (
+            registration_body(
+                workspace_id,
+                url=agent_url,
+                agent_card=agent_card,
+                delivery_mode=None if agent_url else "poll",
+            )
+            if register
+            else None
+        )
+        if on_state_change is not None and not callable(on_state_change):
+            raise ValueError("on_state_change must be callable")
+        self._on_state_change = on_state_change
+        if state_check_interval is not None and not state_check_interval > 0:
+            raise ValueError(
+                f"state_check_interval must be > 0 or None, not {state_check_interval!r}"
+            )
+        self.state_check_interval = state_check_interval
         # A consumer that holds a lock for long must not stall the beat: one short timeout for
         # every lock the beat thread takes (results, seen, cursor).
         self._lock_timeout = min(5.0, max(0.05, interval / 4))
@@ -260,6 +298,11 @@ class Heartbeat:
         self._reload_ids = True
         self._unreachable = False
         self._warned_foreign: OrderedDict[str, None] = OrderedDict()
+        self._life = _lifecycle.Tracker(getattr(self, "state_check_interval", None))
+        self._registered = False
+        self._notified_state = _status.STARTING
+        self._ended = threading.Event()
+        self._ended.set()  # nothing runs yet
 
     def _after_fork_in_child(self) -> None:
         # The child inherits this object but not its threads, and the parent's lock may have
@@ -355,8 +398,15 @@ class Heartbeat:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return self._thread
+            if self._life.kind == _lifecycle.REMOVED and self._thread is not None:
+                logger.error(
+                    "workspace %s was removed from the platform; not starting again",
+                    self.workspace_id,
+                )
+                return self._thread
             self._stopping = False
             self._wake.clear()
+            self._ended.clear()
             self._worker.start()
             thread = threading.Thread(
                 target=self._run, name=f"heartbeat-sync-{self.workspace_id[:8]}", daemon=True
@@ -392,6 +442,18 @@ class Heartbeat:
         _live.discard(self)
         return beat_done and worker_done
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the Heartbeat has ended: stopped, or its workspace removed.
+
+        Returns True once both threads ended, False if ``timeout`` seconds passed first. A
+        Heartbeat never started has ended. So a script can run ``hb.start_thread(); hb.wait()``.
+        """
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        if not self._ended.wait(timeout):
+            return False
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._worker.join(remaining)
+
     def flush(self, timeout: float = 2.0) -> bool:
         """Wait up to ``timeout`` seconds for pending wake-ups and notifications to be sent.
 
@@ -411,14 +473,12 @@ class Heartbeat:
         """An immutable snapshot of the loop's state and counters."""
         with self._lock:
             running = self._thread is not None and self._thread.is_alive()
-            if not running or self._stopping:
+            if self._life.kind == _lifecycle.REMOVED:
+                state = _status.REMOVED
+            elif not running or self._stopping:
                 state = _status.STOPPED
-            elif self._consecutive_failures:
-                state = _status.DEGRADED
-            elif self._beats_ok:
-                state = _status.HEALTHY
             else:
-                state = _status.STARTING
+                state = self._live_state()
             snapshot: dict[str, Any] = {
                 "state": state,
                 "running": running,
@@ -436,8 +496,17 @@ class Heartbeat:
             side_effects_dropped=sum(drops.values()),
             drops=types.MappingProxyType(drops),
             queue_depth=self._worker.queue_depth,
+            workspace_status=self._life.platform_status,
             **snapshot,
         )
+
+    def _live_state(self) -> str:
+        # caller holds self._lock
+        if self._life.kind == _lifecycle.PAUSED:
+            return _status.PAUSED
+        if self._consecutive_failures:
+            return _status.DEGRADED
+        return _status.HEALTHY if self._beats_ok else _status.STARTING
 
     # --- the beat thread ------------------------------------------------------------------
 
@@ -448,7 +517,9 @@ class Heartbeat:
         interval = self.interval_seconds
         next_at = time.monotonic() + self._rng.random() * self.start_phase * interval
         try:
-            while True:
+            if self._registration is not None:
+                self._register_until_done(client)
+            while not self._stopping and self._life.kind != _lifecycle.REMOVED:
                 delay = next_at - time.monotonic()
                 if delay > 0:
                     self._wake.wait(delay)
@@ -460,6 +531,9 @@ class Heartbeat:
                     self._cycle(client)
                 except Exception:  # nothing may kill the beat thread
                     logger.exception("heartbeat cycle failed")
+                self._announce_state()
+                if self._life.kind == _lifecycle.REMOVED:
+                    break
                 now = time.monotonic()
                 if forced and next_at > now:
                     continue  # an extra cycle; the regular slot still stands
@@ -468,26 +542,96 @@ class Heartbeat:
                 next_at += interval
                 if next_at <= now:
                     next_at += math.floor((now - next_at) / interval + 1) * interval
+            if self._life.kind == _lifecycle.REMOVED:
+                # The state-change callback (queued above) runs first; nothing else is sent.
+                self._worker.finish()
+                self._worker.join(max(1.0, self.request_timeout))
         finally:
             client.close()
+            self._ended.set()
+
+    # --- registration and the workspace's lifecycle ----------------------------------------
+
+    def _register_until_done(self, client: PlatformClient) -> None:
+        assert self._registration is not None
+
+        def wait(delay: float) -> None:
+            self._wake.wait(delay)
+            self._wake.clear()
+
+        def failed(exc: RegistrationError) -> None:
+            with self._lock:
+                self._last_error = str(exc)
+
+        self._registered = register_until_done(
+            client,
+            self._registration,
+            self._credentials,
+            stopping=lambda: self._stopping,
+            wait=wait,
+            max_delay=max(REGISTER_RETRY_FIRST, min(REGISTER_RETRY_MAX, self.interval_seconds)),
+            warn=self._warn,
+            on_failure=failed,
+        )
+
+    def _check_state(self, client: PlatformClient) -> None:
+        seen = _lifecycle.probe(client)
+        old, new = self._life.update(seen)
+        if new == old:
+            return
+        if new == _lifecycle.REMOVED:
+            logger.error(
+                "workspace %s was removed from the platform (%s): the heartbeat ended, "
+                "nothing more is sent",
+                self.workspace_id,
+                seen.evidence,
+            )
+        elif new == _lifecycle.PAUSED:
+            logger.warning(
+                "workspace %s is %s on the platform: no beats until it is resumed (%s)",
+                self.workspace_id,
+                seen.status,
+                seen.evidence,
+            )
+        else:
+            logger.info("workspace %s is %s on the platform again", self.workspace_id, seen.status)
+            if self._registration is not None and seen.status in _lifecycle.AWAITING_AGENT_STATUSES:
+                self._register_until_done(client)  # a pause cleared the agent's URL
+
+    def _announce_state(self) -> None:
+        with self._lock:
+            new = _status.REMOVED if self._life.kind == _lifecycle.REMOVED else self._live_state()
+            old, self._notified_state = self._notified_state, new
+        callback = self._on_state_change
+        if callback is not None and new != old:
+            self._worker.call_soon(lambda: callback(old, new))
+
+    def _hint(self, exc: BaseException) -> None:
+        if _lifecycle.suspicious(exc) and not self._stopping:
+            self._life.hint()
 
     def _cycle(self, client: PlatformClient) -> None:
         if self._reload_ids:
             self._recover_files()
+        if self._life.kind == _lifecycle.PAUSED:
+            self._check_state(client)  # the platform ignores a paused workspace's beats
+            if self._life.kind != _lifecycle.ACTIVE:
+                return
         if not self._beat(client) and self._unreachable:
             return  # the platform cannot be reached: the polls would only wait and fail too
-        if self._stopping:
-            return
-        try:
-            self._poll_delegations(client)
-        except Exception:
-            logger.exception("delegations poll failed")
-        if self._stopping:
-            return
-        try:
-            self._poll_activity(client)
-        except Exception:
-            logger.exception("activity poll failed")
+        for poll in (self._poll_delegations, self._poll_activity):
+            if self._stopping:
+                return
+            if self._life.due():
+                self._check_state(client)
+                if self._life.kind != _lifecycle.ACTIVE:
+                    return
+            try:
+                poll(client)
+            except Exception:
+                logger.exception("%s failed", poll.__name__.lstrip("_").replace("_", " "))
+        if self._life.due() and not self._stopping:
+            self._check_state(client)
 
     def _recover_files(self) -> None:
         # Finish a delivery a crash (or a failed write) interrupted, then read the id logs
@@ -522,6 +666,7 @@ class Heartbeat:
         except Exception as exc:  # PlatformError, or a bug: either way a failed beat
             if self._stopping:
                 return False  # interrupted by stop(), not a failure of the platform
+            self._hint(exc)
             self._unreachable = isinstance(exc, PlatformError) and exc.connect_error
             self._beat_failed(client, exc)
             return False
@@ -558,6 +703,7 @@ class Heartbeat:
             rows = client.delegations()
         except PlatformError as exc:
             if not self._stopping:  # a poll interrupted by stop() is not a platform failure
+                self._hint(exc)
                 self._warn.warning("delegations", "delegations poll failed: %s", exc)
             return
         self._warn.reset("delegations")
@@ -597,6 +743,7 @@ class Heartbeat:
                     rows = client.activity(None, limit=ACTIVITY_PAGE)
             except PlatformError as exc:
                 if not self._stopping:
+                    self._hint(exc)
                     self._warn.warning("activity", "activity poll failed: %s", exc)
                 return
             self._warn.reset("activity")

@@ -13,6 +13,10 @@ STARTING = "starting"
 HEALTHY = "healthy"
 #: The last beat failed (``consecutive_failures`` > 0).
 DEGRADED = "degraded"
+#: The platform paused (or hibernated) the workspace: no beats, a state check every interval.
+PAUSED = "paused"
+#: The platform removed the workspace: both threads ended, nothing more is sent.
+REMOVED = "removed"
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,8 @@ class Status:
     Counters count since the ``Heartbeat`` was constructed.
     """
 
-    #: One of ``"stopped"``, ``"starting"``, ``"healthy"``, ``"degraded"``.
+    #: One of ``"stopped"``, ``"starting"``, ``"healthy"``, ``"degraded"``, ``"paused"``,
+    #: ``"removed"`` (stays so after the threads ended).
     state: str
     #: True while the beat thread is alive.
     running: bool
@@ -49,3 +54,6 @@ class Status:
     drops: Mapping[str, int]
     #: Side effects waiting on the worker.
     queue_depth: int
+    #: The workspace's status as the platform last gave it when asked (``online``,
+    #: ``paused``, ``hibernated``, ``removed``, ...), or None before any state check.
+    workspace_status: str | None = None

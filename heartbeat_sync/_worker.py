@@ -101,6 +101,10 @@ class SideEffectWorker:
         self._first_attempt_at: float | None = None
         self._notify_paused_until = float("-inf")
         self._parent_name: str | None = None
+        # Callables run on this thread (the user's state-change callback), and whether to end
+        # once they ran (the workspace was removed).
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._finishing = False
         self.wakeups_sent = 0
         self.notifications_sent = 0
         self.dropped: dict[str, int] = {}
@@ -144,6 +148,36 @@ class SideEffectWorker:
             self._inbox.append(list(results))
             self._cond.notify()
             return True
+
+    def call_soon(self, fn: Callable[[], None]) -> bool:
+        """Run ``fn`` on the worker thread, after what is queued before it. Never blocks.
+
+        An exception in ``fn`` is logged, never raised. Returns False when the worker is not
+        running (``fn`` is then not called).
+        """
+        if os.getpid() != self._pid:
+            self._after_fork_in_child()
+        with self._cond:
+            if self._stopping or self._thread is None or not self._thread.is_alive():
+                return False
+            self._calls.append(fn)
+            self._cond.notify()
+            return True
+
+    def finish(self) -> None:
+        """End the thread once the queued calls ran; wake-ups and notifications still pending
+        are dropped (counted as ``stopped``), nothing more is sent."""
+        with self._cond:
+            self._finishing = True
+            self._cond.notify_all()
+
+    def join(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (None: no limit) for the thread to end; True if so."""
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return thread is None or not thread.is_alive()
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def _drop(self, reason: str, count: int) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
@@ -217,10 +251,21 @@ class SideEffectWorker:
         try:
             while True:
                 with self._cond:
-                    while not self._stopping and not self._inbox and not self._due():
+                    while not (
+                        self._stopping
+                        or self._inbox
+                        or self._calls
+                        or self._finishing
+                        or self._due()
+                    ):
                         self._cond.wait(self._wait_time())
                     if self._stopping:
                         self._drop_all()
+                        return
+                    calls = list(self._calls)
+                    self._calls.clear()
+                    if self._finishing and not calls:
+                        self._drop_all()  # the workspace is gone: nothing more is sent
                         return
                     while self._inbox:
                         batch = self._inbox.popleft()
@@ -233,7 +278,10 @@ class SideEffectWorker:
                             self._drop(DROP_NOTIFY_BACKLOG, len(batch) - max(0, room))
                     self._busy = True
                 try:
-                    self._step(client)
+                    if calls:
+                        self._run_calls(calls)
+                    else:
+                        self._step(client)
                 except Exception:  # the worker must outlive any bug in one step
                     logger.exception("side-effect step failed")
                 finally:
@@ -242,6 +290,13 @@ class SideEffectWorker:
                         self._cond.notify_all()
         finally:
             client.close()
+
+    def _run_calls(self, calls: list[Callable[[], None]]) -> None:
+        for fn in calls:
+            try:
+                fn()
+            except Exception:  # the user's callback must never end this thread
+                logger.exception("state-change callback failed")
 
     def _wait_time(self) -> float | None:
         now = self._clock()

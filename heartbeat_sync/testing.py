@@ -23,12 +23,17 @@ Routes served:
 * ``GET /workspaces/:id/delegations`` (``"delegations"``)
 * ``GET /workspaces/:id/activity`` (``"activity"``)
 * ``GET /workspaces/:id`` (``"workspace"``)
+* ``GET /workspaces/:id/state`` (``"state"``)
 * ``POST /workspaces/:id/a2a`` (``"a2a"``)
 * ``POST /workspaces/:id/notify`` (``"notify"``)
 
 Anything else answers ``404 {"error":"not found"}`` and is logged with route
-``"unknown"``.  Failures (status codes, garbage bodies, huge bodies, delays, dropped
-connections) can be injected per route with :meth:`FakePlatform.fault`.
+``"unknown"``.  :meth:`FakePlatform.pause`, :meth:`FakePlatform.hibernate` and
+:meth:`FakePlatform.delete` do what the real server's admin routes do, and every route then
+answers as the real server does for a paused, hibernated or removed workspace.
+
+Failures (status codes, garbage bodies, huge bodies, delays, dropped connections) can be
+injected per route with :meth:`FakePlatform.fault`.
 
 Everything here uses the standard library only.
 """
@@ -38,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import enum
+import ipaddress
 import json
 import re
 import secrets
@@ -62,6 +68,7 @@ ROUTES: tuple[str, ...] = (
     "delegations",
     "activity",
     "workspace",
+    "state",
     "a2a",
     "notify",
 )
@@ -82,6 +89,8 @@ _TALK_TO_USER_HINT = (
     "to let the agent message the user"
 )
 _REMOVED_HINT = "this workspace was removed; pass ?include_removed=true to read it anyway"
+_PAUSED_STATUSES = ("paused", "hibernating", "hibernated")
+_WAKING = "workspace is waking from hibernation — retry in ~15 seconds"
 
 
 class _Missing(enum.Enum):
@@ -594,6 +603,8 @@ def _classify(method: str, path: str) -> tuple[str, str | None]:
             return "delegations", ws_id
         if sub == "activity" and method == "GET":
             return "activity", ws_id
+        if sub == "state" and method == "GET":
+            return "state", ws_id
         if sub == "a2a" and method == "POST":
             return "a2a", ws_id
         if sub == "notify" and method == "POST":
@@ -883,6 +894,61 @@ class FakePlatform:
             ws.tokens = [token]
             self._changed()
             return token
+
+    def pause(self, workspace_id: str) -> int:
+        """``POST /workspaces/:id/pause``: pause the workspace and its descendants.
+
+        As on the real server: status ``paused``, the agent URL cleared; beats are still
+        answered 200 but change nothing; a push-mode message answers
+        ``503 {"error":"workspace has no URL","status":"paused"}``; only a registration
+        brings it back.  Returns how many workspaces were paused; ``KeyError`` when the
+        workspace is unknown, removed or already paused (the real server's 404).
+        """
+        with self._lock:
+            ws = self._ws(workspace_id)
+            if ws.status in ("removed", "paused"):
+                raise KeyError(f"workspace {workspace_id!r} not found or already paused")
+            todo = [ws]
+            paused = 0
+            while todo:
+                current = todo.pop()
+                if current.status in ("removed", "paused"):
+                    continue
+                current.status = "paused"
+                current.url = ""
+                paused += 1
+                todo.extend(w for w in self._workspaces.values() if w.parent_id == current.id)
+            self._changed()
+            return paused
+
+    def hibernate(self, workspace_id: str) -> None:
+        """``POST /workspaces/:id/hibernate``: status ``hibernated``, the agent URL cleared.
+
+        A push-mode message then answers 503 ``waking`` (``Retry-After: 15``); beats change
+        nothing; a registration brings it back.  ``KeyError`` unless it is online or degraded
+        (the real server's 404).
+        """
+        with self._lock:
+            ws = self._ws(workspace_id)
+            if ws.status not in ("online", "degraded"):
+                raise KeyError(f"workspace {workspace_id!r} is not online or degraded")
+            ws.status = "hibernated"
+            ws.url = ""
+            self._changed()
+
+    def delete(self, workspace_id: str) -> None:
+        """``DELETE /workspaces/:id``: status ``removed`` and every token revoked.
+
+        As on the real server: beats pass unauthenticated and are answered 200 (nothing is
+        written); ``/workspaces/:id/*`` answers 401 to the old token; ``GET /workspaces/:id``
+        answers 410; a registration answers 200 with a fresh token but the status stays
+        ``removed``.
+        """
+        with self._lock:
+            ws = self._ws(workspace_id)
+            ws.status = "removed"
+            ws.tokens = []
+            self._changed()
 
     def revoke_tokens(self, workspace_id: str) -> None:
         """Revoke all live tokens (registry routes then accept unauthenticated calls)."""
@@ -1391,7 +1457,7 @@ class FakePlatform:
             return self._r_workspace(entry)
         if route == "a2a":
             return self._r_a2a(entry)
-        if route in ("delegations", "activity", "notify"):
+        if route in ("delegations", "activity", "notify", "state"):
             ws_id = entry.workspace_id or ""
             denied = self._workspace_auth(entry, ws_id)
             if denied is not None:
@@ -1402,6 +1468,8 @@ class FakePlatform:
                 return self._r_delegations(ws_id)
             if route == "activity":
                 return self._r_activity(entry, ws_id)
+            if route == "state":
+                return self._r_state(entry, ws_id)
             return self._r_notify(entry, ws_id)
         return _error(404, "not found")
 
@@ -1504,7 +1572,9 @@ class FakePlatform:
         if url is not None and not isinstance(url, str):
             return _error(400, "invalid request body")
         url = url or ""
-        mode = "push"
+        known = self._workspaces.get(ws_id)
+        # The real server keeps the mode a workspace has when the body names none.
+        mode = known.delivery_mode if known is not None else "push"
         if self._generation == "APR":
             if not url:
                 return _error(400, "invalid request body")
@@ -1518,6 +1588,10 @@ class FakePlatform:
                 mode = raw_mode
             if mode == "push" and not url:
                 return _error(400, "url is required for push-mode workspaces")
+            if mode == "push":
+                refused = _refused_agent_url(url)
+                if refused:
+                    return _error(400, refused)
         denied = self._registry_auth(entry, ws_id)
         if denied is not None:
             return denied
@@ -1539,6 +1613,20 @@ class FakePlatform:
         if self._generation == "MAY":
             out["platform_inbound_secret"] = self._secret_for(ws)
         return _json_reply(200, out)
+
+    def _r_state(self, entry: RecordedRequest, ws_id: str) -> _Reply:
+        ws = self._workspaces[ws_id]
+        if ws.status == "removed":
+            return _json_reply(404, {"workspace_id": ws_id, "status": "removed", "deleted": True})
+        return _json_reply(
+            200,
+            {
+                "workspace_id": ws_id,
+                "status": ws.status,
+                "paused": ws.status == "paused",
+                "deleted": False,
+            },
+        )
 
     def _r_workspace(self, entry: RecordedRequest) -> _Reply:
         ws = self._workspaces.get(entry.workspace_id or "")
@@ -1694,10 +1782,34 @@ class FakePlatform:
                 if not self._token_valid_for(token, caller):
                     return _error(401, "invalid caller auth token")
         ws = self._workspaces.get(target_id)
-        if ws is None or ws.status == "removed":
+        if ws is None:
             return _error(404, "workspace not found")
+        # As on the real server, a removed workspace's messages still reach its old agent.
+        if ws.delivery_mode != "poll" and ws.status == "hibernated":
+            reply = _error(503, _WAKING, retry_after=15, waking=True)
+            reply.headers["Retry-After"] = "15"
+            return reply
+        if ws.delivery_mode != "poll" and ws.status in _PAUSED_STATUSES:
+            return _json_reply(503, {"error": "workspace has no URL", "status": ws.status})
 
         normalized = _normalize_jsonrpc(body)
+        if ws.delivery_mode == "poll" and self._generation == "MAY":
+            queued_method = normalized.get("method")
+            queued = queued_method if isinstance(queued_method, str) else None
+            self._activity[target_id].append(
+                _Activity(
+                    id=str(uuid.uuid4()),
+                    workspace_id=target_id,
+                    activity_type="a2a_receive",
+                    status="ok",
+                    source_id=caller or None,
+                    method=queued,
+                    summary=f"{queued or ''} → {ws.name} (queued for poll)",
+                    created_at=self._now(),
+                    request_body=normalized,
+                )
+            )
+            return _json_reply(200, {"status": "queued", "delivery_mode": "poll", "method": queued})
         script = self._a2a_script[target_id]
         scripted = script.popleft() if script else None
         if scripted is None:
@@ -1748,6 +1860,22 @@ class FakePlatform:
             delay=scripted.delay,
             commit=commit,
         )
+
+
+def _refused_agent_url(url: str) -> str | None:
+    """The real server's refusal of a push URL, or None: http(s) only, no loopback IP
+    (``localhost`` by name is accepted)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return f'url scheme must be http or https, got "{parts.scheme}"'
+    host = parts.hostname or ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if address.is_loopback:
+        return "url targets a blocked address: loopback address"
+    return None
 
 
 def _normalize_jsonrpc(body: dict[str, Any]) -> dict[str, Any]:

@@ -140,3 +140,57 @@ def test_examples_need_a_workspace_id_with_a_platform_url(tmp_path: Path) -> Non
     )
     assert done.returncode == 2
     assert "WORKSPACE_ID" in done.stderr
+
+
+@pytest.mark.timeout(30)
+def test_external_agent_standalone_registers_works_and_ends_when_removed(tmp_path: Path) -> None:
+    done, took = run_example("external_agent.py", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    assert "registered: delivery mode poll, new token issued: False" in out
+    assert out.index("state: starting -> healthy") < out.index("result: [completed] 42 rows")
+    assert out.index("result: [completed] 42 rows") < out.index("state: healthy -> removed")
+    assert "1 result(s) consumed" in out
+    assert re.search(r"^the heartbeat ended: state removed, \d+ beats ok$", done.stdout, re.M)
+    assert took < 10
+
+
+@pytest.mark.timeout(30)
+def test_external_agent_against_a_platform(platform: FakePlatform, tmp_path: Path) -> None:
+    ws = platform.add_workspace(name="ext", with_token=False, status="awaiting_agent")
+    did = platform.add_delegation(ws.id, status="completed", response_preview="done: 7")
+    env = {"PLATFORM_URL": platform.url, "WORKSPACE_ID": ws.id}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(EXAMPLES / "external_agent.py"),
+            f"--configs-dir={tmp_path / 'configs'}",
+            f"--results-file={tmp_path / 'results.jsonl'}",
+            "--interval=0.3",
+        ],
+        cwd=tmp_path,
+        env={**{k: v for k, v in os.environ.items() if k not in CLEARED_ENV}, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert platform.wait_for(lambda: len(platform.heartbeats(ws.id)) >= 2, timeout=10)
+        assert ws.status == "online" and ws.delivery_mode == "poll"
+        # The token the registration issued was kept 0600 and is what the beats carry.
+        token_file = tmp_path / "configs" / ".auth_token"
+        token = ws.token
+        assert token and token_file.read_text() == token
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        seen = tmp_path / "results.jsonl.seen"  # the example's seen file: delivered ids
+        assert platform.wait_for(lambda: seen.exists() and did in seen.read_text(), timeout=5)
+        platform.delete(ws.id)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "result: [completed] done: 7" in out
+    assert "state: healthy -> removed" in out
+    assert token not in out + err

@@ -1,0 +1,111 @@
+"""``heartbeat-sync register``, and ``run``'s exit code when the workspace is removed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from heartbeat_sync._cli import EXIT_REMOVED, main
+from heartbeat_sync.testing import FakePlatform, Workspace
+
+from .test_cli import REPO, cli, cli_env
+
+
+def test_register_from_the_environment_saves_the_token_and_says_so(
+    platform: FakePlatform, tmp_path: Path
+) -> None:
+    ws = platform.add_workspace(with_token=False, status="awaiting_agent")
+    configs = tmp_path / "configs"
+    env = cli_env(
+        PLATFORM_URL=platform.url,
+        WORKSPACE_ID=ws.id,
+        CONFIGS_DIR=str(configs),
+        MOLECULE_ORG_ID="org-9",
+        AGENT_URL="http://localhost:8123",
+    )
+    done = cli("register", "--agent-card", '{"name": "cli-agent"}', env=env)
+    assert done.returncode == 0, done.stderr
+    assert ws.token and ws.token not in done.stdout + done.stderr
+    assert (configs / ".auth_token").read_text() == ws.token
+    assert done.stdout.strip() == (
+        f"registered workspace {ws.id}: delivery mode push; a new token was saved to "
+        f"{configs / '.auth_token'}"
+    )
+    (sent,) = platform.requests_for("register")
+    assert sent.headers["x-molecule-org-id"] == "org-9"
+    assert sent.json() == {
+        "id": ws.id,
+        "agent_card": {"name": "cli-agent"},
+        "url": "http://localhost:8123",
+    }
+    assert ws.status == "online"
+
+
+def test_register_refused_is_exit_1_with_the_platform_text(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No token on disk, but the workspace has one: the platform wants to see it.
+    code = main(
+        [
+            "register",
+            f"--platform-url={platform.url}",
+            f"--workspace-id={ws.id}",
+            f"--configs-dir={tmp_path}",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.strip() == (
+        "heartbeat-sync register: error: register answered 401: missing workspace auth token"
+    )
+
+
+def test_register_configuration_errors_are_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["register", "--workspace-id=w"]) == 2
+    assert "PLATFORM_URL" in capsys.readouterr().err
+    assert main(["register", "--platform-url=http://p", "--workspace-id=w", "--agent-card=[]"]) == 2
+    assert "JSON object" in capsys.readouterr().err
+
+
+def test_run_exits_with_its_own_code_and_one_line_when_the_workspace_is_removed(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path
+) -> None:
+    configs = tmp_path / "configs"
+    env = cli_env(
+        PLATFORM_URL=platform.url,
+        WORKSPACE_ID=ws.id,
+        CONFIGS_DIR=str(configs),
+        DELEGATION_RESULTS_FILE=str(tmp_path / "r.jsonl"),
+        DELEGATION_ACTIVITY_CURSOR_FILE=str(tmp_path / "c"),
+        DELEGATION_SEEN_FILE=str(tmp_path / "s"),
+        HEARTBEAT_INTERVAL_SECONDS="5",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "heartbeat_sync", "run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert platform.wait_for(lambda: len(platform.heartbeats(ws.id)) >= 1, timeout=10)
+        platform.delete(ws.id)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=15)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == EXIT_REMOVED == 3, err
+    assert took < 5 + 2  # within one interval (5 s), plus the process's exit
+    lines = [line for line in err.splitlines() if "removed" in line]
+    assert lines[-1] == (
+        f"heartbeat-sync run: workspace {ws.id} was removed from the platform; exiting with code 3"
+    )
+    assert sum(" ERROR " in line for line in err.splitlines()) == 1

@@ -1,0 +1,297 @@
+"""Registration: ``register()``, ``Heartbeat(register=True)``, tenants and the Origin rule."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from heartbeat_sync import Heartbeat, Registration, RegistrationError, register
+from heartbeat_sync.testing import FakePlatform, Workspace
+
+from .conftest import FixedRandom, HeartbeatFactory, LogCapture, wait_until
+
+
+@pytest.fixture
+def all_logs() -> LogCapture:
+    handler = LogCapture()
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.DEBUG)
+    root.addHandler(handler)
+    yield handler  # type: ignore[misc]
+    root.removeHandler(handler)
+    root.setLevel(old)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- register() -------------------------------------------------------------------------------
+
+
+def test_a_token_shown_once_is_saved_0600_atomically_before_return_and_never_logged(
+    platform: FakePlatform, tmp_path: Path, all_logs: LogCapture
+) -> None:
+    ws = platform.add_workspace(with_token=False, status="awaiting_agent")
+    configs = tmp_path / "configs"
+    old = os.umask(0)
+    try:
+        reg = register(
+            platform.url, ws.id, url="http://localhost:9/", configs_dir=configs, agent_card={}
+        )
+    finally:
+        os.umask(old)
+    assert ws.token is not None  # the platform minted one, in this answer only
+    token_file = configs / ".auth_token"
+    assert reg.token_issued and reg.token_file == token_file
+    assert token_file.read_text() == ws.token
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    # Written through a temporary file and os.replace: nothing else is left behind.
+    assert {p.name for p in configs.iterdir()} <= {
+        ".auth_token",
+        ".auth_token.lock",
+        ".platform_inbound_secret",
+    }
+    assert (configs / ".platform_inbound_secret").read_text() == ws.inbound_secret
+    assert reg.inbound_secret_saved and reg.delivery_mode == "push"
+    assert ws.status == "online" and ws.url == "http://localhost:9/"
+    text = "\n".join(r.getMessage() + repr(r.args) for r in all_logs.records)
+    assert ws.token not in text and ws.token not in repr(reg)
+    assert ws.inbound_secret and ws.inbound_secret not in text + repr(reg)
+
+
+def test_an_existing_token_is_sent_and_kept_when_the_answer_has_none(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path
+) -> None:
+    configs = tmp_path / "configs"
+    before = (configs / ".auth_token").read_text()
+    reg = register(platform.url, ws.id, configs_dir=configs, delivery_mode="poll")
+    assert reg == Registration(
+        workspace_id=ws.id,
+        status="registered",
+        delivery_mode="poll",
+        token_issued=False,
+        token_file=configs / ".auth_token",
+        inbound_secret_saved=True,
+    )
+    assert (configs / ".auth_token").read_text() == before
+    (sent,) = platform.requests_for("register", ws.id)
+    assert sent.headers["authorization"] == f"Bearer {ws.token}"
+    assert sent.json() == {"id": ws.id, "agent_card": {}, "delivery_mode": "poll"}
+
+
+def test_a_refusal_is_one_exception_with_status_and_platform_text_never_the_token(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path
+) -> None:
+    configs = tmp_path / "configs"
+    (configs / ".auth_token").write_text("not-the-token")
+    with pytest.raises(RegistrationError) as info:
+        register(platform.url, ws.id, configs_dir=configs, delivery_mode="poll")
+    assert info.value.status == 401
+    assert info.value.error == "invalid workspace auth token"
+    assert "not-the-token" not in str(info.value) and "not-the-token" not in repr(info.value)
+    # The real server's refusals, as FakePlatform gives them.
+    (configs / ".auth_token").write_text(ws.token or "")
+    for kwargs, error in [
+        ({}, "url is required for push-mode workspaces"),
+        ({"url": "http://127.0.0.1:9"}, "url targets a blocked address: loopback address"),
+        ({"url": "remote://no-inbound"}, 'url scheme must be http or https, got "remote"'),
+    ]:
+        with pytest.raises(RegistrationError) as info:
+            register(platform.url, ws.id, configs_dir=configs, **kwargs)  # type: ignore[arg-type]
+        assert (info.value.status, info.value.error) == (400, error)
+
+
+def test_an_unreachable_platform_is_a_registration_error_without_status(tmp_path: Path) -> None:
+    with pytest.raises(RegistrationError) as info:
+        register(f"http://127.0.0.1:{_free_port()}", "w", configs_dir=tmp_path, timeout=2)
+    assert info.value.status is None and info.value.transport
+
+
+def test_arguments_are_validated_before_anything_is_sent(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="delivery_mode"):
+        register("http://127.0.0.1:9", "w", delivery_mode="pull", configs_dir=tmp_path)
+    with pytest.raises(ValueError, match="agent_card"):
+        register("http://127.0.0.1:9", "w", agent_card=[], configs_dir=tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="workspace_id"):
+        register("http://127.0.0.1:9", "", configs_dir=tmp_path)
+    with pytest.raises(ValueError, match="org_id"):
+        register("http://127.0.0.1:9", "w", org_id="a b", configs_dir=tmp_path)
+
+
+def test_org_id_is_sent_as_x_molecule_org_id_from_the_argument_or_the_environment(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configs = tmp_path / "configs"
+    register(platform.url, ws.id, configs_dir=configs, delivery_mode="poll", org_id="org-1")
+    monkeypatch.setenv("MOLECULE_ORG_ID", "org-2")
+    register(platform.url, ws.id, configs_dir=configs, delivery_mode="poll")
+    sent = [r.headers.get("x-molecule-org-id") for r in platform.requests_for("register")]
+    assert sent == ["org-1", "org-2"]
+
+
+# --- Heartbeat(register=True) ------------------------------------------------------------------
+
+
+def test_heartbeat_registers_on_the_beat_thread_before_the_first_beat(
+    platform: FakePlatform, tmp_path: Path
+) -> None:
+    ws = platform.add_workspace(with_token=False, status="awaiting_agent", name="ext")
+    configs = tmp_path / "configs"
+    with Heartbeat(
+        platform.url,
+        ws.id,
+        interval_seconds=0.2,
+        results_file=tmp_path / "r.jsonl",
+        cursor_file=tmp_path / "c",
+        seen_file=tmp_path / "s",
+        configs_dir=configs,
+        rng=FixedRandom(0.0),
+        exit_timeout=None,
+        register=True,
+        agent_url="http://localhost:8765",
+        agent_card={"name": "ext-agent"},
+    ) as hb:
+        assert wait_until(lambda: hb.status().beats_ok >= 1)
+    routes = [r.route for r in platform.requests]
+    assert routes[0] == "register" and routes.count("register") == 1
+    assert routes.index("heartbeat") > 0
+    assert ws.status == "online" and ws.url == "http://localhost:8765"
+    assert ws.agent_card == {"name": "ext-agent"}
+    assert (configs / ".auth_token").read_text() == ws.token
+    # Every beat carries the token the registration issued.
+    beats = platform.requests_for("heartbeat", ws.id)
+    assert beats and all(r.headers["authorization"] == f"Bearer {ws.token}" for r in beats)
+
+
+def test_registration_without_agent_url_is_poll_mode(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    with make_hb(register=True) as hb:
+        assert wait_until(lambda: hb.status().beats_ok >= 1)
+    assert platform.requests_for("register")[0].json()["delivery_mode"] == "poll"
+    assert ws.delivery_mode == "poll"
+
+
+def test_registration_is_retried_while_unreachable_without_blocking_the_caller(
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    fp = FakePlatform(port=port)  # not started yet: connections are refused
+    hb = Heartbeat(
+        f"http://127.0.0.1:{port}",
+        "ws-1",
+        interval_seconds=0.3,
+        results_file=tmp_path / "r.jsonl",
+        cursor_file=tmp_path / "c",
+        seen_file=tmp_path / "s",
+        configs_dir=tmp_path / "configs",
+        rng=FixedRandom(0.0),
+        exit_timeout=None,
+        register=True,
+    )
+    try:
+        t0 = time.monotonic()
+        hb.start_thread()
+        assert time.monotonic() - t0 < 0.5
+        threading.Event().wait(0.3)  # the platform stays down a while: nothing to wait on
+        assert hb.status().state == "starting" and hb.status().beats_ok == 0
+        with fp:
+            fp.add_workspace("ws-1", with_token=False, status="awaiting_agent")
+            assert wait_until(lambda: hb.status().beats_ok >= 1, timeout=8)
+            assert fp.workspace("ws-1").status == "online"
+            assert (tmp_path / "configs" / ".auth_token").read_text() == fp.workspace("ws-1").token
+    finally:
+        assert hb.stop(timeout=5)
+
+
+def test_a_refused_registration_is_one_error_and_the_heartbeat_beats_on(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, logs: LogCapture
+) -> None:
+    with make_hb(register=True, agent_url="http://127.0.0.1:9") as hb:
+        assert wait_until(lambda: hb.status().beats_ok >= 2)
+    assert len(platform.requests_for("register")) == 1
+    errors = logs.messages(logging.ERROR)
+    assert len(errors) == 1 and "loopback address" in errors[0]
+
+
+def test_bad_registration_arguments_fail_at_construction(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    with pytest.raises(ValueError, match="agent_card"):
+        make_hb(register=True, agent_card="card")
+    with pytest.raises(ValueError, match="org_id"):
+        make_hb(org_id="x\ny")
+    with pytest.raises(ValueError, match="on_state_change"):
+        make_hb(on_state_change=3)
+    with pytest.raises(ValueError, match="state_check_interval"):
+        make_hb(state_check_interval=0)
+
+
+# --- tenants and Origin ------------------------------------------------------------------------
+
+
+def test_org_id_goes_with_every_request_of_both_threads(
+    platform: FakePlatform,
+    ws: Workspace,
+    make_hb: HeartbeatFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MOLECULE_ORG_ID", "tenant-7")
+    platform.add_delegation(ws.id, status="completed", response_preview="42")
+    with make_hb(register=True) as hb:
+        assert hb.org_id == "tenant-7"
+        assert wait_until(lambda: hb.status().notifications_sent >= 1 and hb.status().wakeups_sent)
+    seen = {r.route: r.headers.get("x-molecule-org-id") for r in platform.requests}
+    assert {
+        "register",
+        "heartbeat",
+        "delegations",
+        "activity",
+        "a2a",
+        "notify",
+        "workspace",
+    } <= set(seen)
+    assert set(seen.values()) == {"tenant-7"}
+
+
+def test_origin_is_scheme_and_host_only(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    # A PLATFORM_URL with a trailing slash sent verbatim is refused by the real server (403).
+    with make_hb(origin=platform.url + "/") as hb:
+        assert wait_until(lambda: hb.status().beats_ok >= 1)
+    assert {r.headers.get("origin") for r in platform.requests} == {platform.url}
+
+
+def test_an_empty_403_warning_names_the_origin_rule(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, logs: LogCapture
+) -> None:
+    platform.fault("heartbeat", status=403, body=b"")
+    with make_hb(origin="http://canvas.example") as hb:
+        assert wait_until(lambda: hb.status().beats_failed >= 1)
+    warnings = [m for m in logs.messages(logging.WARNING) if "heartbeat failed" in m]
+    assert warnings
+    assert "refuses the Origin 'http://canvas.example'" in warnings[0]
+    assert "its own scheme://host or a configured canvas origin" in warnings[0]
+
+
+def test_an_empty_404_warning_names_the_org_id(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, logs: LogCapture
+) -> None:
+    platform.fault("delegations", status=404, body=b"")
+    with make_hb() as hb:
+        assert wait_until(lambda: hb.status().beats_ok >= 1)
+        assert wait_until(
+            lambda: any("X-Molecule-Org-Id" in m for m in logs.messages(logging.WARNING))
+        )
+        assert hb.status().state == "healthy"  # a tenant guard's 404 is not a removal
