@@ -15,6 +15,8 @@ import filelock
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
+from ._ratelimit import RateLimitedLog
+
 logger = logging.getLogger(__name__)
 
 TOKEN_FILE = ".auth_token"
@@ -151,10 +153,20 @@ def resolve_configs_dir(configs_dir: str | os.PathLike[str] | None = None) -> Pa
 
 def _read_secret_file(path: Path) -> str | None:
     try:
-        value = path.read_text(encoding="utf-8").strip()
+        value = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
-    return value or None
+    return value.lstrip("\ufeff").strip() or None
+
+
+def usable_token(value: str) -> bool:
+    """True when ``value`` can be sent as ``Bearer <value>``: printable ASCII, no white space.
+
+    A token with a control character (an inner newline) or a non-ASCII one (a BOM left
+    inside, a typographic quote) would make ``requests`` fail with an error that quotes the
+    whole header, token included.
+    """
+    return bool(value) and all("!" <= c <= "~" for c in value)
 
 
 class Credentials:
@@ -175,7 +187,8 @@ class Credentials:
         self.configs_dir = configs_dir
         self._origin = origin_of(origin) if origin else None
         self.org_id = check_org_id(org_id)
-        self._env_token = (env_token or "").strip() or None
+        self._env_token = (env_token or "").lstrip("\ufeff").strip() or None
+        self._warn = RateLimitedLog(logger)
         self._lock = threading.Lock()
         self._token: str | None = None
         self._token_loaded = False
@@ -193,6 +206,15 @@ class Credentials:
 
     def _load_token(self) -> str | None:
         token = _read_secret_file(self.token_path)
+        if token and not usable_token(token):
+            # Never quote it: the message would hold (most of) the secret.
+            self._warn.warning(
+                "token-file",
+                "ignoring the token in %s: it holds white space, control or non-ASCII "
+                "characters (a token is one line of printable ASCII)",
+                self.token_path,
+            )
+            token = None
         if token and not self._mode_checked:
             self._mode_checked = True
             try:
@@ -205,7 +227,15 @@ class Credentials:
                     self.token_path,
                     mode,
                 )
-        return token or self._env_token
+        env = self._env_token
+        if not token and env and not usable_token(env):
+            self._warn.warning(
+                "token-env",
+                "ignoring $%s: it holds white space, control or non-ASCII characters",
+                TOKEN_ENV,
+            )
+            env = None
+        return token or env
 
     def token(self) -> str | None:
         """The current bearer token, or None when none is known."""
@@ -281,3 +311,4 @@ class Credentials:
 
     def reinit_after_fork(self) -> None:
         self._lock = threading.Lock()
+        self._warn.reinit_after_fork()

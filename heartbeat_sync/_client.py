@@ -12,13 +12,21 @@ import logging
 import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 import urllib3.exceptions as u3
 
 from . import _messages
 from ._auth import Credentials
-from ._http import BodyTooLarge, SessionFactory, abort_session, parse_json, read_body
+from ._http import (
+    BodyTooLarge,
+    SessionFactory,
+    abort_session,
+    parse_json,
+    read_body,
+    request_scope,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +72,30 @@ class BeatReply:
     token_refreshed: bool = False
 
 
+#: Exceptions whose text names the URL and the network's reason, never a header value.
+_SAFE_TEXT = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
 def _describe(exc: BaseException) -> str:
-    # Exception text from requests names the URL, never a header, so it is safe to log.
-    return f"{type(exc).__name__}: {exc}"
+    """An exception in words that can go to a log and ``status()``.
+
+    Only transport errors keep their text. Anything else (an invalid header, a header value
+    that cannot be encoded, a bug) is named by its type alone: its text or ``repr`` may quote
+    a header, and so the bearer token.
+    """
+    if isinstance(exc, _SAFE_TEXT):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__} (details withheld: they may quote a request header)"
+
+
+def _segment(value: str) -> str:
+    """One path segment, quoted: nothing in an id can reach another route."""
+    return quote(value, safe="")
 
 
 class PlatformClient:
@@ -141,30 +170,45 @@ class PlatformClient:
         auth: bool = True,
     ) -> tuple[int, Any, requests.structures.CaseInsensitiveDict[str]]:
         headers = self.credentials.headers(self.workspace_id if self_source else None, auth=auth)
-        try:
-            resp = self.session.request(
-                method,
-                self._url(path),
-                json=json_body,
-                params=params,
-                headers=headers,
-                timeout=timeout or self.timeout,
-                stream=True,
-            )
-        except requests.ConnectionError as exc:
-            connect = isinstance(exc, requests.exceptions.ConnectTimeout) or _is_connect_error(exc)
-            raise PlatformError(_describe(exc), connect_error=connect) from exc
-        except requests.RequestException as exc:
-            raise PlatformError(_describe(exc)) from exc
-        try:
-            data = read_body(resp)
-        except BodyTooLarge as exc:
-            raise PlatformError(str(exc), status=resp.status_code) from exc
-        except requests.RequestException as exc:
-            raise PlatformError(_describe(exc), status=None) from exc
-        finally:
-            resp.close()
+        seconds = timeout or self.timeout
+        session = self.session
+        # The whole request, body included, ends within ``seconds`` whatever the server does.
+        with request_scope(session, seconds) as scope:
+            try:
+                resp = session.request(
+                    method,
+                    self._url(path),
+                    json=json_body,
+                    params=params,
+                    headers=headers,
+                    timeout=seconds,
+                    stream=True,
+                    # A redirect is never followed: requests would turn a POST into a GET
+                    # and take the redirected page's 200 for an answer.
+                    allow_redirects=False,
+                )
+            except Exception as exc:
+                if scope.expired:
+                    raise self._expired(method, path, seconds) from None
+                connect = isinstance(exc, requests.ConnectionError) and (
+                    isinstance(exc, requests.exceptions.ConnectTimeout) or _is_connect_error(exc)
+                )
+                raise PlatformError(_describe(exc), connect_error=connect) from None
+            try:
+                data = read_body(resp)
+            except BodyTooLarge as exc:
+                raise PlatformError(str(exc), status=resp.status_code) from exc
+            except Exception as exc:
+                if scope.expired:
+                    raise self._expired(method, path, seconds) from None
+                raise PlatformError(_describe(exc), status=None) from None
+            finally:
+                resp.close()
         return resp.status_code, parse_json(data), resp.headers
+
+    @staticmethod
+    def _expired(method: str, path: str, seconds: float) -> PlatformError:
+        return PlatformError(f"{method} {path}: no complete answer within {seconds:g} s")
 
     def _fail(
         self,
@@ -177,12 +221,27 @@ class PlatformClient:
         detail = f": {str(error)[:200]}" if isinstance(error, str) and error else ""
         if body is None and status in (403, 404):
             detail = _empty_refusal_hint(status, self.credentials)
+        elif 300 <= status < 400:
+            detail = f": a redirect to {self._redirect_host(headers.get('Location'))}, not followed"
         return PlatformError(
             f"{what} answered {status}{detail}",
             status=status,
             retry_after=_messages.parse_retry_after(headers.get("Retry-After")),
             body=body,
         )
+
+    def _redirect_host(self, location: str | None) -> str:
+        """The host a redirect points to (never its user info, path or query)."""
+        if not location:
+            return "nowhere (no Location)"
+        try:
+            split = urlsplit(urljoin(self.base_url + "/", location.strip()))
+            host, port = split.hostname, split.port
+        except ValueError:
+            return "an unreadable Location"
+        if not host:
+            return "an unreadable Location"
+        return f"{host}:{port}" if port else host
 
     # --- routes -----------------------------------------------------------------------------
 
@@ -210,7 +269,7 @@ class PlatformClient:
 
     def state(self) -> dict[str, Any]:
         """GET /workspaces/:id/state: ``{workspace_id, status, paused, deleted}`` on 200."""
-        path = f"/workspaces/{self.workspace_id}/state"
+        path = f"/workspaces/{_segment(self.workspace_id)}/state"
         status, body, headers = self._request("GET", path)
         if status != 200:
             raise self._fail("state", status, body, headers)
@@ -220,7 +279,7 @@ class PlatformClient:
 
     def delegations(self) -> list[Any]:
         """GET /workspaces/:id/delegations: the rows, unvalidated (the parser checks each)."""
-        path = f"/workspaces/{self.workspace_id}/delegations"
+        path = f"/workspaces/{_segment(self.workspace_id)}/delegations"
         status, body, headers = self._request("GET", path)
         if status != 200:
             raise self._fail("delegations", status, body, headers)
@@ -239,7 +298,7 @@ class PlatformClient:
         if since_id:
             params["since_id"] = since_id
         status, body, headers = self._request(
-            "GET", f"/workspaces/{self.workspace_id}/activity", params=params
+            "GET", f"/workspaces/{_segment(self.workspace_id)}/activity", params=params
         )
         if status == 410 and since_id:
             raise CursorGone("activity cursor is gone (410)", status=410, body=body)
@@ -253,7 +312,8 @@ class PlatformClient:
 
     def workspace(self, workspace_id: str) -> dict[str, Any]:
         """GET /workspaces/:id (an open route; sent without credentials)."""
-        status, body, headers = self._request("GET", f"/workspaces/{workspace_id}", auth=False)
+        path = f"/workspaces/{_segment(workspace_id)}"
+        status, body, headers = self._request("GET", path, auth=False)
         if status != 200:
             raise self._fail("workspace lookup", status, body, headers)
         if not isinstance(body, dict):
@@ -264,7 +324,7 @@ class PlatformClient:
         """POST /workspaces/:self/a2a with ``X-Workspace-ID: self``; returns the 2xx status."""
         status, body, headers = self._request(
             "POST",
-            f"/workspaces/{self.workspace_id}/a2a",
+            f"/workspaces/{_segment(self.workspace_id)}/a2a",
             json_body=_messages.self_message_body(text, message_id),
             self_source=True,
             timeout=timeout,
@@ -276,7 +336,9 @@ class PlatformClient:
     def notify(self, message: str) -> int:
         """POST /workspaces/:id/notify; returns the 2xx status."""
         status, body, headers = self._request(
-            "POST", f"/workspaces/{self.workspace_id}/notify", json_body={"message": message}
+            "POST",
+            f"/workspaces/{_segment(self.workspace_id)}/notify",
+            json_body={"message": message},
         )
         if not 200 <= status < 300:
             raise self._fail("notify", status, body, headers)

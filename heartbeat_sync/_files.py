@@ -27,7 +27,7 @@ from typing import Any
 
 import filelock
 
-from . import _safefile
+from . import _fork, _safefile
 from ._format import format_delegation_results
 from ._idlog import DEFAULT_LOCK_TIMEOUT, MAX_ID_LENGTH, IdLog, valid_id
 from ._ratelimit import RateLimitedLog
@@ -64,9 +64,8 @@ _JOURNAL_VERSION = 2
 # One counter per kind of problem (the key): a damaged file or a full disk repeats every
 # cycle, and the log should say so without flooding.
 _warn = RateLimitedLog(logger)
-if hasattr(os, "register_at_fork"):
-    # A fork while another thread held the counter's lock would leave the child's copy locked.
-    os.register_at_fork(after_in_child=_warn.reinit_after_fork)
+# A fork while another thread held the counter's lock would leave the child's copy locked.
+_fork.on_fork_in_child(_warn.reinit_after_fork)
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,11 +32,12 @@ def format_delegation_results(records: Iterable[Mapping[str, Any]]) -> str:
     """Text for prompt injection, as the reference runtime's reader produces it.
 
     One ``- [<status>] <summary>`` line per record (``?`` when the status is empty), plus
-    ``  Response: <preview>`` when there is a preview; summary cut to 80 and preview to 200
-    characters after escaping. The whole block is wrapped in ``[A2A_RESULT_FROM_PEER]`` ...
-    ``[/A2A_RESULT_FROM_PEER]``; no content can forge either marker. ``""`` when there is no
-    record. Non-mapping records are skipped; non-string values are ``str()``-ed, ``None`` is
-    empty.
+    ``  Response: <preview>`` when there is a preview, and ``  Failed: <error>`` for a failed
+    delegation whose error is not its summary already; summary cut to 80, preview and error
+    to 200 characters after escaping. The whole block is wrapped in
+    ``[A2A_RESULT_FROM_PEER]`` ... ``[/A2A_RESULT_FROM_PEER]``; no content can forge either
+    marker. ``""`` when there is no record. Non-mapping records are skipped; non-string
+    values are ``str()``-ed, ``None`` is empty.
     """
     parts: list[str] = []
     for record in records:
@@ -50,6 +51,9 @@ def format_delegation_results(records: Iterable[Mapping[str, Any]]) -> str:
         preview = _as_text(record.get("response_preview"))
         if preview:
             parts.append(f"  Response: {_escape_markers(preview)[:_PREVIEW_MAX]}")
+        error = _as_text(record.get("error"))
+        if status == "failed" and error and error != _as_text(record.get("summary")):
+            parts.append(f"  Failed: {_escape_markers(error)[:_PREVIEW_MAX]}")
     if not parts:
         return ""
     return _MARKER_OPEN + "\n" + "\n".join(parts) + "\n" + _MARKER_CLOSE

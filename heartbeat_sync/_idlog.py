@@ -16,7 +16,7 @@ from itertools import islice
 
 import filelock
 
-from . import _safefile
+from . import _fork, _safefile
 from ._ratelimit import RateLimitedLog
 
 __all__ = ["MAX_ID_LENGTH", "IdLog", "valid_id"]
@@ -31,8 +31,7 @@ DEFAULT_LOCK_TIMEOUT = 30.0
 MAX_ID_LENGTH = 256
 
 _warn = RateLimitedLog(logger)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_warn.reinit_after_fork)
+_fork.on_fork_in_child(_warn.reinit_after_fork)
 
 
 def _encodable(item: str) -> bool:

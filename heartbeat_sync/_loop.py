@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from . import _lifecycle, _messages, _metadata, _status, _wedge
+from . import _coalesce, _fork, _lifecycle, _messages, _metadata, _status, _validate, _wedge
 from ._activity import ActivityPager, row_ids
 from ._auth import ORG_ID_ENV, TOKEN_ENV, Credentials, origin_header, resolve_configs_dir
 from ._client import CursorGone, PlatformClient, PlatformError
@@ -73,8 +73,7 @@ class _PhaseSequence:
 
 
 _phases = _PhaseSequence()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_phases.reset)
+_fork.on_fork_in_child(_phases.reset)
 #: Rows asked for per activity page, and pages read per cycle when the server has more.
 ACTIVITY_PAGE = 100
 ACTIVITY_MAX_PAGES = 5
@@ -109,7 +108,8 @@ class Heartbeat:
     Args:
         platform_url: Base URL of the platform, e.g. ``http://platform:8080``.
         workspace_id: This workspace's id.
-        interval_seconds: Seconds between beats; any float > 0 (the class does not clamp).
+        interval_seconds: Seconds between beats: a number in (0, 86400] (the class does not
+            clamp; the platform marks a workspace offline after 180 s without a beat).
         results_file: JSONL file the results are appended to. None: ``$DELEGATION_RESULTS_FILE``,
             else ``/tmp/delegation_results.jsonl``.
         cursor_file: Activity ids already processed. None: ``$DELEGATION_ACTIVITY_CURSOR_FILE``,
@@ -118,18 +118,20 @@ class Heartbeat:
             ``/tmp/delegation_seen_ids``.
         configs_dir: Where ``.auth_token`` is read and ``.platform_inbound_secret`` written.
             None: ``$CONFIGS_DIR``, else ``/configs`` if writable, else ``~/.molecule-workspace``.
-        self_message_cooldown: Least seconds between two wake-up self-messages.
+        self_message_cooldown: Least seconds between two wake-up self-messages, in [0, 86400].
         runtime_metadata: Callable returning the beat's ``runtime_metadata`` (or None). Without
             one, the adapter named by ``$ADAPTER_MODULE`` is asked, as the reference does.
         max_seen_ids: Delegation ids remembered (newest kept); at least
             :data:`MIN_SEEN_IDS`.
         max_cursor_ids: Activity ids remembered (newest kept); at least
             :data:`MIN_CURSOR_IDS`.
-        request_timeout: Seconds per platform request.
-        self_message_timeout: Seconds for the wake-up self-message.
-        wakeup_retry_deadline: How long a wake-up refused by a busy agent is retried.
-        exit_timeout: At interpreter exit, seconds given to pending side effects; None to opt
-            out of the exit hook.
+        request_timeout: Seconds a whole platform request may take (connect, retries and
+            body together), in (0, 3600].
+        self_message_timeout: Seconds for the whole wake-up self-message, in (0, 3600].
+        wakeup_retry_deadline: How long a wake-up refused by a busy agent is retried, in
+            [0, 86400].
+        exit_timeout: At interpreter exit, seconds given to pending side effects, in [0, 3600]
+            (one deadline for every Heartbeat of the process); None to opt out of the hook.
         origin: The ``Origin`` header sent with every request (what gets past the platform's
             same-origin check), sent as its ``scheme://host[:port]`` (the platform refuses a
             path or a trailing slash). None: when ``$PLATFORM_URL`` is set, the origin of
@@ -191,11 +193,21 @@ class Heartbeat:
     ) -> None:
         if not platform_url or not isinstance(platform_url, str):
             raise ValueError("platform_url is required")
-        if not workspace_id or not isinstance(workspace_id, str):
-            raise ValueError("workspace_id is required")
-        interval = float(interval_seconds)
-        if not math.isfinite(interval) or interval <= 0:
-            raise ValueError(f"interval_seconds must be a number > 0, not {interval_seconds!r}")
+        _validate.workspace_id(workspace_id)
+        day = _validate.ONE_DAY
+        interval = _validate.number("interval_seconds", interval_seconds, 0, day, low_open=True)
+        cooldown = _validate.number("self_message_cooldown", self_message_cooldown, 0, day)
+        request_timeout = _validate.number(
+            "request_timeout", request_timeout, 0, 3600, low_open=True
+        )
+        self_message_timeout = _validate.number(
+            "self_message_timeout", self_message_timeout, 0, 3600, low_open=True
+        )
+        wakeup_retry_deadline = _validate.number(
+            "wakeup_retry_deadline", wakeup_retry_deadline, 0, day
+        )
+        exit_timeout = _validate.optional_number("exit_timeout", exit_timeout, 0, 3600)
+        start_phase = _validate.number("start_phase", start_phase, 0, 1)
         self.platform_url = platform_url.rstrip("/")
         self.workspace_id = workspace_id
         self.interval_seconds = interval
@@ -205,14 +217,12 @@ class Heartbeat:
         )
         self.seen_path = _env_path(seen_file, "DELEGATION_SEEN_FILE", DEFAULT_SEEN_FILE)
         self.configs_dir: Path = resolve_configs_dir(configs_dir)
-        self.self_message_cooldown = float(self_message_cooldown)
+        self.self_message_cooldown = cooldown
         self._runtime_metadata = runtime_metadata
         self._adapter_module = os.environ.get("ADAPTER_MODULE")
         self.request_timeout = request_timeout
         self.exit_timeout = exit_timeout
-        if not 0.0 <= start_phase <= 1.0:
-            raise ValueError(f"start_phase must be between 0 and 1, not {start_phase!r}")
-        self.start_phase = float(start_phase)
+        self.start_phase = start_phase
         self._rng: RandomSource = rng if rng is not None else _phases
         # urllib3 sleeps inside a request where stop() cannot reach it: keep that short.
         retry_after_cap = min(5.0, interval / 4)
@@ -266,24 +276,20 @@ class Heartbeat:
         )
         self._warn = RateLimitedLog(logger)
         self._init_state()
-        ref = weakref.WeakMethod(self._after_fork_in_child)
-
-        def _child() -> None:
-            method = ref()
-            if method is not None:
-                method()
-
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_child)
+        _fork.track(self)
 
     def _init_state(self) -> None:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        # Set by stop(); one per run, so that a thread of an earlier run never resumes.
+        self._halt = threading.Event()
+        self._halt.set()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._beat_client: PlatformClient | None = None
-        self._start_time = time.time()
+        # Durations are measured on the monotonic clock: setting the wall clock moves nothing.
+        self._start_time = time.monotonic()
         self._error_count = 0
         self._request_count = 0
         self._sample_error = ""
@@ -383,7 +389,13 @@ class Heartbeat:
             self.beat_now()
 
     def beat_now(self) -> None:
-        """Run a cycle as soon as possible (the regular schedule is unchanged)."""
+        """Run a cycle soon; the regular schedule is unchanged.
+
+        Requests are coalesced: calls made while a cycle waits make that one cycle. A few
+        such cycles run at once (5 after a quiet spell); beyond that, one a second (or the
+        regular slot, if it comes first). Whatever the caller does, this adds at most
+        ``5 + t`` cycles in ``t`` seconds to the schedule's.
+        """
         self._wake.set()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -391,25 +403,36 @@ class Heartbeat:
     def start_thread(self) -> threading.Thread:
         """Start the beat and side-effect daemon threads; return the beat thread.
 
-        Calling it again while they run starts nothing and returns the same thread.
+        Calling it again while they run starts nothing and returns the same thread. After a
+        :meth:`stop` that timed out (a thread was still ending), the new beat thread waits
+        for the old threads to end, then starts working; ``status().state`` is ``starting``
+        meanwhile.
         """
         if os.getpid() != self._pid:
             self._after_fork_in_child()
         with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return self._thread
-            if self._life.kind == _lifecycle.REMOVED and self._thread is not None:
+            current = self._thread
+            if current is not None and current.is_alive() and not self._halt.is_set():
+                return current
+            if self._life.kind == _lifecycle.REMOVED and current is not None:
                 logger.error(
                     "workspace %s was removed from the platform; not starting again",
                     self.workspace_id,
                 )
-                return self._thread
-            self._stopping = False
-            self._wake.clear()
-            self._ended.clear()
-            self._worker.start()
+                return current
+            previous = [t for t in (current, self._worker.thread) if t is not None and t.is_alive()]
+            halt = threading.Event()
+            self._halt = halt
+            ended = threading.Event()
+            self._ended = ended
+            self._stopping = True  # until the new run begins (the old threads see it too)
+            if not previous:
+                self._begin_run()
             thread = threading.Thread(
-                target=self._run, name=f"heartbeat-sync-{self.workspace_id[:8]}", daemon=True
+                target=self._run,
+                args=(halt, ended, previous),
+                name=f"heartbeat-sync-{self.workspace_id[:8]}",
+                daemon=True,
             )
             self._thread = thread
             thread.start()
@@ -428,6 +451,7 @@ class Heartbeat:
         deadline = time.monotonic() + max(0.0, timeout)
         with self._lock:
             self._stopping = True
+            self._halt.set()
             thread = self._thread
             client = self._beat_client
         self._wake.set()
@@ -475,8 +499,10 @@ class Heartbeat:
             running = self._thread is not None and self._thread.is_alive()
             if self._life.kind == _lifecycle.REMOVED:
                 state = _status.REMOVED
-            elif not running or self._stopping:
+            elif not running or self._halt.is_set():
                 state = _status.STOPPED
+            elif self._stopping:
+                state = _status.STARTING  # waiting for the threads of the previous run
             else:
                 state = self._live_state()
             snapshot: dict[str, Any] = {
@@ -510,23 +536,63 @@ class Heartbeat:
 
     # --- the beat thread ------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def _begin_run(self) -> None:
+        # Caller holds self._lock (stop() takes it too: a run never begins after a stop).
+        self._stopping = False
+        self._wake.clear()
+        self._worker.start()
+
+    def _await_previous(self, halt: threading.Event, previous: list[threading.Thread]) -> bool:
+        """Wait for the threads of a run that stop() could not end in time. False if halted."""
+        logger.warning("the threads of the previous run are still ending; starting after them")
+        for old in previous:
+            while old.is_alive():
+                old.join(0.05)  # short joins: stop() ends this wait promptly
+                if halt.is_set():
+                    return False
+        with self._lock:
+            if halt.is_set():
+                return False
+            self._begin_run()
+        logger.info("the previous run has ended; starting")
+        return True
+
+    def _run(
+        self, halt: threading.Event, ended: threading.Event, previous: list[threading.Thread]
+    ) -> None:
+        try:
+            if previous and not self._await_previous(halt, previous):
+                return
+            self._run_beats(halt)
+        finally:
+            ended.set()
+
+    def _run_beats(self, halt: threading.Event) -> None:
         client = self._new_client()
         with self._lock:
             self._beat_client = client
         interval = self.interval_seconds
         next_at = time.monotonic() + self._rng.random() * self.start_phase * interval
+        forced_cycles = _coalesce.ForcedCycles()
         try:
             if self._registration is not None:
                 self._register_until_done(client)
-            while not self._stopping and self._life.kind != _lifecycle.REMOVED:
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    self._wake.wait(delay)
-                if self._stopping:
-                    return
+            while self._life.kind != _lifecycle.REMOVED:
+                now = time.monotonic()
                 forced = self._wake.is_set()
+                due = min(next_at, forced_cycles.due(now)) if forced else next_at
+                if due > now:
+                    # While a forced cycle waits, the wake event is set: wait on the halt
+                    # event instead (stop() sets both), or the wait would return at once.
+                    (halt if forced else self._wake).wait(due - now)
+                    if self._stopping or halt.is_set():
+                        return
+                    continue
+                if self._stopping or halt.is_set():
+                    return
                 self._wake.clear()
+                if forced and next_at > now:
+                    forced_cycles.take(now)  # an extra cycle, not the regular slot
                 try:
                     self._cycle(client)
                 except Exception:  # nothing may kill the beat thread
@@ -535,7 +601,7 @@ class Heartbeat:
                 if self._life.kind == _lifecycle.REMOVED:
                     break
                 now = time.monotonic()
-                if forced and next_at > now:
+                if next_at > now:
                     continue  # an extra cycle; the regular slot still stands
                 # Fixed rate: the next slot is the previous slot + interval; slots missed
                 # during a stall are skipped, never run in a burst.
@@ -548,7 +614,6 @@ class Heartbeat:
                 self._worker.join(max(1.0, self.request_timeout))
         finally:
             client.close()
-            self._ended.set()
 
     # --- registration and the workspace's lifecycle ----------------------------------------
 
@@ -649,7 +714,7 @@ class Heartbeat:
             errors, requests_ = self._error_count, self._request_count
             rate = errors / requests_ if requests_ else 0.0
             sample, active, task = self._sample_error, self._active_tasks, self._current_task
-            uptime = time.time() - self._start_time
+            uptime = time.monotonic() - self._start_time
         wedged = _wedge.wedge_reason() if _wedge.is_wedged() else None
         body = _messages.build_beat_body(
             self.workspace_id,
@@ -692,8 +757,10 @@ class Heartbeat:
             self._consecutive_failures += 1
             self._beats_failed += 1
             failures = self._consecutive_failures
-            self._last_error = str(exc) if isinstance(exc, PlatformError) else repr(exc)
-        self._warn.warning("beat", "heartbeat failed (%d consecutive): %s", failures, exc)
+            # Never repr() a foreign exception: it may quote a request header (the token).
+            error = str(exc) if isinstance(exc, PlatformError) else type(exc).__name__
+            self._last_error = error
+        self._warn.warning("beat", "heartbeat failed (%d consecutive): %s", failures, error)
         if failures % MAX_CONSECUTIVE_FAILURES == 0:
             logger.info("recreating the HTTP session after %d failed beats", failures)
             client.rebuild()
@@ -820,17 +887,28 @@ def _install_exit_hook() -> None:
 
 
 def _at_exit() -> None:
-    """Give pending side effects a short, bounded chance before the daemon threads die."""
-    for hb in list(_live):
-        if hb.exit_timeout is None or os.getpid() != hb._pid:
-            continue
+    """Give pending side effects a short, bounded chance before the daemon threads die.
+
+    Every Heartbeat's side effects are waited for together, from one start: the exit is
+    delayed by the largest ``exit_timeout``, not their sum. A wake-up that the cooldown or a
+    busy agent holds past that deadline is not waited for.
+    """
+    started = time.monotonic()
+    hbs = [hb for hb in list(_live) if hb.exit_timeout is not None and os.getpid() == hb._pid]
+    for hb in hbs:
         worker = hb._worker
-        if not worker.idle():
-            logger.info(
-                "heartbeat-sync: waiting up to %.1f s for %s",
-                hb.exit_timeout,
-                worker.pending_summary(),
-            )
-            if not hb.flush(hb.exit_timeout):
-                logger.warning("heartbeat-sync: exiting with %s not sent", worker.pending_summary())
-        hb.stop(timeout=0.5)
+        if worker.idle():
+            continue
+        remaining = started + (hb.exit_timeout or 0.0) - time.monotonic()
+        logger.info(
+            "heartbeat-sync: waiting up to %.1f s for %s",
+            max(0.0, remaining),
+            worker.pending_summary(),
+        )
+        if not worker.flush(max(0.0, remaining)):
+            logger.warning("heartbeat-sync: exiting with %s not sent", worker.pending_summary())
+    for hb in hbs:
+        hb.stop(timeout=0.0)  # ask every thread at once ...
+    end = time.monotonic() + 0.5
+    for hb in hbs:
+        hb.stop(timeout=max(0.0, end - time.monotonic()))  # ... then wait for all together

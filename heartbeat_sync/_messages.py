@@ -22,6 +22,9 @@ from ._files import valid_id
 ORIGIN_DELEGATION = "delegation"
 ORIGIN_ACTIVITY = "activity"
 FINAL_STATUSES = ("completed", "failed")
+#: The summary of a failed delegation's result when the platform gave neither error nor
+#: summary (its own wording for such a row).
+FAILED_SUMMARY = "Delegation failed"
 PREVIEW_LIMIT = 4096
 #: Lines listed in one wake-up message; the rest are counted (they are all in the results file).
 TRIGGER_MAX_LINES = 50
@@ -137,7 +140,9 @@ def delegation_results(
     A row becomes a result when it is an object with a ``delegation_id`` not in ``seen``, a
     status of completed or failed, and ``source_id`` equal to this workspace. A completed row
     from another source is listed in ``foreign`` (for a warning) and not delivered. Anything
-    malformed is counted and skipped alone.
+    malformed is counted and skipped alone. A failed delegation's result says what happened:
+    its summary is the row's ``error`` (else the row's summary), and it has no preview (the
+    row's preview is the request, not an answer).
     """
     out = Parsed()
     batch: set[str] = set()
@@ -160,14 +165,21 @@ def delegation_results(
             continue
         batch.add(did)
         out.ids.append(did)
+        summary = _text(row.get("summary"))
+        preview = _text(row.get("response_preview"))
+        error = _text(row.get("error"))
+        if status == "failed":
+            # The platform's failed row still carries the request ("Delegating to <id>",
+            # preview {"delegation_id": ...}); what happened is the error.
+            summary, preview = error or summary or FAILED_SUMMARY, ""
         record: Record = {
             "delegation_id": did,
             "target_id": _text(row.get("target_id")),
             "source_id": source_id,
             "status": status,
-            "summary": _text(row.get("summary")),
-            "response_preview": _text(row.get("response_preview")),
-            "error": _text(row.get("error")),
+            "summary": summary,
+            "response_preview": preview,
+            "error": error,
             "timestamp": now,
         }
         out.results.append(Result(record, ORIGIN_DELEGATION))
@@ -287,7 +299,7 @@ def _summary_line(result: Result) -> str:
         )
     else:
         line = f"- [{r['status']}] Delegation {r['delegation_id'][:8]}: {r['summary'][:80]}"
-    if r.get("error"):
+    if r.get("error") and r["error"] != r["summary"]:
         line += f"\n  Error: {r['error'][:100]}"
     return line
 

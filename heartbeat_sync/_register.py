@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import _validate
 from ._auth import (
     ORG_ID_ENV,
     TOKEN_ENV,
@@ -88,8 +89,7 @@ def registration_body(
     delivery_mode: str | None,
 ) -> dict[str, Any]:
     """The register request body; ``ValueError`` for arguments the platform would refuse."""
-    if not workspace_id or not isinstance(workspace_id, str):
-        raise ValueError("workspace_id is required")
+    _validate.workspace_id(workspace_id)
     if delivery_mode is not None and delivery_mode not in DELIVERY_MODES:
         raise ValueError(f"delivery_mode must be 'push' or 'poll', not {delivery_mode!r}")
     if url is not None and (not isinstance(url, str) or not url.strip()):

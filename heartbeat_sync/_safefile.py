@@ -19,6 +19,8 @@ import os
 import stat
 import threading
 
+from . import _fork
+
 __all__ = [
     "FILE_MODE",
     "UntrustedFile",
@@ -57,8 +59,7 @@ def _after_fork() -> None:
     _reported_lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+_fork.on_fork_in_child(_after_fork)
 
 
 def _refuse(path: str, why: str) -> UntrustedFile:

@@ -6,8 +6,9 @@ library so that any thread of the agent can mark or clear it without importing t
 
 from __future__ import annotations
 
-import os
 import threading
+
+from . import _fork
 
 _lock = threading.Lock()
 _reason: str | None = None
@@ -19,8 +20,7 @@ def _reinit_after_fork() -> None:
     _lock = threading.Lock()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reinit_after_fork)
+_fork.on_fork_in_child(_reinit_after_fork)
 
 
 def mark_wedged(reason: str) -> None:

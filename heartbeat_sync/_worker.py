@@ -14,11 +14,10 @@ import os
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Sequence
 from typing import Callable
 
-from . import _messages
+from . import _fork, _messages
 from ._client import PlatformClient, PlatformError
 from ._messages import Result
 from ._ratelimit import RateLimitedLog
@@ -74,15 +73,7 @@ class SideEffectWorker:
         self._clock = clock
         self._warn = RateLimitedLog(logger)
         self._init_state()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._after_fork_in_child)
-
-            def _child() -> None:
-                method = ref()
-                if method is not None:
-                    method()
-
-            os.register_at_fork(after_in_child=_child)
+        _fork.track(self)
 
     def _init_state(self) -> None:
         self._pid = os.getpid()
@@ -117,10 +108,22 @@ class SideEffectWorker:
 
     # --- the beat thread's side -----------------------------------------------------------
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The worker's thread, alive or not; None before the first start."""
+        with self._cond:
+            return self._thread
+
     def start(self) -> None:
-        """Start the thread (once; again in a forked child, lazily)."""
+        """Start the thread (once; again in a forked child, lazily).
+
+        Raises RuntimeError when the thread of an earlier run is still ending: a new thread
+        beside it would share its queue.
+        """
         with self._cond:
             if self._thread is not None and self._thread.is_alive():
+                if self._stopping:
+                    raise RuntimeError("the side-effect thread of the previous run is still ending")
                 return
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -146,7 +149,7 @@ class SideEffectWorker:
                 )
                 return False
             self._inbox.append(list(results))
-            self._cond.notify()
+            self._cond.notify_all()  # the worker, and any flush() waiting on the same condition
             return True
 
     def call_soon(self, fn: Callable[[], None]) -> bool:
@@ -213,7 +216,9 @@ class SideEffectWorker:
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued has been sent, or ``timeout`` passes. True if idle.
 
-        A wake-up held back by the cooldown or a busy agent counts as not sent.
+        A wake-up held back by the cooldown or a busy agent counts as not sent; when it is the
+        only thing left and cannot go out within ``timeout``, this returns False at once
+        instead of waiting for nothing.
         """
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
@@ -221,8 +226,16 @@ class SideEffectWorker:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._thread is None or not self._thread.is_alive():
                     return False
-                self._cond.wait(min(remaining, 0.05))
+                if self._only_held_wakeup(remaining):
+                    return False
+                self._cond.wait(remaining)
             return True
+
+    def _only_held_wakeup(self, within: float) -> bool:
+        # Caller holds the lock.
+        if self._inbox or self._pending_notify or self._busy or not self._pending_wake:
+            return False
+        return self._next_wake_at - self._clock() > within
 
     def stop(self, timeout: float) -> bool:
         """Ask the thread to end and wait up to ``timeout``. True if it has ended.
@@ -321,6 +334,7 @@ class SideEffectWorker:
         self._pending_notify.clear()
         self._pending_wake = []
         self._wake_more = 0
+        self._cond.notify_all()
 
     def _step(self, client: PlatformClient) -> None:
         now = self._clock()
@@ -370,6 +384,12 @@ class SideEffectWorker:
         except PlatformError as exc:
             if self._stopping:
                 return  # interrupted by stop(); the wake-up is counted as dropped there
+            if isinstance(exc.body, dict) and exc.body.get("delivery_confirmed") is True:
+                # The agent received it; only its answer was lost (CONTRACT.md §8). Sending
+                # it again would wake the agent twice.
+                logger.info("wake-up delivered; the agent's answer was lost (%s)", exc)
+                self._delivered(batch, more)
+                return
             error = exc.body.get("error") if isinstance(exc.body, dict) else None
             # The platform knows no agent URL for this workspace (it beats but never
             # registered one): no retry can deliver this; the next results try again.
@@ -389,8 +409,11 @@ class SideEffectWorker:
                 self._drop(DROP_WAKEUP_FAILED, 1)
                 self._finish_wakeup(batch, more, now)
             return
-        self._warn.reset("wakeup")
         logger.info("wake-up sent for %d result(s)", len(batch))
+        self._delivered(batch, more)
+
+    def _delivered(self, batch: list[Result], more: int) -> None:
+        self._warn.reset("wakeup")
         with self._cond:
             self.wakeups_sent += 1
             self._finish_wakeup(batch, more, self._clock())

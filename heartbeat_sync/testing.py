@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import enum
+import io
 import ipaddress
 import json
 import re
@@ -286,6 +287,7 @@ class _Fault:
     drop: bool
     remaining: int | None
     workspace_id: str | None
+    trickle: float = 0.0
 
     def answers(self) -> bool:
         return self.status is not None or self.body is not _MISSING or self.body_size is not None
@@ -1145,6 +1147,7 @@ class FakePlatform:
         drop: bool = False,
         times: int | None = None,
         workspace_id: str | None = None,
+        trickle: float = 0.0,
     ) -> None:
         """Inject a failure into the next ``times`` requests of ``route``.
 
@@ -1166,6 +1169,9 @@ class FakePlatform:
             times: Number of matching requests to affect; ``None`` = until cleared.
             workspace_id: Only match requests about this workspace (path ``:id`` or
                 the body's ``workspace_id``/``id`` for registry routes).
+            trickle: Send the answer (status line, headers and body: the fault's, or the
+                normal one) one byte every ``trickle`` seconds, as a broken or hostile
+                server may; interrupted by :meth:`stop` or by the client closing.
 
         Faults are checked in the order they were added; the first match applies.
         """
@@ -1177,6 +1183,8 @@ class FakePlatform:
             raise ValueError("body_size must be >= 0")
         if delay < 0:
             raise ValueError("delay must be >= 0")
+        if trickle < 0:
+            raise ValueError("trickle must be >= 0")
         if times is not None and times < 1:
             raise ValueError("times must be >= 1 or None")
         with self._lock:
@@ -1191,6 +1199,7 @@ class FakePlatform:
                     drop=drop,
                     remaining=times,
                     workspace_id=workspace_id,
+                    trickle=float(trickle),
                 )
             )
             self._changed()
@@ -1327,6 +1336,8 @@ class FakePlatform:
             with self._lock:
                 fault = self._take_fault(entry.route, entry.workspace_id)
             extra_headers: dict[str, str] = {}
+            if fault is not None and fault.trickle > 0:
+                handler.wfile = _Trickle(handler.wfile, fault.trickle, stop_event)
             if fault is not None:
                 if fault.delay > 0 and stop_event.wait(fault.delay):
                     self._drop(handler, entry)
@@ -1919,6 +1930,31 @@ def _stream(handler: _Handler, size: int, stop_event: threading.Event) -> None:
         piece = chunk if remaining >= len(chunk) else chunk[:remaining]
         handler.wfile.write(piece)
         remaining -= len(piece)
+
+
+class _Trickle(io.BufferedIOBase):
+    """A response writer that sends one byte every ``gap`` seconds (a trickling server)."""
+
+    def __init__(self, raw: io.BufferedIOBase, gap: float, stop_event: threading.Event) -> None:
+        super().__init__()
+        self._raw = raw
+        self._gap = gap
+        self._stop = stop_event
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, buffer: Any) -> int:
+        data = bytes(buffer)
+        for i in range(len(data)):
+            if self._stop.wait(self._gap):
+                raise OSError("the platform is stopping")
+            self._raw.write(data[i : i + 1])
+            self._raw.flush()
+        return len(data)
+
+    def flush(self) -> None:
+        self._raw.flush()
 
 
 def _shutdown_socket(conn: socket.socket) -> None:

@@ -17,7 +17,12 @@ from .conftest import HeartbeatFactory, LogCapture, wait_until
 
 
 def _threads_named(prefix: str) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
+    """A Heartbeat's own threads (the process-wide request watchdog is not one of them)."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith(prefix) and t.name != "heartbeat-sync-watchdog"
+    ]
 
 
 def test_start_thread_starts_two_named_daemon_threads(make_hb: HeartbeatFactory) -> None:

@@ -1,0 +1,69 @@
+"""Checks of the constructor's arguments: pure, and every message names the argument and range.
+
+A value that passes is one the loop can use for ever: no infinite or NaN wait, no wait longer
+than ``threading`` accepts, no string where a number belongs.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+
+#: What the platform issues as a workspace id is a UUID; ids of this shape are accepted
+#: (letters, digits, ``-`` and ``_``), so that nothing in one can leave its path segment.
+_WORKSPACE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: The longest wait any argument can ask for: a day (``threading`` refuses far more).
+ONE_DAY = 86400.0
+
+
+def number(
+    name: str,
+    value: object,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+) -> float:
+    """``value`` as a float when it is a real number in the range, else ``ValueError``.
+
+    The range is ``[low, high]``, or ``(low, high]`` with ``low_open``. Booleans, strings
+    and NaN are refused; so is infinity, since ``high`` is finite.
+    """
+    bracket = "(" if low_open else "["
+    allowed = f"a number in {bracket}{low:g}, {high:g}]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be {allowed}, not {value!r}")
+    result = float(value)
+    too_low = result <= low if low_open else result < low
+    if math.isnan(result) or too_low or result > high:
+        raise ValueError(f"{name} must be {allowed}, not {value!r}")
+    return result
+
+
+def optional_number(
+    name: str, value: object, low: float, high: float, *, low_open: bool = False
+) -> float | None:
+    """As :func:`number`, with None passed through."""
+    if value is None:
+        return None
+    try:
+        return number(name, value, low, high, low_open=low_open)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or None)") from None
+
+
+def workspace_id(value: object) -> str:
+    """The workspace id when it can only ever name one path segment, else ``ValueError``.
+
+    The platform's ids are UUIDs; letters, digits, ``-`` and ``_`` are accepted (up to 128
+    characters), so ``/``, ``?``, ``#``, ``%``, ``.``, white space and control characters can
+    never send a request, and the bearer token with it, to another route.
+    """
+    if not isinstance(value, str) or not _WORKSPACE_ID.fullmatch(value):
+        raise ValueError(
+            "workspace_id must be the platform's workspace id (a UUID such as "
+            "'3f2b8c1e-0d4a-4e5f-9a7b-1c2d3e4f5a6b'): 1 to 128 letters, digits, '-' or '_'; "
+            f"not {value!r}"
+        )
+    return value

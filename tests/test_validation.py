@@ -1,0 +1,159 @@
+"""Every argument is checked at construction, with a message naming it and its range."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from heartbeat_sync import Heartbeat
+from heartbeat_sync.testing import FakePlatform, Workspace
+
+from .conftest import HeartbeatFactory, wait_until
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+# (argument, a value the loop could not live with, the range the message must state)
+BAD_NUMBERS = [
+    ("interval_seconds", 0, "(0, 86400]"),
+    ("interval_seconds", -1, "(0, 86400]"),
+    ("interval_seconds", 9.2e9, "(0, 86400]"),  # Event.wait() overflowed: the thread died
+    ("interval_seconds", float("nan"), "(0, 86400]"),
+    ("interval_seconds", "30", "(0, 86400]"),
+    ("interval_seconds", True, "(0, 86400]"),
+    ("self_message_cooldown", float("inf"), "[0, 86400]"),  # OverflowError on the worker
+    ("self_message_cooldown", float("nan"), "[0, 86400]"),  # the worker spun at 100 % CPU
+    ("self_message_cooldown", -1, "[0, 86400]"),
+    ("request_timeout", "10", "(0, 3600]"),  # every cycle failed with a traceback
+    ("request_timeout", 0, "(0, 3600]"),
+    ("request_timeout", -1, "(0, 3600]"),
+    ("request_timeout", None, "(0, 3600]"),
+    ("self_message_timeout", 0, "(0, 3600]"),
+    ("self_message_timeout", float("inf"), "(0, 3600]"),
+    ("wakeup_retry_deadline", -5, "[0, 86400]"),
+    ("wakeup_retry_deadline", float("inf"), "[0, 86400]"),
+    ("exit_timeout", -1, "[0, 3600]"),
+    ("exit_timeout", float("nan"), "[0, 3600]"),
+    ("exit_timeout", "2", "[0, 3600]"),
+    ("start_phase", 1.5, "[0, 1]"),
+    ("start_phase", "0.5", "[0, 1]"),
+    ("start_phase", float("nan"), "[0, 1]"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "allowed"), BAD_NUMBERS)
+def test_a_numeric_argument_out_of_range_is_refused_at_construction(
+    make_hb: HeartbeatFactory, name: str, value: Any, allowed: str
+) -> None:
+    with pytest.raises(ValueError) as raised:
+        make_hb(**{name: value})
+    message = str(raised.value)
+    assert message.startswith(f"{name} must be a number in {allowed}")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"interval_seconds": 86400},
+        {"interval_seconds": 1},  # an int is a number
+        {"self_message_cooldown": 0},
+        {"request_timeout": 3600, "self_message_timeout": 0.5},
+        {"wakeup_retry_deadline": 0},
+        {"exit_timeout": 0},
+        {"exit_timeout": None},
+        {"start_phase": 0},
+        {"start_phase": 1},
+    ],
+)
+def test_values_at_the_ends_of_the_ranges_are_accepted(
+    make_hb: HeartbeatFactory, kwargs: dict[str, Any]
+) -> None:
+    hb = make_hb(**kwargs)
+    assert hb.status().state == "stopped"
+
+
+def test_the_longest_cooldown_leaves_a_working_side_effect_thread(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    """The longest cooldown allowed still leaves a working worker: later results are
+    announced by notifications, and the held wake-up is counted as pending."""
+    hb = make_hb(self_message_cooldown=86400)
+    platform.add_delegation(ws.id, status="completed", response_preview="1")
+    with hb:
+        assert wait_until(lambda: hb.status().wakeups_sent == 1, timeout=5)
+        platform.add_delegation(ws.id, status="completed", response_preview="2")
+        assert wait_until(lambda: hb.status().notifications_sent == 2, timeout=5)
+        assert hb.status().queue_depth == 1  # the second wake-up, held by the cooldown
+
+
+# --- workspace_id ---------------------------------------------------------------------------
+
+BAD_IDS = [
+    "x/../../registry/register?",  # sent the bearer token to another route
+    "..",
+    ".",
+    "abc#frag",
+    "abc?x=1",
+    "a/b",
+    "a b",
+    " leading",
+    "tab\there",
+    "new\nline",
+    "nul\x00",
+    "caf\u00e9",
+    "percent%2F",
+    "",
+    "x" * 129,
+    None,
+    123,
+]
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+def test_a_workspace_id_that_could_leave_its_path_segment_is_refused(
+    platform: FakePlatform, bad: Any
+) -> None:
+    with pytest.raises(ValueError, match=r"^workspace_id must be the platform's workspace id"):
+        Heartbeat(platform.url, bad)
+
+
+@pytest.mark.parametrize(
+    "good",
+    [str(uuid.uuid4()), str(uuid.uuid4()).upper(), uuid.uuid4().hex, "ws-1", "worker_2"],
+)
+def test_ids_the_platform_can_issue_are_accepted(make_hb: HeartbeatFactory, good: str) -> None:
+    assert make_hb(workspace_id=good).workspace_id == good
+
+
+def test_a_parent_id_from_the_platform_is_quoted_into_one_segment(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    """The parent id comes from the platform's answer: it is quoted, never a path."""
+    ws.parent_id = "../../registry/register?x=#y"
+    platform.add_delegation(ws.id, status="completed", response_preview="42")
+    hb = make_hb()
+    with hb:
+        assert wait_until(lambda: hb.status().wakeups_sent == 1, timeout=5)
+    lookups = [r.path for r in platform.requests_for("workspace")]
+    assert f"/workspaces/{ws.id}" in lookups
+    assert "/workspaces/..%2F..%2Fregistry%2Fregister%3Fx%3D%23y" in lookups
+    assert platform.requests_for("unknown") == [] and platform.requests_for("register") == []
+
+
+# --- the README lists every argument with its range ------------------------------------------
+
+
+def test_the_readme_configuration_table_lists_every_argument() -> None:
+    text = README.read_text()
+    table = text[text.index("## Configuration") :]
+    table = table[: table.index("\n\n", table.index("| `Heartbeat(...)` argument"))]
+    listed = set(re.findall(r"`([a-z_]+)`", table))
+    arguments = [p for p in inspect.signature(Heartbeat).parameters if p != "self"]
+    assert [a for a in arguments if a not in listed] == []
+    for name, _, allowed in BAD_NUMBERS:
+        row = next(line for line in table.splitlines() if f"`{name}`" in line)
+        assert allowed in row, (name, row)
