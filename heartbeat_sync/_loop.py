@@ -10,15 +10,17 @@ import random
 import threading
 import time
 import types
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import _messages, _metadata, _status, _wedge
+from . import _messages, _metadata, _schedule, _status, _wedge
 from ._auth import TOKEN_ENV, Credentials, resolve_configs_dir
 from ._client import CursorGone, PlatformClient, PlatformError
+from ._events import EVENTS_ENV, EventStream, events_enabled
 from ._files import DEFAULT_RESULTS_FILE, RESULTS_FILE_ENV, IdLog, ResultsFile
 from ._http import SessionFactory, make_session
 from ._messages import Result
@@ -31,8 +33,11 @@ DEFAULT_CURSOR_FILE = "/tmp/delegation_activity_cursor"
 DEFAULT_SEEN_FILE = "/tmp/delegation_seen_ids"
 #: After this many failed beats in a row the session is rebuilt (the reference's rule).
 MAX_CONSECUTIVE_FAILURES = 10
-#: The default start phase: the first beat comes within this share of the interval.
+#: The legacy ``start_phase`` of earlier releases (the first beat within this share of the
+#: interval, then a fixed rate from there); the default schedule now spreads by itself.
 START_PHASE = 0.1
+#: Polls asked for by the event stream are at least this far apart (a burst is one poll).
+EVENT_POLL_GAP = 0.25
 _GOLDEN = 0.6180339887498949
 
 
@@ -111,12 +116,18 @@ class Heartbeat:
             out of the exit hook.
         origin: The ``Origin`` header sent with every request (what gets past the platform's
             same-origin check). None: ``$PLATFORM_URL`` if set, else no header.
-        start_phase: The first beat comes after a random share of the interval up to this
-            fraction (0 to 1). The default, 0.1, beats soon after start; a fleet started at the
-            same moment then beats within the first tenth of every interval. 1.0 spreads such a
-            fleet evenly over the interval, at the cost of a first beat up to an interval late.
-        rng: Source of the random start phase (anything with ``random()``), for tests.
+        start_phase: Deprecated. None (the default): the first beat at once (within a tenth
+            of the interval, at most 0.25 s), then on slots at a phase derived from the
+            workspace id, so a fleet spreads over the interval by itself and a restarted
+            workspace keeps its slot. A number from 0 to 1 brings back the earlier schedule,
+            with a ``DeprecationWarning``: the first beat after a random share of the interval
+            up to this fraction, then a fixed rate from there.
+        rng: Source of the first beat's jitter (anything with ``random()``), for tests.
             Default: a process-wide golden-ratio sequence from a random start.
+        events: Hold ``GET /workspaces/:id/events/stream`` open on a third thread; a delegation
+            or activity event then asks for a poll at once (the schedule still polls every
+            interval). ``$HEARTBEAT_SYNC_EVENTS`` set to ``0``, ``false``, ``no`` or ``off``
+            turns it off too.
         session_factory: Makes each thread's ``requests.Session``; the default mounts urllib3
             ``Retry`` with ``Retry-After`` capped below the interval.
 
@@ -142,9 +153,10 @@ class Heartbeat:
         wakeup_retry_deadline: float = 300.0,
         exit_timeout: float | None = 2.0,
         origin: str | None = None,
-        start_phase: float = START_PHASE,
+        start_phase: float | None = None,
         rng: RandomSource | None = None,
         session_factory: SessionFactory | None = None,
+        events: bool = True,
     ) -> None:
         if not platform_url or not isinstance(platform_url, str):
             raise ValueError("platform_url is required")
@@ -167,9 +179,17 @@ class Heartbeat:
         self._adapter_module = os.environ.get("ADAPTER_MODULE")
         self.request_timeout = request_timeout
         self.exit_timeout = exit_timeout
-        if not 0.0 <= start_phase <= 1.0:
-            raise ValueError(f"start_phase must be between 0 and 1, not {start_phase!r}")
-        self.start_phase = float(start_phase)
+        if start_phase is not None:
+            if not 0.0 <= start_phase <= 1.0:
+                raise ValueError(f"start_phase must be between 0 and 1, not {start_phase!r}")
+            warnings.warn(
+                "start_phase is deprecated: by default the first beat comes at once and the "
+                "later ones on a slot derived from the workspace id, which spreads a fleet",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        self.start_phase = None if start_phase is None else float(start_phase)
+        self.events = events_enabled(events, os.environ.get(EVENTS_ENV))
         self._rng: RandomSource = rng if rng is not None else _phases
         # urllib3 sleeps inside a request where stop() cannot reach it: keep that short.
         retry_after_cap = min(5.0, interval / 4)
@@ -212,6 +232,9 @@ class Heartbeat:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._beat_client: PlatformClient | None = None
+        self._events: EventStream | None = None
+        self._beat_asked = False
+        self._poll_asked = False
         self._start_time = time.time()
         self._error_count = 0
         self._request_count = 0
@@ -302,12 +325,20 @@ class Heartbeat:
 
     def beat_now(self) -> None:
         """Run a cycle as soon as possible (the regular schedule is unchanged)."""
+        self._beat_asked = True
+        self._wake.set()
+
+    def _request_poll(self) -> None:
+        # From the event stream: poll delegations and activity soon, without a beat. Its own
+        # flag, so that it is never merged into (or held back with) a requested beat.
+        self._poll_asked = True
         self._wake.set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def start_thread(self) -> threading.Thread:
-        """Start the beat and side-effect daemon threads; return the beat thread.
+        """Start the beat, side-effect and (with ``events``) event-stream daemon threads;
+        return the beat thread.
 
         Calling it again while they run starts nothing and returns the same thread.
         """
@@ -324,13 +355,25 @@ class Heartbeat:
             )
             self._thread = thread
             thread.start()
+            if self.events:
+                self._events = EventStream(
+                    self._new_client,
+                    self.workspace_id,
+                    self._request_poll,
+                    # The platform sends an event for every beat: a stream silent for a few
+                    # intervals is likely a dead connection.
+                    idle_timeout=max(3 * self.interval_seconds, 60.0),
+                    draw=random.SystemRandom().random,
+                    name=f"heartbeat-sync-events-{self.workspace_id[:8]}",
+                )
+                self._events.start()
         if self.exit_timeout is not None:
             _live.add(self)
             _install_exit_hook()
         return thread
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Stop both threads; return True if both ended within ``timeout`` seconds.
+        """Stop the threads; return True if all ended within ``timeout`` seconds.
 
         Returns within ``timeout`` even if the platform hangs: a request in flight is
         interrupted. Pending side effects are dropped (and counted); to give them a chance
@@ -341,17 +384,21 @@ class Heartbeat:
             self._stopping = True
             thread = self._thread
             client = self._beat_client
+            events = self._events
         self._wake.set()
         if client is not None:
             client.abort()
+        if events is not None:
+            events.request_stop()
         beat_done = True
         if thread is not None:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
             beat_done = not thread.is_alive()
         worker_done = self._worker.stop(max(0.0, deadline - time.monotonic()))
+        events_done = events is None or events.stop(max(0.0, deadline - time.monotonic()))
         _live.discard(self)
-        return beat_done and worker_done
+        return beat_done and worker_done and events_done
 
     def flush(self, timeout: float = 2.0) -> bool:
         """Wait up to ``timeout`` seconds for pending wake-ups and notifications to be sent.
@@ -407,28 +454,48 @@ class Heartbeat:
         with self._lock:
             self._beat_client = client
         interval = self.interval_seconds
-        next_at = time.monotonic() + self._rng.random() * self.start_phase * interval
+        now = time.monotonic()
+        if self.start_phase is None:
+            next_at = now + _schedule.first_beat_delay(interval, self._rng.random())
+            phase = _schedule.phase_of(self.workspace_id)
+            origin = _schedule.slot_origin(phase, interval, now, time.time())
+        else:  # the deprecated schedule: a random first beat, then a fixed rate from it
+            next_at = now + self._rng.random() * self.start_phase * interval
+            origin = next_at
+        first = True
+        last_poll = -math.inf
         try:
             while True:
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    self._wake.wait(delay)
+                now = time.monotonic()
+                beat_asked, poll_asked = self._beat_asked, self._poll_asked
+                poll_due = last_poll + EVENT_POLL_GAP
+                if not beat_asked and now < next_at and not (poll_asked and now >= poll_due):
+                    until = min(next_at, poll_due) if poll_asked else next_at
+                    self._wake.wait(until - now)
+                    # Requests are flags read at the top: one raised meanwhile is not lost.
+                    self._wake.clear()
+                    if self._stopping:
+                        return
+                    continue
                 if self._stopping:
                     return
-                forced = self._wake.is_set()
-                self._wake.clear()
+                self._poll_asked = False  # a cycle polls too; an event during it polls again
+                if not beat_asked and now < next_at:
+                    self._polls(client)
+                    last_poll = time.monotonic()
+                    continue
+                self._beat_asked = False
                 try:
                     self._cycle(client)
                 except Exception:  # nothing may kill the beat thread
                     logger.exception("heartbeat cycle failed")
                 now = time.monotonic()
-                if forced and next_at > now:
+                if beat_asked and next_at > now:
                     continue  # an extra cycle; the regular slot still stands
-                # Fixed rate: the next slot is the previous slot + interval; slots missed
-                # during a stall are skipped, never run in a burst.
-                next_at += interval
-                if next_at <= now:
-                    next_at += math.floor((now - next_at) / interval + 1) * interval
+                # The next slot on the workspace's grid; slots missed during a stall are
+                # skipped, never run in a burst.
+                next_at = _schedule.slot_after_cycle(origin, interval, next_at, now, first=first)
+                first = False
         finally:
             client.close()
 
@@ -437,6 +504,11 @@ class Heartbeat:
             self._recover_files()
         if not self._beat(client) and self._unreachable:
             return  # the platform cannot be reached: the polls would only wait and fail too
+        self._polls(client)
+
+    def _polls(self, client: PlatformClient) -> None:
+        if self._reload_ids:
+            self._recover_files()
         if self._stopping:
             return
         try:
