@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ ACTIVITY_EVENT = "ACTIVITY_LOGGED"
 
 #: A line longer than this is not the platform's: it is skipped, never buffered whole.
 MAX_LINE_BYTES = 1 << 20
+_NEWLINE = re.compile(rb"\r\n|\r|\n")
 #: Reconnect waits: exponential from BACKOFF_BASE, capped, with full jitter.
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 60.0
@@ -92,35 +94,20 @@ class SSEParser:
         return events
 
     def _lines(self, chunk: bytes) -> Iterator[bytes]:
-        start = 0
         if self._pending_cr and chunk[:1] == b"\n":
-            start = 1  # the \n of a \r\n split across two chunks
-        self._pending_cr = False
-        n = len(chunk)
-        i = start
-        while i < n:
-            byte = chunk[i]
-            if byte in (0x0A, 0x0D):
-                piece = chunk[start:i]
-                if byte == 0x0D:
-                    if i + 1 < n and chunk[i + 1] == 0x0A:
-                        i += 1
-                    elif i + 1 == n:
-                        self._pending_cr = True
-                if self._skipping:
-                    self._skipping = False
-                    self._buf.clear()
-                else:
-                    self._buf += piece
-                    if len(self._buf) <= self.max_line:
-                        yield bytes(self._buf)
-                    else:
-                        self.oversized += 1
-                    self._buf.clear()
-                start = i + 1
-            i += 1
-        if start < n and not self._skipping:
-            self._buf += chunk[start:]
+            chunk = chunk[1:]  # the \n of a \r\n split across two chunks
+        self._pending_cr = chunk[-1:] == b"\r"
+        *complete, rest = _NEWLINE.split(chunk)
+        for piece in complete:
+            if self._skipping:
+                self._skipping = False  # the end of an oversized line
+            elif len(self._buf) + len(piece) <= self.max_line:
+                yield bytes(self._buf) + piece if self._buf else piece
+            else:
+                self.oversized += 1
+            self._buf.clear()
+        if rest and not self._skipping:
+            self._buf += rest
             if len(self._buf) > self.max_line:
                 self.oversized += 1
                 self._buf.clear()
@@ -155,6 +142,8 @@ def wants_poll(event: Event, workspace_id: str) -> bool:
     plainly a row the activity poll skips (another type, or from the canvas or this workspace
     itself). Heartbeat, task and status events, and anything that is not a JSON object, never.
     """
+    if "DELEGATION_" not in event.data and ACTIVITY_EVENT not in event.data:
+        return False  # a beat's or a status event: most of what the stream carries
     try:
         payload = json.loads(event.data)
     except (ValueError, RecursionError):
@@ -262,6 +251,10 @@ class EventStream:
 
     def _run(self) -> None:
         client = self._client_factory()
+        # The session exists before stop() can see the client, so that its abort() always
+        # reaches the connection. It is kept across reconnects: a stream's connection is
+        # closed unread, never pooled, so every attempt opens a fresh one anyway.
+        client.session  # noqa: B018
         with self._lock:
             self._client = client
         attempt = 0
@@ -282,7 +275,6 @@ class EventStream:
                 else:
                     delay = backoff_delay(attempt, self._draw())
                     attempt += 1
-                    client.rebuild()
                 self._stop.wait(delay)
         finally:
             client.close()
@@ -313,6 +305,9 @@ class EventStream:
                 )
                 return "no-route"
             self._warn.warning("stream", "event stream could not be opened: %s", exc)
+            return "failed"
+        if self._stop.is_set():
+            resp.close()
             return "failed"
         self._said_no_route = False
         self.connects += 1

@@ -36,8 +36,6 @@ MAX_CONSECUTIVE_FAILURES = 10
 #: The legacy ``start_phase`` of earlier releases (the first beat within this share of the
 #: interval, then a fixed rate from there); the default schedule now spreads by itself.
 START_PHASE = 0.1
-#: Polls asked for by the event stream are at least this far apart (a burst is one poll).
-EVENT_POLL_GAP = 0.25
 _GOLDEN = 0.6180339887498949
 
 
@@ -90,7 +88,10 @@ class Heartbeat:
     Every ``interval_seconds`` (fixed rate on ``time.monotonic``) the beat thread POSTs a
     heartbeat, reads the workspace's delegations and its ``a2a_receive`` activity, appends new
     results to ``results_file`` (each exactly once, ever) and hands them to a side-effect thread
-    that wakes the agent with a self-message and notifies the user.
+    that wakes the agent with a self-message and notifies the user. The first beat comes at
+    once; the later ones on slots at a phase hashed from the workspace id. With ``events``, a
+    third thread holds the platform's event stream open and, when a delegation ends or an
+    activity row is written, has the polls run at once instead of at the next slot.
 
     Args:
         platform_url: Base URL of the platform, e.g. ``http://platform:8080``.
@@ -463,15 +464,15 @@ class Heartbeat:
             next_at = now + self._rng.random() * self.start_phase * interval
             origin = next_at
         first = True
-        last_poll = -math.inf
+        # Polls asked for by the event stream: sparse ones at once, a storm paced.
+        pacer = _schedule.PollPacer()
         try:
             while True:
                 now = time.monotonic()
                 beat_asked, poll_asked = self._beat_asked, self._poll_asked
-                poll_due = last_poll + EVENT_POLL_GAP
+                poll_due = pacer.ready_at(now) if poll_asked else math.inf
                 if not beat_asked and now < next_at and not (poll_asked and now >= poll_due):
-                    until = min(next_at, poll_due) if poll_asked else next_at
-                    self._wake.wait(until - now)
+                    self._wake.wait(min(next_at, poll_due) - now)
                     # Requests are flags read at the top: one raised meanwhile is not lost.
                     self._wake.clear()
                     if self._stopping:
@@ -481,8 +482,8 @@ class Heartbeat:
                     return
                 self._poll_asked = False  # a cycle polls too; an event during it polls again
                 if not beat_asked and now < next_at:
+                    pacer.take(now)
                     self._polls(client)
-                    last_poll = time.monotonic()
                     continue
                 self._beat_asked = False
                 try:

@@ -74,3 +74,37 @@ def slot_after_cycle(
     """
     after = max(scheduled + (interval / 2 if first else 0.0), now)
     return next_slot(origin, interval, after)
+
+
+class PollPacer:
+    """When the event stream's polls may run: a token bucket, pure arithmetic on given times.
+
+    Events each get a poll at once, up to ``burst`` in a row; a longer storm gets at most
+    ``rate`` polls a second, so hints never spend the platform's rate limit (600 requests a
+    minute per token by default; a poll is two or more requests).
+    """
+
+    def __init__(self, burst: int = 10, rate: float = 4.0) -> None:
+        if burst < 1 or rate <= 0:
+            raise ValueError("burst must be >= 1 and rate > 0")
+        self.burst = float(burst)
+        self.rate = rate
+        self._tokens = float(burst)
+        self._at: float | None = None
+
+    def _refill(self, now: float) -> None:
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    def ready_at(self, now: float) -> float:
+        """The earliest time (``now`` or later) a poll may run."""
+        self._refill(now)
+        if self._tokens >= 1.0:
+            return now
+        return now + (1.0 - self._tokens) / self.rate
+
+    def take(self, now: float) -> None:
+        """Count one poll run at ``now``."""
+        self._refill(now)
+        self._tokens = max(0.0, self._tokens - 1.0)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -240,9 +241,10 @@ def test_a_dropped_stream_reconnects_and_loses_nothing(
     assert wait_until(lambda: platform.open_streams(ws.id) == 0)
     did = platform.add_delegation(ws.id, status="completed")
     assert wait_until(lambda: _delivered(tmp_path) == [did], timeout=3.0)
-    # The stream comes back by itself once the platform lets it, and events work again.
+    # The stream comes back by itself once the platform lets it (after the backoff the
+    # refused attempts built up, at most a few seconds here), and events work again.
     platform.clear_faults("events")
-    assert wait_until(lambda: platform.open_streams(ws.id) == 1, timeout=5.0)
+    assert wait_until(lambda: platform.open_streams(ws.id) == 1, timeout=15.0)
     connects = stream.connects
     assert connects >= 2
     beats = len(platform.requests_for("heartbeat"))
@@ -343,3 +345,71 @@ def test_a_poll_request_never_swallows_a_requested_beat(
         timeout=1.0,
     )
     _bounded_stop(hb)
+
+
+# --- FakePlatform's stream --------------------------------------------------------------------
+
+
+def _open(platform: FakePlatform, ws: Workspace, token: str | None = None) -> requests.Response:
+    return requests.get(
+        f"{platform.url}/workspaces/{ws.id}/events/stream",
+        headers={"Authorization": f"Bearer {token or ws.token}"},
+        stream=True,
+        timeout=(5, 5),
+    )
+
+
+def test_fake_stream_has_the_real_servers_framing(platform: FakePlatform, ws: Workspace) -> None:
+    resp = _open(platform, ws)
+    try:
+        assert resp.status_code == 200
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        assert resp.raw.chunked
+        assert platform.wait_for(lambda: platform.open_streams(ws.id) == 1)
+        did = platform.add_delegation(ws.id, target_id="peer", status="pending", summary="t")
+        platform.set_delegation(ws.id, did, status="completed", response_preview="42")
+        chunks = resp.iter_content(chunk_size=65536)
+        got = b""
+        while got.count(b"\n\n") < 3:
+            got += next(chunks)
+    finally:
+        resp.close()
+    ping, sent, done = got.split(b"\n\n")[:3]
+    assert ping == b": ping"
+    assert sent.startswith(b"data: {") and done.startswith(b"data: {")
+    event = json.loads(done[len(b"data: ") :])
+    assert set(event) == {"type", "timestamp", "data"}
+    assert event["type"] == "DELEGATION_COMPLETE"
+    assert event["data"] == {"delegation_id": did, "target_id": "peer", "response_preview": "42"}
+    assert json.loads(sent[len(b"data: ") :])["type"] == "DELEGATION_SENT"
+
+
+def test_fake_stream_refuses_like_the_real_server(platform: FakePlatform, ws: Workspace) -> None:
+    assert _open(platform, ws, token="wrong").status_code == 401
+    platform.fault("events", status=404, times=1)
+    assert _open(platform, ws).status_code == 404
+    assert platform.open_streams() == 0
+
+
+def test_fake_stream_can_be_dropped_and_stalled(platform: FakePlatform, ws: Workspace) -> None:
+    resp = _open(platform, ws)
+    assert platform.wait_for(lambda: platform.open_streams(ws.id) == 1)
+    assert platform.drop_streams(ws.id) == 1
+    with pytest.raises(requests.RequestException):
+        for _ in resp.iter_content(chunk_size=65536):
+            pass  # the ping, then the cut
+    resp.close()
+    platform.stall_streams(True)
+    resp = _open(platform, ws)
+    try:
+        assert platform.wait_for(lambda: platform.open_streams(ws.id) == 1)
+        platform.add_delegation(ws.id, status="failed")
+        with pytest.raises(requests.ConnectionError):  # a read timeout: nothing ever comes
+            requests.get(
+                f"{platform.url}/workspaces/{ws.id}/events/stream",
+                headers={"Authorization": f"Bearer {ws.token}"},
+                timeout=(5, 0.3),
+            )
+    finally:
+        resp.close()
+        platform.stall_streams(False)

@@ -96,3 +96,26 @@ def test_a_fleet_started_at_one_moment_spreads_from_its_second_beat() -> None:
         tenths[int(((t - start) % interval) / interval * 10)] += 1
     # Lock-step would put all 400 in one tenth; spread puts about 40 in each.
     assert max(tenths) < 80, tenths
+
+
+def test_poll_pacer_lets_sparse_polls_run_at_once() -> None:
+    pacer = _schedule.PollPacer(burst=3, rate=4.0)
+    for t in (0.0, 1.0, 2.0, 3.0):  # one a second: never held back
+        assert pacer.ready_at(t) == t
+        pacer.take(t)
+
+
+def test_poll_pacer_paces_a_storm_after_a_burst() -> None:
+    pacer = _schedule.PollPacer(burst=3, rate=4.0)
+    now = 10.0
+    for _ in range(3):
+        assert pacer.ready_at(now) == now
+        pacer.take(now)
+    assert pacer.ready_at(now) == pytest.approx(now + 0.25)
+    # A long storm runs at the rate: 40 polls take about 10 s.
+    for _ in range(40):
+        now = pacer.ready_at(now)
+        pacer.take(now)
+    assert now == pytest.approx(10.0 + 0.25 * 40, abs=1e-6)
+    with pytest.raises(ValueError):
+        _schedule.PollPacer(burst=0)
