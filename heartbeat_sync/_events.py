@@ -251,16 +251,18 @@ class EventStream:
 
     def _run(self) -> None:
         client = self._client_factory()
-        # The session exists before stop() can see the client, so that its abort() always
-        # reaches the connection. It is kept across reconnects: a stream's connection is
-        # closed unread, never pooled, so every attempt opens a fresh one anyway.
-        client.session  # noqa: B018
         with self._lock:
             self._client = client
         attempt = 0
         try:
             while not self._stop.is_set():
                 try:
+                    # The session is made before the stop flag is read, so that a stop() that
+                    # comes later finds it to abort. It is kept across reconnects: a stream's
+                    # connection is closed unread, never pooled, so each attempt opens anew.
+                    client.session  # noqa: B018
+                    if self._stop.is_set():
+                        return
                     outcome = self._attempt(client)
                 except Exception as exc:  # a bug must not end the thread: back off, go on
                     self._warn.warning("stream", "event stream failed: %r", exc)

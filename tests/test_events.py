@@ -26,6 +26,7 @@ from heartbeat_sync._events import (
     events_enabled,
     wants_poll,
 )
+from heartbeat_sync._http import make_session
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
@@ -413,3 +414,23 @@ def test_fake_stream_can_be_dropped_and_stalled(platform: FakePlatform, ws: Work
     finally:
         resp.close()
         platform.stall_streams(False)
+
+
+def test_a_failing_session_factory_never_ends_the_stream_thread(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    made = []
+
+    def flaky() -> requests.Session:
+        made.append(1)
+        if len(made) <= 3:  # the beat's, the worker's and the stream's first sessions
+            raise RuntimeError("no session today")
+        return make_session()
+
+    hb = make_hb(interval_seconds=0.3, session_factory=flaky)
+    hb.start_thread()
+    stream = hb._events
+    assert stream is not None
+    assert wait_until(lambda: stream.connects >= 1, timeout=10.0)
+    assert stream.running
+    _bounded_stop(hb)
