@@ -47,6 +47,13 @@ def _serve(conn: Connection, generation: str) -> None:
     def last_body(route: str, workspace_id: str | None = None) -> bytes:
         return fp.requests_for(route, workspace_id)[-1].body
 
+    def first_times(route: str) -> dict[str, float]:
+        first: dict[str, float] = {}
+        for r in fp.requests_for(route):
+            if r.workspace_id is not None:
+                first.setdefault(r.workspace_id, r.time)
+        return first
+
     commands: dict[str, Callable[..., Any]] = {
         "url": lambda: fp.url,
         "add_workspaces": add_workspaces,
@@ -58,6 +65,10 @@ def _serve(conn: Connection, generation: str) -> None:
         "count": lambda route, ws=None: len(fp.requests_for(route, ws)),
         "last_body": last_body,
         "clear_requests": fp.clear_requests,
+        "first_times": first_times,
+        "open_streams": fp.open_streams,
+        "drop_streams": fp.drop_streams,
+        "event_bytes_sent": lambda: fp.event_bytes_sent,
         "cpu": time.process_time,
     }
     try:
@@ -132,6 +143,16 @@ class RemotePlatform:
 
     def clear_requests(self) -> None:
         self.call("clear_requests")
+
+    def first_times(self, route: str) -> dict[str, float]:
+        """Per workspace, the arrival time of its first logged request of ``route``."""
+        return dict(self.call("first_times", route))
+
+    def open_streams(self, workspace_id: str | None = None) -> int:
+        return int(self.call("open_streams", workspace_id))
+
+    def drop_streams(self, workspace_id: str | None = None) -> int:
+        return int(self.call("drop_streams", workspace_id))
 
     def cpu(self) -> float:
         """The server process's CPU seconds (user + sys)."""

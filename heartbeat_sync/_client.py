@@ -310,6 +310,37 @@ class PlatformClient:
             )
         return body
 
+    def event_stream(self, read_timeout: float) -> requests.Response:
+        """GET /workspaces/:id/events/stream, left open: the caller reads it and closes it.
+
+        ``read_timeout`` bounds each wait for the next bytes (the connect timeout is the
+        client's). Any status but 200 raises :class:`PlatformError` with that status.
+        """
+        headers = self.credentials.headers()
+        headers["Accept"] = "text/event-stream"
+        headers["Cache-Control"] = "no-cache"
+        try:
+            resp = self.session.get(
+                self._url(f"/workspaces/{self.workspace_id}/events/stream"),
+                headers=headers,
+                timeout=(self.timeout, read_timeout),
+                stream=True,
+            )
+        except requests.ConnectionError as exc:
+            connect = isinstance(exc, requests.exceptions.ConnectTimeout) or _is_connect_error(exc)
+            raise PlatformError(_describe(exc), connect_error=connect) from exc
+        except requests.RequestException as exc:
+            raise PlatformError(_describe(exc)) from exc
+        if resp.status_code == 200:
+            return resp
+        try:
+            body = parse_json(read_body(resp, 65536))
+        except (BodyTooLarge, requests.RequestException):
+            body = None
+        finally:
+            resp.close()
+        raise self._fail("event stream", resp.status_code, body, resp.headers)
+
     def workspace(self, workspace_id: str) -> dict[str, Any]:
         """GET /workspaces/:id (an open route; sent without credentials)."""
         path = f"/workspaces/{_segment(workspace_id)}"

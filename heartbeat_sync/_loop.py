@@ -10,16 +10,28 @@ import random
 import threading
 import time
 import types
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from . import _coalesce, _fork, _lifecycle, _messages, _metadata, _status, _validate, _wedge
+from . import (
+    _coalesce,
+    _fork,
+    _lifecycle,
+    _messages,
+    _metadata,
+    _schedule,
+    _status,
+    _validate,
+    _wedge,
+)
 from ._activity import ActivityPager, row_ids
 from ._auth import ORG_ID_ENV, TOKEN_ENV, Credentials, origin_header, resolve_configs_dir
 from ._client import CursorGone, PlatformClient, PlatformError
+from ._events import EVENTS_ENV, EventStream, events_enabled
 from ._files import DEFAULT_RESULTS_FILE, RESULTS_FILE_ENV, IdLog, ResultsFile
 from ._http import SessionFactory, make_session
 from ._messages import Result
@@ -38,7 +50,8 @@ DEFAULT_CURSOR_FILE = "/tmp/delegation_activity_cursor"
 DEFAULT_SEEN_FILE = "/tmp/delegation_seen_ids"
 #: After this many failed beats in a row the session is rebuilt (the reference's rule).
 MAX_CONSECUTIVE_FAILURES = 10
-#: The default start phase: the first beat comes within this share of the interval.
+#: The legacy ``start_phase`` of earlier releases (the first beat within this share of the
+#: interval, then a fixed rate from there); the default schedule now spreads by itself.
 START_PHASE = 0.1
 _GOLDEN = 0.6180339887498949
 
@@ -103,7 +116,10 @@ class Heartbeat:
     Every ``interval_seconds`` (fixed rate on ``time.monotonic``) the beat thread POSTs a
     heartbeat, reads the workspace's delegations and its ``a2a_receive`` activity, appends new
     results to ``results_file`` (each exactly once, ever) and hands them to a side-effect thread
-    that wakes the agent with a self-message and notifies the user.
+    that wakes the agent with a self-message and notifies the user. The first beat comes at
+    once; the later ones on slots at a phase hashed from the workspace id. With ``events``, a
+    third thread holds the platform's event stream open and, when a delegation ends or an
+    activity row is written, has the polls run at once instead of at the next slot.
 
     Args:
         platform_url: Base URL of the platform, e.g. ``http://platform:8080``.
@@ -136,12 +152,18 @@ class Heartbeat:
             same-origin check), sent as its ``scheme://host[:port]`` (the platform refuses a
             path or a trailing slash). None: when ``$PLATFORM_URL`` is set, the origin of
             ``platform_url`` (the only one the platform accepts from any client), else no header.
-        start_phase: The first beat comes after a random share of the interval up to this
-            fraction (0 to 1). The default, 0.1, beats soon after start; a fleet started at the
-            same moment then beats within the first tenth of every interval. 1.0 spreads such a
-            fleet evenly over the interval, at the cost of a first beat up to an interval late.
-        rng: Source of the random start phase (anything with ``random()``), for tests.
+        start_phase: Deprecated. None (the default): the first beat at once (within a tenth
+            of the interval, at most 0.25 s), then on slots at a phase derived from the
+            workspace id, so a fleet spreads over the interval by itself and a restarted
+            workspace keeps its slot. A number from 0 to 1 brings back the earlier schedule,
+            with a ``DeprecationWarning``: the first beat after a random share of the interval
+            up to this fraction, then a fixed rate from there.
+        rng: Source of the first beat's jitter (anything with ``random()``), for tests.
             Default: a process-wide golden-ratio sequence from a random start.
+        events: Hold ``GET /workspaces/:id/events/stream`` open on a third thread; a delegation
+            or activity event then asks for a poll at once (the schedule still polls every
+            interval). ``$HEARTBEAT_SYNC_EVENTS`` set to ``0``, ``false``, ``no`` or ``off``
+            turns it off too.
         session_factory: Makes each thread's ``requests.Session``; the default mounts urllib3
             ``Retry`` with ``Retry-After`` capped below the interval.
         register: Register the agent (``POST /registry/register``) on the beat thread before
@@ -181,7 +203,7 @@ class Heartbeat:
         wakeup_retry_deadline: float = 300.0,
         exit_timeout: float | None = 2.0,
         origin: str | None = None,
-        start_phase: float = START_PHASE,
+        start_phase: float | None = None,
         rng: RandomSource | None = None,
         session_factory: SessionFactory | None = None,
         register: bool = False,
@@ -190,6 +212,7 @@ class Heartbeat:
         org_id: str | None = None,
         on_state_change: StateCallback | None = None,
         state_check_interval: float | None = STATE_CHECK_INTERVAL,
+        events: bool = True,
     ) -> None:
         if not platform_url or not isinstance(platform_url, str):
             raise ValueError("platform_url is required")
@@ -207,7 +230,7 @@ class Heartbeat:
             "wakeup_retry_deadline", wakeup_retry_deadline, 0, day
         )
         exit_timeout = _validate.optional_number("exit_timeout", exit_timeout, 0, 3600)
-        start_phase = _validate.number("start_phase", start_phase, 0, 1)
+        start_phase = _validate.optional_number("start_phase", start_phase, 0, 1)
         self.platform_url = platform_url.rstrip("/")
         self.workspace_id = workspace_id
         self.interval_seconds = interval
@@ -222,7 +245,15 @@ class Heartbeat:
         self._adapter_module = os.environ.get("ADAPTER_MODULE")
         self.request_timeout = request_timeout
         self.exit_timeout = exit_timeout
+        if start_phase is not None:
+            warnings.warn(
+                "start_phase is deprecated: by default the first beat comes at once and the "
+                "later ones on a slot derived from the workspace id, which spreads a fleet",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.start_phase = start_phase
+        self.events = events_enabled(events, os.environ.get(EVENTS_ENV))
         self._rng: RandomSource = rng if rng is not None else _phases
         # urllib3 sleeps inside a request where stop() cannot reach it: keep that short.
         retry_after_cap = min(5.0, interval / 4)
@@ -288,6 +319,9 @@ class Heartbeat:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._beat_client: PlatformClient | None = None
+        self._events: EventStream | None = None
+        self._beat_asked = False
+        self._poll_asked = False
         # Durations are measured on the monotonic clock: setting the wall clock moves nothing.
         self._start_time = time.monotonic()
         self._error_count = 0
@@ -396,12 +430,20 @@ class Heartbeat:
         regular slot, if it comes first). Whatever the caller does, this adds at most
         ``5 + t`` cycles in ``t`` seconds to the schedule's.
         """
+        self._beat_asked = True
+        self._wake.set()
+
+    def _request_poll(self) -> None:
+        # From the event stream: poll delegations and activity soon, without a beat. Its own
+        # flag, so that it is never merged into (or held back with) a requested beat.
+        self._poll_asked = True
         self._wake.set()
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def start_thread(self) -> threading.Thread:
-        """Start the beat and side-effect daemon threads; return the beat thread.
+        """Start the beat, side-effect and (with ``events``) event-stream daemon threads;
+        return the beat thread.
 
         Calling it again while they run starts nothing and returns the same thread. After a
         :meth:`stop` that timed out (a thread was still ending), the new beat thread waits
@@ -436,13 +478,25 @@ class Heartbeat:
             )
             self._thread = thread
             thread.start()
+            if self.events:
+                self._events = EventStream(
+                    self._new_client,
+                    self.workspace_id,
+                    self._request_poll,
+                    # The platform sends an event for every beat: a stream silent for a few
+                    # intervals is likely a dead connection.
+                    idle_timeout=max(3 * self.interval_seconds, 60.0),
+                    draw=random.SystemRandom().random,
+                    name=f"heartbeat-sync-events-{self.workspace_id[:8]}",
+                )
+                self._events.start()
         if self.exit_timeout is not None:
             _live.add(self)
             _install_exit_hook()
         return thread
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Stop both threads; return True if both ended within ``timeout`` seconds.
+        """Stop the threads; return True if all ended within ``timeout`` seconds.
 
         Returns within ``timeout`` even if the platform hangs: a request in flight is
         interrupted. Pending side effects are dropped (and counted); to give them a chance
@@ -454,17 +508,21 @@ class Heartbeat:
             self._halt.set()
             thread = self._thread
             client = self._beat_client
+            events = self._events
         self._wake.set()
         if client is not None:
             client.abort()
+        if events is not None:
+            events.request_stop()
         beat_done = True
         if thread is not None:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
             beat_done = not thread.is_alive()
         worker_done = self._worker.stop(max(0.0, deadline - time.monotonic()))
+        events_done = events is None or events.stop(max(0.0, deadline - time.monotonic()))
         _live.discard(self)
-        return beat_done and worker_done
+        return beat_done and worker_done and events_done
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the Heartbeat has ended: stopped, or its workspace removed.
@@ -572,26 +630,43 @@ class Heartbeat:
         with self._lock:
             self._beat_client = client
         interval = self.interval_seconds
-        next_at = time.monotonic() + self._rng.random() * self.start_phase * interval
+        now = time.monotonic()
+        if self.start_phase is None:
+            next_at = now + _schedule.first_beat_delay(interval, self._rng.random())
+            phase = _schedule.phase_of(self.workspace_id)
+            origin = _schedule.slot_origin(phase, interval, now, time.time())
+        else:  # the deprecated schedule: a random first beat, then a fixed rate from it
+            next_at = now + self._rng.random() * self.start_phase * interval
+            origin = next_at
+        first = True
+        # Cycles asked for by beat_now()/current_task: a few at once, a storm paced.
         forced_cycles = _coalesce.ForcedCycles()
+        # Polls asked for by the event stream: sparse ones at once, a storm paced.
+        pacer = _schedule.PollPacer()
         try:
             if self._registration is not None:
                 self._register_until_done(client)
             while self._life.kind != _lifecycle.REMOVED:
                 now = time.monotonic()
-                forced = self._wake.is_set()
-                due = min(next_at, forced_cycles.due(now)) if forced else next_at
-                if due > now:
-                    # While a forced cycle waits, the wake event is set: wait on the halt
-                    # event instead (stop() sets both), or the wait would return at once.
-                    (halt if forced else self._wake).wait(due - now)
+                beat_asked, poll_asked = self._beat_asked, self._poll_asked
+                beat_due = min(next_at, forced_cycles.due(now)) if beat_asked else next_at
+                poll_due = pacer.ready_at(now) if poll_asked else math.inf
+                if now < beat_due and now < poll_due:
+                    self._wake.wait(min(beat_due, poll_due) - now)
+                    # Requests are flags read at the top: one raised meanwhile is not lost.
+                    self._wake.clear()
                     if self._stopping or halt.is_set():
                         return
                     continue
                 if self._stopping or halt.is_set():
                     return
-                self._wake.clear()
-                if forced and next_at > now:
+                self._poll_asked = False  # a cycle polls too; an event during it polls again
+                if now < beat_due:  # only the event stream's poll is due
+                    pacer.take(now)
+                    self._polls(client)
+                    continue
+                self._beat_asked = False
+                if beat_asked and next_at > now:
                     forced_cycles.take(now)  # an extra cycle, not the regular slot
                 try:
                     self._cycle(client)
@@ -603,12 +678,14 @@ class Heartbeat:
                 now = time.monotonic()
                 if next_at > now:
                     continue  # an extra cycle; the regular slot still stands
-                # Fixed rate: the next slot is the previous slot + interval; slots missed
-                # during a stall are skipped, never run in a burst.
-                next_at += interval
-                if next_at <= now:
-                    next_at += math.floor((now - next_at) / interval + 1) * interval
+                # The next slot on the workspace's grid; slots missed during a stall are
+                # skipped, never run in a burst.
+                next_at = _schedule.slot_after_cycle(origin, interval, next_at, now, first=first)
+                first = False
             if self._life.kind == _lifecycle.REMOVED:
+                events = self._events
+                if events is not None:
+                    events.request_stop()  # the platform answers a removed workspace's stream 401
                 # The state-change callback (queued above) runs first; nothing else is sent.
                 self._worker.finish()
                 self._worker.join(max(1.0, self.request_timeout))
@@ -684,8 +761,13 @@ class Heartbeat:
                 return
         if not self._beat(client) and self._unreachable:
             return  # the platform cannot be reached: the polls would only wait and fail too
+        self._polls(client)
+
+    def _polls(self, client: PlatformClient) -> None:
+        if self._reload_ids:
+            self._recover_files()
         for poll in (self._poll_delegations, self._poll_activity):
-            if self._stopping:
+            if self._stopping or self._life.kind != _lifecycle.ACTIVE:
                 return
             if self._life.due():
                 self._check_state(client)

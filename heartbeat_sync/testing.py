@@ -26,6 +26,12 @@ Routes served:
 * ``GET /workspaces/:id/state`` (``"state"``)
 * ``POST /workspaces/:id/a2a`` (``"a2a"``)
 * ``POST /workspaces/:id/notify`` (``"notify"``)
+* ``GET /workspaces/:id/events/stream`` (``"events"``): Server-Sent Events framed as the real
+  server frames them (``: ping``, then one ``data: {"type", "timestamp", "data"}`` per event):
+  ``DELEGATION_COMPLETE``/``DELEGATION_FAILED`` when a delegation ends, ``ACTIVITY_LOGGED``
+  for every activity row written, ``WORKSPACE_HEARTBEAT`` for every beat. Open streams can be
+  dropped (:meth:`FakePlatform.drop_streams`) and stalled (:meth:`FakePlatform.stall_streams`);
+  ``fault("events", status=404)`` refuses the stream like a server without the route.
 
 Anything else answers ``404 {"error":"not found"}`` and is logged with route
 ``"unknown"``.  :meth:`FakePlatform.pause`, :meth:`FakePlatform.hibernate` and
@@ -60,6 +66,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Union
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from . import _fake_events
+
 __all__ = ["ROUTES", "FakePlatform", "RecordedRequest", "Response", "Workspace"]
 
 #: Route names accepted by :meth:`FakePlatform.fault` and used in :class:`RecordedRequest`.
@@ -72,6 +80,7 @@ ROUTES: tuple[str, ...] = (
     "state",
     "a2a",
     "notify",
+    "events",
 )
 
 _GENERATIONS = ("MAY", "APR")
@@ -396,6 +405,7 @@ class _Reply:
     commit: Callable[[], None] | None = None
     stream_size: int | None = None
     close: bool = False
+    events: _fake_events.Subscriber | None = None
 
 
 def _json_reply(status: int, body: object, headers: dict[str, str] | None = None) -> _Reply:
@@ -611,6 +621,8 @@ def _classify(method: str, path: str) -> tuple[str, str | None]:
             return "a2a", ws_id
         if sub == "notify" and method == "POST":
             return "notify", ws_id
+    if rest == ["events", "stream"] and method == "GET":
+        return "events", ws_id
     return "unknown", ws_id
 
 
@@ -724,6 +736,7 @@ class FakePlatform:
         self._faults: list[_Fault] = []
         self._log: deque[RecordedRequest] = deque(maxlen=max_request_log)
         self._last_us = 0
+        self._hub = _fake_events.EventHub(self._lock)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -783,6 +796,7 @@ class FakePlatform:
             self._thread = None
             self._stop_event.set()
             conns = list(self._conns)
+            self._hub.close_all()
             self._changed()
         for conn in conns:
             _shutdown_socket(conn)
@@ -998,6 +1012,7 @@ class FakePlatform:
                 updated_at=now,
             )
             self._delegations[workspace_id].append(deleg)
+            self._emit_delegation(workspace_id, deleg, sent=True)
             self._changed()
             return deleg.delegation_id
 
@@ -1020,6 +1035,7 @@ class FakePlatform:
             self._ws(workspace_id)
             for entry in self._delegations[workspace_id]:
                 if isinstance(entry, _Delegation) and entry.delegation_id == delegation_id:
+                    changed = status is not None and status != entry.status
                     if status is not None:
                         entry.status = status
                     if response_preview is not None:
@@ -1029,9 +1045,31 @@ class FakePlatform:
                     if summary is not None:
                         entry.summary = summary
                     entry.updated_at = self._now()
+                    if changed:
+                        self._emit_delegation(workspace_id, entry, sent=False)
                     self._changed()
                     return
             raise KeyError(f"unknown delegation {delegation_id!r}")
+
+    def _emit_delegation(self, workspace_id: str, deleg: _Delegation, *, sent: bool) -> None:
+        # caller holds the lock; the events the real server sends the delegating workspace
+        ids = {"delegation_id": deleg.delegation_id, "target_id": deleg.target_id}
+        if sent:
+            self._hub.emit(workspace_id, "DELEGATION_SENT", {**ids, "task_preview": deleg.summary})
+        if deleg.status == "completed":
+            preview = {"response_preview": deleg.response_preview}
+            self._hub.emit(workspace_id, "DELEGATION_COMPLETE", {**ids, **preview})
+        elif deleg.status == "failed":
+            self._hub.emit(workspace_id, "DELEGATION_FAILED", {**ids, "error": deleg.error})
+        elif not sent:
+            self._hub.emit(workspace_id, "DELEGATION_STATUS", {**ids, "status": deleg.status})
+
+    def _emit_activity(self, row: _Activity) -> None:
+        # caller holds the lock
+        data: dict[str, Any] = {
+            k: v for k, v in row.to_json().items() if k not in ("id", "workspace_id", "created_at")
+        }
+        self._hub.emit(row.workspace_id, "ACTIVITY_LOGGED", data)
 
     def add_raw_delegation_row(self, workspace_id: str, row: object) -> None:
         """Append any JSON value verbatim to the ``/delegations`` list."""
@@ -1094,6 +1132,7 @@ class FakePlatform:
                 committed=committed,
             )
             self._activity[workspace_id].append(row)
+            self._emit_activity(row)
             self._changed()
             return row.id
 
@@ -1355,6 +1394,9 @@ class FakePlatform:
                 self._drop(handler, entry)
                 return
             reply.headers = {**reply.headers, **extra_headers}
+            if reply.events is not None:
+                self._serve_events(handler, entry, reply.events, stop_event)
+                return
             self._send(handler, entry, reply, stop_event)
         except Exception:
             handler.close_connection = True
@@ -1400,6 +1442,78 @@ class FakePlatform:
             self._changed()
         handler.close_connection = True
         _shutdown_socket(handler.connection)
+
+    def _serve_events(
+        self,
+        handler: _Handler,
+        entry: RecordedRequest,
+        sub: _fake_events.Subscriber,
+        stop_event: threading.Event,
+    ) -> None:
+        with self._lock:
+            entry.status = 200
+            self._changed()
+        handler.close_connection = True
+
+        def write(data: bytes) -> None:
+            handler.wfile.write(data)
+            handler.wfile.flush()
+
+        def sent(n: int) -> None:
+            with self._lock:
+                self._hub.bytes_sent += n
+
+        try:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/event-stream")
+            handler.send_header("Cache-Control", "no-cache")
+            handler.send_header("X-Accel-Buffering", "no")
+            handler.send_header("Transfer-Encoding", "chunked")
+            handler.end_headers()
+            handler.wfile.flush()
+            _fake_events.serve(write, sub, stop_event, self._lock, sent)
+        except OSError:
+            pass
+        finally:
+            self._hub.unsubscribe(sub)
+            with self._lock:
+                self._changed()
+            # Dropped or stopped: the connection ends without the closing chunk, as a cut
+            # connection would.
+            _shutdown_socket(handler.connection)
+
+    # ------------------------------------------------------------------ event stream
+
+    def emit_event(self, workspace_id: str, kind: str, data: dict[str, Any]) -> None:
+        """Send an event of type ``kind`` to the workspace's open streams."""
+        self._hub.emit(workspace_id, kind, data)
+
+    def emit_raw_event(self, workspace_id: str, frame: bytes) -> None:
+        """Send bytes verbatim, as one chunk, to the workspace's open streams."""
+        self._hub.emit_raw(workspace_id, frame)
+
+    def open_streams(self, workspace_id: str | None = None) -> int:
+        """How many event streams are open (for one workspace, or all)."""
+        return self._hub.count(workspace_id)
+
+    def drop_streams(self, workspace_id: str | None = None) -> int:
+        """Cut the open event streams (of one workspace, or all); returns how many."""
+        dropped = self._hub.drop(workspace_id)
+        with self._lock:
+            self._changed()
+        return dropped
+
+    def stall_streams(self, stalled: bool = True, workspace_id: str | None = None) -> None:
+        """Make event streams silent (``stalled=False`` ends it): their connections stay open
+        but carry nothing, not even the first ``: ping``. Without ``workspace_id`` it also
+        applies to the streams opened from now on."""
+        self._hub.stall(stalled, workspace_id)
+
+    @property
+    def event_bytes_sent(self) -> int:
+        """Bytes of event-stream data (chunk payloads) sent so far, all streams together."""
+        with self._lock:
+            return self._hub.bytes_sent
 
     def _fault_reply(self, fault: _Fault) -> _Reply:
         status = fault.status if fault.status is not None else 200
@@ -1468,6 +1582,14 @@ class FakePlatform:
             return self._r_workspace(entry)
         if route == "a2a":
             return self._r_a2a(entry)
+        if route == "events":
+            ws_id = entry.workspace_id or ""
+            denied = self._workspace_auth(entry, ws_id)
+            if denied is not None:
+                return denied
+            if ws_id not in self._workspaces:
+                return _error(404, "workspace not found")
+            return _Reply(status=200, events=self._hub.subscribe(ws_id))
         if route in ("delegations", "activity", "notify", "state"):
             ws_id = entry.workspace_id or ""
             denied = self._workspace_auth(entry, ws_id)
@@ -1564,7 +1686,17 @@ class FakePlatform:
         ws.active_tasks = body.get("active_tasks") or 0
         ws.uptime_seconds = body.get("uptime_seconds") or 0
         ws.sample_error = body.get("sample_error") or ""
-        ws.current_task = body.get("current_task") or ""
+        task = body.get("current_task") or ""
+        if task != ws.current_task:
+            self._hub.emit(
+                ws.id, "TASK_UPDATED", {"current_task": task, "active_tasks": ws.active_tasks}
+            )
+        ws.current_task = task
+        self._hub.emit(
+            ws.id,
+            "WORKSPACE_HEARTBEAT",
+            {"active_tasks": ws.active_tasks, "uptime_seconds": ws.uptime_seconds},
+        )
         metadata = body.get("runtime_metadata")
         ws.runtime_metadata = metadata if isinstance(metadata, dict) else None
 
@@ -1754,19 +1886,19 @@ class FakePlatform:
         if self._generation == "MAY" and not ws.talk_to_user_enabled:
             return _error(403, "talk_to_user_disabled", hint=_TALK_TO_USER_HINT)
         preview = message if len(message) <= 80 else message[:80] + "…"
-        self._activity[ws_id].append(
-            _Activity(
-                id=str(uuid.uuid4()),
-                workspace_id=ws_id,
-                activity_type="a2a_receive",
-                status="ok",
-                source_id=None,
-                method="notify",
-                summary=f"Agent message: {preview}",
-                created_at=self._now(),
-                response_body={"result": message},
-            )
+        row = _Activity(
+            id=str(uuid.uuid4()),
+            workspace_id=ws_id,
+            activity_type="a2a_receive",
+            status="ok",
+            source_id=None,
+            method="notify",
+            summary=f"Agent message: {preview}",
+            created_at=self._now(),
+            response_body={"result": message},
         )
+        self._activity[ws_id].append(row)
+        self._emit_activity(row)
         return _json_reply(200, {"status": "sent"})
 
     def _r_a2a(self, entry: RecordedRequest) -> _Reply:
@@ -1850,19 +1982,19 @@ class FakePlatform:
         method_str = method if isinstance(method, str) else None
 
         def commit() -> None:
-            self._activity[target_id].append(
-                _Activity(
-                    id=str(uuid.uuid4()),
-                    workspace_id=target_id,
-                    activity_type="a2a_receive",
-                    status="ok" if status < 400 else "error",
-                    source_id=caller or None,
-                    method=method_str,
-                    summary=f"{method_str or ''} → {ws.name}",
-                    created_at=self._now(),
-                    request_body=normalized,
-                )
+            row = _Activity(
+                id=str(uuid.uuid4()),
+                workspace_id=target_id,
+                activity_type="a2a_receive",
+                status="ok" if status < 400 else "error",
+                source_id=caller or None,
+                method=method_str,
+                summary=f"{method_str or ''} → {ws.name}",
+                created_at=self._now(),
+                request_body=normalized,
             )
+            self._activity[target_id].append(row)
+            self._emit_activity(row)
 
         return _Reply(
             status=status,

@@ -193,7 +193,13 @@ def test_token_from_the_environment_when_no_file(
 def test_401_rereads_the_token_and_retries_once_with_the_same_body(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
 ) -> None:
-    hb = make_hb(interval_seconds=10.0, runtime_metadata=lambda: {"capabilities": {"retry": True}})
+    # No event stream: a stream that connects after the rotation would re-read the token
+    # first (the threads share it), and the beat would never see its 401.
+    hb = make_hb(
+        interval_seconds=10.0,
+        runtime_metadata=lambda: {"capabilities": {"retry": True}},
+        events=False,
+    )
     with hb:
         _beats(platform, ws, 1)
         new_token = platform.rotate_token(ws.id)

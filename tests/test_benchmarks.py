@@ -11,16 +11,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "run.py"
-BENCHMARKS = ("cpu", "cadence", "bytes", "memory", "fleet", "latency")
+BENCHMARKS = ("cpu", "cadence", "bytes", "memory", "fleet", "latency", "idle")
 # The figures each benchmark must print at least (a row per figure the issue asks for).
 FIGURES = (
     ("cpu", "ratio Heartbeat / floor"),
     ("cadence", "inter-beat gap p99 / interval"),
     ("bytes", "received per idle cycle"),
     ("memory", "RSS per Heartbeat"),
-    ("fleet", "max/mean beats per 5% window, default start phase"),
-    ("fleet", "max/mean beats per 5% window, start_phase=1.0"),
+    ("fleet", "max/mean beats per 5% window after the first interval, default"),
+    ("fleet", "first beat after start_thread()"),
     ("latency", "with beat_now()"),
+    ("latency", "with the event stream, p50"),
+    ("latency", "with the event stream, p99"),
+    ("latency", "results lost or duplicated"),
+    ("idle", "CPU ratio stream on / off"),
+    ("idle", "bytes per idle minute, stream on"),
 )
 
 

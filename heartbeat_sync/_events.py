@@ -1,0 +1,347 @@
+"""The event stream: a third thread that turns the platform's events into immediate polls.
+
+The platform says the moment something happens on ``GET /workspaces/:id/events/stream``
+(Server-Sent Events: a ``: ping`` comment, then one ``data: {"type", "timestamp", "data"}`` line
+per event, nothing while idle). A delegation that completes or fails, or an activity row written
+for the workspace, asks the beat thread for a poll at once. Events are hints, never data: the
+server drops them for slow subscribers and an event exists only on the replica that produced it,
+so the polls stay the only source of truth and still run on the schedule. A lost event, a
+dropped stream or a server without the route costs latency, never a result.
+
+The parsing is pure (:class:`SSEParser`, :func:`wants_poll`, :func:`backoff_delay`); the thread
+(:class:`EventStream`) only connects, reads, and waits between attempts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ._client import PlatformClient, PlatformError
+from ._ratelimit import RateLimitedLog
+
+logger = logging.getLogger(__name__)
+
+#: Set to ``0``, ``false``, ``no`` or ``off`` to turn the event stream off.
+EVENTS_ENV = "HEARTBEAT_SYNC_EVENTS"
+_OFF = frozenset({"0", "false", "no", "off"})
+
+#: Events that can mean a new result: a delegation that ended, an activity row written.
+DELEGATION_EVENTS = frozenset({"DELEGATION_COMPLETE", "DELEGATION_FAILED"})
+ACTIVITY_EVENT = "ACTIVITY_LOGGED"
+
+#: A line longer than this is not the platform's: it is skipped, never buffered whole.
+MAX_LINE_BYTES = 1 << 20
+_NEWLINE = re.compile(rb"\r\n|\r|\n")
+#: Reconnect waits: exponential from BACKOFF_BASE, capped, with full jitter.
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 60.0
+#: A server without the route (404, 405, 501) is asked again this rarely.
+NO_ROUTE_RETRY = 300.0
+_NO_ROUTE = frozenset({404, 405, 501})
+#: A stream that said something and stayed up this long was healthy: after it drops, the
+#: next attempt comes within BACKOFF_BASE. One that fails sooner backs off further each time.
+HEALTHY_AFTER = 1.0
+
+
+def events_enabled(argument: bool, environ_value: str | None) -> bool:
+    """The stream is on when the argument says so and the environment does not turn it off."""
+    if not argument:
+        return False
+    return (environ_value or "").strip().lower() not in _OFF
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Server-Sent Event: its ``event:`` name (``message`` by default) and its data."""
+
+    name: str
+    data: str
+
+
+class SSEParser:
+    """Incremental Server-Sent Events parser (the WHATWG rules for what the client needs).
+
+    Feed it bytes as they arrive; it returns the events completed so far. Lines end with
+    ``\\n``, ``\\r\\n`` or ``\\r``; a line starting with ``:`` is a comment (the platform's
+    ``: ping``); ``data:`` lines accumulate until a blank line dispatches the event. A line
+    over ``max_line`` bytes is dropped (counted in :attr:`oversized`) and memory stays bounded.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self.max_line = max_line
+        self.oversized = 0
+        self.comments = 0
+        self.events = 0
+        self._buf = bytearray()
+        self._skipping = False
+        self._pending_cr = False
+        self._data: list[str] = []
+        self._name = ""
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        events: list[Event] = []
+        for line in self._lines(chunk):
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _lines(self, chunk: bytes) -> Iterator[bytes]:
+        if self._pending_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]  # the \n of a \r\n split across two chunks
+        self._pending_cr = chunk[-1:] == b"\r"
+        *complete, rest = _NEWLINE.split(chunk)
+        for piece in complete:
+            if self._skipping:
+                self._skipping = False  # the end of an oversized line
+            elif len(self._buf) + len(piece) <= self.max_line:
+                yield bytes(self._buf) + piece if self._buf else piece
+            else:
+                self.oversized += 1
+            self._buf.clear()
+        if rest and not self._skipping:
+            self._buf += rest
+            if len(self._buf) > self.max_line:
+                self.oversized += 1
+                self._buf.clear()
+                self._skipping = True
+
+    def _line(self, raw: bytes) -> Event | None:
+        if not raw:
+            data, name = self._data, self._name
+            self._data, self._name = [], ""
+            if not data:
+                return None
+            self.events += 1
+            return Event(name or "message", "\n".join(data))
+        line = raw.decode("utf-8", "replace")
+        if line.startswith(":"):
+            self.comments += 1
+            return None
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._name = value
+        return None  # id and retry: the loop keeps its own backoff and never replays
+
+
+def wants_poll(event: Event, workspace_id: str) -> bool:
+    """True when the event may mean a new result for this workspace, so a poll is worth it.
+
+    ``DELEGATION_COMPLETE`` and ``DELEGATION_FAILED`` always; ``ACTIVITY_LOGGED`` unless it is
+    plainly a row the activity poll skips (another type, or from the canvas or this workspace
+    itself). Heartbeat, task and status events, and anything that is not a JSON object, never.
+    """
+    if "DELEGATION_" not in event.data and ACTIVITY_EVENT not in event.data:
+        return False  # a beat's or a status event: most of what the stream carries
+    try:
+        payload = json.loads(event.data)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(payload, dict):
+        return False
+    kind = payload.get("type")
+    if kind in DELEGATION_EVENTS:
+        return True
+    if kind != ACTIVITY_EVENT:
+        return False
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        return True  # an unfamiliar shape: a poll costs little, a missed result much more
+    activity_type = data.get("activity_type")
+    if activity_type is not None and activity_type != "a2a_receive":
+        return False
+    if "source_id" in data:
+        source = data.get("source_id")
+        if source is None or source == "" or source == workspace_id:
+            return False
+    return True
+
+
+def backoff_delay(attempt: int, draw: float, cap: float = BACKOFF_CAP) -> float:
+    """Seconds before reconnect attempt ``attempt`` (0 first): full jitter over an exponential.
+
+    ``draw`` is a random number in [0, 1); a fleet whose streams dropped together (a platform
+    redeploy) then comes back spread out instead of all at once.
+    """
+    ceiling = min(cap, BACKOFF_BASE * 2.0 ** min(max(attempt, 0), 30))
+    return min(1.0, max(0.0, draw)) * ceiling
+
+
+class EventStream:
+    """Holds the event stream open on its own daemon thread and its own session.
+
+    ``on_hint`` is called (from this thread) for every event that :func:`wants_poll`; the
+    caller coalesces. ``idle_timeout`` is how long a connection may stay silent before it is
+    replaced: the platform sends a ``WORKSPACE_HEARTBEAT`` for every beat, so a live stream
+    is never silent for long, and a silent one may be a dead connection.
+    """
+
+    def __init__(
+        self,
+        client_factory: Callable[[], PlatformClient],
+        workspace_id: str,
+        on_hint: Callable[[], None],
+        *,
+        idle_timeout: float,
+        draw: Callable[[], float],
+        name: str = "heartbeat-sync-events",
+    ) -> None:
+        self._client_factory = client_factory
+        self.workspace_id = workspace_id
+        self._on_hint = on_hint
+        self.idle_timeout = idle_timeout
+        self._draw = draw
+        self.name = name
+        self._warn = RateLimitedLog(logger)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._client: PlatformClient | None = None
+        self._thread: threading.Thread | None = None
+        self._said_no_route = False
+        #: Streams opened (status 200), events read, and polls asked for.
+        self.connects = 0
+        self.events = 0
+        self.hints = 0
+        #: The status of the last refused attempt (404 for a server without the route).
+        self.last_refusal: int | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread = thread
+            thread.start()
+
+    def request_stop(self) -> None:
+        """Ask the thread to end and cut its connection; returns at once."""
+        self._stop.set()
+        with self._lock:
+            client = self._client
+        if client is not None:
+            client.abort()
+
+    def stop(self, timeout: float) -> bool:
+        """End the thread; True when it ended within ``timeout`` seconds."""
+        self.request_stop()
+        with self._lock:
+            thread = self._thread
+        if thread is None:
+            return True
+        if thread is not threading.current_thread():
+            thread.join(max(0.0, timeout))
+        return not thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _run(self) -> None:
+        client = self._client_factory()
+        with self._lock:
+            self._client = client
+        attempt = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    # The session is made before the stop flag is read, so that a stop() that
+                    # comes later finds it to abort. It is kept across reconnects: a stream's
+                    # connection is closed unread, never pooled, so each attempt opens anew.
+                    client.session  # noqa: B018
+                    if self._stop.is_set():
+                        return
+                    outcome = self._attempt(client)
+                except Exception as exc:  # a bug must not end the thread: back off, go on
+                    self._warn.warning("stream", "event stream failed: %r", exc)
+                    outcome = "failed"
+                if self._stop.is_set():
+                    return
+                if outcome == "healthy":
+                    attempt = 0
+                    delay = backoff_delay(0, self._draw(), BACKOFF_BASE)
+                elif outcome == "no-route":
+                    delay = NO_ROUTE_RETRY * (0.5 + 0.5 * self._draw())
+                else:
+                    delay = backoff_delay(attempt, self._draw())
+                    attempt += 1
+                self._stop.wait(delay)
+        finally:
+            client.close()
+
+    def _attempt(self, client: PlatformClient) -> str:
+        """One connection: "healthy" (it stayed up a while), "no-route", or "failed"."""
+        try:
+            try:
+                resp = client.event_stream(self.idle_timeout)
+            except PlatformError as exc:
+                if exc.status != 401 or self._stop.is_set():
+                    raise
+                # The heartbeat's rule: re-read the token from disk and try once more.
+                client.credentials.refresh()
+                resp = client.event_stream(self.idle_timeout)
+        except PlatformError as exc:
+            if self._stop.is_set():
+                return "failed"
+            self.last_refusal = exc.status
+            if exc.status in _NO_ROUTE:
+                # Not a fault: an older or trimmed server. Said once, at INFO.
+                level = logging.DEBUG if self._said_no_route else logging.INFO
+                self._said_no_route = True
+                logger.log(
+                    level,
+                    "the platform has no event stream (%s); results come on the schedule",
+                    exc,
+                )
+                return "no-route"
+            self._warn.warning("stream", "event stream could not be opened: %s", exc)
+            return "failed"
+        if self._stop.is_set():
+            resp.close()
+            return "failed"
+        self._said_no_route = False
+        self.connects += 1
+        return self._read(resp)
+
+    def _read(self, resp: Any) -> str:
+        opened = time.monotonic()
+        parser = SSEParser()
+        # The platform sends the stream chunked: each event arrives as its own chunk. A body
+        # without chunked framing is read byte by byte, so an event is never held back.
+        size = 65536 if resp.raw.chunked else 1
+        try:
+            for chunk in resp.iter_content(chunk_size=size):
+                for event in parser.feed(chunk):
+                    self.events += 1
+                    if wants_poll(event, self.workspace_id):
+                        self.hints += 1
+                        self._on_hint()
+                if self._stop.is_set():
+                    return "failed"
+            reason = "closed by the platform"
+        except Exception as exc:  # a drop, a read timeout, an abort by stop()
+            reason = f"{type(exc).__name__}"
+        finally:
+            resp.close()
+        if self._stop.is_set():
+            return "failed"
+        spoke = parser.comments > 0 or parser.events > 0
+        healthy = spoke and time.monotonic() - opened >= HEALTHY_AFTER
+        if healthy:
+            self._warn.reset("stream")
+            logger.debug("event stream ended (%s); reconnecting", reason)
+            return "healthy"
+        self._warn.warning("stream", "event stream ended at once (%s)", reason)
+        return "failed"

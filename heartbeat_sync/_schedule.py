@@ -1,0 +1,110 @@
+"""The beat schedule as arithmetic: a workspace's phase, the first beat, and the slots after it.
+
+Nothing here reads a clock, sleeps or draws a random number: the loop passes the clocks' readings
+and a draw in, so every rule is tested without threads.
+
+The first beat comes at once (within a small jitter): the platform learns of a restarted workspace
+without delay. Every later beat falls on a *slot*: one of the instants where the wall clock,
+shifted by the workspace's phase, is a multiple of the interval. The phase is a stable hash of
+the workspace id over the interval, as Prometheus spreads its scrapes: a fleet started at one
+moment (a platform redeploy restarts every workspace) spreads over the interval from its second
+beat on, however it was started, and a restarted workspace keeps its slot. The slots are found
+on the wall clock once, at start, and then followed on the monotonic clock, so a wall-clock jump
+never bunches or skips beats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+#: The first beat comes within this share of the interval...
+FIRST_BEAT_SHARE = 0.1
+#: ...and never later than this many seconds after start.
+FIRST_BEAT_MAX_JITTER = 0.25
+
+
+def phase_of(workspace_id: str) -> float:
+    """The workspace's place in the interval, in [0, 1): the same for the same id, everywhere.
+
+    A hash, not Python's ``hash()`` (salted per process): every process, machine and restart
+    agrees on it.
+    """
+    digest = hashlib.blake2b(workspace_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def first_beat_delay(interval: float, draw: float) -> float:
+    """Seconds from start to the first beat: ``draw`` (in [0, 1)) of a small jitter.
+
+    The jitter is a tenth of the interval, at most :data:`FIRST_BEAT_MAX_JITTER` seconds:
+    enough to keep a fleet that starts at one moment from arriving in one instant.
+    """
+    return min(1.0, max(0.0, draw)) * min(FIRST_BEAT_SHARE * interval, FIRST_BEAT_MAX_JITTER)
+
+
+def slot_origin(phase: float, interval: float, mono_now: float, wall_now: float) -> float:
+    """A monotonic time on the workspace's slot grid: the next instant at which the wall
+    clock minus ``phase * interval`` is a multiple of ``interval``."""
+    return mono_now + (phase * interval - wall_now) % interval
+
+
+def next_slot(origin: float, interval: float, after: float) -> float:
+    """The first slot (``origin + k * interval`` for an integer k) strictly later than ``after``.
+
+    Slots are computed from the origin, never by adding intervals up, so no error accumulates;
+    slots missed during a stall are skipped, never run in a burst.
+    """
+    k = math.floor((after - origin) / interval) + 1
+    slot = origin + k * interval
+    while slot <= after:  # rounding at a slot boundary
+        k += 1
+        slot = origin + k * interval
+    return slot
+
+
+def slot_after_cycle(
+    origin: float, interval: float, scheduled: float, now: float, *, first: bool
+) -> float:
+    """When the cycle after the one scheduled at ``scheduled`` (finished at ``now``) is due.
+
+    After the first beat, the next slot at least half an interval later: the second beat
+    then comes 0.5 to 1.5 intervals after the first, never right behind it. After any other
+    beat, the next slot after both the one just run and the present.
+    """
+    after = max(scheduled + (interval / 2 if first else 0.0), now)
+    return next_slot(origin, interval, after)
+
+
+class PollPacer:
+    """When the event stream's polls may run: a token bucket, pure arithmetic on given times.
+
+    Events each get a poll at once, up to ``burst`` in a row; a longer storm gets at most
+    ``rate`` polls a second, so hints never spend the platform's rate limit (600 requests a
+    minute per token by default; a poll is two or more requests).
+    """
+
+    def __init__(self, burst: int = 10, rate: float = 4.0) -> None:
+        if burst < 1 or rate <= 0:
+            raise ValueError("burst must be >= 1 and rate > 0")
+        self.burst = float(burst)
+        self.rate = rate
+        self._tokens = float(burst)
+        self._at: float | None = None
+
+    def _refill(self, now: float) -> None:
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    def ready_at(self, now: float) -> float:
+        """The earliest time (``now`` or later) a poll may run."""
+        self._refill(now)
+        if self._tokens >= 1.0:
+            return now
+        return now + (1.0 - self._tokens) / self.rate
+
+    def take(self, now: float) -> None:
+        """Count one poll run at ``now``."""
+        self._refill(now)
+        self._tokens = max(0.0, self._tokens - 1.0)

@@ -1,0 +1,69 @@
+"""Against the real server: a delegation's result reaches the results file within a second,
+at the default 30 s interval, because the event stream asks for a poll at once."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from heartbeat_sync import Heartbeat
+
+from ._real import AgentServer, RealPlatform, write_token
+
+
+def _wait(predicate: Any, timeout: float) -> bool:
+    event = threading.Event()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        event.wait(0.002)
+    return bool(predicate())
+
+
+def _delivered(path: Path, delegation_id: str) -> bool:
+    if not path.exists():
+        return False
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("delegation_id") == delegation_id:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def test_real_delegation_result_in_the_file_within_a_second_at_a_30s_interval(
+    real_platform: RealPlatform, agent_server: AgentServer, hb_files: dict[str, Any]
+) -> None:
+    a_id, a_token = real_platform.create_workspace("events-caller")
+    b_id, b_token = real_platform.create_workspace("events-callee")
+    real_platform.register(b_id, b_token, url=agent_server.url)
+    agent_server.reply_text = "the numbers add up"
+    write_token(hb_files["configs_dir"], a_token)
+    hb = Heartbeat(real_platform.url, a_id, interval_seconds=30.0, exit_timeout=None, **hb_files)
+    results = Path(hb_files["results_file"])
+    with hb:
+        # The first cycle has run and the stream is open; the next scheduled poll is at least
+        # 15 s away, so only an event can bring the result sooner.
+        assert _wait(lambda: hb.status().beats_ok >= 1, 10)
+        stream = hb._events
+        assert stream is not None
+        assert _wait(lambda: stream.connects >= 1 and stream.events >= 1, 10)
+        latencies = []
+        for task in ("first task", "second task"):
+            started = time.monotonic()
+            did = real_platform.delegate(a_id, a_token, b_id, task)
+            assert _wait(lambda did=did: _delivered(results, did), 5), results.read_text()
+            latencies.append(time.monotonic() - started)
+        assert hb.status().beats_ok == 1, "a scheduled cycle ran: the test proves nothing"
+        stopped = time.monotonic()
+        assert hb.stop(timeout=5.0)
+        assert time.monotonic() - stopped < 5.0
+    assert max(latencies) < 1.0, latencies
+    record = json.loads(results.read_text().splitlines()[0])
+    assert record["status"] == "completed"
+    assert "the numbers add up" in record["response_preview"]

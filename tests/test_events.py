@@ -1,0 +1,436 @@
+"""The event stream: SSE parsing (pure), and the third thread against FakePlatform's stream.
+
+At a 30 s interval nothing but an event can bring a result within a second, so the threaded
+tests below prove the event path; with the stream dropped, refused, stalled or never answering,
+the schedule still delivers everything, once, and ``stop()`` stays bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from hypothesis import given
+from hypothesis import strategies as st
+
+from heartbeat_sync import Heartbeat
+from heartbeat_sync._events import (
+    BACKOFF_CAP,
+    Event,
+    SSEParser,
+    backoff_delay,
+    events_enabled,
+    wants_poll,
+)
+from heartbeat_sync._http import make_session
+from heartbeat_sync.testing import FakePlatform, Workspace
+
+from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
+
+WS = "11111111-2222-3333-4444-555555555555"
+REAL_FRAMES = (
+    b": ping\n\n"
+    b'data: {"type":"DELEGATION_SENT","timestamp":1,"data":{"delegation_id":"d1"}}\n\n'
+    b'data: {"type":"DELEGATION_COMPLETE","timestamp":2,"data":{"delegation_id":"d1"}}\n\n'
+)
+
+
+# --- parsing (pure) ---------------------------------------------------------------------------
+
+
+def test_parser_reads_the_real_servers_framing() -> None:
+    parser = SSEParser()
+    events = parser.feed(REAL_FRAMES)
+    assert [json.loads(e.data)["type"] for e in events] == [
+        "DELEGATION_SENT",
+        "DELEGATION_COMPLETE",
+    ]
+    assert all(e.name == "message" for e in events)
+    assert parser.comments == 1
+
+
+@given(st.lists(st.integers(1, len(REAL_FRAMES) - 1), max_size=8))
+def test_parser_gives_the_same_events_however_the_bytes_are_split(cuts: list[int]) -> None:
+    bounds = [0, *sorted(set(cuts)), len(REAL_FRAMES)]
+    parser = SSEParser()
+    events: list[Event] = []
+    for a, b in zip(bounds, bounds[1:]):
+        events += parser.feed(REAL_FRAMES[a:b])
+    assert events == SSEParser().feed(REAL_FRAMES)
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_parser_accepts_every_line_ending(newline: bytes) -> None:
+    raw = b"event: x" + newline + b"data: a" + newline + b"data:b" + newline + newline
+    half = len(raw) // 2
+    parser = SSEParser()
+    events = parser.feed(raw[:half]) + parser.feed(raw[half:])
+    assert events == [Event("x", "a\nb")]
+
+
+def test_parser_skips_an_oversized_line_and_keeps_memory_bounded() -> None:
+    parser = SSEParser(max_line=100)
+    events = parser.feed(b"data: " + b"x" * 1000)
+    events += parser.feed(b"y" * 1000 + b"\n\ndata: ok\n\n")
+    assert events == [Event("message", "ok")]
+    assert parser.oversized == 1
+    assert len(parser._buf) == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ({"type": "DELEGATION_COMPLETE", "data": {}}, True),
+        ({"type": "DELEGATION_FAILED"}, True),
+        ({"type": "DELEGATION_SENT", "data": {}}, False),
+        ({"type": "DELEGATION_STATUS", "data": {}}, False),
+        ({"type": "WORKSPACE_HEARTBEAT", "data": {"active_tasks": 0}}, False),
+        ({"type": "TASK_UPDATED", "data": {}}, False),
+        (
+            {"type": "ACTIVITY_LOGGED", "data": {"activity_type": "a2a_receive", "source_id": "p"}},
+            True,
+        ),
+        (
+            {"type": "ACTIVITY_LOGGED", "data": {"activity_type": "a2a_receive", "source_id": WS}},
+            False,
+        ),
+        (
+            {
+                "type": "ACTIVITY_LOGGED",
+                "data": {"activity_type": "a2a_receive", "source_id": None},
+            },
+            False,
+        ),
+        (
+            {"type": "ACTIVITY_LOGGED", "data": {"activity_type": "task_update", "source_id": "p"}},
+            False,
+        ),
+        ({"type": "ACTIVITY_LOGGED", "data": "odd"}, True),
+        ({"type": "ACTIVITY_LOGGED", "data": {}}, True),
+        (["DELEGATION_COMPLETE"], False),
+        ("DELEGATION_COMPLETE", False),
+    ],
+)
+def test_which_events_ask_for_a_poll(payload: object, expected: bool) -> None:
+    assert wants_poll(Event("message", json.dumps(payload)), WS) is expected
+
+
+def test_garbage_data_asks_for_nothing() -> None:
+    assert not wants_poll(Event("message", "{not json"), WS)
+    assert not wants_poll(Event("message", "[" * 100000), WS)
+
+
+def test_backoff_is_jittered_exponential_and_capped() -> None:
+    assert backoff_delay(0, 0.0) == 0.0
+    assert backoff_delay(0, 0.999) < 0.5
+    assert backoff_delay(3, 0.999) == pytest.approx(0.999 * 4.0)
+    assert backoff_delay(100, 0.999) == pytest.approx(0.999 * BACKOFF_CAP)
+    assert backoff_delay(100, 0.999, cap=5.0) == pytest.approx(0.999 * 5.0)
+
+
+@pytest.mark.parametrize(
+    ("argument", "env", "expected"),
+    [
+        (True, None, True),
+        (True, "", True),
+        (True, "1", True),
+        (True, "0", False),
+        (True, " Off ", False),
+        (True, "false", False),
+        (True, "no", False),
+        (False, "1", False),
+    ],
+)
+def test_events_can_be_turned_off(argument: bool, env: str | None, expected: bool) -> None:
+    assert events_enabled(argument, env) is expected
+
+
+# --- the thread against FakePlatform ----------------------------------------------------------
+
+
+def _stream_open(platform: FakePlatform, ws: Workspace, hb: Heartbeat) -> bool:
+    return platform.open_streams(ws.id) == 1 and hb.status().beats_ok >= 1
+
+
+def _delivered(tmp_path: Path) -> list[str]:
+    return [json.loads(line)["delegation_id"] for line in read_lines(tmp_path / "results.jsonl")]
+
+
+def _bounded_stop(hb: Heartbeat, bound: float = 2.0) -> None:
+    started = time.monotonic()
+    assert hb.stop(timeout=bound)
+    assert time.monotonic() - started < bound
+    assert hb._events is not None and not hb._events.running
+
+
+def test_an_event_delivers_the_result_at_once_without_an_extra_beat(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    hb = make_hb(interval_seconds=30.0)
+    hb.start_thread()
+    assert wait_until(lambda: _stream_open(platform, ws, hb))
+    assert platform.wait_for_requests("activity", 1)
+    started = time.monotonic()
+    did = platform.add_delegation(ws.id, status="completed", response_preview="42")
+    assert wait_until(lambda: _delivered(tmp_path) == [did], timeout=1.0)
+    assert time.monotonic() - started < 1.0
+    # A poll, not a cycle: still the one beat of the start.
+    assert len(platform.requests_for("heartbeat")) == 1
+    assert len(platform.requests_for("delegations")) == 2
+    # An activity row from a peer is brought in the same way.
+    peer = platform.add_workspace()
+    platform.add_activity(ws.id, source_id=peer.id, text="report ready")
+    assert wait_until(lambda: len(_delivered(tmp_path)) == 2, timeout=1.0)
+    assert len(platform.requests_for("heartbeat")) == 1
+    _bounded_stop(hb)
+
+
+def test_a_burst_of_events_is_one_poll_and_each_result_once(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    hb = make_hb(interval_seconds=30.0)
+    hb.start_thread()
+    assert wait_until(lambda: _stream_open(platform, ws, hb))
+    assert platform.wait_for_requests("activity", 1)
+    polls = len(platform.requests_for("delegations"))
+    ids = [platform.add_delegation(ws.id, status="completed") for _ in range(30)]
+    assert wait_until(lambda: sorted(_delivered(tmp_path)) == sorted(ids), timeout=3.0)
+    stream = hb._events
+    assert stream is not None
+    assert wait_until(lambda: stream.hints >= 30)
+    # 30 events, a few polls: one for the first, one for those that came during it.
+    assert len(platform.requests_for("delegations")) - polls <= 4
+    assert len(platform.requests_for("heartbeat")) == 1
+    _bounded_stop(hb)
+
+
+def test_beats_and_other_events_ask_for_no_poll(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    hb = make_hb(interval_seconds=30.0)
+    hb.start_thread()
+    assert wait_until(lambda: _stream_open(platform, ws, hb))
+    assert platform.wait_for_requests("activity", 1)
+    for kind in ("WORKSPACE_HEARTBEAT", "TASK_UPDATED", "DELEGATION_SENT", "WORKSPACE_ONLINE"):
+        platform.emit_event(ws.id, kind, {})
+    platform.emit_raw_event(ws.id, b"data: {garbage\n\n: comment\n\ndata: [1,2]\n\n")
+    stream = hb._events
+    assert stream is not None
+    assert wait_until(lambda: stream.events >= 6)
+    assert not platform.wait_for_requests("delegations", 2, timeout=0.4)
+    # The thread survived the garbage: a real event still brings a poll.
+    platform.emit_event(ws.id, "DELEGATION_FAILED", {"delegation_id": "x"})
+    assert platform.wait_for_requests("delegations", 2, timeout=1.0)
+    _bounded_stop(hb)
+
+
+def test_a_dropped_stream_reconnects_and_loses_nothing(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    hb = make_hb(interval_seconds=1.0)
+    hb.start_thread()
+    assert wait_until(lambda: _stream_open(platform, ws, hb))
+    stream = hb._events
+    assert stream is not None
+    # Every reconnect is cut too: what completes meanwhile comes with the schedule.
+    platform.fault("events", drop=True)
+    assert platform.drop_streams(ws.id) == 1
+    assert wait_until(lambda: platform.open_streams(ws.id) == 0)
+    did = platform.add_delegation(ws.id, status="completed")
+    assert wait_until(lambda: _delivered(tmp_path) == [did], timeout=3.0)
+    # The stream comes back by itself once the platform lets it (after the backoff the
+    # refused attempts built up, at most a few seconds here), and events work again.
+    platform.clear_faults("events")
+    assert wait_until(lambda: platform.open_streams(ws.id) == 1, timeout=15.0)
+    connects = stream.connects
+    assert connects >= 2
+    beats = len(platform.requests_for("heartbeat"))
+    later = platform.add_delegation(ws.id, status="completed")
+    assert wait_until(lambda: _delivered(tmp_path) == [did, later], timeout=0.5)
+    assert len(platform.requests_for("heartbeat")) <= beats + 1
+    _bounded_stop(hb)
+
+
+def test_a_refused_stream_404_costs_latency_never_a_result(
+    platform: FakePlatform,
+    ws: Workspace,
+    make_hb: HeartbeatFactory,
+    tmp_path: Path,
+    logs: LogCapture,
+) -> None:
+    platform.fault("events", status=404, body={"error": "not found"})
+    hb = make_hb(interval_seconds=0.3)
+    hb.start_thread()
+    assert platform.wait_for_requests("events", 1)
+    ids = [platform.add_delegation(ws.id, status="completed") for _ in range(3)]
+    assert wait_until(lambda: sorted(_delivered(tmp_path)) == sorted(ids), timeout=3.0)
+    # A server without the route is not asked again soon (nor warned about at every cycle).
+    assert not platform.wait_for_requests("events", 2, timeout=0.5)
+    assert hb._events is not None and hb._events.last_refusal == 404
+    assert sum("no event stream" in m for m in logs.messages(logging.INFO)) == 1
+    assert not logs.messages(logging.WARNING)
+    _bounded_stop(hb)
+    assert sorted(_delivered(tmp_path)) == sorted(ids)
+
+
+@pytest.mark.parametrize("how", ["no answer", "silent after the headers"])
+def test_a_stream_that_never_sends_costs_latency_never_a_result(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path, how: str
+) -> None:
+    if how == "no answer":
+        platform.fault("events", delay=60.0)
+    else:
+        platform.stall_streams(True)
+    hb = make_hb(interval_seconds=0.3)
+    hb.start_thread()
+    assert platform.wait_for_requests("events", 1)
+    ids = [platform.add_delegation(ws.id, status="completed") for _ in range(3)]
+    assert wait_until(lambda: sorted(_delivered(tmp_path)) == sorted(ids), timeout=3.0)
+    assert hb._events is not None and hb._events.hints == 0
+    # stop() cuts the hanging stream as it cuts any request in flight.
+    _bounded_stop(hb)
+    assert len(_delivered(tmp_path)) == 3
+
+
+def test_a_401_on_the_stream_rereads_the_token_like_the_beat(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    hb = make_hb(interval_seconds=30.0)
+    hb.start_thread()
+    assert wait_until(lambda: _stream_open(platform, ws, hb))
+    # The token is rotated and the new one written where the Heartbeat reads it; the
+    # connection the stream holds is then cut.
+    token = platform.rotate_token(ws.id)
+    (tmp_path / "configs" / ".auth_token").write_text(token)
+    platform.drop_streams(ws.id)
+    assert wait_until(lambda: platform.open_streams(ws.id) == 1, timeout=3.0)
+    statuses = [r.status for r in platform.requests_for("events")]
+    assert statuses[-2:] == [401, 200], statuses
+    did = platform.add_delegation(ws.id, status="completed")
+    assert wait_until(lambda: _delivered(tmp_path) == [did], timeout=1.0)
+    _bounded_stop(hb)
+
+
+def test_events_false_or_the_environment_turns_the_stream_off(
+    platform: FakePlatform,
+    ws: Workspace,
+    make_hb: HeartbeatFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with make_hb(events=False) as hb:
+        assert platform.wait_for_requests("heartbeat", 2)
+        assert hb._events is None
+    monkeypatch.setenv("HEARTBEAT_SYNC_EVENTS", "0")
+    with make_hb() as hb:
+        assert platform.wait_for_requests("heartbeat", 4)
+        assert hb._events is None
+    assert platform.requests_for("events") == []
+
+
+def test_a_poll_request_never_swallows_a_requested_beat(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    hb = make_hb(interval_seconds=30.0)
+    hb.start_thread()
+    assert wait_until(lambda: _stream_open(platform, ws, hb))
+    assert platform.wait_for_requests("activity", 1)
+    did = platform.add_delegation(ws.id, status="completed")
+    hb.current_task = "summarising"  # a changed task is beaten at once
+    assert wait_until(lambda: _delivered(tmp_path) == [did], timeout=1.0)
+    assert platform.wait_for(
+        lambda: any(b.get("current_task") == "summarising" for b in platform.heartbeats()),
+        timeout=1.0,
+    )
+    _bounded_stop(hb)
+
+
+# --- FakePlatform's stream --------------------------------------------------------------------
+
+
+def _open(platform: FakePlatform, ws: Workspace, token: str | None = None) -> requests.Response:
+    return requests.get(
+        f"{platform.url}/workspaces/{ws.id}/events/stream",
+        headers={"Authorization": f"Bearer {token or ws.token}"},
+        stream=True,
+        timeout=(5, 5),
+    )
+
+
+def test_fake_stream_has_the_real_servers_framing(platform: FakePlatform, ws: Workspace) -> None:
+    resp = _open(platform, ws)
+    try:
+        assert resp.status_code == 200
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        assert resp.raw.chunked
+        assert platform.wait_for(lambda: platform.open_streams(ws.id) == 1)
+        did = platform.add_delegation(ws.id, target_id="peer", status="pending", summary="t")
+        platform.set_delegation(ws.id, did, status="completed", response_preview="42")
+        chunks = resp.iter_content(chunk_size=65536)
+        got = b""
+        while got.count(b"\n\n") < 3:
+            got += next(chunks)
+    finally:
+        resp.close()
+    ping, sent, done = got.split(b"\n\n")[:3]
+    assert ping == b": ping"
+    assert sent.startswith(b"data: {") and done.startswith(b"data: {")
+    event = json.loads(done[len(b"data: ") :])
+    assert set(event) == {"type", "timestamp", "data"}
+    assert event["type"] == "DELEGATION_COMPLETE"
+    assert event["data"] == {"delegation_id": did, "target_id": "peer", "response_preview": "42"}
+    assert json.loads(sent[len(b"data: ") :])["type"] == "DELEGATION_SENT"
+
+
+def test_fake_stream_refuses_like_the_real_server(platform: FakePlatform, ws: Workspace) -> None:
+    assert _open(platform, ws, token="wrong").status_code == 401
+    platform.fault("events", status=404, times=1)
+    assert _open(platform, ws).status_code == 404
+    assert platform.open_streams() == 0
+
+
+def test_fake_stream_can_be_dropped_and_stalled(platform: FakePlatform, ws: Workspace) -> None:
+    resp = _open(platform, ws)
+    assert platform.wait_for(lambda: platform.open_streams(ws.id) == 1)
+    assert platform.drop_streams(ws.id) == 1
+    with pytest.raises(requests.RequestException):
+        for _ in resp.iter_content(chunk_size=65536):
+            pass  # the ping, then the cut
+    resp.close()
+    platform.stall_streams(True)
+    resp = _open(platform, ws)
+    try:
+        assert platform.wait_for(lambda: platform.open_streams(ws.id) == 1)
+        platform.add_delegation(ws.id, status="failed")
+        with pytest.raises(requests.ConnectionError):  # a read timeout: nothing ever comes
+            requests.get(
+                f"{platform.url}/workspaces/{ws.id}/events/stream",
+                headers={"Authorization": f"Bearer {ws.token}"},
+                timeout=(5, 0.3),
+            )
+    finally:
+        resp.close()
+        platform.stall_streams(False)
+
+
+def test_a_failing_session_factory_never_ends_the_stream_thread(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    made = []
+
+    def flaky() -> requests.Session:
+        made.append(1)
+        if len(made) <= 3:  # the beat's, the worker's and the stream's first sessions
+            raise RuntimeError("no session today")
+        return make_session()
+
+    hb = make_hb(interval_seconds=0.3, session_factory=flaky)
+    hb.start_thread()
+    stream = hb._events
+    assert stream is not None
+    assert wait_until(lambda: stream.connects >= 1, timeout=10.0)
+    assert stream.running
+    _bounded_stop(hb)
