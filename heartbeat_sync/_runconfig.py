@@ -16,18 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._config import (
-    DEFAULT_INTERVAL,
-    ENV_AGENT_URL,
-    ENV_CONFIGS_DIR,
-    ENV_CURSOR_FILE,
-    ENV_INTERVAL,
-    ENV_ORG_ID,
-    ENV_PLATFORM_URL,
-    ENV_RESULTS_FILE,
-    ENV_SEEN_FILE,
-    ENV_WORKSPACE_ID,
-)
+from . import _config
 
 __all__ = [
     "MAX_INTERVAL",
@@ -104,12 +93,12 @@ def parse_interval(raw: str, source: str) -> tuple[float, list[str]]:
     except ValueError:
         raise ConfigError(
             f"invalid heartbeat interval {raw!r} from {source}: not a number of seconds "
-            f"(set {ENV_INTERVAL} or pass --interval, e.g. 30)"
+            f"(set {_config.ENV_INTERVAL} or pass --interval, e.g. 30)"
         ) from None
     if not math.isfinite(value):
         raise ConfigError(
             f"invalid heartbeat interval {raw!r} from {source}: not a finite number of seconds "
-            f"(set {ENV_INTERVAL} or pass --interval, e.g. 30)"
+            f"(set {_config.ENV_INTERVAL} or pass --interval, e.g. 30)"
         )
     warnings: list[str] = []
     clamped = min(MAX_INTERVAL, max(MIN_INTERVAL, value))
@@ -133,7 +122,7 @@ def validate_platform_url(url: str, source: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(
             f"invalid platform URL {url!r} from {source}: it must be an http:// or https:// URL "
-            f"(set {ENV_PLATFORM_URL} or pass --platform-url, e.g. http://platform:8080)"
+            f"(set {_config.ENV_PLATFORM_URL} or pass --platform-url, e.g. http://platform:8080)"
         )
     return url.rstrip("/")
 
@@ -155,23 +144,25 @@ def _optional(
 
 
 def _platform_url(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
-    url, source = _pick(args.platform_url, "--platform-url", ENV_PLATFORM_URL, environ)
+    url, source = _pick(args.platform_url, "--platform-url", _config.ENV_PLATFORM_URL, environ)
     if not url:
         raise ConfigError(
-            f"no platform URL: set {ENV_PLATFORM_URL} or pass --platform-url "
+            f"no platform URL: set {_config.ENV_PLATFORM_URL} or pass --platform-url "
             f"(e.g. http://platform:8080)"
         )
     return validate_platform_url(url, source)
 
 
 def _workspace_id(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
-    workspace_id, source = _pick(args.workspace_id, "--workspace-id", ENV_WORKSPACE_ID, environ)
+    workspace_id, source = _pick(
+        args.workspace_id, "--workspace-id", _config.ENV_WORKSPACE_ID, environ
+    )
     if not workspace_id:
-        raise ConfigError(f"no workspace id: set {ENV_WORKSPACE_ID} or pass --workspace-id")
+        raise ConfigError(f"no workspace id: set {_config.ENV_WORKSPACE_ID} or pass --workspace-id")
     if "/" in workspace_id or any(c.isspace() for c in workspace_id):
         raise ConfigError(
             f"invalid workspace id {workspace_id!r} from {source}: it may not contain '/' "
-            f"or white space (set {ENV_WORKSPACE_ID} or pass --workspace-id)"
+            f"or white space (set {_config.ENV_WORKSPACE_ID} or pass --workspace-id)"
         )
     return workspace_id
 
@@ -186,20 +177,24 @@ def load_run_config(
     """
     url = _platform_url(args, environ)
     workspace_id = _workspace_id(args, environ)
-    raw_interval, interval_source = _pick(args.interval, "--interval", ENV_INTERVAL, environ)
+    raw_interval, interval_source = _pick(
+        args.interval, "--interval", _config.ENV_INTERVAL, environ
+    )
     warnings: list[str] = []
     if raw_interval:
         interval, warnings = parse_interval(raw_interval, interval_source)
     else:
-        interval = DEFAULT_INTERVAL
+        interval = _config.DEFAULT_INTERVAL
     config = RunConfig(
         platform_url=url,
         workspace_id=workspace_id,
         interval=interval,
-        configs_dir=_optional(args.configs_dir, "--configs-dir", ENV_CONFIGS_DIR, environ),
-        results_file=_optional(args.results_file, "--results-file", ENV_RESULTS_FILE, environ),
-        cursor_file=_optional(args.cursor_file, "--cursor-file", ENV_CURSOR_FILE, environ),
-        seen_file=_optional(args.seen_file, "--seen-file", ENV_SEEN_FILE, environ),
+        configs_dir=_optional(args.configs_dir, "--configs-dir", _config.ENV_CONFIGS_DIR, environ),
+        results_file=_optional(
+            args.results_file, "--results-file", _config.ENV_RESULTS_FILE, environ
+        ),
+        cursor_file=_optional(args.cursor_file, "--cursor-file", _config.ENV_CURSOR_FILE, environ),
+        seen_file=_optional(args.seen_file, "--seen-file", _config.ENV_SEEN_FILE, environ),
         log_level=(args.log_level or "INFO").upper(),
     )
     return config, warnings
@@ -213,7 +208,7 @@ def load_register_config(args: argparse.Namespace, environ: Mapping[str, str]) -
     """
     url = _platform_url(args, environ)
     workspace_id = _workspace_id(args, environ)
-    agent_url = _optional(args.url, "--url", ENV_AGENT_URL, environ)
+    agent_url = _optional(args.url, "--url", _config.ENV_AGENT_URL, environ)
     card: Any = None
     if args.agent_card is not None:
         try:
@@ -228,6 +223,6 @@ def load_register_config(args: argparse.Namespace, environ: Mapping[str, str]) -
         agent_url=agent_url,
         agent_card=card,
         delivery_mode=args.delivery_mode or (None if agent_url else "poll"),
-        configs_dir=_optional(args.configs_dir, "--configs-dir", ENV_CONFIGS_DIR, environ),
-        org_id=_optional(args.org_id, "--org-id", ENV_ORG_ID, environ),
+        configs_dir=_optional(args.configs_dir, "--configs-dir", _config.ENV_CONFIGS_DIR, environ),
+        org_id=_optional(args.org_id, "--org-id", _config.ENV_ORG_ID, environ),
     )
