@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .__about__ import __version__
+from ._auth import Credentials
 from ._cliargs import PROG, build_parser
 from ._config import DEFAULT_RESULTS_FILE, ENV_RESULTS_FILE, ENV_TOKEN, env_path
 from ._demo import run_demo
@@ -92,12 +93,23 @@ def _configure_logging(level: str) -> None:
 
 
 def _has_token(configs_dir: Path) -> bool:
+    """Whether the Heartbeat will find a token it can send, asked as it will ask.
+
+    A ``Credentials`` of our own answers; what it would warn about while reading (a token
+    file others can read, a token that cannot be sent) the Heartbeat's own says on its first
+    beat, so it is kept quiet here rather than said twice.
+    """
+    auth_logger = logging.getLogger(Credentials.__module__)
+    auth_logger.addFilter(_drop)
     try:
-        if (configs_dir / ".auth_token").read_text(encoding="utf-8").strip():
-            return True
-    except OSError:
-        pass
-    return bool(os.environ.get(ENV_TOKEN, "").strip())
+        return Credentials(configs_dir, env_token=os.environ.get(ENV_TOKEN)).token() is not None
+    finally:
+        auth_logger.removeFilter(_drop)
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    """A logging filter that lets nothing through."""
+    return False
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

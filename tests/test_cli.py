@@ -263,6 +263,65 @@ def test_run_from_flags_stops_on_sigint(
     assert beat.headers.get("authorization") == f"Bearer {ws.token}"
 
 
+@posix_signals
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize(
+    ("file_token", "env_token", "no_token_warned"),
+    [
+        (None, None, True),
+        # A token the Heartbeat would refuse to send counts as none, as it does for the loop.
+        ("two words", None, True),
+        (None, "from-env", False),
+        ("from-file", None, False),
+    ],
+    ids=["none", "unusable-file-token", "env-token", "file-token"],
+)
+def test_run_warns_once_when_it_has_no_token_the_heartbeat_could_send(
+    file_token: str | None,
+    env_token: str | None,
+    no_token_warned: bool,
+    platform: FakePlatform,
+    ws: Workspace,
+    tmp_path: Path,
+) -> None:
+    configs = tmp_path / "run-configs"  # not the fixture's, which holds the workspace's token
+    configs.mkdir()
+    if file_token is not None:
+        (configs / ".auth_token").write_text(file_token)
+        (configs / ".auth_token").chmod(0o644)  # the Heartbeat warns about this, once
+    extra = {"MOLECULE_WORKSPACE_TOKEN": env_token} if env_token is not None else {}
+    env = cli_env(
+        PLATFORM_URL=platform.url,
+        WORKSPACE_ID=ws.id,
+        CONFIGS_DIR=str(configs),
+        DELEGATION_RESULTS_FILE=str(tmp_path / "r.jsonl"),
+        DELEGATION_ACTIVITY_CURSOR_FILE=str(tmp_path / "c"),
+        DELEGATION_SEEN_FILE=str(tmp_path / "s"),
+        HEARTBEAT_INTERVAL_SECONDS="60",
+        **extra,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "heartbeat_sync", "run", "--log-level=WARNING"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert platform.wait_for(lambda: len(platform.requests_for("heartbeat", ws.id)) >= 1, 10)
+    finally:
+        rc, _, err = _stop(proc, signal.SIGTERM)
+    assert rc == 0, err
+    lines = err.splitlines()
+    assert sum("no auth token" in line for line in lines) == int(no_token_warned), err
+    readable = sum("readable by other users" in line for line in lines)
+    # Only a token it can send has its file's mode checked; the check is not said twice.
+    assert readable == (1 if file_token == "from-file" else 0), err
+    for secret in ("two words", "from-env", "from-file"):
+        assert secret not in err
+
+
 # --- results ------------------------------------------------------------------------------------
 
 RECORDS = [
