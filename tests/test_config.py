@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from heartbeat_sync import _config
-from heartbeat_sync._cli import build_parser
+from heartbeat_sync._cliargs import build_parser
 from heartbeat_sync._runconfig import (
     MAX_INTERVAL,
     MIN_INTERVAL,
