@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 __all__ = [
+    "ALL_ENV",
     "DEFAULT_CURSOR_FILE",
     "DEFAULT_INTERVAL",
     "DEFAULT_RESULTS_FILE",
@@ -56,6 +57,23 @@ ENV_ORG_ID = "MOLECULE_ORG_ID"
 ENV_AGENT_URL = "AGENT_URL"
 #: ``0``/``false``/``no``/``off`` turns the event stream off.
 ENV_EVENTS = "HEARTBEAT_SYNC_EVENTS"
+
+#: Every variable above, for whoever must clear or list them all (a test isolating itself
+#: from the caller's environment, a help text); a name added above belongs here too.
+ALL_ENV = (
+    ENV_PLATFORM_URL,
+    ENV_WORKSPACE_ID,
+    ENV_INTERVAL,
+    ENV_CONFIGS_DIR,
+    ENV_RESULTS_FILE,
+    ENV_CURSOR_FILE,
+    ENV_SEEN_FILE,
+    ENV_TOKEN,
+    ENV_ADAPTER_MODULE,
+    ENV_ORG_ID,
+    ENV_AGENT_URL,
+    ENV_EVENTS,
+)
 
 #: Results file used when neither an argument nor the environment names one.
 DEFAULT_RESULTS_FILE = "/tmp/delegation_results.jsonl"

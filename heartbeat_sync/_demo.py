@@ -11,13 +11,13 @@ from __future__ import annotations
 import heapq
 import http
 import logging
-import os
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
+from ._auth import save_token
 from ._files import ResultsFile, format_delegation_results, read_delegation_results
 from ._http import RETRY_STATUSES
 from ._loop import Heartbeat
@@ -142,11 +142,8 @@ class _Story:
         self.new_token: str | None = None
 
     def write_token(self, token: str) -> None:
-        # Temp file + rename: the loop never reads a half-written token.
-        path = self.configs_dir / ".auth_token"
-        tmp = path.with_name(".auth_token.tmp")
-        tmp.write_text(token, encoding="utf-8")
-        os.replace(tmp, path)
+        # As ``register`` saves one: the loop never reads a half-written token.
+        save_token(self.configs_dir, token)
 
 
 class _PlatformWatcher:

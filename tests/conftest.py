@@ -13,6 +13,7 @@ from typing import Any, Callable
 import pytest
 
 from heartbeat_sync import Heartbeat, clear_wedge
+from heartbeat_sync._config import ALL_ENV
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 
@@ -45,20 +46,7 @@ def ws(platform: FakePlatform, tmp_path: Path) -> Workspace:
 
 
 #: Every environment variable the library or the command line reads.
-CONFIG_ENV = (
-    "PLATFORM_URL",
-    "WORKSPACE_ID",
-    "CONFIGS_DIR",
-    "DELEGATION_RESULTS_FILE",
-    "DELEGATION_ACTIVITY_CURSOR_FILE",
-    "DELEGATION_SEEN_FILE",
-    "HEARTBEAT_INTERVAL_SECONDS",
-    "MOLECULE_WORKSPACE_TOKEN",
-    "ADAPTER_MODULE",
-    "MOLECULE_ORG_ID",
-    "AGENT_URL",
-    "HEARTBEAT_SYNC_EVENTS",
-)
+CONFIG_ENV = ALL_ENV
 
 
 @pytest.fixture(autouse=True)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import math
 import os
 import re
 import signal
@@ -17,19 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from heartbeat_sync import __version__, format_delegation_results
-from heartbeat_sync._cli import (
-    MAX_INTERVAL,
-    MIN_INTERVAL,
-    ConfigError,
-    build_parser,
-    load_run_config,
-    main,
-    parse_interval,
-)
+from heartbeat_sync._cli import main
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import CONFIG_ENV, wait_until
@@ -115,109 +103,7 @@ def test_bad_arguments_return_2(argv: list[str], capsys: pytest.CaptureFixture[s
     assert "error" in capsys.readouterr().err
 
 
-# --- the interval: parse and clamp -------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected", "clamped", "long"),
-    [
-        ("30", 30.0, False, False),
-        (" 45 ", 45.0, False, False),
-        ("5", 5.0, False, False),
-        ("60", 60.0, False, False),
-        ("60.5", 60.5, False, True),
-        ("300", 300.0, False, True),
-        ("2", 5.0, True, False),
-        ("0", 5.0, True, False),
-        ("-10", 5.0, True, False),
-        ("1e3", 300.0, True, True),
-    ],
-)
-def test_parse_interval_clamps_and_warns(
-    raw: str, expected: float, clamped: bool, long: bool
-) -> None:
-    value, warnings = parse_interval(raw, "HEARTBEAT_INTERVAL_SECONDS")
-    assert value == expected
-    assert any("clamped" in w for w in warnings) is clamped
-    assert any("offline after 180 s" in w for w in warnings) is long
-    assert len(warnings) == clamped + long
-    if clamped:
-        assert "HEARTBEAT_INTERVAL_SECONDS" in warnings[0]
-
-
-@pytest.mark.parametrize("raw", ["", "soon", "30s", "nan", "inf", "-inf"])
-def test_parse_interval_rejects_what_is_not_a_number(raw: str) -> None:
-    with pytest.raises(ConfigError, match="--interval") as info:
-        parse_interval(raw, "--interval")
-    assert "\n" not in str(info.value)
-
-
-@given(st.floats(allow_nan=False, allow_infinity=False))
-def test_parse_interval_always_lands_in_range(value: float) -> None:
-    interval, warnings = parse_interval(repr(value), "X")
-    assert MIN_INTERVAL <= interval <= MAX_INTERVAL
-    assert (interval != value) == any("clamped" in w for w in warnings)
-    assert (interval > 60) == any("offline" in w for w in warnings)
-    if MIN_INTERVAL <= value <= MAX_INTERVAL:
-        assert math.isclose(interval, value)
-
-
-# --- run: configuration -------------------------------------------------------------------------
-
-
-def run_args(*argv: str) -> argparse.Namespace:
-    return build_parser().parse_args(["run", *argv])
-
-
-def test_config_from_the_environment() -> None:
-    env = {
-        "PLATFORM_URL": "http://platform:8080/",
-        "WORKSPACE_ID": "ws-1",
-        "HEARTBEAT_INTERVAL_SECONDS": "20",
-        "CONFIGS_DIR": "/cfg",
-        "DELEGATION_RESULTS_FILE": "/r.jsonl",
-        "DELEGATION_ACTIVITY_CURSOR_FILE": "/cursor",
-        "DELEGATION_SEEN_FILE": "/seen",
-    }
-    config, warnings = load_run_config(run_args(), env)
-    assert warnings == []
-    assert config.platform_url == "http://platform:8080"
-    assert config.workspace_id == "ws-1"
-    assert config.interval == 20.0
-    assert (config.configs_dir, config.results_file) == ("/cfg", "/r.jsonl")
-    assert (config.cursor_file, config.seen_file) == ("/cursor", "/seen")
-    assert config.log_level == "INFO"
-
-
-def test_flags_override_the_environment() -> None:
-    env = {"PLATFORM_URL": "ftp://wrong", "WORKSPACE_ID": "env-ws", "CONFIGS_DIR": "/env"}
-    args = run_args(
-        "--platform-url=https://p.example",
-        "--workspace-id=flag-ws",
-        "--interval=400",
-        "--configs-dir=/flag",
-        "--results-file=/flag.jsonl",
-        "--log-level=debug",
-    )
-    config, warnings = load_run_config(args, env)
-    assert config.platform_url == "https://p.example"
-    assert config.workspace_id == "flag-ws"
-    assert config.interval == 300.0
-    assert config.configs_dir == "/flag"
-    assert config.results_file == "/flag.jsonl"
-    assert config.cursor_file is None  # the library's default
-    assert config.log_level == "DEBUG"
-    assert len(warnings) == 2
-    assert "--interval" in warnings[0]
-
-
-def test_defaults() -> None:
-    config, warnings = load_run_config(
-        run_args(), {"PLATFORM_URL": "http://p", "WORKSPACE_ID": "w"}
-    )
-    assert config.interval == 30.0
-    assert warnings == []
-    assert config.configs_dir is config.results_file is config.seen_file is None
+# --- run: configuration errors -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -375,6 +261,65 @@ def test_run_from_flags_stops_on_sigint(
     # A URL given by flag is the Origin header, as $PLATFORM_URL would be.
     assert beat.headers.get("origin") == platform.url
     assert beat.headers.get("authorization") == f"Bearer {ws.token}"
+
+
+@posix_signals
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize(
+    ("file_token", "env_token", "no_token_warned"),
+    [
+        (None, None, True),
+        # A token the Heartbeat would refuse to send counts as none, as it does for the loop.
+        ("two words", None, True),
+        (None, "from-env", False),
+        ("from-file", None, False),
+    ],
+    ids=["none", "unusable-file-token", "env-token", "file-token"],
+)
+def test_run_warns_once_when_it_has_no_token_the_heartbeat_could_send(
+    file_token: str | None,
+    env_token: str | None,
+    no_token_warned: bool,
+    platform: FakePlatform,
+    ws: Workspace,
+    tmp_path: Path,
+) -> None:
+    configs = tmp_path / "run-configs"  # not the fixture's, which holds the workspace's token
+    configs.mkdir()
+    if file_token is not None:
+        (configs / ".auth_token").write_text(file_token)
+        (configs / ".auth_token").chmod(0o644)  # the Heartbeat warns about this, once
+    extra = {"MOLECULE_WORKSPACE_TOKEN": env_token} if env_token is not None else {}
+    env = cli_env(
+        PLATFORM_URL=platform.url,
+        WORKSPACE_ID=ws.id,
+        CONFIGS_DIR=str(configs),
+        DELEGATION_RESULTS_FILE=str(tmp_path / "r.jsonl"),
+        DELEGATION_ACTIVITY_CURSOR_FILE=str(tmp_path / "c"),
+        DELEGATION_SEEN_FILE=str(tmp_path / "s"),
+        HEARTBEAT_INTERVAL_SECONDS="60",
+        **extra,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "heartbeat_sync", "run", "--log-level=WARNING"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert platform.wait_for(lambda: len(platform.requests_for("heartbeat", ws.id)) >= 1, 10)
+    finally:
+        rc, _, err = _stop(proc, signal.SIGTERM)
+    assert rc == 0, err
+    lines = err.splitlines()
+    assert sum("no auth token" in line for line in lines) == int(no_token_warned), err
+    readable = sum("readable by other users" in line for line in lines)
+    # Only a token it can send has its file's mode checked; the check is not said twice.
+    assert readable == (1 if file_token == "from-file" else 0), err
+    for secret in ("two words", "from-env", "from-file"):
+        assert secret not in err
 
 
 # --- results ------------------------------------------------------------------------------------

@@ -1,0 +1,228 @@
+"""The command line's configuration: its flags merged over the environment, checked.
+
+Pure: every function takes the parsed arguments and a mapping standing in for the
+environment, and returns values or raises :class:`ConfigError`; nothing reads ``os.environ``,
+logs or prints here. A flag given (even empty) wins over the environment; values are
+stripped of surrounding white space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import _config
+
+__all__ = [
+    "MAX_INTERVAL",
+    "MIN_INTERVAL",
+    "OFFLINE_AFTER",
+    "WARN_INTERVAL",
+    "ConfigError",
+    "RegisterConfig",
+    "RunConfig",
+    "load_register_config",
+    "load_run_config",
+    "parse_interval",
+    "validate_platform_url",
+]
+
+#: The interval ``run`` accepts, in seconds (the reference runtime's config clamps to this).
+MIN_INTERVAL = 5.0
+MAX_INTERVAL = 300.0
+#: Above this interval ``run`` warns: the platform marks a workspace offline after
+#: :data:`OFFLINE_AFTER` seconds without a beat, so one or two lost beats already flap it.
+WARN_INTERVAL = 60.0
+OFFLINE_AFTER = 180.0
+
+
+class ConfigError(ValueError):
+    """A missing or invalid setting; the message names it and says how to set it."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``heartbeat-sync run`` needs, after flags and environment are merged.
+
+    A path is None when neither a flag nor the environment names it: the library then
+    applies its own default.
+    """
+
+    platform_url: str
+    workspace_id: str
+    interval: float
+    configs_dir: str | None
+    results_file: str | None
+    cursor_file: str | None
+    seen_file: str | None
+    log_level: str
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """Everything ``heartbeat-sync register`` needs, after flags and environment are merged.
+
+    ``agent_url``, ``configs_dir`` and ``org_id`` are None when not given; ``delivery_mode``
+    is ``"poll"`` when neither a mode nor an agent URL is given, else the mode given (None:
+    the platform keeps what it has).
+    """
+
+    platform_url: str
+    workspace_id: str
+    agent_url: str | None
+    agent_card: dict[str, Any] | None
+    delivery_mode: str | None
+    configs_dir: str | None
+    org_id: str | None
+
+
+def parse_interval(raw: str, source: str) -> tuple[float, list[str]]:
+    """Parse a heartbeat interval and clamp it to [5, 300] seconds.
+
+    ``source`` names where ``raw`` came from (a flag or an environment variable) for messages.
+    Returns the interval and the warnings to log: one when it was clamped, one when it is above
+    60 s. Raises :class:`ConfigError` for anything that is not a finite number.
+    """
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"invalid heartbeat interval {raw!r} from {source}: not a number of seconds "
+            f"(set {_config.ENV_INTERVAL} or pass --interval, e.g. 30)"
+        ) from None
+    if not math.isfinite(value):
+        raise ConfigError(
+            f"invalid heartbeat interval {raw!r} from {source}: not a finite number of seconds "
+            f"(set {_config.ENV_INTERVAL} or pass --interval, e.g. 30)"
+        )
+    warnings: list[str] = []
+    clamped = min(MAX_INTERVAL, max(MIN_INTERVAL, value))
+    if clamped != value:
+        warnings.append(
+            f"heartbeat interval {value:g} s from {source} is outside "
+            f"[{MIN_INTERVAL:g}, {MAX_INTERVAL:g}]; clamped to {clamped:g} s"
+        )
+    if clamped > WARN_INTERVAL:
+        warnings.append(
+            f"heartbeat interval {clamped:g} s is above {WARN_INTERVAL:g} s: the platform marks "
+            f"a workspace offline after {OFFLINE_AFTER:g} s without a beat, so a missed beat or "
+            f"two can take it offline"
+        )
+    return clamped, warnings
+
+
+def validate_platform_url(url: str, source: str) -> str:
+    """Return ``url`` without a trailing slash; :class:`ConfigError` unless it is http(s)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(
+            f"invalid platform URL {url!r} from {source}: it must be an http:// or https:// URL "
+            f"(set {_config.ENV_PLATFORM_URL} or pass --platform-url, e.g. http://platform:8080)"
+        )
+    return url.rstrip("/")
+
+
+def _pick(
+    flag_value: str | None, flag: str, env: str, environ: Mapping[str, str]
+) -> tuple[str, str]:
+    """The flag's value if given, else the environment's ("" when neither), and its source."""
+    if flag_value is not None:
+        return flag_value.strip(), flag
+    return environ.get(env, "").strip(), env
+
+
+def _optional(
+    flag_value: str | None, flag: str, env: str, environ: Mapping[str, str]
+) -> str | None:
+    """As :func:`_pick`, with None for a setting nobody gave."""
+    return _pick(flag_value, flag, env, environ)[0] or None
+
+
+def _platform_url(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    url, source = _pick(args.platform_url, "--platform-url", _config.ENV_PLATFORM_URL, environ)
+    if not url:
+        raise ConfigError(
+            f"no platform URL: set {_config.ENV_PLATFORM_URL} or pass --platform-url "
+            f"(e.g. http://platform:8080)"
+        )
+    return validate_platform_url(url, source)
+
+
+def _workspace_id(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
+    workspace_id, source = _pick(
+        args.workspace_id, "--workspace-id", _config.ENV_WORKSPACE_ID, environ
+    )
+    if not workspace_id:
+        raise ConfigError(f"no workspace id: set {_config.ENV_WORKSPACE_ID} or pass --workspace-id")
+    if "/" in workspace_id or any(c.isspace() for c in workspace_id):
+        raise ConfigError(
+            f"invalid workspace id {workspace_id!r} from {source}: it may not contain '/' "
+            f"or white space (set {_config.ENV_WORKSPACE_ID} or pass --workspace-id)"
+        )
+    return workspace_id
+
+
+def load_run_config(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[RunConfig, list[str]]:
+    """Merge ``run``'s flags over the environment; return the config and warnings to log.
+
+    Raises :class:`ConfigError` (one line, naming the setting) when the platform URL or the
+    workspace id is missing or invalid, or the interval is not a number.
+    """
+    url = _platform_url(args, environ)
+    workspace_id = _workspace_id(args, environ)
+    raw_interval, interval_source = _pick(
+        args.interval, "--interval", _config.ENV_INTERVAL, environ
+    )
+    warnings: list[str] = []
+    if raw_interval:
+        interval, warnings = parse_interval(raw_interval, interval_source)
+    else:
+        interval = _config.DEFAULT_INTERVAL
+    config = RunConfig(
+        platform_url=url,
+        workspace_id=workspace_id,
+        interval=interval,
+        configs_dir=_optional(args.configs_dir, "--configs-dir", _config.ENV_CONFIGS_DIR, environ),
+        results_file=_optional(
+            args.results_file, "--results-file", _config.ENV_RESULTS_FILE, environ
+        ),
+        cursor_file=_optional(args.cursor_file, "--cursor-file", _config.ENV_CURSOR_FILE, environ),
+        seen_file=_optional(args.seen_file, "--seen-file", _config.ENV_SEEN_FILE, environ),
+        log_level=(args.log_level or "INFO").upper(),
+    )
+    return config, warnings
+
+
+def load_register_config(args: argparse.Namespace, environ: Mapping[str, str]) -> RegisterConfig:
+    """Merge ``register``'s flags over the environment.
+
+    Raises :class:`ConfigError` (one line, naming the setting) when the platform URL or the
+    workspace id is missing or invalid, or ``--agent-card`` is not a JSON object.
+    """
+    url = _platform_url(args, environ)
+    workspace_id = _workspace_id(args, environ)
+    agent_url = _optional(args.url, "--url", _config.ENV_AGENT_URL, environ)
+    card: Any = None
+    if args.agent_card is not None:
+        try:
+            card = json.loads(args.agent_card)
+        except ValueError:
+            raise ConfigError("--agent-card is not valid JSON") from None
+        if not isinstance(card, dict):
+            raise ConfigError("--agent-card must be a JSON object")
+    return RegisterConfig(
+        platform_url=url,
+        workspace_id=workspace_id,
+        agent_url=agent_url,
+        agent_card=card,
+        delivery_mode=args.delivery_mode or (None if agent_url else "poll"),
+        configs_dir=_optional(args.configs_dir, "--configs-dir", _config.ENV_CONFIGS_DIR, environ),
+        org_id=_optional(args.org_id, "--org-id", _config.ENV_ORG_ID, environ),
+    )
