@@ -81,7 +81,7 @@ _SAFE_TEXT = (
 )
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     """An exception in words that can go to a log and ``status()``.
 
     Only transport errors keep their text. Anything else (an invalid header, a header value
@@ -193,7 +193,7 @@ class PlatformClient:
                 connect = isinstance(exc, requests.ConnectionError) and (
                     isinstance(exc, requests.exceptions.ConnectTimeout) or _is_connect_error(exc)
                 )
-                raise PlatformError(_describe(exc), connect_error=connect) from None
+                raise PlatformError(describe_error(exc), connect_error=connect) from None
             try:
                 data = read_body(resp)
             except BodyTooLarge as exc:
@@ -201,7 +201,7 @@ class PlatformClient:
             except Exception as exc:
                 if scope.expired:
                     raise self._expired(method, path, seconds) from None
-                raise PlatformError(_describe(exc), status=None) from None
+                raise PlatformError(describe_error(exc), status=None) from None
             finally:
                 resp.close()
         return resp.status_code, parse_json(data), resp.headers
@@ -319,18 +319,26 @@ class PlatformClient:
         headers = self.credentials.headers()
         headers["Accept"] = "text/event-stream"
         headers["Cache-Control"] = "no-cache"
-        try:
-            resp = self.session.get(
-                self._url(f"/workspaces/{self.workspace_id}/events/stream"),
-                headers=headers,
-                timeout=(self.timeout, read_timeout),
-                stream=True,
-            )
-        except requests.ConnectionError as exc:
-            connect = isinstance(exc, requests.exceptions.ConnectTimeout) or _is_connect_error(exc)
-            raise PlatformError(_describe(exc), connect_error=connect) from exc
-        except requests.RequestException as exc:
-            raise PlatformError(_describe(exc)) from exc
+        path = f"/workspaces/{_segment(self.workspace_id)}/events/stream"
+        session = self.session
+        # Opening it (connect, retries, headers) is bounded like any request; reading it
+        # afterwards is bounded by ``read_timeout`` between bytes.
+        with request_scope(session, self.timeout) as scope:
+            try:
+                resp = session.get(
+                    self._url(path),
+                    headers=headers,
+                    timeout=(self.timeout, read_timeout),
+                    stream=True,
+                    allow_redirects=False,
+                )
+            except Exception as exc:
+                if scope.expired:
+                    raise self._expired("GET", path, self.timeout) from None
+                connect = isinstance(exc, requests.ConnectionError) and (
+                    isinstance(exc, requests.exceptions.ConnectTimeout) or _is_connect_error(exc)
+                )
+                raise PlatformError(describe_error(exc), connect_error=connect) from None
         if resp.status_code == 200:
             return resp
         try:

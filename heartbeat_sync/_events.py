@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ._client import PlatformClient, PlatformError
+from ._client import PlatformClient, PlatformError, describe_error
 from ._ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -209,6 +209,7 @@ class EventStream:
         self._client: PlatformClient | None = None
         self._thread: threading.Thread | None = None
         self._said_no_route = False
+        self._said_unreachable = False
         #: Streams opened (status 200), events read, and polls asked for.
         self.connects = 0
         self.events = 0
@@ -265,7 +266,7 @@ class EventStream:
                         return
                     outcome = self._attempt(client)
                 except Exception as exc:  # a bug must not end the thread: back off, go on
-                    self._warn.warning("stream", "event stream failed: %r", exc)
+                    self._warn.warning("stream", "event stream failed: %s", describe_error(exc))
                     outcome = "failed"
                 if self._stop.is_set():
                     return
@@ -306,12 +307,20 @@ class EventStream:
                     exc,
                 )
                 return "no-route"
+            if exc.connect_error:
+                # The platform cannot be reached: the beat thread warns about that outage
+                # already, and the stream only costs latency. Said once, at INFO.
+                level = logging.DEBUG if self._said_unreachable else logging.INFO
+                self._said_unreachable = True
+                logger.log(level, "event stream could not be opened: %s", exc)
+                return "failed"
             self._warn.warning("stream", "event stream could not be opened: %s", exc)
             return "failed"
         if self._stop.is_set():
             resp.close()
             return "failed"
         self._said_no_route = False
+        self._said_unreachable = False
         self.connects += 1
         return self._read(resp)
 

@@ -170,16 +170,16 @@ def test_a_damaged_token_from_the_environment_is_refused_without_quoting_it(
 
 def test_no_exception_text_that_may_quote_a_header_is_logged_or_kept() -> None:
     """The client names such an exception by its type alone."""
-    from heartbeat_sync._client import _describe
+    from heartbeat_sync._client import describe_error
 
     secret = "Bearer s3cr3t-t0ken"
     header_error = requests.exceptions.InvalidHeader(f"bad header value: {secret!r}")
     encode_error = UnicodeEncodeError("latin-1", secret + "\ufeff", 19, 20, "no")
     for exc in (header_error, encode_error, ValueError(secret)):
-        assert "s3cr3t" not in _describe(exc)
-        assert type(exc).__name__ in _describe(exc)
+        assert "s3cr3t" not in describe_error(exc)
+        assert type(exc).__name__ in describe_error(exc)
     refused = requests.ConnectionError("HTTPConnectionPool(host='p', port=1): refused")
-    assert "refused" in _describe(refused)  # a transport error keeps its (safe) text
+    assert "refused" in describe_error(refused)  # a transport error keeps its (safe) text
 
 
 # --- 3. redirects are never followed ----------------------------------------------------------
