@@ -39,12 +39,12 @@ from ._files import (
     DEFAULT_RESULTS_FILE,
     RESULTS_FILE_ENV,
     ResultsFile,
-    format_delegation_results,
     read_delegation_results,
 )
 from ._loop import Heartbeat
 from ._register import RegistrationError, register
 from ._status import REMOVED
+from ._texts import format_delegation_results
 
 PROG = "heartbeat-sync"
 

@@ -28,29 +28,22 @@ from typing import Any
 import filelock
 
 from . import _fork, _safefile
-from ._format import format_delegation_results
-from ._idlog import DEFAULT_LOCK_TIMEOUT, MAX_ID_LENGTH, IdLog, valid_id
+from ._idlog import DEFAULT_LOCK_TIMEOUT, IdLog
 from ._ratelimit import RateLimitedLog
+from ._rows import Record, valid_id
 from ._safefile import UntrustedFile
 
 __all__ = [
     "DEFAULT_RESULTS_FILE",
-    "MAX_ID_LENGTH",
     "RESULTS_FILE_ENV",
     "IdLog",
     "Record",
     "ResultsFile",
     "UntrustedFile",
-    "format_delegation_results",
     "read_delegation_results",
-    "valid_id",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: One delegation result: ``delegation_id, target_id, source_id, status, summary,
-#: response_preview, error, timestamp`` (the reference runtime's record shape).
-Record = dict[str, Any]
 
 #: Environment variable naming the results file (read at call time, never at import).
 RESULTS_FILE_ENV = "DELEGATION_RESULTS_FILE"

@@ -18,8 +18,9 @@ import filelock
 
 from . import _fork, _safefile
 from ._ratelimit import RateLimitedLog
+from ._rows import valid_id
 
-__all__ = ["MAX_ID_LENGTH", "IdLog", "valid_id"]
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "IdLog"]
 
 logger = logging.getLogger("heartbeat_sync._files")
 
@@ -27,32 +28,8 @@ logger = logging.getLogger("heartbeat_sync._files")
 #: it expire; the beat thread passes its own short timeout.
 DEFAULT_LOCK_TIMEOUT = 30.0
 
-#: The longest id an id log keeps (platform ids are 36-character UUIDs).
-MAX_ID_LENGTH = 256
-
 _warn = RateLimitedLog(logger)
 _fork.on_fork_in_child(_warn.reinit_after_fork)
-
-
-def _encodable(item: str) -> bool:
-    try:
-        item.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, from JSON's "\ud800"
-        return False
-    return True
-
-
-def valid_id(item: object) -> bool:
-    """True for an id an :class:`IdLog` can keep: a non-empty string of at most
-    :data:`MAX_ID_LENGTH` characters, UTF-8 encodable (no lone surrogate), without a comma or
-    white space (either would split or merge ids when the log is read back)."""
-    return (
-        isinstance(item, str)
-        and 0 < len(item) <= MAX_ID_LENGTH
-        and "," not in item
-        and not any(ch.isspace() for ch in item)
-        and _encodable(item)
-    )
 
 
 class IdLog:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import _validate
+from . import _http, _validate
 from ._auth import (
     ORG_ID_ENV,
     TOKEN_ENV,
@@ -33,9 +33,10 @@ logger = logging.getLogger(__name__)
 DELIVERY_MODES = ("push", "poll")
 #: The first wait before a registration is tried again (it doubles up to a cap).
 REGISTER_RETRY_FIRST = 1.0
-#: Statuses after which a registration is tried again: the platform is overloaded or down, or
-#: the token is not (yet) the right one (it is re-read before each attempt).
-RETRY_STATUSES = frozenset({401, 429, 500, 502, 503, 504})
+#: Statuses after which a registration is tried again: the platform is overloaded or down
+#: (a GET's retry statuses, and 500), or the token is not (yet) the right one (401; it is
+#: re-read before each attempt).
+RETRY_STATUSES = _http.RETRY_STATUSES | {401, 500}
 
 
 class RegistrationError(Exception):

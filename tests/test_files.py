@@ -30,9 +30,9 @@ from heartbeat_sync._files import (
     IdLog,
     Record,
     ResultsFile,
-    format_delegation_results,
     read_delegation_results,
 )
+from heartbeat_sync._texts import format_delegation_results
 
 REPO = Path(__file__).resolve().parents[1]
 OPEN = "[A2A_RESULT_FROM_PEER]"
