@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from itertools import islice
 
 import filelock
@@ -163,19 +163,22 @@ class IdLog:
             if not self._pending:
                 return
             try:
-                self._update_on_disk(())
+                self.record(())
             except OSError as exc:  # filelock.Timeout is an OSError too
                 _warn.warning("id-log", "could not save %s (will retry): %s", self.path, exc)
             else:
                 _warn.reset("id-log")
 
-    # -- internals used by ResultsFile ------------------------------------------------------
+    # -- what the delivery journal needs -----------------------------------------------------
 
-    def _on_disk(self) -> set[str]:
-        """The ids in the file now (and the pending ones), read under the file lock.
+    def ids_on_disk(self) -> set[str]:
+        """The ids the file holds now, with the ids added here and not yet written.
 
-        Raises ``OSError`` (``filelock.Timeout`` and a refused file included) when it cannot
-        tell, so that a caller never takes "unknown" for "not there".
+        Read under the file lock, so another writer's ids are included; memory is refreshed
+        from the file as :meth:`reload` would. A delivery decides "already delivered?" against
+        this, never against memory alone. Raises ``OSError`` (``filelock.Timeout`` and a
+        refused file included) when it cannot tell, so that a caller never takes "unknown" for
+        "not there".
         """
         with self._mutex, self._file_lock:
             on_disk = self._read_file()
@@ -183,11 +186,14 @@ class IdLog:
             self._merge(on_disk)
             return set(on_disk) | set(self._pending)
 
-    def _update_on_disk(self, ids: Sequence[str]) -> None:
-        """Merge the pending ids and ``ids`` into the file, under its lock.
+    def record(self, ids: Iterable[str]) -> None:
+        """Add ``ids`` (as :meth:`add`) and write them with every pending id, now.
 
-        Raises ``OSError`` (``filelock.Timeout`` and a refused file included) when it cannot;
-        ``ids`` are then pending.
+        The file's ids are read under its lock and merged first, so no other writer's id is
+        lost; recording ids already there changes nothing, which makes a repeated call
+        harmless. Unlike :meth:`save` this raises ``OSError`` (``filelock.Timeout`` and a
+        refused file included) when the file cannot be written; ``ids`` then stay pending, in
+        memory, for the next :meth:`save` or :meth:`record`.
         """
         with self._mutex:
             self.add(ids)

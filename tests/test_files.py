@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heartbeat_sync import _files, _safefile
+from heartbeat_sync import _files, _journal, _safefile
 from heartbeat_sync._files import (
     IdLog,
     Record,
@@ -44,6 +44,7 @@ def _fresh_warning_counters() -> Iterator[None]:
     # The rate limiter is module-wide; start every test from zero so warnings are predictable.
     for key in ("results-line", "torn-tail", "journal", "id-log"):
         _files._warn.reset(key)
+        _journal._warn.reset(key)
     yield
 
 
@@ -440,7 +441,7 @@ def test_missing_file_reads_empty_without_creating_anything(tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
 
 
-def _journal(offset: int | None, data: bytes, ids: dict[str, list[str]]) -> bytes:
+def _jbytes(offset: int | None, data: bytes, ids: dict[str, list[str]]) -> bytes:
     obj = {"version": 2, "offset": offset, "data": data.decode("utf-8"), "ids": ids}
     return json.dumps(obj).encode()
 
@@ -458,7 +459,7 @@ def test_recover_completes_a_half_written_delivery(tmp_path: Path) -> None:
     data = line(record("d1")) + line(record("d2"))
     # The crash: journal written, half of the data appended, id log not yet updated.
     path.write_bytes(head + data[: len(data) // 2])
-    Path(str(path) + ".journal").write_bytes(_journal(len(head), data, {"seen": ["d1", "d2"]}))
+    Path(str(path) + ".journal").write_bytes(_jbytes(len(head), data, {"seen": ["d1", "d2"]}))
     _writer(path, "seen").recover()
     assert path.read_bytes() == head + data
     assert seen_path.read_text() == "d0,d1,d2"
@@ -474,7 +475,7 @@ def test_recover_when_data_written_but_journal_not_deleted(tmp_path: Path) -> No
     data = line(record("d1"))
     path.write_bytes(head + data)  # every byte landed
     seen_path.write_text("d1")  # and even the id log was updated
-    Path(str(path) + ".journal").write_bytes(_journal(len(head), data, {"seen": ["d1"]}))
+    Path(str(path) + ".journal").write_bytes(_jbytes(len(head), data, {"seen": ["d1"]}))
     assert _writer(path, "seen").consume() == [record("d0"), record("d1")]
     assert seen_path.read_text() == "d1"
     assert not Path(str(path) + ".journal").exists()
@@ -483,7 +484,7 @@ def test_recover_when_data_written_but_journal_not_deleted(tmp_path: Path) -> No
 def test_recover_before_any_byte_was_appended(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"  # the file does not even exist yet
     data = line(record("d1"))
-    Path(str(path) + ".journal").write_bytes(_journal(0, data, {}))
+    Path(str(path) + ".journal").write_bytes(_jbytes(0, data, {}))
     assert ResultsFile(path).consume() == [record("d1")]
 
 
@@ -505,7 +506,7 @@ def test_stale_journal_after_outside_truncation_does_not_pad(tmp_path: Path) -> 
     path = tmp_path / "r.jsonl"
     seen_path = tmp_path / "seen"
     path.write_bytes(b"")
-    Path(str(path) + ".journal").write_bytes(_journal(500, line(record("d1")), {"seen": ["d1"]}))
+    Path(str(path) + ".journal").write_bytes(_jbytes(500, line(record("d1")), {"seen": ["d1"]}))
     _writer(path, "seen").recover()
     assert path.read_bytes() == b""  # no NUL padding, no re-append
     assert seen_path.read_text() == "d1"
@@ -515,7 +516,7 @@ def test_restarted_writer_does_not_redeliver_what_a_journal_delivered(tmp_path: 
     path = tmp_path / "r.jsonl"
     seen_path = tmp_path / "seen"
     data = line(record("d1")) + line(record("d2"))
-    Path(str(path) + ".journal").write_bytes(_journal(0, data, {"seen": ["d1", "d2"]}))
+    Path(str(path) + ".journal").write_bytes(_jbytes(0, data, {"seen": ["d1", "d2"]}))
     # The restarted writer read its seen file before anyone recovered, so it picks d1, d2 again.
     seen = IdLog(seen_path, max_ids=10)
     assert "d1" not in seen
@@ -534,7 +535,7 @@ def test_consumer_finishes_the_text_and_leaves_the_ids_to_the_writer(tmp_path: P
     cursor_path = tmp_path / "cursor"
     data = line(record("d1"))
     journal = Path(str(path) + ".journal")
-    journal.write_bytes(_journal(0, data, {"seen": ["d1"], "cursor": ["a9"]}))
+    journal.write_bytes(_jbytes(0, data, {"seen": ["d1"], "cursor": ["a9"]}))
     assert read_delegation_results(path) == [record("d1")]
     assert not seen_path.exists() and not cursor_path.exists()
     assert json.loads(journal.read_bytes())["offset"] is None
@@ -556,11 +557,11 @@ def test_journal_holds_no_paths_only_id_log_names(
     results = ResultsFile("r.jsonl", id_logs=[seen])
     written: list[bytes] = []
 
-    def crash_before_append(self: ResultsFile, journal: Any) -> None:
-        written.append(Path(self.journal_path).read_bytes())
+    def crash_before_append(path: str, journal: Any) -> None:
+        written.append(Path(path + ".journal").read_bytes())
         raise KeyboardInterrupt  # not an OSError: no rollback, the journal stays (a "crash")
 
-    monkeypatch.setattr(ResultsFile, "_append", crash_before_append)
+    monkeypatch.setattr(_journal, "append_text", crash_before_append)
     with pytest.raises(KeyboardInterrupt):
         results.deliver([record("d1")], [(seen, ["d1"])])
     monkeypatch.undo()
