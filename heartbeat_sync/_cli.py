@@ -33,14 +33,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .__about__ import __version__
-from ._auth import ORG_ID_ENV
+from ._config import DEFAULT_RESULTS_FILE
+from ._config import ENV_ORG_ID as ORG_ID_ENV
+from ._config import ENV_RESULTS_FILE as RESULTS_FILE_ENV
 from ._demo import run_demo
-from ._files import (
-    DEFAULT_RESULTS_FILE,
-    RESULTS_FILE_ENV,
-    ResultsFile,
-    read_delegation_results,
-)
+from ._files import ResultsFile, read_delegation_results
 from ._loop import Heartbeat
 from ._register import RegistrationError, register
 from ._status import REMOVED

@@ -24,15 +24,13 @@ from typing import Any
 
 import filelock
 
-from . import _fork, _journal, _safefile
+from . import _config, _fork, _journal, _safefile
 from ._idlog import DEFAULT_LOCK_TIMEOUT, IdLog
 from ._ratelimit import RateLimitedLog
 from ._rows import Record, valid_id
 from ._safefile import UntrustedFile
 
 __all__ = [
-    "DEFAULT_RESULTS_FILE",
-    "RESULTS_FILE_ENV",
     "IdLog",
     "Record",
     "ResultsFile",
@@ -41,11 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Environment variable naming the results file (read at call time, never at import).
-RESULTS_FILE_ENV = "DELEGATION_RESULTS_FILE"
-#: Results file used when neither an argument nor the environment names one.
-DEFAULT_RESULTS_FILE = "/tmp/delegation_results.jsonl"
 
 _TAIL_CHUNK = 64 * 1024
 _JOURNAL_VERSION = 2
@@ -319,7 +312,8 @@ def read_delegation_results(path: str | os.PathLike[str] | None = None) -> list[
     that is a link or owned by another user is refused (one ERROR), never read.
     """
     if path is None:
-        path = os.environ.get(RESULTS_FILE_ENV) or DEFAULT_RESULTS_FILE
+        # Looked up at each call, so a test or a program can set the environment first.
+        path = _config.env_path(None, _config.ENV_RESULTS_FILE, _config.DEFAULT_RESULTS_FILE)
     try:
         return ResultsFile(path).consume()
     except (OSError, ValueError) as exc:  # filelock.Timeout and a refused file included

@@ -18,9 +18,13 @@ from typing import Any, Callable, Protocol
 
 from . import _coalesce, _fork, _lifecycle, _metadata, _rows, _status, _texts, _validate, _wedge
 from ._activity import ActivityPager, row_ids
-from ._auth import ORG_ID_ENV, TOKEN_ENV, Credentials, origin_header, resolve_configs_dir
+from ._auth import Credentials, origin_header, resolve_configs_dir
 from ._client import CursorGone, PlatformClient, PlatformError
-from ._files import DEFAULT_RESULTS_FILE, RESULTS_FILE_ENV, IdLog, ResultsFile
+from ._config import DEFAULT_RESULTS_FILE
+from ._config import ENV_ORG_ID as ORG_ID_ENV
+from ._config import ENV_RESULTS_FILE as RESULTS_FILE_ENV
+from ._config import ENV_TOKEN as TOKEN_ENV
+from ._files import IdLog, ResultsFile
 from ._http import SessionFactory, make_session
 from ._ratelimit import RateLimitedLog
 from ._register import (

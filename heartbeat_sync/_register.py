@@ -17,14 +17,13 @@ from typing import Any, Callable
 
 from . import _http, _validate
 from ._auth import (
-    ORG_ID_ENV,
-    TOKEN_ENV,
     Credentials,
     origin_header,
     resolve_configs_dir,
     save_token,
 )
 from ._client import PlatformClient, PlatformError
+from ._config import ENV_ORG_ID, ENV_TOKEN
 from ._http import make_session
 from ._ratelimit import RateLimitedLog
 
@@ -238,8 +237,8 @@ def register(
     credentials = Credentials(
         resolve_configs_dir(configs_dir),
         origin=origin_header(None, platform_url),
-        env_token=os.environ.get(TOKEN_ENV),
-        org_id=org_id if org_id is not None else os.environ.get(ORG_ID_ENV),
+        env_token=os.environ.get(ENV_TOKEN),
+        org_id=org_id if org_id is not None else os.environ.get(ENV_ORG_ID),
     )
     client = PlatformClient(
         platform_url, workspace_id, credentials, make_session, timeout=float(timeout)

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heartbeat_sync import _files, _journal, _safefile
+from heartbeat_sync import _config, _files, _journal, _safefile
 from heartbeat_sync._files import (
     IdLog,
     Record,
@@ -668,7 +668,7 @@ def test_read_default_path_when_env_unset_or_empty(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     default = tmp_path / "default.jsonl"
-    monkeypatch.setattr(_files, "DEFAULT_RESULTS_FILE", str(default))
+    monkeypatch.setattr(_config, "DEFAULT_RESULTS_FILE", str(default))
     ResultsFile(default).deliver([record("x")])
     monkeypatch.setenv("DELEGATION_RESULTS_FILE", "")
     assert read_delegation_results() == [record("x")]
