@@ -10,7 +10,7 @@ from __future__ import annotations
 import calendar
 import datetime
 import re
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +106,15 @@ def _text(value: Any) -> str:
     return ""
 
 
+def _objects(rows: Iterable[Any], out: Parsed) -> Iterator[dict[str, Any]]:
+    """The rows that are JSON objects; every other row is counted in ``out.malformed``."""
+    for row in rows:
+        if isinstance(row, dict):
+            yield row
+        else:
+            out.malformed += 1
+
+
 def inbound_secret(body: Any) -> str | None:
     """``platform_inbound_secret`` from a heartbeat reply, when it is a non-empty string."""
     if not isinstance(body, dict):
@@ -130,10 +139,7 @@ def delegation_results(
     """
     out = Parsed()
     batch: set[str] = set()
-    for row in rows:
-        if not isinstance(row, dict):
-            out.malformed += 1
-            continue
+    for row in _objects(rows, out):
         did = row.get("delegation_id")
         if did is None or did == "":
             continue  # activity-path "Delegation failed" rows carry no id (CONTRACT.md S4)
@@ -206,10 +212,7 @@ def activity_results(
     """
     out = Parsed()
     batch: set[str] = set()
-    for row in rows:
-        if not isinstance(row, dict):
-            out.malformed += 1
-            continue
+    for row in _objects(rows, out):
         activity_id = row.get("id")
         if not isinstance(activity_id, str) or not valid_id(activity_id):
             out.malformed += 1
