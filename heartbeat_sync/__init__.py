@@ -11,10 +11,11 @@ The library logs to the ``heartbeat_sync`` logger tree and installs no handlers.
 from __future__ import annotations
 
 from .__about__ import __version__
-from ._files import format_delegation_results, read_delegation_results
+from ._files import read_delegation_results
 from ._loop import Heartbeat
 from ._register import Registration, RegistrationError, register
 from ._status import Status
+from ._texts import format_delegation_results
 from ._wedge import clear_wedge, is_wedged, mark_wedged, wedge_reason
 
 __all__ = [

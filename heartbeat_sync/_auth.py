@@ -5,7 +5,6 @@ Both are secrets: nothing in this module (or anywhere in the library) logs their
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -15,15 +14,14 @@ import filelock
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
+from . import _safefile
+from ._config import ENV_CONFIGS_DIR, ENV_PLATFORM_URL, ENV_TOKEN
 from ._ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
 TOKEN_FILE = ".auth_token"
 INBOUND_SECRET_FILE = ".platform_inbound_secret"
-TOKEN_ENV = "MOLECULE_WORKSPACE_TOKEN"
-#: Environment variable naming the tenant (org) of a multi-tenant platform.
-ORG_ID_ENV = "MOLECULE_ORG_ID"
 #: The header that routes a request to its tenant; without it such a platform answers 404.
 ORG_ID_HEADER = "X-Molecule-Org-Id"
 _TOKEN_LOCK_TIMEOUT = 10.0
@@ -54,27 +52,9 @@ def save_token(configs_dir: Path, token: str) -> Path:
         raise ValueError("refusing to save an empty token")
     configs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = configs_dir / TOKEN_FILE
-    tmp = configs_dir / f"{TOKEN_FILE}.tmp.{os.getpid()}.{threading.get_ident()}"
     with filelock.FileLock(str(path) + ".lock", timeout=_TOKEN_LOCK_TIMEOUT):
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.fchmod(fd, 0o600)  # the mode given to open() is filtered by the umask
-                os.write(fd, token.encode("utf-8"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):  # the rename itself reaches the disk too
-            dir_fd = os.open(configs_dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        # The lock guards the temp name too, so the default one is safe.
+        _safefile.atomic_write(str(path), token.encode("utf-8"), fsync=True)
     return path
 
 
@@ -115,7 +95,7 @@ def origin_header(origin: str | None, platform_url: str) -> str | None:
             return origin_of(origin)
         except ValueError as exc:
             raise ValueError(f"origin: {exc}") from None
-    if not os.environ.get("PLATFORM_URL"):
+    if not os.environ.get(ENV_PLATFORM_URL):
         return None
     try:
         return origin_of(platform_url)
@@ -132,7 +112,7 @@ def resolve_configs_dir(configs_dir: str | os.PathLike[str] | None = None) -> Pa
     """
     if configs_dir is not None:
         return Path(configs_dir)
-    env = os.environ.get("CONFIGS_DIR")
+    env = os.environ.get(ENV_CONFIGS_DIR)
     if env:
         path = Path(env)
         try:
@@ -232,7 +212,7 @@ class Credentials:
             self._warn.warning(
                 "token-env",
                 "ignoring $%s: it holds white space, control or non-ASCII characters",
-                TOKEN_ENV,
+                ENV_TOKEN,
             )
             env = None
         return token or env
@@ -290,21 +270,16 @@ class Credentials:
                 self._secret_loaded = True
             if secret == self._secret:
                 return False
-            tmp = self.secret_path.with_name(INBOUND_SECRET_FILE + f".tmp.{os.getpid()}")
+            # No file lock guards the secret (the last writer wins, whole): a temp name of this
+            # process's own keeps two processes from writing through one temp file.
+            path = str(self.secret_path)
             try:
                 self.configs_dir.mkdir(parents=True, exist_ok=True)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    # The mode given to open() only applies when the file is created.
-                    os.fchmod(fd, 0o600)
-                    os.write(fd, secret.encode("utf-8"))
-                finally:
-                    os.close(fd)
-                os.replace(tmp, self.secret_path)
+                _safefile.atomic_write(
+                    path, secret.encode("utf-8"), tmp=f"{path}.tmp.{os.getpid()}"
+                )
             except OSError as exc:
                 logger.warning("could not save the platform inbound secret: %s", exc.strerror)
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
                 return False
             self._secret = secret
             return True

@@ -17,13 +17,14 @@ from urllib.parse import quote, urljoin, urlsplit
 import requests
 import urllib3.exceptions as u3
 
-from . import _messages
+from . import _rows, _texts
 from ._auth import Credentials
 from ._http import (
     BodyTooLarge,
     SessionFactory,
     abort_session,
     parse_json,
+    parse_retry_after,
     read_body,
     request_scope,
 )
@@ -226,7 +227,7 @@ class PlatformClient:
         return PlatformError(
             f"{what} answered {status}{detail}",
             status=status,
-            retry_after=_messages.parse_retry_after(headers.get("Retry-After")),
+            retry_after=parse_retry_after(headers.get("Retry-After")),
             body=body,
         )
 
@@ -255,7 +256,7 @@ class PlatformClient:
             status, reply, headers = self._request("POST", "/registry/heartbeat", json_body=body)
         if not 200 <= status < 300:
             raise self._fail("heartbeat", status, reply, headers)
-        return BeatReply(status, _messages.inbound_secret(reply), refreshed)
+        return BeatReply(status, _rows.inbound_secret(reply), refreshed)
 
     def register(self, body: dict[str, Any]) -> dict[str, Any]:
         """POST /registry/register; returns the 2xx answer's JSON object (secrets included:
@@ -364,7 +365,7 @@ class PlatformClient:
         status, body, headers = self._request(
             "POST",
             f"/workspaces/{_segment(self.workspace_id)}/a2a",
-            json_body=_messages.self_message_body(text, message_id),
+            json_body=_texts.self_message_body(text, message_id),
             self_source=True,
             timeout=timeout,
         )

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
 from ._auth import save_token
-from ._files import ResultsFile, format_delegation_results, read_delegation_results
+from ._files import ResultsFile, read_delegation_results
 from ._http import RETRY_STATUSES
 from ._loop import Heartbeat
-from ._messages import message_text
+from ._rows import message_text
 from ._status import Status
+from ._texts import format_delegation_results
 
 if TYPE_CHECKING:
     from .testing import FakePlatform, RecordedRequest

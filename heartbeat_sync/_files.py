@@ -1,18 +1,15 @@
-"""The results file, its delivery journal, and the public reader.
+"""The results file and the public reader.
 
 Everything here must survive a SIGKILL at any instruction without losing or duplicating a
 result (CONTRACT.md §13 C18; the reference appends unlocked and never trims a torn tail), and
 must hold with any number of writers (processes, forked children) and readers at once.
 
 :class:`ResultsFile` is the JSONL results file. Every writer and reader holds
-``FileLock(path + ".lock")``. A delivery first writes a journal (``path + ".journal"``) holding
-the byte offset, the exact text to append and the ids to record per id log *by name*
-(``"seen"``, ``"cursor"``), never a path; applying it is idempotent (truncate to the offset,
-append, merge the ids), so whoever takes the lock next after a crash finishes the delivery
-exactly once. A reader knows no id log: it appends the text (so what it returns is whole and
-nothing can be appended twice after it empties the file) and leaves the ids in the journal for
-the next writer. Writers decide "already delivered?" against the id logs on disk and the
-journal, under the lock, never against their own memory. The id logs are in :mod:`._idlog`.
+``FileLock(path + ".lock")``. A delivery goes through the delivery journal
+(``path + ".journal"``), whose protocol is written down in :mod:`._journal`: whoever takes the
+lock next after a crash finishes the delivery exactly once. Writers decide "already
+delivered?" against the id logs on disk (:mod:`._idlog`) and the journal, under the lock,
+never against their own memory.
 
 Nothing here calls ``fsync``: the guarantees are against a killed process, not a power cut.
 """
@@ -27,35 +24,21 @@ from typing import Any
 
 import filelock
 
-from . import _fork, _safefile
-from ._format import format_delegation_results
-from ._idlog import DEFAULT_LOCK_TIMEOUT, MAX_ID_LENGTH, IdLog, valid_id
+from . import _config, _fork, _journal, _safefile
+from ._idlog import DEFAULT_LOCK_TIMEOUT, IdLog
 from ._ratelimit import RateLimitedLog
+from ._rows import Record, valid_id
 from ._safefile import UntrustedFile
 
 __all__ = [
-    "DEFAULT_RESULTS_FILE",
-    "MAX_ID_LENGTH",
-    "RESULTS_FILE_ENV",
     "IdLog",
     "Record",
     "ResultsFile",
     "UntrustedFile",
-    "format_delegation_results",
     "read_delegation_results",
-    "valid_id",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: One delegation result: ``delegation_id, target_id, source_id, status, summary,
-#: response_preview, error, timestamp`` (the reference runtime's record shape).
-Record = dict[str, Any]
-
-#: Environment variable naming the results file (read at call time, never at import).
-RESULTS_FILE_ENV = "DELEGATION_RESULTS_FILE"
-#: Results file used when neither an argument nor the environment names one.
-DEFAULT_RESULTS_FILE = "/tmp/delegation_results.jsonl"
 
 _TAIL_CHUNK = 64 * 1024
 _JOURNAL_VERSION = 2
@@ -69,90 +52,6 @@ _fork.on_fork_in_child(_warn.reinit_after_fork)
 
 
 # --------------------------------------------------------------------------------------------
-# Journal
-# --------------------------------------------------------------------------------------------
-
-
-def _id_list(value: object) -> list[str] | None:
-    if not isinstance(value, list):
-        return None
-    return [i for i in value if valid_id(i)]
-
-
-class _Journal:
-    """One delivery in flight: cut the results file to ``offset``, append ``data``, add ids.
-
-    ``offset`` is ``None`` once the text is in the results file and only ids are left to
-    record. ``ids`` maps an id log's name to the ids it must hold. ``legacy`` maps an id log's
-    path to ids, from a journal of an earlier version (it held paths; only a path of a known
-    log is ever written).
-    """
-
-    __slots__ = ("data", "ids", "legacy", "offset")
-
-    def __init__(
-        self,
-        offset: int | None,
-        data: str,
-        ids: dict[str, list[str]],
-        legacy: dict[str, list[str]] | None = None,
-    ) -> None:
-        self.offset = offset
-        self.data = data
-        self.ids = ids
-        self.legacy = legacy or {}
-
-    def dumps(self) -> bytes:
-        obj: dict[str, object] = {
-            "version": _JOURNAL_VERSION,
-            "offset": self.offset,
-            "data": self.data,
-            "ids": self.ids,
-        }
-        # ensure_ascii (the default) keeps lone surrogates in ``data`` representable.
-        return json.dumps(obj).encode("ascii")
-
-    @classmethod
-    def loads(cls, raw: bytes) -> _Journal | None:
-        """Parse a journal; ``None`` if it is not one this module wrote."""
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (ValueError, RecursionError):
-            return None
-        if not isinstance(obj, dict):
-            return None
-        offset, data, ids = obj.get("offset"), obj.get("data"), obj.get("ids")
-        if offset is not None and not (
-            isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0
-        ):
-            return None
-        if not isinstance(data, str):
-            return None
-        if obj.get("version") == _JOURNAL_VERSION:
-            if not isinstance(ids, dict):
-                return None
-            by_name: dict[str, list[str]] = {}
-            for name, values in ids.items():
-                checked = _id_list(values)
-                if checked is None:
-                    return None
-                by_name[name] = checked
-            return cls(offset, data, by_name)
-        # The first version: {"offset", "data", "ids": [[path, ids, max_ids], ...]}.
-        if offset is None or not isinstance(ids, list):
-            return None
-        by_path: dict[str, list[str]] = {}
-        for entry in ids:
-            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)):
-                return None
-            checked = _id_list(entry[1])
-            if checked is None:
-                return None
-            by_path[entry[0]] = checked
-        return cls(offset, data, {}, by_path)
-
-
-# --------------------------------------------------------------------------------------------
 # ResultsFile
 # --------------------------------------------------------------------------------------------
 
@@ -160,13 +59,6 @@ class _Journal:
 def _encode_record(record: Mapping[str, Any]) -> str:
     # default=str: one odd value (a datetime, say) must not block the whole batch forever.
     return json.dumps(dict(record), ensure_ascii=False, default=str) + "\n"
-
-
-def _to_bytes(text: str) -> bytes:
-    # A lone surrogate (from a peer's broken text) cannot be UTF-8 encoded. It only ever sits
-    # inside a JSON string, where backslashreplace's "\udXXX" is the JSON escape for that same
-    # code unit, so json.loads gives back exactly what was written.
-    return text.encode("utf-8", "backslashreplace")
 
 
 def _parse_lines(raw: bytes) -> list[Record]:
@@ -280,7 +172,7 @@ class ResultsFile:
             pending = self._recover_locked()
             known: set[str] = set()
             for log, _ in logs:
-                known |= log._on_disk()
+                known |= log.ids_on_disk()
                 known.update(pending.get(log.name, ()))
             fresh = [r for r in records if r.get("delegation_id") not in known]
             if len(fresh) != len(records):
@@ -297,15 +189,15 @@ class ResultsFile:
                     ids[log.name] = list(merged)
             if not data and not ids:
                 return []
-            journal = _Journal(_safefile.file_size(self.path), data, ids)
-            _safefile.atomic_write(self.journal_path, journal.dumps())
+            journal = _journal.Journal(_safefile.file_size(self.path), data, ids)
+            _journal.write(self.journal_path, journal)
             try:
-                self._append(journal)
+                _journal.append_text(self.path, journal)
             except OSError:
-                self._roll_back(journal)
+                _journal.roll_back(self.path, self.journal_path, journal)
                 raise
             try:
-                self._record(journal)
+                _journal.record_ids(self.journal_path, journal, self._logs)
             except OSError as exc:
                 # Appended: the journal (still on disk) records the ids on the next recovery.
                 _warn.warning("id-log", "could not finish the delivery journal: %s", exc)
@@ -368,100 +260,15 @@ class ResultsFile:
         Returns the ids the journal still holds for id logs that could not be written (or
         that this object does not know).
         """
-        try:
-            raw = _safefile.read_own(self.journal_path)
-        except UntrustedFile:
-            raw = None  # reported once; never applied, never removed
         pending: dict[str, list[str]] = {}
-        if raw is not None:
-            journal = _Journal.loads(raw)
-            if journal is None:
-                # It is written atomically, so this is outside damage, not our own crash.
-                _warn.warning(
-                    "journal", "discarding unreadable delivery journal %s", self.journal_path
-                )
-                _safefile.unlink_if_present(self.journal_path)
-            else:
-                if journal.offset is not None:
-                    logger.info("finishing an interrupted delivery to %s", self.path)
-                self._append(journal)
-                pending = self._record(journal)
+        journal = _journal.read(self.journal_path)
+        if journal is not None:
+            if journal.offset is not None:
+                logger.info("finishing an interrupted delivery to %s", self.path)
+            _journal.append_text(self.path, journal)
+            pending = _journal.record_ids(self.journal_path, journal, self._logs)
         self._cut_torn_tail()
         return pending
-
-    def _append(self, journal: _Journal) -> None:
-        """Append a journal's text at its offset; idempotent.
-
-        Raises ``OSError`` if the results file cannot be written; the journal then stays.
-        """
-        if journal.offset is not None and journal.data:
-            fd = _safefile.create_own(self.path)
-            try:
-                size = os.fstat(fd).st_size
-                if size < journal.offset:
-                    # Only a file shrunk outside the lock protocol gets here; writing at the
-                    # old offset would pad with NULs, and the data may have been read already.
-                    _warn.warning(
-                        "journal",
-                        "%s is shorter than its journal expects; not re-appending",
-                        self.path,
-                    )
-                else:
-                    # Cutting to the offset drops a partial earlier attempt and any torn tail,
-                    # which is what makes applying the journal twice harmless.
-                    os.ftruncate(fd, journal.offset)
-                    os.lseek(fd, journal.offset, os.SEEK_SET)
-                    _safefile.write_all(fd, _to_bytes(journal.data))
-            finally:
-                os.close(fd)
-
-    def _record(self, journal: _Journal) -> dict[str, list[str]]:
-        """Merge a journal's ids into the id logs, then remove the journal (or keep only the
-        ids that could not be written). Returns those ids.
-
-        Raises ``OSError`` when the journal can be neither removed nor rewritten; it then
-        stays as it was, and applying it again is harmless.
-        """
-        ids = dict(journal.ids)
-        for path, values in journal.legacy.items():
-            log = next((lg for lg in self._logs.values() if lg.path == path), None)
-            if log is None:
-                _warn.warning("journal", "dropping ids an old journal held for %s", path)
-            else:
-                ids[log.name] = ids.get(log.name, []) + values
-        pending: dict[str, list[str]] = {}
-        for name, values in ids.items():
-            log = self._logs.get(name)
-            if log is None:
-                pending[name] = values
-                continue
-            try:
-                log._update_on_disk(values)
-            except OSError as exc:
-                pending[name] = values
-                _warn.warning("id-log", "could not record delivered ids in %s: %s", log.path, exc)
-        if pending:
-            # The text is in; only ids are left. Never append it again (a reader may empty the
-            # file next), but keep the ids for whoever can write them.
-            if journal.offset is not None or pending != journal.ids:
-                _safefile.atomic_write(self.journal_path, _Journal(None, "", pending).dumps())
-        else:
-            _safefile.unlink_if_present(self.journal_path)
-        return pending
-
-    def _roll_back(self, journal: _Journal) -> None:
-        if journal.offset is None:
-            return
-        try:
-            fd = _safefile.open_own(self.path, os.O_WRONLY)
-            if fd is not None:
-                try:
-                    os.ftruncate(fd, journal.offset)
-                finally:
-                    os.close(fd)
-            _safefile.unlink_if_present(self.journal_path)
-        except OSError as exc:
-            logger.warning("could not roll back a failed delivery to %s: %s", self.path, exc)
 
     def _cut_torn_tail(self) -> None:
         """Cut the bytes after the last newline (a line a killed process did not finish)."""
@@ -505,7 +312,8 @@ def read_delegation_results(path: str | os.PathLike[str] | None = None) -> list[
     that is a link or owned by another user is refused (one ERROR), never read.
     """
     if path is None:
-        path = os.environ.get(RESULTS_FILE_ENV) or DEFAULT_RESULTS_FILE
+        # Looked up at each call, so a test or a program can set the environment first.
+        path = _config.env_path(None, _config.ENV_RESULTS_FILE, _config.DEFAULT_RESULTS_FILE)
     try:
         return ResultsFile(path).consume()
     except (OSError, ValueError) as exc:  # filelock.Timeout and a refused file included

@@ -226,6 +226,26 @@ class BoundedRetry(Retry):
         return retry
 
 
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds a ``Retry-After`` header asks the client to wait, as urllib3 reads it.
+
+    The header is delay-seconds (digits only) or an HTTP date (a date in the past is 0.0);
+    the value is parsed by urllib3's ``Retry.parse_retry_after``, so a status the client
+    reports waits exactly as a GET urllib3 retries would. ``None`` when the header is absent
+    or malformed (a fraction, a sign, a word): the caller then uses its own delay.
+    """
+    if value is None:
+        return None
+    try:
+        return float(_RETRY_AFTER_PARSER.parse_retry_after(value))
+    except (InvalidHeader, OverflowError, ValueError):
+        return None
+
+
+# parse_retry_after is an instance method of Retry, though it reads nothing of the instance.
+_RETRY_AFTER_PARSER = Retry(0)
+
+
 def make_retry(retry_after_cap: float) -> BoundedRetry:
     """The retry policy of every session the library makes.
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from itertools import islice
 
 import filelock
 
 from . import _fork, _safefile
 from ._ratelimit import RateLimitedLog
+from ._rows import valid_id
 
-__all__ = ["MAX_ID_LENGTH", "IdLog", "valid_id"]
+__all__ = ["DEFAULT_LOCK_TIMEOUT", "IdLog"]
 
 logger = logging.getLogger("heartbeat_sync._files")
 
@@ -27,32 +28,8 @@ logger = logging.getLogger("heartbeat_sync._files")
 #: it expire; the beat thread passes its own short timeout.
 DEFAULT_LOCK_TIMEOUT = 30.0
 
-#: The longest id an id log keeps (platform ids are 36-character UUIDs).
-MAX_ID_LENGTH = 256
-
 _warn = RateLimitedLog(logger)
 _fork.on_fork_in_child(_warn.reinit_after_fork)
-
-
-def _encodable(item: str) -> bool:
-    try:
-        item.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, from JSON's "\ud800"
-        return False
-    return True
-
-
-def valid_id(item: object) -> bool:
-    """True for an id an :class:`IdLog` can keep: a non-empty string of at most
-    :data:`MAX_ID_LENGTH` characters, UTF-8 encodable (no lone surrogate), without a comma or
-    white space (either would split or merge ids when the log is read back)."""
-    return (
-        isinstance(item, str)
-        and 0 < len(item) <= MAX_ID_LENGTH
-        and "," not in item
-        and not any(ch.isspace() for ch in item)
-        and _encodable(item)
-    )
 
 
 class IdLog:
@@ -186,19 +163,22 @@ class IdLog:
             if not self._pending:
                 return
             try:
-                self._update_on_disk(())
+                self.record(())
             except OSError as exc:  # filelock.Timeout is an OSError too
                 _warn.warning("id-log", "could not save %s (will retry): %s", self.path, exc)
             else:
                 _warn.reset("id-log")
 
-    # -- internals used by ResultsFile ------------------------------------------------------
+    # -- what the delivery journal needs -----------------------------------------------------
 
-    def _on_disk(self) -> set[str]:
-        """The ids in the file now (and the pending ones), read under the file lock.
+    def ids_on_disk(self) -> set[str]:
+        """The ids the file holds now, with the ids added here and not yet written.
 
-        Raises ``OSError`` (``filelock.Timeout`` and a refused file included) when it cannot
-        tell, so that a caller never takes "unknown" for "not there".
+        Read under the file lock, so another writer's ids are included; memory is refreshed
+        from the file as :meth:`reload` would. A delivery decides "already delivered?" against
+        this, never against memory alone. Raises ``OSError`` (``filelock.Timeout`` and a
+        refused file included) when it cannot tell, so that a caller never takes "unknown" for
+        "not there".
         """
         with self._mutex, self._file_lock:
             on_disk = self._read_file()
@@ -206,11 +186,14 @@ class IdLog:
             self._merge(on_disk)
             return set(on_disk) | set(self._pending)
 
-    def _update_on_disk(self, ids: Sequence[str]) -> None:
-        """Merge the pending ids and ``ids`` into the file, under its lock.
+    def record(self, ids: Iterable[str]) -> None:
+        """Add ``ids`` (as :meth:`add`) and write them with every pending id, now.
 
-        Raises ``OSError`` (``filelock.Timeout`` and a refused file included) when it cannot;
-        ``ids`` are then pending.
+        The file's ids are read under its lock and merged first, so no other writer's id is
+        lost; recording ids already there changes nothing, which makes a repeated call
+        harmless. Unlike :meth:`save` this raises ``OSError`` (``filelock.Timeout`` and a
+        refused file included) when the file cannot be written; ``ids`` then stay pending, in
+        memory, for the next :meth:`save` or :meth:`record`.
         """
         with self._mutex:
             self.add(ids)

@@ -21,20 +21,24 @@ from . import (
     _coalesce,
     _fork,
     _lifecycle,
-    _messages,
     _metadata,
+    _rows,
     _schedule,
     _status,
+    _texts,
     _validate,
     _wedge,
 )
 from ._activity import ActivityPager, row_ids
-from ._auth import ORG_ID_ENV, TOKEN_ENV, Credentials, origin_header, resolve_configs_dir
+from ._auth import Credentials, origin_header, resolve_configs_dir
 from ._client import CursorGone, PlatformClient, PlatformError
+from ._config import DEFAULT_RESULTS_FILE
+from ._config import ENV_ORG_ID as ORG_ID_ENV
+from ._config import ENV_RESULTS_FILE as RESULTS_FILE_ENV
+from ._config import ENV_TOKEN as TOKEN_ENV
 from ._events import EVENTS_ENV, EventStream, events_enabled
-from ._files import DEFAULT_RESULTS_FILE, RESULTS_FILE_ENV, IdLog, ResultsFile
+from ._files import IdLog, ResultsFile
 from ._http import SessionFactory, make_session
-from ._messages import Result
 from ._ratelimit import RateLimitedLog
 from ._register import (
     REGISTER_RETRY_FIRST,
@@ -42,6 +46,7 @@ from ._register import (
     register_until_done,
     registration_body,
 )
+from ._rows import Result
 from ._worker import SideEffectWorker
 
 logger = logging.getLogger("heartbeat_sync")
@@ -798,7 +803,7 @@ class Heartbeat:
             sample, active, task = self._sample_error, self._active_tasks, self._current_task
             uptime = time.monotonic() - self._start_time
         wedged = _wedge.wedge_reason() if _wedge.is_wedged() else None
-        body = _messages.build_beat_body(
+        body = _texts.build_beat_body(
             self.workspace_id,
             error_rate=rate,
             sample_error=sample,
@@ -856,7 +861,7 @@ class Heartbeat:
                 self._warn.warning("delegations", "delegations poll failed: %s", exc)
             return
         self._warn.reset("delegations")
-        parsed = _messages.delegation_results(rows, self.workspace_id, self._seen, time.time())
+        parsed = _rows.delegation_results(rows, self.workspace_id, self._seen, time.time())
         for did, source in parsed.foreign:
             if did not in self._warned_foreign:
                 logger.warning(
@@ -899,12 +904,12 @@ class Heartbeat:
             honoured = since is not None and not any(
                 isinstance(r, dict) and r.get("id") == since for r in rows
             )
-            if not honoured or _messages.newest_first(rows):
+            if not honoured or _rows.newest_first(rows):
                 # A full window (no cursor, a 410, or a server that ignores since_id) comes
                 # newest first; results are processed oldest first.
                 honoured = False
                 rows = list(reversed(rows))
-            parsed = _messages.activity_results(rows, self.workspace_id, self._cursor, time.time())
+            parsed = _rows.activity_results(rows, self.workspace_id, self._cursor, time.time())
             if parsed.malformed:
                 self._warn.warning(
                     "activity-rows", "skipped %d malformed activity row(s)", parsed.malformed

@@ -15,16 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import _validate
+from . import _http, _validate
 from ._auth import (
-    ORG_ID_ENV,
-    TOKEN_ENV,
     Credentials,
     origin_header,
     resolve_configs_dir,
     save_token,
 )
 from ._client import PlatformClient, PlatformError
+from ._config import ENV_ORG_ID, ENV_TOKEN
 from ._http import make_session
 from ._ratelimit import RateLimitedLog
 
@@ -33,9 +32,10 @@ logger = logging.getLogger(__name__)
 DELIVERY_MODES = ("push", "poll")
 #: The first wait before a registration is tried again (it doubles up to a cap).
 REGISTER_RETRY_FIRST = 1.0
-#: Statuses after which a registration is tried again: the platform is overloaded or down, or
-#: the token is not (yet) the right one (it is re-read before each attempt).
-RETRY_STATUSES = frozenset({401, 429, 500, 502, 503, 504})
+#: Statuses after which a registration is tried again: the platform is overloaded or down
+#: (a GET's retry statuses, and 500), or the token is not (yet) the right one (401; it is
+#: re-read before each attempt).
+RETRY_STATUSES = _http.RETRY_STATUSES | {401, 500}
 
 
 class RegistrationError(Exception):
@@ -237,8 +237,8 @@ def register(
     credentials = Credentials(
         resolve_configs_dir(configs_dir),
         origin=origin_header(None, platform_url),
-        env_token=os.environ.get(TOKEN_ENV),
-        org_id=org_id if org_id is not None else os.environ.get(ORG_ID_ENV),
+        env_token=os.environ.get(ENV_TOKEN),
+        org_id=org_id if org_id is not None else os.environ.get(ENV_ORG_ID),
     )
     client = PlatformClient(
         platform_url, workspace_id, credentials, make_session, timeout=float(timeout)

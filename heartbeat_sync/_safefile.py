@@ -42,6 +42,7 @@ _O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 # A FIFO planted under our name must not block the open.
 _O_NONBLOCK: int = getattr(os, "O_NONBLOCK", 0)
 _geteuid = getattr(os, "geteuid", None)
+_fchmod = getattr(os, "fchmod", None)
 
 
 class UntrustedFile(OSError):
@@ -149,21 +150,53 @@ def create_own(path: str, flags: int = os.O_WRONLY) -> int:
         return fd
 
 
-def atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes, *, fsync: bool = False, tmp: str | None = None) -> None:
     """Replace ``path`` with ``data`` so a reader sees the old or the new content, never a mix.
 
-    The new file is 0600. The caller holds the lock that guards ``path``, so one fixed temp name
-    is safe; whatever sits under that name (a temp file left by a killed process, or something
-    planted) is removed first and never written through.
+    The new file is 0600 whatever the umask. The content goes to a temp file in the same
+    directory, which then replaces ``path`` with ``os.replace``; if anything fails the temp
+    file is removed and the error raised (``path`` is then unchanged).
+
+    Args:
+        path: The file to replace.
+        data: Its new content.
+        fsync: Flush the content, then the rename, to the disk before returning, for a file
+            that must survive a power cut (a token the platform shows once).
+        tmp: The temp file's name. The default, ``path + ".tmp"``, is safe when the caller
+            holds the lock that guards ``path``; a caller without one passes a name of its
+            own (one per process). Whatever sits under that name (a temp file left by a
+            killed process, or something planted) is removed first and never written through.
     """
-    tmp = path + ".tmp"
+    if tmp is None:
+        tmp = path + ".tmp"
     unlink_if_present(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_BINARY, FILE_MODE)
     try:
-        write_all(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            if _fchmod is not None:
+                _fchmod(fd, FILE_MODE)  # the mode given to open() is filtered by the umask
+            write_all(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    if fsync:
+        _fsync_dir(os.path.dirname(path) or ".")
+
+
+def _fsync_dir(directory: str) -> None:
+    # The rename reaches the disk with its directory; not every system can open one for that.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def unlink_if_present(path: str) -> None:

@@ -17,15 +17,16 @@ import uuid
 from collections.abc import Sequence
 from typing import Callable
 
-from . import _fork, _messages
+from . import _fork, _texts
 from ._client import PlatformClient, PlatformError
-from ._messages import Result
+from ._http import RETRY_STATUSES
 from ._ratelimit import RateLimitedLog
+from ._rows import Result
 
 logger = logging.getLogger(__name__)
 
 #: Statuses after which a wake-up is retried: the agent is busy or waking (CONTRACT.md §8).
-RETRY_WAKEUP_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_WAKEUP_STATUSES = RETRY_STATUSES
 #: The platform's 503 error for a workspace whose agent has no URL: not a busy agent.
 NO_AGENT_URL = "workspace has no URL"
 DEFAULT_RETRY_DELAY = 15.0
@@ -282,7 +283,7 @@ class SideEffectWorker:
                         return
                     while self._inbox:
                         batch = self._inbox.popleft()
-                        listed = max(0, _messages.TRIGGER_MAX_LINES - len(self._pending_wake))
+                        listed = max(0, _texts.TRIGGER_MAX_LINES - len(self._pending_wake))
                         self._pending_wake.extend(batch[:listed])
                         self._wake_more += max(0, len(batch) - listed)
                         room = self.max_notify_backlog - len(self._pending_notify)
@@ -375,7 +376,7 @@ class SideEffectWorker:
         return name
 
     def _send_wakeup(self, client: PlatformClient, batch: list[Result], more: int) -> None:
-        text = _messages.trigger_text(batch, self._parent(client), more)
+        text = _texts.trigger_text(batch, self._parent(client), more)
         now = self._clock()
         if self._first_attempt_at is None:
             self._first_attempt_at = now
@@ -433,7 +434,7 @@ class SideEffectWorker:
                 self._drop(DROP_NOTIFY_DISABLED, 1)
             return
         try:
-            client.notify(_messages.notify_text(result))
+            client.notify(_texts.notify_text(result))
         except PlatformError as exc:
             if self._stopping:
                 with self._cond:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import email.utils
 import logging
+import math
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from urllib3.util.retry import Retry
 
-from heartbeat_sync._http import make_retry, make_session
+from heartbeat_sync._http import make_retry, make_session, parse_retry_after
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
@@ -26,6 +29,46 @@ def test_retry_policy_matches_the_design() -> None:
     assert retry.backoff_factor > 0 and retry.backoff_jitter > 0
     assert retry.parse_retry_after("3600") == 2.0
     assert retry.new(total=1).parse_retry_after("3600") == 2.0  # the cap survives new()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("3", 3.0),
+        (" 7 ", 7.0),
+        # delay-seconds is digits only (RFC 9110 §10.2.3), as urllib3 reads it: a fraction or
+        # a sign is malformed, and the caller falls back to its own delay.
+        (" 1.5 ", None),
+        ("-4", None),
+        ("soon", None),
+        ("nan", None),
+        ("inf", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+    ],
+)
+def test_parse_retry_after(value: str | None, expected: float | None) -> None:
+    got = parse_retry_after(value)
+    assert got == expected
+    assert got is None or type(got) is float
+
+
+def test_parse_retry_after_huge_delay_is_a_finite_float() -> None:
+    got = parse_retry_after("9" * 400)
+    assert got is not None and math.isfinite(got)
+
+
+def test_parse_retry_after_http_date_in_the_future() -> None:
+    got = parse_retry_after(email.utils.formatdate(time.time() + 100, usegmt=True))
+    assert got is not None and 95.0 <= got <= 100.0
+
+
+def test_parse_retry_after_agrees_with_the_retry_policy() -> None:
+    """The status a client reports waits as long as urllib3 waits before retrying a GET."""
+    retry = make_retry(retry_after_cap=60.0)
+    for value in ("0", "3", "42"):
+        assert parse_retry_after(value) == retry.parse_retry_after(value)
 
 
 def test_gets_are_retried_on_503_with_backoff(

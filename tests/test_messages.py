@@ -1,4 +1,4 @@
-"""Pure parts: beat body, rows into results, texts, Retry-After; tables and properties."""
+"""Pure parts: rows into results (_rows), the beat body and texts (_texts); tables, properties."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heartbeat_sync import _messages as m
+from heartbeat_sync import _rows, _texts
 from heartbeat_sync._http import parse_json
 
 WS = "11111111-1111-4111-8111-111111111111"
@@ -45,7 +45,7 @@ near_rows = st.dictionaries(
 
 
 def test_beat_body_table() -> None:
-    body = m.build_beat_body(
+    body = _texts.build_beat_body(
         WS, error_rate=0.25, sample_error="e", active_tasks=3, current_task="t", uptime_seconds=9.9
     )
     assert body == {
@@ -56,7 +56,7 @@ def test_beat_body_table() -> None:
         "current_task": "t",
         "uptime_seconds": 9,
     }
-    wedged = m.build_beat_body(
+    wedged = _texts.build_beat_body(
         WS,
         error_rate=0.0,
         sample_error="e",
@@ -72,29 +72,6 @@ def test_beat_body_table() -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (None, None),
-        ("", None),
-        ("3", 3.0),
-        (" 1.5 ", 1.5),
-        ("-4", 0.0),
-        ("soon", None),
-        ("nan", None),
-        ("inf", None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
-    ],
-)
-def test_parse_retry_after(value: str | None, expected: float | None) -> None:
-    assert m.parse_retry_after(value) == expected
-
-
-def test_parse_retry_after_http_date_in_the_future() -> None:
-    got = m.parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0)
-    assert got == pytest.approx(10.0)
-
-
-@pytest.mark.parametrize(
     ("body", "expected"),
     [
         ({"status": "ok", "platform_inbound_secret": "s3cret"}, "s3cret"),
@@ -106,7 +83,7 @@ def test_parse_retry_after_http_date_in_the_future() -> None:
     ],
 )
 def test_inbound_secret(body: Any, expected: str | None) -> None:
-    assert m.inbound_secret(body) == expected
+    assert _rows.inbound_secret(body) == expected
 
 
 def _delegation(**kw: Any) -> dict[str, Any]:
@@ -129,7 +106,7 @@ def _delegation(**kw: Any) -> dict[str, Any]:
     ],
 )
 def test_delegation_rows(row: dict[str, Any], delivered: bool) -> None:
-    parsed = m.delegation_results([row], WS, set(), 1.0)
+    parsed = _rows.delegation_results([row], WS, set(), 1.0)
     assert bool(parsed.results) is delivered
     if delivered:
         rec = parsed.results[0].record
@@ -142,13 +119,13 @@ def test_delegation_seen_and_duplicates_in_one_response() -> None:
         _delegation(delegation_id="a"),
         _delegation(delegation_id="b"),
     ]
-    parsed = m.delegation_results(rows, WS, {"b"}, 1.0)
+    parsed = _rows.delegation_results(rows, WS, {"b"}, 1.0)
     assert [r.id for r in parsed.results] == ["a"]
     assert parsed.ids == ["a"]
 
 
 def test_foreign_rows_are_listed_for_a_warning() -> None:
-    parsed = m.delegation_results([_delegation(source_id=PEER)], WS, set(), 1.0)
+    parsed = _rows.delegation_results([_delegation(source_id=PEER)], WS, set(), 1.0)
     assert parsed.foreign == [("d1", PEER)]
 
 
@@ -161,7 +138,7 @@ def test_activity_rows() -> None:
         "junk",
         {"id": "a,4", "source_id": PEER},
     ]
-    parsed = m.activity_results(rows, WS, set(), 2.0)
+    parsed = _rows.activity_results(rows, WS, set(), 2.0)
     assert [r.id for r in parsed.results] == ["a1"]
     assert parsed.ids == ["a1", "a2", "a3"]
     assert parsed.malformed == 2
@@ -188,25 +165,25 @@ def test_activity_rows() -> None:
     ],
 )
 def test_newest_first(rows: list[Any], expected: bool) -> None:
-    assert m.newest_first(rows) is expected
+    assert _rows.newest_first(rows) is expected
 
 
 def test_trigger_text_caps_the_list() -> None:
     results = [
-        m.Result(
+        _rows.Result(
             {"delegation_id": f"id{i}", "status": "completed", "summary": "x" * 100, "error": ""},
-            m.ORIGIN_DELEGATION,
+            _rows.ORIGIN_DELEGATION,
         )
-        for i in range(m.TRIGGER_MAX_LINES + 5)
+        for i in range(_texts.TRIGGER_MAX_LINES + 5)
     ]
-    text = m.trigger_text(results, "")
-    assert text.count("\n- [completed]") == m.TRIGGER_MAX_LINES
+    text = _texts.trigger_text(results, "")
+    assert text.count("\n- [completed]") == _texts.TRIGGER_MAX_LINES
     assert "and 5 more in the results file" in text
     assert "- [completed] Delegation id0: " + "x" * 80 + "\n" in text
 
 
 def test_notify_and_self_message_shapes() -> None:
-    r = m.Result(
+    r = _rows.Result(
         {
             "delegation_id": "d",
             "status": "failed",
@@ -214,10 +191,10 @@ def test_notify_and_self_message_shapes() -> None:
             "response_preview": "",
             "error": "e",
         },
-        m.ORIGIN_DELEGATION,
+        _rows.ORIGIN_DELEGATION,
     )
-    assert m.notify_text(r) == "Delegation failed: s"
-    body = m.self_message_body("hi", "mid")
+    assert _texts.notify_text(r) == "Delegation failed: s"
+    body = _texts.self_message_body("hi", "mid")
     assert body["params"]["message"] == {
         "role": "user",
         "messageId": "mid",
@@ -228,36 +205,36 @@ def test_notify_and_self_message_shapes() -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.lists(json_values | near_rows, max_size=8))
 def test_any_delegations_json_is_parsed_without_exceptions(rows: list[Any]) -> None:
-    parsed = m.delegation_results(rows, WS, set(), 0.0)
+    parsed = _rows.delegation_results(rows, WS, set(), 0.0)
     ids = [r.id for r in parsed.results]
     assert len(ids) == len(set(ids))
     for r in parsed.results:
         json.dumps(r.record)
-        assert r.record["source_id"] == WS and r.record["status"] in m.FINAL_STATUSES
-        m.notify_text(r)
-    m.trigger_text(parsed.results, "p")
+        assert r.record["source_id"] == WS and r.record["status"] in _rows.FINAL_STATUSES
+        _texts.notify_text(r)
+    _texts.trigger_text(parsed.results, "p")
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(json_values | near_rows, max_size=8))
 def test_any_activity_json_is_parsed_without_exceptions(rows: list[Any]) -> None:
-    parsed = m.activity_results(rows, WS, set(), 0.0)
+    parsed = _rows.activity_results(rows, WS, set(), 0.0)
     assert len(parsed.ids) == len(set(parsed.ids))
     for r in parsed.results:
         json.dumps(r.record)
         assert r.record["target_id"] not in ("", WS)
-        assert len(r.record["response_preview"]) <= m.PREVIEW_LIMIT
-    m.newest_first(rows)
-    m.trigger_text(parsed.results, "")
+        assert len(r.record["response_preview"]) <= _rows.PREVIEW_LIMIT
+    _rows.newest_first(rows)
+    _texts.trigger_text(parsed.results, "")
 
 
 @settings(max_examples=200, deadline=None)
 @given(json_values)
 def test_any_json_anywhere_a_body_is_read(value: Any) -> None:
-    m.inbound_secret(value)
-    m.message_text(value)
-    m.message_text({"params": {"message": {"parts": value}}})
-    m.newest_first(value if isinstance(value, list) else [value])
+    _rows.inbound_secret(value)
+    _rows.message_text(value)
+    _rows.message_text({"params": {"message": {"parts": value}}})
+    _rows.newest_first(value if isinstance(value, list) else [value])
 
 
 @settings(max_examples=200, deadline=None)

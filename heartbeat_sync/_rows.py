@@ -1,22 +1,40 @@
-"""Pure functions: the beat body, rows into results, and the texts the loop sends.
+"""Pure: platform rows into results, and the values read from the platform's JSON.
 
-Nothing here does I/O or keeps state, so every rule of the reference loop that is about
-*what* is sent or kept can be tested with plain tables and property tests.
+Nothing here does I/O or keeps state, so every rule of the reference loop about *which* rows
+become results (and which ids are remembered) can be tested with plain tables and property
+tests. The texts built from results are in :mod:`._texts`.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime
-import email.utils
-import math
 import re
-import time
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._files import valid_id
+__all__ = [
+    "FAILED_SUMMARY",
+    "FINAL_STATUSES",
+    "MAX_ID_LENGTH",
+    "ORIGIN_ACTIVITY",
+    "ORIGIN_DELEGATION",
+    "PREVIEW_LIMIT",
+    "Parsed",
+    "Record",
+    "Result",
+    "activity_results",
+    "created_ns",
+    "delegation_results",
+    "inbound_secret",
+    "message_text",
+    "newest_first",
+    "valid_id",
+]
+
+#: The longest id an id log keeps (platform ids are 36-character UUIDs).
+MAX_ID_LENGTH = 256
 
 #: Where a result came from: the delegations list, or an a2a_receive activity row.
 ORIGIN_DELEGATION = "delegation"
@@ -26,10 +44,31 @@ FINAL_STATUSES = ("completed", "failed")
 #: summary (its own wording for such a row).
 FAILED_SUMMARY = "Delegation failed"
 PREVIEW_LIMIT = 4096
-#: Lines listed in one wake-up message; the rest are counted (they are all in the results file).
-TRIGGER_MAX_LINES = 50
 
+#: One delegation result: ``delegation_id, target_id, source_id, status, summary,
+#: response_preview, error, timestamp`` (the reference runtime's record shape).
 Record = dict[str, Any]
+
+
+def _encodable(item: str) -> bool:
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, from JSON's "\ud800"
+        return False
+    return True
+
+
+def valid_id(item: object) -> bool:
+    """True for an id an id log can keep: a non-empty string of at most
+    :data:`MAX_ID_LENGTH` characters, UTF-8 encodable (no lone surrogate), without a comma or
+    white space (either would split or merge ids when the log is read back)."""
+    return (
+        isinstance(item, str)
+        and 0 < len(item) <= MAX_ID_LENGTH
+        and "," not in item
+        and not any(ch.isspace() for ch in item)
+        and _encodable(item)
+    )
 
 
 @dataclass(frozen=True)
@@ -67,37 +106,13 @@ def _text(value: Any) -> str:
     return ""
 
 
-def build_beat_body(
-    workspace_id: str,
-    *,
-    error_rate: float,
-    sample_error: str,
-    active_tasks: int,
-    current_task: str,
-    uptime_seconds: float,
-    wedge_reason: str | None = None,
-    runtime_metadata: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The heartbeat body, with the reference's fields and rules.
-
-    ``uptime_seconds`` is sent as an int (the server rejects a fraction with 400). When the
-    runtime is wedged, ``runtime_state`` is ``"wedged"`` and the reason replaces
-    ``sample_error``; otherwise the key is absent. ``runtime_metadata`` is absent when None.
-    """
-    body: dict[str, Any] = {
-        "workspace_id": workspace_id,
-        "error_rate": float(error_rate) if math.isfinite(error_rate) else 0.0,
-        "sample_error": sample_error,
-        "active_tasks": int(active_tasks),
-        "current_task": current_task,
-        "uptime_seconds": max(0, int(uptime_seconds)),
-    }
-    if wedge_reason is not None:
-        body["runtime_state"] = "wedged"
-        body["sample_error"] = wedge_reason
-    if runtime_metadata is not None:
-        body["runtime_metadata"] = dict(runtime_metadata)
-    return body
+def _objects(rows: Iterable[Any], out: Parsed) -> Iterator[dict[str, Any]]:
+    """The rows that are JSON objects; every other row is counted in ``out.malformed``."""
+    for row in rows:
+        if isinstance(row, dict):
+            yield row
+        else:
+            out.malformed += 1
 
 
 def inbound_secret(body: Any) -> str | None:
@@ -108,28 +123,6 @@ def inbound_secret(body: Any) -> str | None:
     if isinstance(secret, str) and secret and len(secret) <= 4096:
         return secret
     return None
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date); None if absent/bad."""
-    if value is None:
-        return None
-    value = value.strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is None:
-            return None
-        try:
-            seconds = email.utils.mktime_tz(parsed) - (time.time() if now is None else now)
-        except (OverflowError, ValueError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def delegation_results(
@@ -146,10 +139,7 @@ def delegation_results(
     """
     out = Parsed()
     batch: set[str] = set()
-    for row in rows:
-        if not isinstance(row, dict):
-            out.malformed += 1
-            continue
+    for row in _objects(rows, out):
         did = row.get("delegation_id")
         if did is None or did == "":
             continue  # activity-path "Delegation failed" rows carry no id (CONTRACT.md S4)
@@ -222,10 +212,7 @@ def activity_results(
     """
     out = Parsed()
     batch: set[str] = set()
-    for row in rows:
-        if not isinstance(row, dict):
-            out.malformed += 1
-            continue
+    for row in _objects(rows, out):
         activity_id = row.get("id")
         if not isinstance(activity_id, str) or not valid_id(activity_id):
             out.malformed += 1
@@ -288,78 +275,3 @@ def newest_first(rows: Sequence[Any]) -> bool:
     stamps = [created_ns(r.get("created_at")) for r in rows if isinstance(r, dict)]
     known = [s for s in stamps if s is not None]
     return len(known) >= 2 and known[0] > known[-1]
-
-
-def _summary_line(result: Result) -> str:
-    r = result.record
-    if result.origin == ORIGIN_ACTIVITY:
-        line = (
-            f"- [completed] Peer response from {r['target_id'][:8]}: "
-            f"{r['summary'][:80] or '(no summary)'}"
-        )
-    else:
-        line = f"- [{r['status']}] Delegation {r['delegation_id'][:8]}: {r['summary'][:80]}"
-    if r.get("error") and r["error"] != r["summary"]:
-        line += f"\n  Error: {r['error'][:100]}"
-    return line
-
-
-def trigger_text(results: Sequence[Result], parent_name: str, more: int = 0) -> str:
-    """The wake-up text the agent receives for a batch of results (the reference's wording).
-
-    Peer text never goes into it beyond the platform's summary (the agent reads the full
-    results from the results file); a batch of only activity results uses the reference's
-    activity wording, anything else the delegation wording. At most
-    :data:`TRIGGER_MAX_LINES` results are listed; the rest (and ``more``) are counted.
-    """
-    only_activity = bool(results) and all(r.origin == ORIGIN_ACTIVITY for r in results)
-    lines = [_summary_line(r) for r in results[:TRIGGER_MAX_LINES]]
-    more += max(0, len(results) - TRIGGER_MAX_LINES)
-    if more:
-        lines.append(f"- … and {more} more in the results file")
-    if only_activity:
-        head = (
-            "Delegation results are ready (from a2a_receive via activity_logs). "
-            "Review them and take appropriate action:\n"
-        )
-        report = (
-            f"\n\nIMPORTANT: Delegate a summary of these results to your parent "
-            f"'{parent_name}' using delegate_task. Also use send_message_to_user "
-            f"to notify the user."
-        )
-    else:
-        head = "Delegation results are ready. Review them and take appropriate action:\n"
-        report = (
-            f"\n\nIMPORTANT: Report these results back to your parent '{parent_name}' "
-            f"by delegating a summary to them. Use delegate_task or delegate_task_async "
-            f"with a concise status report. Also use send_message_to_user to notify the user."
-        )
-    if not parent_name:
-        report = "\n\nReport results using send_message_to_user to notify the user."
-    return head + "\n".join(lines) + report
-
-
-def notify_text(result: Result) -> str:
-    """The canvas notification for one result (the reference's wording)."""
-    r = result.record
-    if result.origin == ORIGIN_ACTIVITY:
-        msg = f"Delegation completed: {r['summary'][:100] or '(no summary)'}"
-    else:
-        msg = f"Delegation {r['status']}: {r['summary'][:100]}"
-    if r.get("response_preview"):
-        msg += f"\nResult: {r['response_preview'][:200]}"
-    return msg
-
-
-def self_message_body(text: str, message_id: str) -> dict[str, Any]:
-    """The A2A ``message/send`` body of a wake-up: role user, one ``kind: text`` part."""
-    return {
-        "method": "message/send",
-        "params": {
-            "message": {
-                "role": "user",
-                "messageId": message_id,
-                "parts": [{"kind": "text", "text": text}],
-            },
-        },
-    }
