@@ -9,7 +9,6 @@ import os
 import random
 import threading
 import time
-import types
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -495,6 +494,7 @@ class Heartbeat:
 
     def status(self) -> _status.Status:
         """An immutable snapshot of the loop's state and counters."""
+        side = self._worker.snapshot()  # before our lock: the two locks are never held together
         with self._lock:
             running = self._thread is not None and self._thread.is_alive()
             if self._life.kind == _lifecycle.REMOVED:
@@ -505,26 +505,22 @@ class Heartbeat:
                 state = _status.STARTING  # waiting for the threads of the previous run
             else:
                 state = self._live_state()
-            snapshot: dict[str, Any] = {
-                "state": state,
-                "running": running,
-                "beats_ok": self._beats_ok,
-                "beats_failed": self._beats_failed,
-                "consecutive_failures": self._consecutive_failures,
-                "last_success": self._last_success,
-                "last_error": self._last_error,
-                "results_delivered": self._results_delivered,
-            }
-        drops = dict(self._worker.dropped)
-        return _status.Status(
-            wakeups_sent=self._worker.wakeups_sent,
-            notifications_sent=self._worker.notifications_sent,
-            side_effects_dropped=sum(drops.values()),
-            drops=types.MappingProxyType(drops),
-            queue_depth=self._worker.queue_depth,
-            workspace_status=self._life.platform_status,
-            **snapshot,
-        )
+            return _status.Status(
+                state=state,
+                running=running,
+                beats_ok=self._beats_ok,
+                beats_failed=self._beats_failed,
+                consecutive_failures=self._consecutive_failures,
+                last_success=self._last_success,
+                last_error=self._last_error,
+                results_delivered=self._results_delivered,
+                wakeups_sent=side.wakeups_sent,
+                notifications_sent=side.notifications_sent,
+                side_effects_dropped=sum(side.drops.values()),
+                drops=side.drops,
+                queue_depth=side.queue_depth,
+                workspace_status=self._life.platform_status,
+            )
 
     def _live_state(self) -> str:
         # caller holds self._lock
