@@ -177,14 +177,14 @@ class SideEffectPolicy(Generic[R]):
     def held(self) -> int:
         """Side effects waiting: the pending wake-up (one, for any number of results) and
         the notifications."""
-        return (1 if self._wake else 0) + len(self._notify)
+        return (1 if self._wake_held() else 0) + len(self._notify)
 
     def describe(self, queued: int, busy: bool) -> str:
         """What is left to do, in words, with ``queued`` batches not yet added."""
         parts = []
         if queued:
             parts.append(f"{queued} queued batch(es)")
-        if self._wake:
+        if self._wake_held():
             parts.append(f"a wake-up for {len(self._wake) + self._wake_more} result(s)")
         if self._notify:
             parts.append(f"{len(self._notify)} notification(s)")
@@ -198,7 +198,7 @@ class SideEffectPolicy(Generic[R]):
 
     def wakeup_in(self) -> float | None:
         """Seconds until the held wake-up may go out (0 when now), or None when none is held."""
-        return max(0.0, self._next_wake_at - self._clock()) if self._wake else None
+        return max(0.0, self._next_wake_at - self._clock()) if self._wake_held() else None
 
     def discard(self) -> None:
         """Drop everything held, counted as ``stopped``: nothing more is sent."""
@@ -207,6 +207,7 @@ class SideEffectPolicy(Generic[R]):
             self.drop(DROP_STOPPED, count)
         self._wake = []
         self._wake_more = 0
+        self._first_attempt_at = None  # a later wake-up gets its own retry deadline
         self._notify.clear()
 
     # --- what to send -------------------------------------------------------------------
@@ -214,7 +215,7 @@ class SideEffectPolicy(Generic[R]):
     def next(self) -> Action[R]:
         """The side effect to send now, or None. A notification handed out is no longer held."""
         now = self._clock()
-        wake_due = bool(self._wake) and now >= self._next_wake_at
+        wake_due = self._wake_held() and now >= self._next_wake_at
         # After a wake-up, one notification goes first: with a short cooldown and results
         # arriving steadily, wake-ups would otherwise starve the notifications.
         if wake_due and self._last_was_wakeup and self._notify:
@@ -272,6 +273,10 @@ class SideEffectPolicy(Generic[R]):
             return "paused"
         self.drop(DROP_NOTIFY_FAILED, 1)
         return "dropped"
+
+    def _wake_held(self) -> bool:
+        # Counted results need a wake-up too: they arrived while the listed slots were full.
+        return bool(self._wake or self._wake_more)
 
     def _finish_wakeup(self, wakeup: Wakeup[R], now: float) -> None:
         # Results that arrived while this wake-up was in flight stay held for the next one.

@@ -427,7 +427,7 @@ class SideEffectWorker(Worker[list[Result]]):
             outcome = self._policy.wakeup_done(wakeup, None if error is None else _refusal(error))
             delay = self._policy.wakeup_in()
         if outcome == "sent":
-            logger.info("wake-up sent for %d result(s)", len(wakeup.results))
+            logger.info("wake-up sent for %d result(s)", len(wakeup.results) + wakeup.more)
         elif outcome == "confirmed":
             logger.info("wake-up delivered; the agent's answer was lost (%s)", error)
         elif outcome == "retry":

@@ -349,3 +349,36 @@ def test_every_result_is_notified_or_counted_once(
     )
     held_notes = policy.held() - (1 if policy.wakeup_in() is not None else 0)
     assert len(notified) + notify_drops + held_notes == len(added)
+
+
+def test_a_result_only_counted_during_a_wakeup_still_gets_its_own() -> None:
+    """The listed slots were full while a wake-up was in flight: the late result was only
+    counted, and must still be announced by the next wake-up, not wait for another batch."""
+    clock = Clock()
+    policy = make(clock, cooldown=10.0, max_listed=2)
+    policy.add(results(3))  # two listed, one counted
+    wakeup = take_wakeup(policy)
+    policy.add(results(1))  # in flight: no slot left, so only counted
+    policy.wakeup_done(wakeup, None)
+    assert policy.wakeup_in() == pytest.approx(10.0)
+    assert "a wake-up for 1 result(s)" in policy.describe(queued=0, busy=False)
+    drain_notifications(policy)
+    clock.advance(10.0)
+    following = take_wakeup(policy)
+    assert following.results == () and following.more == 1
+    policy.wakeup_done(following, None)
+    assert policy.held() == 0 and policy.wakeup_in() is None
+
+
+def test_a_discarded_wakeup_leaves_no_retry_deadline_behind() -> None:
+    """Stopped during a busy agent's retries, then started again much later: the next
+    wake-up gets its own retry deadline, not the discarded one's."""
+    clock = Clock()
+    policy = make(clock, retry_deadline=30.0)
+    policy.add(results(1))
+    assert policy.wakeup_done(take_wakeup(policy), BUSY) == "retry"
+    policy.discard()  # the worker stopped
+    clock.advance(100.0)
+    policy.add(results(1))
+    drain_notifications(policy)
+    assert policy.wakeup_done(take_wakeup(policy), BUSY) == "retry"
