@@ -9,7 +9,6 @@ import os
 import random
 import threading
 import time
-import types
 import warnings
 import weakref
 from collections import OrderedDict
@@ -483,22 +482,26 @@ class Heartbeat:
             )
             self._thread = thread
             thread.start()
-            if self.events:
-                self._events = EventStream(
-                    self._new_client,
-                    self.workspace_id,
-                    self._request_poll,
-                    # The platform sends an event for every beat: a stream silent for a few
-                    # intervals is likely a dead connection.
-                    idle_timeout=max(3 * self.interval_seconds, 60.0),
-                    draw=random.SystemRandom().random,
-                    name=f"heartbeat-sync-events-{self.workspace_id[:8]}",
-                )
-                self._events.start()
         if self.exit_timeout is not None:
             _live.add(self)
             _install_exit_hook()
         return thread
+
+    def _start_events(self) -> None:
+        # Caller holds self._lock. The stream needs the token a registration may bring.
+        if not self.events or self._stopping or self._halt.is_set():
+            return
+        self._events = EventStream(
+            self._new_client,
+            self.workspace_id,
+            self._request_poll,
+            # The platform sends an event for every beat: a stream silent for a few
+            # intervals is likely a dead connection.
+            idle_timeout=max(3 * self.interval_seconds, 60.0),
+            draw=random.SystemRandom().random,
+            name=f"heartbeat-sync-events-{self.workspace_id[:8]}",
+        )
+        self._events.start()
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop the threads; return True if all ended within ``timeout`` seconds.
@@ -558,6 +561,7 @@ class Heartbeat:
 
     def status(self) -> _status.Status:
         """An immutable snapshot of the loop's state and counters."""
+        side = self._worker.snapshot()  # before our lock: the two locks are never held together
         with self._lock:
             running = self._thread is not None and self._thread.is_alive()
             if self._life.kind == _lifecycle.REMOVED:
@@ -568,26 +572,22 @@ class Heartbeat:
                 state = _status.STARTING  # waiting for the threads of the previous run
             else:
                 state = self._live_state()
-            snapshot: dict[str, Any] = {
-                "state": state,
-                "running": running,
-                "beats_ok": self._beats_ok,
-                "beats_failed": self._beats_failed,
-                "consecutive_failures": self._consecutive_failures,
-                "last_success": self._last_success,
-                "last_error": self._last_error,
-                "results_delivered": self._results_delivered,
-            }
-        drops = dict(self._worker.dropped)
-        return _status.Status(
-            wakeups_sent=self._worker.wakeups_sent,
-            notifications_sent=self._worker.notifications_sent,
-            side_effects_dropped=sum(drops.values()),
-            drops=types.MappingProxyType(drops),
-            queue_depth=self._worker.queue_depth,
-            workspace_status=self._life.platform_status,
-            **snapshot,
-        )
+            return _status.Status(
+                state=state,
+                running=running,
+                beats_ok=self._beats_ok,
+                beats_failed=self._beats_failed,
+                consecutive_failures=self._consecutive_failures,
+                last_success=self._last_success,
+                last_error=self._last_error,
+                results_delivered=self._results_delivered,
+                wakeups_sent=side.wakeups_sent,
+                notifications_sent=side.notifications_sent,
+                side_effects_dropped=sum(side.drops.values()),
+                drops=side.drops,
+                queue_depth=side.queue_depth,
+                workspace_status=self._life.platform_status,
+            )
 
     def _live_state(self) -> str:
         # caller holds self._lock
@@ -604,6 +604,8 @@ class Heartbeat:
         self._stopping = False
         self._wake.clear()
         self._worker.start()
+        if self._registration is None:
+            self._start_events()  # else the beat thread does, once registered
 
     def _await_previous(self, halt: threading.Event, previous: list[threading.Thread]) -> bool:
         """Wait for the threads of a run that stop() could not end in time. False if halted."""
@@ -651,6 +653,9 @@ class Heartbeat:
         try:
             if self._registration is not None:
                 self._register_until_done(client)
+                with self._lock:
+                    if not halt.is_set():
+                        self._start_events()
             while self._life.kind != _lifecycle.REMOVED:
                 now = time.monotonic()
                 beat_asked, poll_asked = self._beat_asked, self._poll_asked

@@ -2,8 +2,9 @@
 
 A slow or hanging ``/a2a`` (up to 120 s) or ``/notify`` must never delay a heartbeat, so the
 beat thread only hands batches of results to this worker through a bounded queue and moves on.
-The worker owns its own session, the wake-up cooldown and coalescing, the retry of a busy
-agent's wake-up, and the pause of notifications a workspace has turned off.
+:class:`Worker` is the thread and its queue, with nothing of the platform in it;
+:class:`SideEffectWorker` sends what the pure :class:`~heartbeat_sync._policy.SideEffectPolicy`
+says is due, on its own session.
 """
 
 from __future__ import annotations
@@ -15,99 +16,100 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Callable
+from typing import Callable, Generic, TypeVar
 
 from . import _fork, _texts
 from ._client import PlatformClient, PlatformError
 from ._http import RETRY_STATUSES
+from ._policy import (
+    DROP_QUEUE_FULL,
+    DROP_STOPPED,
+    NOTIFY_PAUSE_SECONDS,
+    Notify,
+    Refusal,
+    SideEffectCounts,
+    SideEffectPolicy,
+    Wakeup,
+)
 from ._ratelimit import RateLimitedLog
 from ._rows import Result
 
 logger = logging.getLogger(__name__)
 
 #: Statuses after which a wake-up is retried: the agent is busy or waking (CONTRACT.md §8).
-RETRY_WAKEUP_STATUSES = RETRY_STATUSES
-#: The platform's 503 error for a workspace whose agent has no URL: not a busy agent.
-NO_AGENT_URL = "workspace has no URL"
-DEFAULT_RETRY_DELAY = 15.0
-#: How long notifications stay paused after the platform said they are turned off (403).
-NOTIFY_PAUSE_SECONDS = 600.0
 
-DROP_QUEUE_FULL = "queue_full"
-DROP_WAKEUP_FAILED = "wakeup_failed"
-DROP_NOTIFY_FAILED = "notify_failed"
-DROP_NOTIFY_DISABLED = "notify_disabled"
-DROP_NOTIFY_BACKLOG = "notify_backlog"
-DROP_STOPPED = "stopped"
+T = TypeVar("T")
 
 
-class SideEffectWorker:
-    """Sends wake-ups and notifications for batches of results, on its own daemon thread.
+class Worker(Generic[T]):
+    """A daemon thread that works through a bounded queue; subclasses say what the work is.
 
-    :meth:`submit` never blocks: when the queue is full the batch's side effects are dropped
-    and counted (its results are already safe in the results file). At most one wake-up is
-    sent per ``cooldown``; results that arrive meanwhile are announced together as soon as it
-    ends. A wake-up answered 503 (agent busy or waking) is retried after ``Retry-After``
-    until ``retry_deadline`` seconds after the first attempt; one answered 503 ``workspace
-    has no URL`` (no agent to wake) is dropped at once.
+    :meth:`submit` never blocks: when the queue is full or the worker is stopped the item is
+    refused (and handed to :meth:`_rejected`). The thread moves queued items into the work it
+    holds (:meth:`_accept`) and runs one :meth:`_step` whenever :meth:`_due_in` says something
+    is due. :meth:`flush` and :meth:`stop` are bounded; a forked child starts afresh with
+    nothing queued, so it never repeats the parent's work.
+
+    The hooks named ``_accept``, ``_rejected``, ``_held``, ``_due_in`` and ``_discard`` are
+    called with the worker's lock held and must not block; ``_open``, ``_step``, ``_close`` run
+    on the worker thread without it, and ``_interrupt`` on the thread calling :meth:`stop`.
     """
 
-    def __init__(
-        self,
-        client_factory: Callable[[], PlatformClient],
-        *,
-        cooldown: float = 60.0,
-        max_queue: int = 256,
-        max_notify_backlog: int = 1000,
-        retry_deadline: float = 300.0,
-        self_message_timeout: float = 120.0,
-        name: str = "heartbeat-sync-side-effects",
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._client_factory = client_factory
-        self.cooldown = cooldown
+    def __init__(self, *, max_queue: int, name: str) -> None:
         self.max_queue = max_queue
-        self.max_notify_backlog = max_notify_backlog
-        self.retry_deadline = retry_deadline
-        self.self_message_timeout = self_message_timeout
         self.name = name
-        self._clock = clock
-        self._warn = RateLimitedLog(logger)
         self._init_state()
         _fork.track(self)
 
     def _init_state(self) -> None:
         self._pid = os.getpid()
         self._cond = threading.Condition(threading.Lock())
-        self._inbox: collections.deque[list[Result]] = collections.deque()
+        self._queue: collections.deque[T] = collections.deque()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._busy = False
-        self._client: PlatformClient | None = None
-        self._pending_wake: list[Result] = []
-        # Results beyond the listed ones are only counted: memory stays bounded.
-        self._wake_more = 0
-        self._pending_notify: collections.deque[Result] = collections.deque()
-        self._next_wake_at = float("-inf")
-        self._last_was_wakeup = False
-        self._first_attempt_at: float | None = None
-        self._notify_paused_until = float("-inf")
-        self._parent_name: str | None = None
         # Callables run on this thread (the user's state-change callback), and whether to end
         # once they ran (the workspace was removed).
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._finishing = False
-        self.wakeups_sent = 0
-        self.notifications_sent = 0
-        self.dropped: dict[str, int] = {}
 
     def _after_fork_in_child(self) -> None:
-        # The child has no worker thread, and the parent's locks may have been held at fork:
-        # start afresh with nothing queued, so the child never repeats the parent's effects.
+        # The child has no worker thread, and the parent's locks may have been held at fork.
         self._init_state()
-        self._warn.reinit_after_fork()
 
-    # --- the beat thread's side -----------------------------------------------------------
+    # --- hooks ----------------------------------------------------------------------------
+
+    def _accept(self, item: T) -> None:
+        """Take a queued item into the work held (lock held, worker thread)."""
+        raise NotImplementedError
+
+    def _rejected(self, item: T, reason: str) -> None:
+        """``item`` will never be worked on: the queue was full, or the worker stopped."""
+
+    def _held(self) -> int:
+        """Pieces of work taken from the queue and not yet done."""
+        return 0
+
+    def _due_in(self) -> float | None:
+        """Seconds until held work is due (0 or less: now); None when nothing is held."""
+        return None
+
+    def _discard(self) -> None:
+        """Drop all held work: the worker is ending."""
+
+    def _open(self) -> None:
+        """Called first on the worker thread."""
+
+    def _step(self) -> None:
+        """Do one piece of due work (worker thread, without the lock)."""
+
+    def _close(self) -> None:
+        """Called last on the worker thread."""
+
+    def _interrupt(self) -> None:
+        """Cut short the step in flight: :meth:`stop` was called."""
+
+    # --- the callers' side ----------------------------------------------------------------
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -124,43 +126,37 @@ class SideEffectWorker:
         with self._cond:
             if self._thread is not None and self._thread.is_alive():
                 if self._stopping:
-                    raise RuntimeError("the side-effect thread of the previous run is still ending")
+                    raise RuntimeError(f"{self.name} of the previous run is still ending")
                 return
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
 
-    def submit(self, results: Sequence[Result]) -> bool:
-        """Queue the side effects of one batch of new results. Never blocks.
-
-        Returns False (and counts the drop) when the queue is full or the worker is stopped.
-        """
-        if not results:
-            return True
+    def _check_pid(self) -> None:
         if os.getpid() != self._pid:
             self._after_fork_in_child()
+
+    def submit(self, item: T) -> bool:
+        """Queue ``item``. Never blocks; False when it was refused (queue full, or stopped)."""
+        self._check_pid()
         with self._cond:
             if self._stopping or self._thread is None:
-                self._drop(DROP_STOPPED, len(results))
+                self._rejected(item, DROP_STOPPED)
                 return False
-            if len(self._inbox) >= self.max_queue:
-                self._drop(DROP_QUEUE_FULL, len(results))
-                self._warn.warning(
-                    "queue_full", "side-effect queue full: dropped a batch of %d", len(results)
-                )
+            if len(self._queue) >= self.max_queue:
+                self._rejected(item, DROP_QUEUE_FULL)
                 return False
-            self._inbox.append(list(results))
+            self._queue.append(item)
             self._cond.notify_all()  # the worker, and any flush() waiting on the same condition
             return True
 
     def call_soon(self, fn: Callable[[], None]) -> bool:
-        """Run ``fn`` on the worker thread, after what is queued before it. Never blocks.
+        """Run ``fn`` on the worker thread, before any further step. Never blocks.
 
         An exception in ``fn`` is logged, never raised. Returns False when the worker is not
         running (``fn`` is then not called).
         """
-        if os.getpid() != self._pid:
-            self._after_fork_in_child()
+        self._check_pid()
         with self._cond:
             if self._stopping or self._thread is None or not self._thread.is_alive():
                 return False
@@ -169,8 +165,7 @@ class SideEffectWorker:
             return True
 
     def finish(self) -> None:
-        """End the thread once the queued calls ran; wake-ups and notifications still pending
-        are dropped (counted as ``stopped``), nothing more is sent."""
+        """End the thread once the queued calls ran; work still queued or held is dropped."""
         with self._cond:
             self._finishing = True
             self._cond.notify_all()
@@ -183,74 +178,46 @@ class SideEffectWorker:
         thread.join(timeout)
         return not thread.is_alive()
 
-    def _drop(self, reason: str, count: int) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + count
-
-    @property
-    def queue_depth(self) -> int:
-        """Batches waiting plus wake-up and notifications not yet sent."""
-        with self._cond:
-            return len(self._inbox) + (1 if self._pending_wake else 0) + len(self._pending_notify)
-
-    def pending_summary(self) -> str:
-        """What the worker still has to do, in words (for the exit hook's log line)."""
-        with self._cond:
-            batches = len(self._inbox)
-            wake = len(self._pending_wake) + self._wake_more
-            notes = len(self._pending_notify)
-            busy = self._busy
-        parts = []
-        if batches:
-            parts.append(f"{batches} queued batch(es)")
-        if wake:
-            parts.append(f"a wake-up for {wake} result(s)")
-        if notes:
-            parts.append(f"{notes} notification(s)")
-        if busy and not parts:
-            parts.append("a request in flight")
-        return ", ".join(parts) or "nothing"
-
     def idle(self) -> bool:
+        """True when nothing is queued, held or in flight."""
         with self._cond:
-            return not (self._inbox or self._pending_wake or self._pending_notify or self._busy)
+            return self._idle()
+
+    def _idle(self) -> bool:
+        return not (self._queue or self._busy or self._held())
 
     def flush(self, timeout: float) -> bool:
-        """Wait until everything queued has been sent, or ``timeout`` passes. True if idle.
+        """Wait until everything queued has been done, or ``timeout`` passes. True if idle.
 
-        A wake-up held back by the cooldown or a busy agent counts as not sent; when it is the
-        only thing left and cannot go out within ``timeout``, this returns False at once
-        instead of waiting for nothing.
+        Held work that is not due within ``timeout`` counts as not done: when it is all that is
+        left, this returns False at once instead of waiting for nothing.
         """
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
-            while self._inbox or self._pending_wake or self._pending_notify or self._busy:
+            while not self._idle():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._thread is None or not self._thread.is_alive():
                     return False
-                if self._only_held_wakeup(remaining):
-                    return False
-                self._cond.wait(remaining)
+                if not (self._queue or self._busy):
+                    due = self._due_in()
+                    if due is not None and due > remaining:
+                        return False
+                self._cond.wait(remaining)  # notified after every step and every submit
             return True
-
-    def _only_held_wakeup(self, within: float) -> bool:
-        # Caller holds the lock.
-        if self._inbox or self._pending_notify or self._busy or not self._pending_wake:
-            return False
-        return self._next_wake_at - self._clock() > within
 
     def stop(self, timeout: float) -> bool:
         """Ask the thread to end and wait up to ``timeout``. True if it has ended.
 
-        Work still queued is dropped and counted. A request in flight is interrupted (its
-        connection is shut down), so the thread ends promptly even if the platform hangs.
+        Work still queued or held is dropped. A step in flight is interrupted, so the thread
+        ends promptly even if what it waits on hangs.
         """
         with self._cond:
             self._stopping = True
             thread = self._thread
-            client = self._client if self._busy else None
+            busy = self._busy
             self._cond.notify_all()
-        if client is not None:
-            client.abort()
+        if busy:
+            self._interrupt()
         if thread is None:
             return True
         if thread is not threading.current_thread():
@@ -259,43 +226,32 @@ class SideEffectWorker:
 
     # --- the worker thread ----------------------------------------------------------------
 
+    def _ready(self) -> bool:
+        if self._stopping or self._queue or self._calls or self._finishing:
+            return True
+        due = self._due_in()
+        return due is not None and due <= 0
+
     def _run(self) -> None:
-        client = self._client_factory()
-        self._client = client
+        self._open()
         try:
             while True:
                 with self._cond:
-                    while not (
-                        self._stopping
-                        or self._inbox
-                        or self._calls
-                        or self._finishing
-                        or self._due()
-                    ):
-                        self._cond.wait(self._wait_time())
-                    if self._stopping:
-                        self._drop_all()
-                        return
+                    while not self._ready():
+                        self._cond.wait(self._due_in())
                     calls = list(self._calls)
                     self._calls.clear()
-                    if self._finishing and not calls:
-                        self._drop_all()  # the workspace is gone: nothing more is sent
+                    if self._stopping or (self._finishing and not calls):
+                        self._discard_all()
                         return
-                    while self._inbox:
-                        batch = self._inbox.popleft()
-                        listed = max(0, _texts.TRIGGER_MAX_LINES - len(self._pending_wake))
-                        self._pending_wake.extend(batch[:listed])
-                        self._wake_more += max(0, len(batch) - listed)
-                        room = self.max_notify_backlog - len(self._pending_notify)
-                        self._pending_notify.extend(batch[: max(0, room)])
-                        if len(batch) > room:
-                            self._drop(DROP_NOTIFY_BACKLOG, len(batch) - max(0, room))
+                    while self._queue:
+                        self._accept(self._queue.popleft())
                     self._busy = True
                 try:
                     if calls:
                         self._run_calls(calls)
                     else:
-                        self._step(client)
+                        self._step()
                 except Exception:  # the worker must outlive any bug in one step
                     logger.exception("side-effect step failed")
                 finally:
@@ -303,7 +259,7 @@ class SideEffectWorker:
                         self._busy = False
                         self._cond.notify_all()
         finally:
-            client.close()
+            self._close()
 
     def _run_calls(self, calls: list[Callable[[], None]]) -> None:
         for fn in calls:
@@ -312,49 +268,132 @@ class SideEffectWorker:
             except Exception:  # the user's callback must never end this thread
                 logger.exception("state-change callback failed")
 
-    def _wait_time(self) -> float | None:
-        now = self._clock()
-        waits = []
-        if self._pending_wake:
-            waits.append(self._next_wake_at - now)
-        return max(0.0, min(waits)) if waits else None
-
-    def _due(self) -> bool:
-        now = self._clock()
-        if self._pending_wake and now >= self._next_wake_at:
-            return True
-        return bool(self._pending_notify)
-
-    def _drop_all(self) -> None:
-        count = sum(len(b) for b in self._inbox) + len(self._pending_notify)
-        if self._pending_wake:
-            count += 1
-        if count:
-            self._drop(DROP_STOPPED, count)
-        self._inbox.clear()
-        self._pending_notify.clear()
-        self._pending_wake = []
-        self._wake_more = 0
+    def _discard_all(self) -> None:
+        # Caller holds the lock.
+        for item in self._queue:
+            self._rejected(item, DROP_STOPPED)
+        self._queue.clear()
+        self._discard()
         self._cond.notify_all()
 
-    def _step(self, client: PlatformClient) -> None:
-        now = self._clock()
+
+def _refusal(exc: PlatformError) -> Refusal:
+    return Refusal.read(exc.status, exc.body, exc.retry_after, exc.connect_error)
+
+
+class SideEffectWorker(Worker[list[Result]]):
+    """Sends wake-ups and notifications for batches of results, on its own daemon thread.
+
+    :meth:`submit` never blocks: when the queue is full the batch's side effects are dropped
+    and counted (its results are already safe in the results file). When to send what is
+    :class:`~heartbeat_sync._policy.SideEffectPolicy`'s rule: one wake-up per ``cooldown``
+    for the results that arrived meanwhile, a busy agent's wake-up retried after
+    ``Retry-After`` until ``retry_deadline``, one notification per result.
+    """
+
+    def __init__(
+        self,
+        client_factory: Callable[[], PlatformClient],
+        *,
+        cooldown: float = 60.0,
+        max_queue: int = 256,
+        max_notify_backlog: int = 1000,
+        retry_deadline: float = 300.0,
+        self_message_timeout: float = 120.0,
+        name: str = "heartbeat-sync-side-effects",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client_factory = client_factory
+        self.cooldown = cooldown
+        self.max_notify_backlog = max_notify_backlog
+        self.retry_deadline = retry_deadline
+        self.self_message_timeout = self_message_timeout
+        self._clock = clock
+        self._warn = RateLimitedLog(logger)
+        super().__init__(max_queue=max_queue, name=name)
+
+    def _init_state(self) -> None:
+        super()._init_state()
+        self._policy: SideEffectPolicy[Result] = SideEffectPolicy(
+            retry_statuses=RETRY_STATUSES,
+            cooldown=self.cooldown,
+            retry_deadline=self.retry_deadline,
+            max_notify_backlog=self.max_notify_backlog,
+            max_listed=_texts.TRIGGER_MAX_LINES,
+            clock=self._clock,
+        )
+        self._client: PlatformClient | None = None
+        self._parent_name: str | None = None
+
+    def _after_fork_in_child(self) -> None:
+        super()._after_fork_in_child()
+        self._warn.reinit_after_fork()
+
+    # --- the beat thread's side -----------------------------------------------------------
+
+    def submit(self, results: Sequence[Result]) -> bool:
+        """Queue the side effects of one batch of new results. Never blocks.
+
+        Returns False (and counts the drop) when the queue is full or the worker is stopped.
+        """
+        if not results:
+            return True
+        return super().submit(list(results))
+
+    def snapshot(self) -> SideEffectCounts:
+        """The counters and the queue depth, taken together under the worker's lock."""
         with self._cond:
-            wake_due = bool(self._pending_wake) and now >= self._next_wake_at
-            # After a wake-up, one notification goes first: with a short cooldown and results
-            # arriving steadily, wake-ups would otherwise starve the notifications.
-            if wake_due and self._last_was_wakeup and self._pending_notify:
-                wake_due = False
-            batch = list(self._pending_wake) if wake_due else []
-            more = self._wake_more
-        self._last_was_wakeup = wake_due
-        if wake_due:
-            self._send_wakeup(client, batch, more)
-            return
+            return self._policy.counts(queued=len(self._queue))
+
+    def pending_summary(self) -> str:
+        """What the worker still has to do, in words (for the exit hook's log line)."""
         with self._cond:
-            result = self._pending_notify.popleft() if self._pending_notify else None
-        if result is not None:
-            self._send_notify(client, result)
+            return self._policy.describe(queued=len(self._queue), busy=self._busy)
+
+    # --- hooks: the policy under the worker's lock ----------------------------------------
+
+    def _accept(self, item: list[Result]) -> None:
+        self._policy.add(item)
+
+    def _rejected(self, item: list[Result], reason: str) -> None:
+        self._policy.drop(reason, len(item))
+        if reason == DROP_QUEUE_FULL:
+            self._warn.warning(
+                "queue_full", "side-effect queue full: dropped a batch of %d", len(item)
+            )
+
+    def _held(self) -> int:
+        return self._policy.held()
+
+    def _due_in(self) -> float | None:
+        return self._policy.due_in()
+
+    def _discard(self) -> None:
+        self._policy.discard()
+
+    # --- the worker thread ----------------------------------------------------------------
+
+    def _open(self) -> None:
+        self._client = self._client_factory()
+
+    def _close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def _interrupt(self) -> None:
+        client = self._client
+        if client is not None:
+            client.abort()  # shuts the connection down: the request in flight ends now
+
+    def _step(self) -> None:
+        client = self._client
+        assert client is not None  # _open() ran first on this thread
+        with self._cond:
+            action = self._policy.next()
+        if isinstance(action, Wakeup):
+            self._send_wakeup(client, action)
+        elif isinstance(action, Notify):
+            self._send_notify(client, action.result)
 
     def _parent(self, client: PlatformClient) -> str:
         """The parent workspace's name ("" if none); cached only once the lookup succeeded."""
@@ -375,85 +414,47 @@ class SideEffectWorker:
         self._parent_name = name
         return name
 
-    def _send_wakeup(self, client: PlatformClient, batch: list[Result], more: int) -> None:
-        text = _texts.trigger_text(batch, self._parent(client), more)
-        now = self._clock()
-        if self._first_attempt_at is None:
-            self._first_attempt_at = now
+    def _send_wakeup(self, client: PlatformClient, wakeup: Wakeup[Result]) -> None:
+        text = _texts.trigger_text(wakeup.results, self._parent(client), wakeup.more)
+        error: PlatformError | None = None
         try:
             client.self_message(text, str(uuid.uuid4()), timeout=self.self_message_timeout)
         except PlatformError as exc:
             if self._stopping:
                 return  # interrupted by stop(); the wake-up is counted as dropped there
-            if isinstance(exc.body, dict) and exc.body.get("delivery_confirmed") is True:
-                # The agent received it; only its answer was lost (CONTRACT.md §8). Sending
-                # it again would wake the agent twice.
-                logger.info("wake-up delivered; the agent's answer was lost (%s)", exc)
-                self._delivered(batch, more)
-                return
-            error = exc.body.get("error") if isinstance(exc.body, dict) else None
-            # The platform knows no agent URL for this workspace (it beats but never
-            # registered one): no retry can deliver this; the next results try again.
-            no_agent = exc.status == 503 and error == NO_AGENT_URL
-            retryable = (exc.status in RETRY_WAKEUP_STATUSES or exc.connect_error) and not no_agent
-            deadline = self._first_attempt_at + self.retry_deadline
-            now = self._clock()
-            if retryable and now < deadline:
-                delay = exc.retry_after if exc.retry_after is not None else DEFAULT_RETRY_DELAY
-                delay = min(max(delay, 0.05), deadline - now)
-                logger.info("wake-up not delivered (%s); retrying in %.1f s", exc, delay)
-                with self._cond:
-                    self._next_wake_at = now + delay
-                return
-            self._warn.warning("wakeup", "wake-up failed, dropped: %s", exc)
-            with self._cond:
-                self._drop(DROP_WAKEUP_FAILED, 1)
-                self._finish_wakeup(batch, more, now)
-            return
-        logger.info("wake-up sent for %d result(s)", len(batch))
-        self._delivered(batch, more)
-
-    def _delivered(self, batch: list[Result], more: int) -> None:
-        self._warn.reset("wakeup")
+            error = exc
         with self._cond:
-            self.wakeups_sent += 1
-            self._finish_wakeup(batch, more, self._clock())
-
-    def _finish_wakeup(self, batch: list[Result], more: int, now: float) -> None:
-        # Results that arrived while this wake-up was in flight stay pending for the next one.
-        sent = {id(r) for r in batch}
-        self._pending_wake = [r for r in self._pending_wake if id(r) not in sent]
-        self._wake_more = max(0, self._wake_more - more)
-        self._next_wake_at = now + self.cooldown
-        self._first_attempt_at = None
+            outcome = self._policy.wakeup_done(wakeup, None if error is None else _refusal(error))
+            delay = self._policy.wakeup_in()
+        if outcome == "sent":
+            logger.info("wake-up sent for %d result(s)", len(wakeup.results) + wakeup.more)
+        elif outcome == "confirmed":
+            logger.info("wake-up delivered; the agent's answer was lost (%s)", error)
+        elif outcome == "retry":
+            logger.info("wake-up not delivered (%s); retrying in %.1f s", error, delay or 0.0)
+            return
+        else:
+            self._warn.warning("wakeup", "wake-up failed, dropped: %s", error)
+            return
+        self._warn.reset("wakeup")
 
     def _send_notify(self, client: PlatformClient, result: Result) -> None:
-        now = self._clock()
-        if now < self._notify_paused_until:
-            with self._cond:
-                self._drop(DROP_NOTIFY_DISABLED, 1)
-            return
         try:
             client.notify(_texts.notify_text(result))
         except PlatformError as exc:
-            if self._stopping:
-                with self._cond:
-                    self._drop(DROP_STOPPED, 1)
-                return
-            error = exc.body.get("error") if isinstance(exc.body, dict) else None
-            if exc.status == 403 and error == "talk_to_user_disabled":
+            with self._cond:
+                if self._stopping:
+                    self._policy.drop(DROP_STOPPED, 1)
+                    return
+                outcome = self._policy.notify_done(_refusal(exc))
+            if outcome == "paused":
                 logger.info(
                     "notifications are turned off for this workspace; pausing them for %.0f s",
                     NOTIFY_PAUSE_SECONDS,
                 )
-                self._notify_paused_until = now + NOTIFY_PAUSE_SECONDS
-                with self._cond:
-                    self._drop(DROP_NOTIFY_DISABLED, 1)
-                return
-            self._warn.warning("notify", "notification failed, dropped: %s", exc)
-            with self._cond:
-                self._drop(DROP_NOTIFY_FAILED, 1)
+            else:
+                self._warn.warning("notify", "notification failed, dropped: %s", exc)
             return
         self._warn.reset("notify")
         with self._cond:
-            self.notifications_sent += 1
+            self._policy.notify_done(None)
