@@ -280,15 +280,7 @@ class PlatformClient:
 
     def delegations(self) -> list[Any]:
         """GET /workspaces/:id/delegations: the rows, unvalidated (the parser checks each)."""
-        path = f"/workspaces/{_segment(self.workspace_id)}/delegations"
-        status, body, headers = self._request("GET", path)
-        if status != 200:
-            raise self._fail("delegations", status, body, headers)
-        if not isinstance(body, list):
-            raise PlatformError(
-                f"delegations answered {type(body).__name__}, not a list", status=status
-            )
-        return body
+        return self._rows("delegations")
 
     def activity(self, since_id: str | None, limit: int = 100) -> list[Any]:
         """GET /workspaces/:id/activity?type=a2a_receive&source=agent[&since_id=…].
@@ -298,16 +290,21 @@ class PlatformClient:
         params = {"type": "a2a_receive", "source": "agent", "limit": str(limit)}
         if since_id:
             params["since_id"] = since_id
-        status, body, headers = self._request(
-            "GET", f"/workspaces/{_segment(self.workspace_id)}/activity", params=params
-        )
-        if status == 410 and since_id:
-            raise CursorGone("activity cursor is gone (410)", status=410, body=body)
+        return self._rows("activity", params, cursor=since_id)
+
+    def _rows(
+        self, route: str, params: dict[str, str] | None = None, *, cursor: str | None = None
+    ) -> list[Any]:
+        """GET /workspaces/:id/<route>: a JSON array, or :class:`PlatformError`."""
+        path = f"/workspaces/{_segment(self.workspace_id)}/{route}"
+        status, body, headers = self._request("GET", path, params=params)
+        if status == 410 and cursor:
+            raise CursorGone(f"{route} cursor is gone (410)", status=410, body=body)
         if status != 200:
-            raise self._fail("activity", status, body, headers)
+            raise self._fail(route, status, body, headers)
         if not isinstance(body, list):
             raise PlatformError(
-                f"activity answered {type(body).__name__}, not a list", status=status
+                f"{route} answered {type(body).__name__}, not a list", status=status
             )
         return body
 
