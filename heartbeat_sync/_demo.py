@@ -11,7 +11,6 @@ from __future__ import annotations
 import heapq
 import http
 import logging
-import os
 import tempfile
 import threading
 import time
@@ -126,9 +125,7 @@ class _Story:
         self.names = {
             ws.id: ws.name for ws in (self.lead, self.agent, self.researcher, self.reviewer)
         }
-        token = self.agent.token
-        assert token is not None  # add_workspace mints one
-        self.write_token(token)
+        self.write_token()
         self.d1 = fp.add_delegation(
             self.agent.id, target_id=self.researcher.id, summary="Summarise the Q3 sales report"
         )
@@ -141,12 +138,9 @@ class _Story:
         self.peer_answer_id: str | None = None
         self.new_token: str | None = None
 
-    def write_token(self, token: str) -> None:
-        # Temp file + rename: the loop never reads a half-written token.
-        path = self.configs_dir / ".auth_token"
-        tmp = path.with_name(".auth_token.tmp")
-        tmp.write_text(token, encoding="utf-8")
-        os.replace(tmp, path)
+    def write_token(self) -> None:
+        """Hand the agent's newest token over (atomically: never half a token)."""
+        self.fp.write_token(self.agent.id, self.configs_dir)
 
 
 class _PlatformWatcher:
@@ -343,7 +337,7 @@ def _play(seconds: float, interval: float, tmp: Path, console: _Console) -> int:
                     and status.beats_failed > failed_at_rotation[0]
                 ):
                     # A beat has failed with the old token: now hand out the new one.
-                    story.write_token(story.new_token)
+                    story.write_token()
                     story.new_token = None
                     console.line("story", "the new token was written to configs/.auth_token")
                 platform_watch.poll()
