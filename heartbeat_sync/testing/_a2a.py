@@ -19,8 +19,8 @@ from ._model import (
     Response,
     encode_body,
     error,
+    json_object,
     json_reply,
-    loads,
 )
 from ._state import State
 
@@ -31,11 +31,8 @@ _WAKING = "workspace is waking from hibernation — retry in ~15 seconds"
 
 def a2a(state: State, entry: RecordedRequest) -> Reply:
     target_id = entry.workspace_id or ""
-    try:
-        body = loads(entry.body)
-    except ValueError:
-        return error(400, "invalid JSON")
-    if not isinstance(body, dict):
+    body = json_object(entry.body)
+    if body is None:
         return error(400, "invalid JSON")
     caller = entry.headers.get("x-workspace-id", "").strip()
     token = bearer(entry.headers)

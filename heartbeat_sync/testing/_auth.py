@@ -40,12 +40,7 @@ def registry_auth(state: State, entry: RecordedRequest, ws_id: str) -> Reply | N
     ws = state.workspaces.get(ws_id)
     if ws is None or not ws.tokens:
         return None  # grandfathered
-    token = bearer(entry.headers)
-    if token is None:
-        return error(401, _MISSING_TOKEN)
-    if not state.token_valid_for(token, ws_id):
-        return error(401, _INVALID_TOKEN)
-    return None
+    return workspace_auth(state, entry, ws_id)
 
 
 def workspace_auth(state: State, entry: RecordedRequest, ws_id: str) -> Reply | None:

@@ -68,6 +68,15 @@ def loads(data: bytes) -> Any:
     return json.loads(data, parse_constant=_reject_constant)
 
 
+def json_object(data: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is anything else (or not JSON)."""
+    try:
+        value = loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def format_ts(micros: int) -> str:
     epoch = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
     moment = epoch + _dt.timedelta(microseconds=micros)

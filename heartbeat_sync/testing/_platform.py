@@ -7,7 +7,6 @@ failures), :class:`Serving` (the HTTP server of one run); the set-up methods com
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Callable
 
 from ._faults import FaultTable, make_fault
@@ -199,37 +198,28 @@ class FakePlatform(WorkspaceSetup):
             lambda: len(self.requests_for(route, workspace_id)) >= count, timeout=timeout
         )
 
-    def _answered_2xx(self, route: str, workspace_id: str | None) -> Iterator[RecordedRequest]:
+    def _answered_bodies(self, route: str, workspace_id: str | None) -> list[dict[str, Any]]:
+        """JSON-object bodies of the logged requests of ``route`` answered 2xx."""
+        out: list[dict[str, Any]] = []
         for r in self.requests_for(route, workspace_id):
             if r.status is not None and 200 <= r.status < 300:
-                yield r
+                body = r.json()
+                if isinstance(body, dict):
+                    out.append(body)
+        return out
 
     def heartbeats(self, workspace_id: str | None = None) -> list[dict[str, object]]:
         """JSON bodies of heartbeats answered 2xx (from the request log)."""
-        out: list[dict[str, object]] = []
-        for r in self._answered_2xx("heartbeat", workspace_id):
-            body = r.json()
-            if isinstance(body, dict):
-                out.append(body)
-        return out
+        return list(self._answered_bodies("heartbeat", workspace_id))
 
     def notifications(self, workspace_id: str) -> list[str]:
         """Messages accepted (2xx) by ``POST /workspaces/:id/notify`` (from the log)."""
-        out: list[str] = []
-        for r in self._answered_2xx("notify", workspace_id):
-            body = r.json()
-            if isinstance(body, dict) and isinstance(body.get("message"), str):
-                out.append(body["message"])
-        return out
+        bodies = self._answered_bodies("notify", workspace_id)
+        return [b["message"] for b in bodies if isinstance(b.get("message"), str)]
 
     def a2a_messages(self, workspace_id: str) -> list[dict[str, object]]:
         """JSON bodies (as sent) of ``POST /workspaces/:id/a2a`` answered 2xx."""
-        out: list[dict[str, object]] = []
-        for r in self._answered_2xx("a2a", workspace_id):
-            body = r.json()
-            if isinstance(body, dict):
-                out.append(body)
-        return out
+        return list(self._answered_bodies("a2a", workspace_id))
 
     def clear_requests(self) -> None:
         """Empty the request log (and so :meth:`heartbeats`, :meth:`notifications`,

@@ -11,7 +11,16 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from ._auth import registry_auth
-from ._model import RecordedRequest, Reply, Workspace, error, json_reply, loads, new_secret
+from ._model import (
+    RecordedRequest,
+    Reply,
+    Workspace,
+    error,
+    json_object,
+    json_reply,
+    loads,
+    new_secret,
+)
 from ._state import State
 
 _INT64_MIN = -(1 << 63)
@@ -125,11 +134,8 @@ def _apply_heartbeat(state: State, ws: Workspace, body: dict[str, Any]) -> None:
 
 
 def register(state: State, entry: RecordedRequest) -> Reply:
-    try:
-        body = loads(entry.body)
-    except ValueError:
-        return error(400, "invalid request body")
-    if not isinstance(body, dict):
+    body = json_object(entry.body)
+    if body is None:
         return error(400, "invalid request body")
     ws_id = body.get("id")
     url = body.get("url")

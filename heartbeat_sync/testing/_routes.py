@@ -21,8 +21,8 @@ from ._model import (
     entry_json,
     error,
     is_uuid,
+    json_object,
     json_reply,
-    loads,
     visible,
 )
 from ._registry import heartbeat, register
@@ -82,21 +82,15 @@ def route(state: State, entry: RecordedRequest) -> Reply:
         return _workspace(state, entry)
     if route == "a2a":
         return a2a(state, entry)
-    if route == "events":
+    if route in ("delegations", "activity", "notify", "state", "events"):
         ws_id = entry.workspace_id or ""
         denied = workspace_auth(state, entry, ws_id)
         if denied is not None:
             return denied
         if ws_id not in state.workspaces:
             return error(404, "workspace not found")
-        return Reply(status=200, events=state.hub.subscribe(ws_id))
-    if route in ("delegations", "activity", "notify", "state"):
-        ws_id = entry.workspace_id or ""
-        denied = workspace_auth(state, entry, ws_id)
-        if denied is not None:
-            return denied
-        if ws_id not in state.workspaces:
-            return error(404, "workspace not found")
+        if route == "events":
+            return Reply(status=200, events=state.hub.subscribe(ws_id))
         if route == "delegations":
             return _delegations(state, ws_id)
         if route == "activity":
@@ -212,11 +206,8 @@ def _activity(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
 
 
 def _notify(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
-    try:
-        body = loads(entry.body)
-    except ValueError:
-        return error(400, "message is required")
-    if not isinstance(body, dict):
+    body = json_object(entry.body)
+    if body is None:
         return error(400, "message is required")
     message = body.get("message")
     if not isinstance(message, str) or not message:
