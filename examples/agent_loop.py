@@ -108,9 +108,7 @@ def standalone(interval: float, turns: int) -> int:
         agent = fp.add_workspace(name="travel-agent")
         researcher = fp.add_workspace(name="researcher")
         configs = Path(tmp, "configs")
-        configs.mkdir()
-        assert agent.token is not None
-        configs.joinpath(".auth_token").write_text(agent.token)
+        fp.write_token(agent.id, configs)  # where the Heartbeat reads its token
         delegation = fp.add_delegation(
             agent.id, target_id=researcher.id, summary="Find three hotels in Alfama"
         )

@@ -109,10 +109,7 @@ def standalone(interval: float) -> int:
             "exit_timeout": None,
         }
         # The token the admin API showed, handed to the agent (or: $MOLECULE_WORKSPACE_TOKEN).
-        files["configs_dir"].mkdir(mode=0o700)
-        token_file = files["configs_dir"] / ".auth_token"
-        token_file.write_text(ws.token or "")
-        token_file.chmod(0o600)
+        fp.write_token(ws.id, files["configs_dir"])
         did = fp.add_delegation(ws.id, target_id="researcher", summary="Collect the numbers")
 
         def operator() -> None:

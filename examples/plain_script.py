@@ -76,9 +76,7 @@ def standalone(interval: float) -> None:
     with FakePlatform() as fp, tempfile.TemporaryDirectory() as tmp:
         ws = fp.add_workspace(name="plain-script")
         configs = Path(tmp, "configs")
-        configs.mkdir()
-        assert ws.token is not None
-        configs.joinpath(".auth_token").write_text(ws.token)
+        fp.write_token(ws.id, configs)  # where the Heartbeat reads its token
         print(f"no platform URL given: using an in-process FakePlatform at {fp.url}")
         run(
             fp.url,

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
-from ._auth import save_token
 from ._files import ResultsFile, read_delegation_results
 from ._http import RETRY_STATUSES
 from ._loop import Heartbeat
@@ -127,9 +126,7 @@ class _Story:
         self.names = {
             ws.id: ws.name for ws in (self.lead, self.agent, self.researcher, self.reviewer)
         }
-        token = self.agent.token
-        assert token is not None  # add_workspace mints one
-        self.write_token(token)
+        self.write_token()
         self.d1 = fp.add_delegation(
             self.agent.id, target_id=self.researcher.id, summary="Summarise the Q3 sales report"
         )
@@ -142,9 +139,9 @@ class _Story:
         self.peer_answer_id: str | None = None
         self.new_token: str | None = None
 
-    def write_token(self, token: str) -> None:
-        # As ``register`` saves one: the loop never reads a half-written token.
-        save_token(self.configs_dir, token)
+    def write_token(self) -> None:
+        """Hand the agent's newest token over (atomically: never half a token)."""
+        self.fp.write_token(self.agent.id, self.configs_dir)
 
 
 class _PlatformWatcher:
@@ -341,7 +338,7 @@ def _play(seconds: float, interval: float, tmp: Path, console: _Console) -> int:
                     and status.beats_failed > failed_at_rotation[0]
                 ):
                     # A beat has failed with the old token: now hand out the new one.
-                    story.write_token(story.new_token)
+                    story.write_token()
                     story.new_token = None
                     console.line("story", "the new token was written to configs/.auth_token")
                 platform_watch.poll()

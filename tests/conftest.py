@@ -37,11 +37,7 @@ def platform() -> Iterator[FakePlatform]:
 def ws(platform: FakePlatform, tmp_path: Path) -> Workspace:
     """A workspace with a live token, written where the Heartbeat reads it."""
     workspace = platform.add_workspace(name="worker")
-    configs = tmp_path / "configs"
-    configs.mkdir()
-    assert workspace.token
-    (configs / ".auth_token").write_text(workspace.token)
-    (configs / ".auth_token").chmod(0o600)
+    platform.write_token(workspace.id, tmp_path / "configs")
     return workspace
 
 

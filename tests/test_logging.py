@@ -20,7 +20,7 @@ PRINTING_ALLOWED = {"_cli.py", "_demo.py"}
 
 def test_no_module_of_the_library_prints_or_configures_logging() -> None:
     offenders = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):  # sub-packages too
         if path.name in PRINTING_ALLOWED:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
@@ -28,7 +28,7 @@ def test_no_module_of_the_library_prints_or_configures_logging() -> None:
                 func = node.func
                 name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
                 if name in ("print", "basicConfig", "addHandler", "dictConfig", "fileConfig"):
-                    offenders.append(f"{path.name}:{node.lineno} {name}")
+                    offenders.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {name}")
     assert offenders == []
 
 

@@ -1,0 +1,247 @@
+"""Which route a request is, and the ``/workspaces/:id`` routes other than ``a2a``.
+
+:func:`route` runs with the platform lock held and returns the answer as a :class:`Reply`;
+the registry routes are in ``_registry``, the A2A proxy in ``_a2a``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from urllib.parse import unquote
+
+from ._a2a import a2a
+from ._auth import origin_allowed, workspace_auth
+from ._model import (
+    Activity,
+    ActivityEntry,
+    Raw,
+    RecordedRequest,
+    Reply,
+    entry_json,
+    error,
+    is_uuid,
+    json_object,
+    json_reply,
+    visible,
+)
+from ._registry import heartbeat, register
+from ._state import State
+
+_DELEGATIONS_CAP = 50
+_ACTIVITY_DEFAULT_LIMIT = 100
+_ACTIVITY_MAX_LIMIT = 500
+_INT_RE = re.compile(r"^[+-]?[0-9]+$")
+_TALK_TO_USER_HINT = (
+    "talk_to_user is disabled for this workspace; enable it in the workspace settings "
+    "to let the agent message the user"
+)
+_REMOVED_HINT = "this workspace was removed; pass ?include_removed=true to read it anyway"
+
+
+def classify(method: str, path: str) -> tuple[str, str | None]:
+    """Map (method, path) to (route, workspace id from the path)."""
+    if path == "/registry/heartbeat":
+        return ("heartbeat" if method == "POST" else "unknown"), None
+    if path == "/registry/register":
+        return ("register" if method == "POST" else "unknown"), None
+    segments = path.split("/")
+    if len(segments) < 3 or segments[0] != "" or segments[1] != "workspaces" or not segments[2]:
+        return "unknown", None
+    ws_id = unquote(segments[2])
+    rest = segments[3:]
+    if not rest:
+        return ("workspace" if method == "GET" else "unknown"), ws_id
+    if len(rest) == 1:
+        sub = rest[0]
+        if sub == "delegations" and method == "GET":
+            return "delegations", ws_id
+        if sub == "activity" and method == "GET":
+            return "activity", ws_id
+        if sub == "state" and method == "GET":
+            return "state", ws_id
+        if sub == "a2a" and method == "POST":
+            return "a2a", ws_id
+        if sub == "notify" and method == "POST":
+            return "notify", ws_id
+    if rest == ["events", "stream"] and method == "GET":
+        return "events", ws_id
+    return "unknown", ws_id
+
+
+def route(state: State, entry: RecordedRequest) -> Reply:
+    if not origin_allowed(entry.headers):
+        # The real server's CORS middleware: 403 with an empty body, before any route.
+        return Reply(status=403, headers={"Content-Type": "text/plain; charset=utf-8"})
+    route = entry.route
+    if route == "heartbeat":
+        return heartbeat(state, entry)
+    if route == "register":
+        return register(state, entry)
+    if route == "workspace":
+        return _workspace(state, entry)
+    if route == "a2a":
+        return a2a(state, entry)
+    if route in ("delegations", "activity", "notify", "state", "events"):
+        ws_id = entry.workspace_id or ""
+        denied = workspace_auth(state, entry, ws_id)
+        if denied is not None:
+            return denied
+        if ws_id not in state.workspaces:
+            return error(404, "workspace not found")
+        if route == "events":
+            return Reply(status=200, events=state.hub.subscribe(ws_id))
+        if route == "delegations":
+            return _delegations(state, ws_id)
+        if route == "activity":
+            return _activity(state, entry, ws_id)
+        if route == "state":
+            return _workspace_state(state, entry, ws_id)
+        return _notify(state, entry, ws_id)
+    return error(404, "not found")
+
+
+def _workspace_state(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
+    ws = state.workspaces[ws_id]
+    if ws.status == "removed":
+        return json_reply(404, {"workspace_id": ws_id, "status": "removed", "deleted": True})
+    return json_reply(
+        200,
+        {
+            "workspace_id": ws_id,
+            "status": ws.status,
+            "paused": ws.status == "paused",
+            "deleted": False,
+        },
+    )
+
+
+def _workspace(state: State, entry: RecordedRequest) -> Reply:
+    ws = state.workspaces.get(entry.workspace_id or "")
+    if ws is None:
+        return error(404, "workspace not found")
+    include_removed = entry.query.get("include_removed", [""])[0] == "true"
+    if state.generation == "MAY" and ws.status == "removed" and not include_removed:
+        return error(410, "workspace removed", id=ws.id, hint=_REMOVED_HINT, removed_at=None)
+    out: dict[str, object] = {
+        "id": ws.id,
+        "name": ws.name,
+        "role": None,
+        "tier": 1,
+        "status": ws.status,
+        "url": ws.url,
+        "parent_id": ws.parent_id,
+        "active_tasks": ws.active_tasks,
+        "max_concurrent_tasks": 1,
+        "last_error_rate": ws.error_rate,
+        "uptime_seconds": ws.uptime_seconds,
+        "runtime": "",
+        "x": 0,
+        "y": 0,
+        "collapsed": False,
+        "agent_card": ws.agent_card,
+        "last_outbound_at": None,
+    }
+    if state.generation == "MAY":
+        out["broadcast_enabled"] = False
+        out["talk_to_user_enabled"] = ws.talk_to_user_enabled
+    return json_reply(200, out)
+
+
+def _delegations(state: State, ws_id: str) -> Reply:
+    entries = state.delegations[ws_id]
+    rows: list[object] = []
+    for e in reversed(entries):
+        if len(rows) >= _DELEGATIONS_CAP:
+            break
+        rows.append(e.value if isinstance(e, Raw) else e.to_json(state.generation))
+    return json_reply(200, rows)
+
+
+def _activity(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
+    def param(name: str) -> str:
+        values = entry.query.get(name)
+        return values[0] if values else ""
+
+    source = param("source")
+    if source not in ("", "canvas", "agent"):
+        return error(400, "source must be 'canvas' or 'agent'")
+    limit = _ACTIVITY_DEFAULT_LIMIT
+    raw_limit = param("limit")
+    if _INT_RE.match(raw_limit):
+        n = int(raw_limit)
+        if n > 0:
+            limit = min(n, _ACTIVITY_MAX_LIMIT)
+    activity_type = param("type")
+    # The log is in created_at order; a row not yet committed is invisible.
+    entries = [e for e in state.activity[ws_id] if visible(e)]
+    since_id = param("since_id") if state.generation == "MAY" else ""
+    start = 0
+    if since_id:
+        pos = next(
+            (i for i, e in enumerate(entries) if isinstance(e, Activity) and e.id == since_id),
+            None,
+        )
+        if pos is None:
+            if not is_uuid(since_id):
+                return error(500, "cursor lookup failed")
+            return error(410, "cursor not found — reset cursor")
+        # Rows with a created_at strictly later than the cursor row's, oldest first (as
+        # the real server): a row that committed late with an older created_at is never
+        # returned after a newer row's id, however long ago it became visible.
+        start = pos + 1
+
+    def keep(e: ActivityEntry) -> bool:
+        if isinstance(e, Raw):
+            return True
+        if activity_type and e.activity_type != activity_type:
+            return False
+        if source == "canvas" and e.source_id is not None:
+            return False
+        return not (source == "agent" and e.source_id is None)
+
+    selected = [e for e in entries[start:] if keep(e)]
+    ordered = selected if since_id else selected[::-1]
+    return json_reply(200, [entry_json(e) for e in ordered[:limit]])
+
+
+def _notify(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
+    body = json_object(entry.body)
+    if body is None:
+        return error(400, "message is required")
+    message = body.get("message")
+    if not isinstance(message, str) or not message:
+        return error(400, "message is required")
+    attachments = body.get("attachments")
+    if attachments is not None:
+        if not isinstance(attachments, list):
+            return error(400, "message is required")
+        for i, att in enumerate(attachments):
+            if not (
+                isinstance(att, dict)
+                and isinstance(att.get("uri"), str)
+                and att["uri"]
+                and isinstance(att.get("name"), str)
+                and att["name"]
+            ):
+                return error(400, f"attachment[{i}]: uri and name are required")
+    ws = state.workspaces[ws_id]
+    if ws.status == "removed":
+        return error(404, "workspace not found")
+    if state.generation == "MAY" and not ws.talk_to_user_enabled:
+        return error(403, "talk_to_user_disabled", hint=_TALK_TO_USER_HINT)
+    preview = message if len(message) <= 80 else message[:80] + "…"
+    row = Activity(
+        id=str(uuid.uuid4()),
+        workspace_id=ws_id,
+        activity_type="a2a_receive",
+        status="ok",
+        source_id=None,
+        method="notify",
+        summary=f"Agent message: {preview}",
+        created_at=state.now(),
+        response_body={"result": message},
+    )
+    state.activity[ws_id].append(row)
+    state.emit_activity(row)
+    return json_reply(200, {"status": "sent"})

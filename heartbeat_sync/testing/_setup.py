@@ -1,0 +1,270 @@
+"""The set-up half of FakePlatform's API: workspaces, tokens, delegations, activity, scripts.
+
+Tests arrange the platform with these methods instead of the real server's admin routes; each
+changes the shared :class:`State` under its lock, so the server's threads see it at once.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import deque
+from pathlib import Path
+
+from .._auth import TOKEN_FILE
+from ._model import MISSING, Raw, Response, Workspace, entry_json, new_secret, visible
+from ._state import State, message_request
+
+
+class WorkspaceSetup:
+    """What a test can arrange before (or while) a client talks to the platform."""
+
+    _state: State
+
+    def add_workspace(
+        self,
+        workspace_id: str | None = None,
+        *,
+        name: str = "",
+        parent_id: str | None = None,
+        with_token: bool = True,
+        talk_to_user_enabled: bool = True,
+        status: str = "online",
+    ) -> Workspace:
+        """Create a workspace and return its (live) :class:`Workspace`.
+
+        ``workspace_id`` defaults to a fresh ``uuid4``.  With ``with_token`` (the
+        default) one live auth token is minted (``ws.token``); without it the
+        registry routes accept unauthenticated calls ("grandfathered").  Raises
+        ``ValueError`` if the id exists already.
+        """
+        ws_id = workspace_id if workspace_id is not None else str(uuid.uuid4())
+        state = self._state
+        with state.lock:
+            if ws_id in state.workspaces:
+                raise ValueError(f"workspace {ws_id!r} already exists")
+            ws = state.create_workspace(
+                ws_id,
+                name=name,
+                parent_id=parent_id,
+                status=status,
+                talk_to_user_enabled=talk_to_user_enabled,
+                tokens=[new_secret()] if with_token else [],
+            )
+            state.changed()
+            return ws
+
+    def write_token(self, workspace_id: str, configs_dir: str | os.PathLike[str]) -> Path:
+        """Write the workspace's newest live token to ``<configs_dir>/.auth_token``; its path.
+
+        That is where a ``Heartbeat(..., configs_dir=configs_dir)`` reads it. The directory is
+        created (0700) when missing; the file gets mode 0600 and is written under a temporary
+        name, then renamed into place, so a reader never sees part of a token. Call it again
+        after :meth:`rotate_token` to hand the new token over. ``KeyError`` when the workspace
+        is unknown, ``ValueError`` when it has no live token.
+        """
+        token = self.workspace(workspace_id).token
+        if token is None:
+            raise ValueError(f"workspace {workspace_id!r} has no live token")
+        directory = Path(configs_dir)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = directory / TOKEN_FILE
+        tmp = directory / f"{TOKEN_FILE}.{uuid.uuid4().hex}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            os.fchmod(fd, 0o600)  # the mode given to open() is filtered by the umask
+            out.write(token)
+        os.replace(tmp, path)
+        return path
+
+    def workspace(self, workspace_id: str) -> Workspace:
+        """The live :class:`Workspace` object; ``KeyError`` if unknown."""
+        with self._state.lock:
+            return self._state.ws(workspace_id)
+
+    def workspaces(self) -> list[Workspace]:
+        """All workspaces, in creation order."""
+        with self._state.lock:
+            return list(self._state.workspaces.values())
+
+    def issue_token(self, workspace_id: str) -> str:
+        """Mint one more live token for the workspace and return it."""
+        with self._state.lock:
+            token = new_secret()
+            self._state.set_tokens(workspace_id, [*self._state.ws(workspace_id).tokens, token])
+            return token
+
+    def rotate_token(self, workspace_id: str) -> str:
+        """Revoke all live tokens, mint a new one and return it (old ones get 401)."""
+        token = new_secret()
+        self._state.set_tokens(workspace_id, [token])
+        return token
+
+    def pause(self, workspace_id: str) -> int:
+        """``POST /workspaces/:id/pause``: pause the workspace and its descendants.
+
+        As on the real server: status ``paused``, the agent URL cleared; beats are still
+        answered 200 but change nothing; a push-mode message answers
+        ``503 {"error":"workspace has no URL","status":"paused"}``; only a registration
+        brings it back.  Returns how many workspaces were paused; ``KeyError`` when the
+        workspace is unknown, removed or already paused (the real server's 404).
+        """
+        return self._state.pause(workspace_id)
+
+    def hibernate(self, workspace_id: str) -> None:
+        """``POST /workspaces/:id/hibernate``: status ``hibernated``, the agent URL cleared.
+
+        A push-mode message then answers 503 ``waking`` (``Retry-After: 15``); beats change
+        nothing; a registration brings it back.  ``KeyError`` unless it is online or degraded
+        (the real server's 404).
+        """
+        self._state.hibernate(workspace_id)
+
+    def delete(self, workspace_id: str) -> None:
+        """``DELETE /workspaces/:id``: status ``removed`` and every token revoked.
+
+        As on the real server: beats pass unauthenticated and are answered 200 (nothing is
+        written); ``/workspaces/:id/*`` answers 401 to the old token; ``GET /workspaces/:id``
+        answers 410; a registration answers 200 with a fresh token but the status stays
+        ``removed``.
+        """
+        self._state.delete(workspace_id)
+
+    def revoke_tokens(self, workspace_id: str) -> None:
+        """Revoke all live tokens (registry routes then accept unauthenticated calls)."""
+        self._state.set_tokens(workspace_id, [])
+
+    def rotate_inbound_secret(self, workspace_id: str) -> str:
+        """Replace the workspace's ``platform_inbound_secret`` and return the new one."""
+        with self._state.lock:
+            ws = self._state.ws(workspace_id)
+            ws.inbound_secret = new_secret()
+            self._state.changed()
+            return ws.inbound_secret
+
+    def add_delegation(
+        self,
+        workspace_id: str,
+        *,
+        delegation_id: str | None = None,
+        source_id: str | None = None,
+        target_id: str = "",
+        status: str = "pending",
+        summary: str = "",
+        response_preview: str = "",
+        error: str = "",
+    ) -> str:
+        """Add a delegation to the workspace's ``/delegations`` list; returns its id.
+
+        ``source_id`` defaults to the workspace itself, ``delegation_id`` to a uuid4.
+        """
+        return self._state.add_delegation(
+            workspace_id,
+            delegation_id=delegation_id,
+            source_id=source_id,
+            target_id=target_id,
+            status=status,
+            summary=summary,
+            response_preview=response_preview,
+            error=error,
+        )
+
+    def set_delegation(
+        self,
+        workspace_id: str,
+        delegation_id: str,
+        *,
+        status: str | None = None,
+        response_preview: str | None = None,
+        error: str | None = None,
+        summary: str | None = None,
+    ) -> None:
+        """Update fields of a delegation added with :meth:`add_delegation`.
+
+        Fields left ``None`` are unchanged; ``updated_at`` is bumped.  ``KeyError`` if
+        the workspace or delegation is unknown.
+        """
+        self._state.set_delegation(
+            workspace_id,
+            delegation_id,
+            status=status,
+            response_preview=response_preview,
+            error=error,
+            summary=summary,
+        )
+
+    def add_raw_delegation_row(self, workspace_id: str, row: object) -> None:
+        """Append any JSON value verbatim to the ``/delegations`` list."""
+        with self._state.lock:
+            self._state.ws(workspace_id)
+            self._state.delegations[workspace_id].append(Raw(row))
+            self._state.changed()
+
+    def add_activity(
+        self,
+        workspace_id: str,
+        *,
+        source_id: str | None,
+        activity_type: str = "a2a_receive",
+        text: str | None = None,
+        summary: str = "",
+        status: str = "ok",
+        method: str = "message/send",
+        request_body: object = MISSING,
+        activity_id: str | None = None,
+        committed: bool = True,
+    ) -> str:
+        """Append an activity row to the workspace's log; returns the row id.
+
+        When ``request_body`` is not given and ``text`` is, the row's request body is
+        a JSON-RPC ``message/send`` request carrying ``text`` as one ``kind: text``
+        part.  With neither, the row has no ``request_body`` key.  ``created_at`` is
+        strictly increasing across all rows of the platform.
+
+        ``committed=False`` makes a row that commits late, as the platform's background
+        inserts can: it gets its ``created_at`` now but no read returns it (nor knows its
+        id as a ``since_id``) until :meth:`commit_activity`. Rows added meanwhile are
+        newer, so a ``since_id`` of one of them never returns it.
+        """
+        if request_body is MISSING and text is not None:
+            request_body = message_request(text, method)
+        return self._state.add_activity(
+            workspace_id,
+            activity_id,
+            activity_type=activity_type,
+            status=status,
+            source_id=source_id,
+            method=method,
+            summary=summary,
+            request_body=request_body,
+            committed=committed,
+        )
+
+    def commit_activity(self, workspace_id: str, activity_id: str) -> None:
+        """Make a row added with ``committed=False`` visible, with its original ``created_at``."""
+        self._state.commit_activity(workspace_id, activity_id)
+
+    def add_raw_activity_row(self, workspace_id: str, row: object) -> None:
+        """Append any JSON value verbatim to the activity log (never filtered)."""
+        with self._state.lock:
+            self._state.ws(workspace_id)
+            self._state.activity[workspace_id].append(Raw(row))
+            self._state.changed()
+
+    def activity_rows(self, workspace_id: str) -> list[object]:
+        """The workspace's committed activity rows as JSON, oldest first (raw rows verbatim)."""
+        with self._state.lock:
+            self._state.ws(workspace_id)
+            return [entry_json(e) for e in self._state.activity[workspace_id] if visible(e)]
+
+    def set_a2a_responses(self, workspace_id: str, responses: list[Response]) -> None:
+        """Script the answers of ``POST /workspaces/:id/a2a`` (replaces any script).
+
+        Each accepted request pops the next :class:`Response`; once the script is
+        empty the answer is ``200`` with a JSON-RPC ``result`` message whose text is
+        ``"ok"``.
+        """
+        with self._state.lock:
+            self._state.ws(workspace_id)
+            self._state.a2a_script[workspace_id] = deque(responses)
+            self._state.changed()

@@ -1,0 +1,278 @@
+"""Everything a FakePlatform remembers: workspaces, tokens, delegations, activity, the request log.
+
+One re-entrant lock guards it all, so that tests and the server's handler threads can use it at
+once; every change bumps a version and wakes :meth:`State.wait_for`. The admin operations
+(pause, hibernate, delete) change statuses the way the real server's admin routes do; the
+routes in ``_routes`` read and change this state with the lock held.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any, Callable
+
+from ._events import EventHub
+from ._model import (
+    Activity,
+    ActivityEntry,
+    Delegation,
+    DelegationEntry,
+    RecordedRequest,
+    Response,
+    Workspace,
+    format_ts,
+    new_secret,
+)
+
+#: Server generations modelled: ``MAY`` (newer) and ``APR`` (older).
+GENERATIONS = ("MAY", "APR")
+
+
+class State:
+    """The platform's data, behind one lock (``RLock``: every method may be called with it held)."""
+
+    def __init__(self, generation: str, max_request_log: int) -> None:
+        if generation not in GENERATIONS:
+            raise ValueError(f"generation must be 'MAY' or 'APR', not {generation!r}")
+        if max_request_log < 1:
+            raise ValueError("max_request_log must be >= 1")
+        self.generation = generation
+        self.lock = threading.RLock()
+        self._cond = threading.Condition(self.lock)
+        self._version = 0
+        self.workspaces: dict[str, Workspace] = {}
+        self.activity: dict[str, list[ActivityEntry]] = {}
+        self.delegations: dict[str, list[DelegationEntry]] = {}
+        self.a2a_script: dict[str, deque[Response]] = {}
+        self.log: deque[RecordedRequest] = deque(maxlen=max_request_log)
+        self.hub = EventHub(self.lock)
+        self._last_us = 0
+
+    # ------------------------------------------------------------------ change tracking
+
+    def changed(self) -> None:
+        """Wake every :meth:`wait_for` (call with the lock held)."""
+        self._version += 1
+        self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` (run without the lock) is true; its last result."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                seen = self._version
+            if predicate():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return bool(predicate())
+            with self._cond:
+                if self._version == seen:
+                    self._cond.wait(min(remaining, 0.05))
+
+    def record(self, entry: RecordedRequest) -> None:
+        """Append a request to the log."""
+        with self.lock:
+            self.log.append(entry)
+            self.changed()
+
+    def answered(self, entry: RecordedRequest, status: int | None, *, faulted: bool) -> None:
+        """Note how a logged request was answered (``None``: dropped without an answer)."""
+        with self.lock:
+            entry.status = status
+            entry.faulted = entry.faulted or faulted
+            self.changed()
+
+    # ------------------------------------------------------------------ workspaces and tokens
+
+    def ws(self, workspace_id: str) -> Workspace:
+        """The workspace; ``KeyError`` naming it when unknown."""
+        try:
+            return self.workspaces[workspace_id]
+        except KeyError:
+            raise KeyError(f"unknown workspace {workspace_id!r}") from None
+
+    def now(self) -> str:
+        """A ``created_at`` timestamp, strictly later than every earlier one (lock held)."""
+        micros = max(time.time_ns() // 1000, self._last_us + 1)
+        self._last_us = micros
+        return format_ts(micros)
+
+    def create_workspace(self, workspace_id: str, **fields: Any) -> Workspace:
+        """A new workspace with empty logs (lock held; the id is not checked)."""
+        ws = Workspace(id=workspace_id, **fields)
+        self.workspaces[workspace_id] = ws
+        self.activity[workspace_id] = []
+        self.delegations[workspace_id] = []
+        self.a2a_script[workspace_id] = deque()
+        return ws
+
+    def token_owner(self, token: str) -> Workspace | None:
+        """The workspace holding ``token`` as a live token, if any."""
+        for ws in self.workspaces.values():
+            if token in ws.tokens:
+                return ws
+        return None
+
+    def token_valid_for(self, token: str, ws_id: str) -> bool:
+        """True when ``token`` is a live token of the (not removed) workspace."""
+        ws = self.workspaces.get(ws_id)
+        return ws is not None and ws.status != "removed" and token in ws.tokens
+
+    def secret_for(self, ws: Workspace) -> str:
+        """The workspace's inbound secret, minted on first use."""
+        if not ws.inbound_secret:
+            ws.inbound_secret = new_secret()
+        return ws.inbound_secret
+
+    def set_tokens(self, workspace_id: str, tokens: list[str]) -> None:
+        """Replace the workspace's live tokens (the list object is replaced, never mutated)."""
+        with self.lock:
+            self.ws(workspace_id).tokens = tokens
+            self.changed()
+
+    # ------------------------------------------------------------------ admin states
+
+    def pause(self, workspace_id: str) -> int:
+        """Pause the workspace and its descendants; how many were paused."""
+        with self.lock:
+            ws = self.ws(workspace_id)
+            if ws.status in ("removed", "paused"):
+                raise KeyError(f"workspace {workspace_id!r} not found or already paused")
+            todo = [ws]
+            paused = 0
+            while todo:
+                current = todo.pop()
+                if current.status in ("removed", "paused"):
+                    continue
+                current.status = "paused"
+                current.url = ""
+                paused += 1
+                todo.extend(w for w in self.workspaces.values() if w.parent_id == current.id)
+            self.changed()
+            return paused
+
+    def hibernate(self, workspace_id: str) -> None:
+        """Hibernate an online or degraded workspace."""
+        with self.lock:
+            ws = self.ws(workspace_id)
+            if ws.status not in ("online", "degraded"):
+                raise KeyError(f"workspace {workspace_id!r} is not online or degraded")
+            ws.status = "hibernated"
+            ws.url = ""
+            self.changed()
+
+    def delete(self, workspace_id: str) -> None:
+        """Remove the workspace and revoke its tokens."""
+        with self.lock:
+            ws = self.ws(workspace_id)
+            ws.status = "removed"
+            ws.tokens = []
+            self.changed()
+
+    # ------------------------------------------------------------------ delegations
+
+    def add_delegation(self, workspace_id: str, **fields: Any) -> str:
+        """Store a delegation (``source_id`` defaults to the workspace); returns its id."""
+        with self.lock:
+            self.ws(workspace_id)
+            now = self.now()
+            source_id = fields.pop("source_id")
+            delegation_id = fields.pop("delegation_id")
+            deleg = Delegation(
+                delegation_id=delegation_id if delegation_id is not None else str(uuid.uuid4()),
+                row_id=str(uuid.uuid4()),
+                source_id=source_id if source_id is not None else workspace_id,
+                created_at=now,
+                updated_at=now,
+                **fields,
+            )
+            self.delegations[workspace_id].append(deleg)
+            self._emit_delegation(workspace_id, deleg, sent=True)
+            self.changed()
+            return deleg.delegation_id
+
+    def set_delegation(self, workspace_id: str, delegation_id: str, **fields: Any) -> None:
+        """Change the fields given (not ``None``) of a stored delegation; bump ``updated_at``."""
+        with self.lock:
+            self.ws(workspace_id)
+            for entry in self.delegations[workspace_id]:
+                if isinstance(entry, Delegation) and entry.delegation_id == delegation_id:
+                    status = fields.get("status")
+                    changed = status is not None and status != entry.status
+                    for name, value in fields.items():
+                        if value is not None:
+                            setattr(entry, name, value)
+                    entry.updated_at = self.now()
+                    if changed:
+                        self._emit_delegation(workspace_id, entry, sent=False)
+                    self.changed()
+                    return
+            raise KeyError(f"unknown delegation {delegation_id!r}")
+
+    def _emit_delegation(self, workspace_id: str, deleg: Delegation, *, sent: bool) -> None:
+        # Lock held; the events the real server sends the delegating workspace.
+        ids = {"delegation_id": deleg.delegation_id, "target_id": deleg.target_id}
+        if sent:
+            self.hub.emit(workspace_id, "DELEGATION_SENT", {**ids, "task_preview": deleg.summary})
+        if deleg.status == "completed":
+            preview = {"response_preview": deleg.response_preview}
+            self.hub.emit(workspace_id, "DELEGATION_COMPLETE", {**ids, **preview})
+        elif deleg.status == "failed":
+            self.hub.emit(workspace_id, "DELEGATION_FAILED", {**ids, "error": deleg.error})
+        elif not sent:
+            self.hub.emit(workspace_id, "DELEGATION_STATUS", {**ids, "status": deleg.status})
+
+    # ------------------------------------------------------------------ activity
+
+    def add_activity(self, workspace_id: str, activity_id: str | None, **fields: Any) -> str:
+        """Append a row to the workspace's log, announce it on the event stream; its id."""
+        with self.lock:
+            self.ws(workspace_id)
+            row = Activity(
+                id=activity_id if activity_id is not None else str(uuid.uuid4()),
+                workspace_id=workspace_id,
+                created_at=self.now(),
+                **fields,
+            )
+            self.activity[workspace_id].append(row)
+            self.emit_activity(row)
+            self.changed()
+            return row.id
+
+    def emit_activity(self, row: Activity) -> None:
+        """``ACTIVITY_LOGGED`` for the row, as the real server sends it (lock held)."""
+        data: dict[str, Any] = {
+            k: v for k, v in row.to_json().items() if k not in ("id", "workspace_id", "created_at")
+        }
+        self.hub.emit(row.workspace_id, "ACTIVITY_LOGGED", data)
+
+    def commit_activity(self, workspace_id: str, activity_id: str) -> None:
+        """Make a late row visible, with its original ``created_at``."""
+        with self.lock:
+            self.ws(workspace_id)
+            for entry in self.activity[workspace_id]:
+                if isinstance(entry, Activity) and entry.id == activity_id:
+                    entry.committed = True
+                    self.changed()
+                    return
+            raise KeyError(f"no activity row {activity_id!r} in {workspace_id!r}")
+
+
+def message_request(text: str, method: str) -> dict[str, Any]:
+    """A JSON-RPC request carrying ``text`` as one ``kind: text`` part."""
+    return {
+        "jsonrpc": "2.0",
+        "id": str(uuid.uuid4()),
+        "method": method,
+        "params": {
+            "message": {
+                "role": "user",
+                "messageId": str(uuid.uuid4()),
+                "parts": [{"kind": "text", "text": text}],
+            }
+        },
+    }
