@@ -42,7 +42,7 @@ from ._files import (
     format_delegation_results,
     read_delegation_results,
 )
-from ._loop import Heartbeat
+from ._heartbeat import Heartbeat
 from ._register import RegistrationError, register
 from ._status import REMOVED
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
 from ._files import ResultsFile, format_delegation_results, read_delegation_results
+from ._heartbeat import Heartbeat
 from ._http import RETRY_STATUSES
-from ._loop import Heartbeat
 from ._messages import message_text
 from ._status import Status
 

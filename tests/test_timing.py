@@ -106,7 +106,7 @@ def test_beat_now_runs_a_cycle_at_once(
 def test_seeding_the_shared_random_generator_does_not_align_processes() -> None:
     import random
 
-    from heartbeat_sync._loop import _phases
+    from heartbeat_sync._heartbeat import _phases
 
     starts = []
     for _ in range(2):

@@ -1,4 +1,4 @@
-"""The heartbeat loop on a thread: beat, poll delegations, poll activity, deliver results."""
+"""The public Heartbeat: a workspace's heartbeat loop on threads."""
 
 from __future__ import annotations
 
