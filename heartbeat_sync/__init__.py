@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .__about__ import __version__
 from ._files import read_delegation_results
-from ._loop import Heartbeat
+from ._heartbeat import Heartbeat
 from ._register import Registration, RegistrationError, register
 from ._status import Status
 from ._texts import format_delegation_results

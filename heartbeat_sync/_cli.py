@@ -35,7 +35,7 @@ from ._cliargs import PROG, build_parser
 from ._config import DEFAULT_RESULTS_FILE, ENV_RESULTS_FILE, ENV_TOKEN, env_path
 from ._demo import run_demo
 from ._files import ResultsFile, read_delegation_results
-from ._loop import Heartbeat
+from ._heartbeat import Heartbeat
 from ._register import RegistrationError, register
 from ._runconfig import ConfigError, load_register_config, load_run_config
 from ._status import REMOVED

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
 from ._files import ResultsFile, read_delegation_results
+from ._heartbeat import Heartbeat
 from ._http import RETRY_STATUSES
-from ._loop import Heartbeat
 from ._rows import message_text
 from ._status import Status
 from ._texts import format_delegation_results

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from heartbeat_sync import read_delegation_results
-from heartbeat_sync._loop import MIN_SEEN_IDS
+from heartbeat_sync._settings import MIN_SEEN_IDS
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, read_lines, wait_until

@@ -57,4 +57,4 @@ def test_warnings_name_the_line_that_raised_them(
     with make_hb() as hb:
         assert wait_until(lambda: hb.status().beats_failed >= 1)
     (record,) = [r for r in logs.records if r.getMessage().startswith("heartbeat failed")]
-    assert record.filename == "_loop.py"
+    assert record.filename == "_cycle.py"

@@ -64,7 +64,7 @@ def test_random_start_phase_is_up_to_ten_percent(
 def test_default_start_phases_of_a_process_are_spread_evenly(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:
-    phases = sorted(make_hb(rng=None)._rng.random() for _ in range(20))
+    phases = sorted(make_hb(rng=None)._settings.rng.random() for _ in range(20))
     gaps = [b - a for a, b in zip(phases, phases[1:])]
     assert len(set(phases)) == 20
     # A golden-ratio sequence leaves no gap wider than 0.1 between 20 points; 20 independent
@@ -106,7 +106,7 @@ def test_beat_now_runs_a_cycle_at_once(
 def test_seeding_the_shared_random_generator_does_not_align_processes() -> None:
     import random
 
-    from heartbeat_sync._loop import _phases
+    from heartbeat_sync._settings import _phases
 
     starts = []
     for _ in range(2):

@@ -1,0 +1,255 @@
+"""One cycle of the beat thread: the beat, the polls, and the workspace's state on the platform.
+
+A cycle returns what came of it (an :class:`Outcome`) for the run loop to act on; it never
+raises, and nothing is set on the side for the caller to read back.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Callable
+
+from . import _lifecycle, _metadata, _status, _texts, _wedge
+from ._auth import Credentials
+from ._client import PlatformClient, PlatformError
+from ._polls import Polls
+from ._ratelimit import RateLimitedLog
+from ._register import REGISTER_RETRY_FIRST, RegistrationError, register_until_done
+from ._settings import Settings
+from ._tally import Tally
+from ._worker import SideEffectWorker
+
+logger = logging.getLogger("heartbeat_sync")
+
+#: After this many failed beats in a row the session is rebuilt (the reference's rule).
+MAX_CONSECUTIVE_FAILURES = 10
+#: The longest wait between registration attempts while the platform cannot be reached.
+REGISTER_RETRY_MAX = 60.0
+
+
+class Outcome(enum.Enum):
+    """What came of a cycle (or of the polls alone)."""
+
+    #: The platform answered the beat; the polls ran.
+    BEAT_OK = "beat_ok"
+    #: The beat failed, but the platform could be reached; the polls ran.
+    BEAT_FAILED = "beat_failed"
+    #: The platform could not be reached: the polls would only wait and fail too, so none ran.
+    UNREACHABLE = "unreachable"
+    #: Only the polls were asked for, and they ran.
+    POLLED = "polled"
+    #: The workspace is paused on the platform: nothing was sent but a state check.
+    PAUSED = "paused"
+    #: The workspace was removed from the platform: nothing more may be sent.
+    REMOVED = "removed"
+    #: ``stop()`` interrupted the cycle.
+    STOPPED = "stopped"
+    #: The cycle raised (a bug, logged); the next one runs as usual.
+    CRASHED = "crashed"
+
+
+class Cycle:
+    """The beat thread's work, one cycle at a time; runs on the beat thread only.
+
+    Args:
+        settings: The Heartbeat's settings.
+        credentials: Where a new inbound secret is saved.
+        tally: The Heartbeat's counters.
+        life: The workspace's lifecycle as last learned.
+        worker: The side-effect worker: results go to it, and state changes are announced on it.
+        warn: The Heartbeat's rate-limited log.
+        stopping: True once ``stop()`` was called: a request it interrupted is no failure.
+        wait: Sleeps up to the given seconds, or until ``stop()`` (between registrations).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        credentials: Credentials,
+        tally: Tally,
+        life: _lifecycle.Tracker,
+        worker: SideEffectWorker,
+        warn: RateLimitedLog,
+        *,
+        stopping: Callable[[], bool],
+        wait: Callable[[float], None],
+    ) -> None:
+        self._settings = settings
+        self._credentials = credentials
+        self._tally = tally
+        self._life = life
+        self._worker = worker
+        self._warn = warn
+        self._stopping = stopping
+        self._wait = wait
+        self._notified_state = _status.STARTING
+        self.polls = Polls(settings, tally, worker, warn, hint=self._hint, stopping=stopping)
+
+    def run(self, client: PlatformClient) -> Outcome:
+        """Beat, then poll (unless paused, removed or unreachable); announce a state change."""
+        outcome = self._guarded(self._beat_and_poll, client)
+        self._announce_state()
+        return outcome
+
+    def poll(self, client: PlatformClient) -> Outcome:
+        """Only the polls (the event stream asked for them), with a state check when due;
+        a state change found there is announced like a cycle's."""
+        outcome = self._guarded(self._polls, client)
+        self._announce_state()
+        return outcome
+
+    def register(self, client: PlatformClient) -> None:
+        """Register the agent when the Heartbeat was asked to; retried while the platform
+        cannot be reached, until it answers or ``stop()``."""
+        registration = self._settings.registration
+        if registration is None:
+            return
+        interval = self._settings.interval_seconds
+
+        def failed(exc: RegistrationError) -> None:
+            self._tally.set_last_error(str(exc))
+
+        register_until_done(
+            client,
+            registration,
+            self._credentials,
+            stopping=self._stopping,
+            wait=self._wait,
+            max_delay=max(REGISTER_RETRY_FIRST, min(REGISTER_RETRY_MAX, interval)),
+            warn=self._warn,
+            on_failure=failed,
+        )
+
+    # --- the steps ----------------------------------------------------------------------------
+
+    def _guarded(
+        self, step: Callable[[PlatformClient], Outcome], client: PlatformClient
+    ) -> Outcome:
+        try:
+            outcome = step(client)
+        except Exception:  # nothing may kill the beat thread
+            logger.exception("heartbeat cycle failed")
+            outcome = Outcome.CRASHED
+        return Outcome.REMOVED if self._life.kind == _lifecycle.REMOVED else outcome
+
+    def _beat_and_poll(self, client: PlatformClient) -> Outcome:
+        if self.polls.reload_ids:
+            self.polls.recover_files()
+        if self._life.kind == _lifecycle.PAUSED:
+            self._check_state(client)  # the platform ignores a paused workspace's beats
+            if self._life.kind != _lifecycle.ACTIVE:
+                return Outcome.PAUSED
+        beaten = self._beat(client)
+        if beaten in (Outcome.UNREACHABLE, Outcome.STOPPED):
+            return beaten
+        polled = self._polls(client)
+        return polled if polled in (Outcome.PAUSED, Outcome.REMOVED) else beaten
+
+    def _polls(self, client: PlatformClient) -> Outcome:
+        if self.polls.reload_ids:
+            self.polls.recover_files()
+        for name, poll in (
+            ("poll delegations", self.polls.delegations),
+            ("poll activity", self.polls.activity),
+        ):
+            if self._stopping():
+                return Outcome.STOPPED
+            if self._life.kind != _lifecycle.ACTIVE:
+                return self._inactive()
+            if self._life.due():
+                self._check_state(client)
+                if self._life.kind != _lifecycle.ACTIVE:
+                    return self._inactive()
+            try:
+                poll(client)
+            except Exception:
+                logger.exception("%s failed", name)
+        if self._life.due() and not self._stopping():
+            self._check_state(client)
+        return Outcome.POLLED
+
+    def _inactive(self) -> Outcome:
+        return Outcome.REMOVED if self._life.kind == _lifecycle.REMOVED else Outcome.PAUSED
+
+    def _beat(self, client: PlatformClient) -> Outcome:
+        report = self._tally.beat_report()
+        wedged = _wedge.wedge_reason() if _wedge.is_wedged() else None
+        settings = self._settings
+        body = _texts.build_beat_body(
+            settings.workspace_id,
+            error_rate=report.error_rate,
+            sample_error=report.sample_error,
+            active_tasks=report.active_tasks,
+            current_task=report.current_task,
+            uptime_seconds=report.uptime_seconds,
+            wedge_reason=wedged,
+            runtime_metadata=_metadata.collect(settings.runtime_metadata, settings.adapter_module),
+        )
+        try:
+            reply = client.heartbeat(body)
+        except Exception as exc:  # PlatformError, or a bug: either way a failed beat
+            if self._stopping():
+                return Outcome.STOPPED  # interrupted by stop(), not a failure of the platform
+            self._hint(exc)
+            self._beat_failed(client, exc)
+            if isinstance(exc, PlatformError) and exc.connect_error:
+                return Outcome.UNREACHABLE
+            return Outcome.BEAT_FAILED
+        recovered = self._tally.beat_succeeded(report)
+        if recovered:
+            logger.info("heartbeat recovered after %d failed beat(s)", recovered)
+        self._warn.reset("beat")
+        if reply.inbound_secret:
+            self._credentials.save_inbound_secret(reply.inbound_secret)
+        return Outcome.BEAT_OK
+
+    def _beat_failed(self, client: PlatformClient, exc: Exception) -> None:
+        # Never repr() a foreign exception: it may quote a request header (the token).
+        error = str(exc) if isinstance(exc, PlatformError) else type(exc).__name__
+        failures = self._tally.beat_failed(error)
+        self._warn.warning("beat", "heartbeat failed (%d consecutive): %s", failures, error)
+        if failures % MAX_CONSECUTIVE_FAILURES == 0:
+            logger.info("recreating the HTTP session after %d failed beats", failures)
+            client.rebuild()
+
+    # --- the workspace's state on the platform ------------------------------------------------
+
+    def _hint(self, exc: BaseException) -> None:
+        if _lifecycle.suspicious(exc) and not self._stopping():
+            self._life.hint()
+
+    def _check_state(self, client: PlatformClient) -> None:
+        seen = _lifecycle.probe(client)
+        old, new = self._life.update(seen)
+        if new == old:
+            return
+        workspace_id = self._settings.workspace_id
+        if new == _lifecycle.REMOVED:
+            logger.error(
+                "workspace %s was removed from the platform (%s): the heartbeat ended, "
+                "nothing more is sent",
+                workspace_id,
+                seen.evidence,
+            )
+        elif new == _lifecycle.PAUSED:
+            logger.warning(
+                "workspace %s is %s on the platform: no beats until it is resumed (%s)",
+                workspace_id,
+                seen.status,
+                seen.evidence,
+            )
+        else:
+            logger.info("workspace %s is %s on the platform again", workspace_id, seen.status)
+            if seen.status in _lifecycle.AWAITING_AGENT_STATUSES:
+                self.register(client)  # a pause cleared the agent's URL
+
+    def _announce_state(self) -> None:
+        if self._life.kind == _lifecycle.REMOVED:
+            new = _status.REMOVED
+        else:
+            new = self._tally.live_state(self._life.kind == _lifecycle.PAUSED)
+        old, self._notified_state = self._notified_state, new
+        callback = self._settings.on_state_change
+        if callback is not None and new != old:
+            self._worker.call_soon(lambda: callback(old, new))

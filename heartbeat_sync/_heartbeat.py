@@ -1,0 +1,376 @@
+"""The public Heartbeat: a workspace's heartbeat loop on threads.
+
+``Heartbeat`` is the facade: it validates its arguments (``_settings``), owns the threads and
+their lifecycle (start, stop, restart after a slow stop, wait), and answers ``status()``. The
+work of the beat thread is elsewhere: its loop in ``_runloop``, one cycle in ``_cycle``, the
+polls and delivery in ``_polls``, the counters in ``_tally``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from . import _exit, _fork, _lifecycle, _metadata, _settings, _status
+from ._auth import Credentials
+from ._client import PlatformClient
+from ._cycle import Cycle
+from ._events import EventStream
+from ._http import SessionFactory
+from ._ratelimit import RateLimitedLog
+from ._runloop import Wakeups
+from ._runs import Runs
+from ._settings import (
+    MIN_CURSOR_IDS,
+    MIN_SEEN_IDS,
+    STATE_CHECK_INTERVAL,
+    RandomSource,
+    StateCallback,
+)
+from ._tally import Tally
+from ._worker import SideEffectWorker
+
+logger = logging.getLogger("heartbeat_sync")
+
+__all__ = ["MIN_CURSOR_IDS", "MIN_SEEN_IDS", "Heartbeat"]
+
+
+class Heartbeat:
+    """Keeps a workspace alive on the platform and brings delegation results back, on threads.
+
+    Every ``interval_seconds`` (fixed rate on ``time.monotonic``) the beat thread POSTs a
+    heartbeat, reads the workspace's delegations and its ``a2a_receive`` activity, appends new
+    results to ``results_file`` (each exactly once, ever) and hands them to a side-effect thread
+    that wakes the agent with a self-message and notifies the user. The first beat comes at
+    once; the later ones on slots at a phase hashed from the workspace id. With ``events``, a
+    third thread holds the platform's event stream open and, when a delegation ends or an
+    activity row is written, has the polls run at once instead of at the next slot.
+
+    Args:
+        platform_url: Base URL of the platform, e.g. ``http://platform:8080``.
+        workspace_id: This workspace's id.
+        interval_seconds: Seconds between beats: a number in (0, 86400] (the class does not
+            clamp; the platform marks a workspace offline after 180 s without a beat).
+        results_file: JSONL file the results are appended to. None: ``$DELEGATION_RESULTS_FILE``,
+            else ``/tmp/delegation_results.jsonl``.
+        cursor_file: Activity ids already processed. None: ``$DELEGATION_ACTIVITY_CURSOR_FILE``,
+            else ``/tmp/delegation_activity_cursor``.
+        seen_file: Delegation ids already delivered. None: ``$DELEGATION_SEEN_FILE``, else
+            ``/tmp/delegation_seen_ids``.
+        configs_dir: Where ``.auth_token`` is read and ``.platform_inbound_secret`` written.
+            None: ``$CONFIGS_DIR``, else ``/configs`` if writable, else ``~/.molecule-workspace``.
+        self_message_cooldown: Least seconds between two wake-up self-messages, in [0, 86400].
+        runtime_metadata: Callable returning the beat's ``runtime_metadata`` (or None). Without
+            one, the adapter named by ``$ADAPTER_MODULE`` is asked, as the reference does.
+        max_seen_ids: Delegation ids remembered (newest kept); at least
+            :data:`MIN_SEEN_IDS`.
+        max_cursor_ids: Activity ids remembered (newest kept); at least
+            :data:`MIN_CURSOR_IDS`.
+        request_timeout: Seconds a whole platform request may take (connect, retries and
+            body together), in (0, 3600].
+        self_message_timeout: Seconds for the whole wake-up self-message, in (0, 3600].
+        wakeup_retry_deadline: How long a wake-up refused by a busy agent is retried, in
+            [0, 86400].
+        exit_timeout: At interpreter exit, seconds given to pending side effects, in [0, 3600]
+            (one deadline for every Heartbeat of the process); None to opt out of the hook.
+        origin: The ``Origin`` header sent with every request (what gets past the platform's
+            same-origin check), sent as its ``scheme://host[:port]`` (the platform refuses a
+            path or a trailing slash). None: when ``$PLATFORM_URL`` is set, the origin of
+            ``platform_url`` (the only one the platform accepts from any client), else no header.
+        start_phase: Deprecated. None (the default): the first beat at once (within a tenth
+            of the interval, at most 0.25 s), then on slots at a phase derived from the
+            workspace id, so a fleet spreads over the interval by itself and a restarted
+            workspace keeps its slot. A number from 0 to 1 brings back the earlier schedule,
+            with a ``DeprecationWarning``: the first beat after a random share of the interval
+            up to this fraction, then a fixed rate from there.
+        rng: Source of the first beat's jitter (anything with ``random()``), for tests.
+            Default: a process-wide golden-ratio sequence from a random start.
+        events: Hold ``GET /workspaces/:id/events/stream`` open on a third thread; a delegation
+            or activity event then asks for a poll at once (the schedule still polls every
+            interval). ``$HEARTBEAT_SYNC_EVENTS`` set to ``0``, ``false``, ``no`` or ``off``
+            turns it off too.
+        session_factory: Makes each thread's ``requests.Session``; the default mounts urllib3
+            ``Retry`` with ``Retry-After`` capped below the interval.
+        register: Register the agent (``POST /registry/register``) on the beat thread before
+            the first beat, retried with backoff while the platform cannot be reached; again
+            after a pause, when the platform waits for the agent. A new token is saved to
+            ``configs_dir`` (see :func:`heartbeat_sync.register`).
+        agent_card: The agent card sent when registering (None: ``{}``).
+        agent_url: Where the platform reaches the agent (push delivery); None registers in
+            poll mode.
+        org_id: The tenant of a multi-tenant platform, sent as ``X-Molecule-Org-Id`` on every
+            request. None: ``$MOLECULE_ORG_ID``, else no header.
+        on_state_change: Called as ``on_state_change(old, new)`` with ``status().state`` values
+            whenever the state changes (never for ``stopped``), on the side-effect thread, never
+            on the beat thread. The change to ``removed`` is the last call.
+        state_check_interval: Seconds between state checks when nothing suggests a change
+            (None: only on a hint). A pause changes no answer of an ordinary cycle.
+
+    Environment variables are read here, at construction, never at import time.
+    """
+
+    def __init__(
+        self,
+        platform_url: str,
+        workspace_id: str,
+        interval_seconds: float = 30.0,
+        results_file: str | os.PathLike[str] | None = None,
+        cursor_file: str | os.PathLike[str] | None = None,
+        seen_file: str | os.PathLike[str] | None = None,
+        configs_dir: str | os.PathLike[str] | None = None,
+        self_message_cooldown: float = 60.0,
+        runtime_metadata: _metadata.MetadataSource | None = None,
+        *,
+        max_seen_ids: int = 1000,
+        max_cursor_ids: int = 2000,
+        request_timeout: float = 10.0,
+        self_message_timeout: float = 120.0,
+        wakeup_retry_deadline: float = 300.0,
+        exit_timeout: float | None = 2.0,
+        origin: str | None = None,
+        start_phase: float | None = None,
+        rng: RandomSource | None = None,
+        session_factory: SessionFactory | None = None,
+        register: bool = False,
+        agent_card: dict[str, Any] | None = None,
+        agent_url: str | None = None,
+        org_id: str | None = None,
+        on_state_change: StateCallback | None = None,
+        state_check_interval: float | None = STATE_CHECK_INTERVAL,
+        events: bool = True,
+    ) -> None:
+        settings = _settings.settings(
+            platform_url,
+            workspace_id,
+            interval_seconds,
+            results_file,
+            cursor_file,
+            seen_file,
+            configs_dir,
+            self_message_cooldown,
+            runtime_metadata,
+            max_seen_ids=max_seen_ids,
+            max_cursor_ids=max_cursor_ids,
+            request_timeout=request_timeout,
+            self_message_timeout=self_message_timeout,
+            wakeup_retry_deadline=wakeup_retry_deadline,
+            exit_timeout=exit_timeout,
+            origin=origin,
+            start_phase=start_phase,
+            rng=rng,
+            session_factory=session_factory,
+            register=register,
+            agent_card=agent_card,
+            agent_url=agent_url,
+            org_id=org_id,
+            on_state_change=on_state_change,
+            state_check_interval=state_check_interval,
+            events=events,
+        )
+        self._settings = settings
+        self.platform_url = settings.platform_url
+        self.workspace_id = settings.workspace_id
+        self.interval_seconds = settings.interval_seconds
+        self.results_path = settings.results_path
+        self.cursor_path = settings.cursor_path
+        self.seen_path = settings.seen_path
+        self.configs_dir = settings.configs_dir
+        self.self_message_cooldown = settings.self_message_cooldown
+        self.request_timeout = settings.request_timeout
+        self.exit_timeout = settings.exit_timeout
+        self.start_phase = settings.start_phase
+        self.events = settings.events
+        self.org_id = settings.org_id
+        self.state_check_interval = settings.state_check_interval
+        self._credentials = Credentials(
+            settings.configs_dir,
+            origin=settings.origin,
+            env_token=settings.env_token,
+            org_id=settings.org_id,
+        )
+        self._worker = SideEffectWorker(
+            self._new_client,
+            cooldown=settings.self_message_cooldown,
+            retry_deadline=settings.wakeup_retry_deadline,
+            self_message_timeout=settings.self_message_timeout,
+            name=f"heartbeat-sync-side-effects-{workspace_id[:8]}",
+        )
+        self._warn = RateLimitedLog(logger)
+        self._init_state()
+        _fork.track(self)
+
+    def _init_state(self) -> None:
+        # Everything a forked child starts afresh (the files' locks are per object).
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._tally = Tally(self._lock)
+        self._life = _lifecycle.Tracker(self._settings.state_check_interval)
+        self._wakeups = Wakeups()
+        self._cycle = Cycle(
+            self._settings,
+            self._credentials,
+            self._tally,
+            self._life,
+            self._worker,
+            self._warn,
+            stopping=lambda: self._runs.stopping,
+            wait=self._wakeups.sleep,
+        )
+        self._runs = Runs(
+            self._settings,
+            self._lock,
+            self._worker,
+            self._wakeups,
+            self._cycle,
+            self._life,
+            self._new_client,
+        )
+
+    def _after_fork_in_child(self) -> None:
+        # The child inherits this object but not its threads, and the parent's lock may have
+        # been held at the fork: the child's copy is a stopped Heartbeat with fresh locks.
+        self._warn.reinit_after_fork()
+        self._credentials.reinit_after_fork()
+        self._init_state()
+
+    def _new_client(self) -> PlatformClient:
+        settings = self._settings
+        return PlatformClient(
+            settings.platform_url,
+            settings.workspace_id,
+            self._credentials,
+            settings.session_factory,
+            timeout=settings.request_timeout,
+        )
+
+    # --- what the agent sets and reads ------------------------------------------------------
+
+    def record_error(self, error: str) -> None:
+        """Count a failed request of the agent; ``error`` becomes the beat's ``sample_error``."""
+        self._tally.record_error(error)
+
+    def record_success(self) -> None:
+        """Count a successful request of the agent."""
+        self._tally.record_success()
+
+    @property
+    def error_rate(self) -> float:
+        """Errors ÷ requests since the last successful beat (0.0 with no requests)."""
+        return self._tally.error_rate()
+
+    @property
+    def sample_error(self) -> str:
+        """The last error given to :meth:`record_error`."""
+        return self._tally.sample_error()
+
+    @property
+    def active_tasks(self) -> int:
+        """Tasks in progress, sent with every beat (the platform drains its queue below 1)."""
+        return self._tally.active_tasks()
+
+    @active_tasks.setter
+    def active_tasks(self, value: int) -> None:
+        self._tally.set_active_tasks(value)
+
+    @property
+    def current_task(self) -> str:
+        """What the agent is doing, sent with every beat. Setting a new value beats at once."""
+        return self._tally.current_task()
+
+    @current_task.setter
+    def current_task(self, value: str) -> None:
+        if self._tally.set_current_task("" if value is None else str(value)):
+            self.beat_now()
+
+    def beat_now(self) -> None:
+        """Run a cycle soon; the regular schedule is unchanged.
+
+        Requests are coalesced: calls made while a cycle waits make that one cycle. A few
+        such cycles run at once (5 after a quiet spell); beyond that, one a second (or the
+        regular slot, if it comes first). Whatever the caller does, this adds at most
+        ``5 + t`` cycles in ``t`` seconds to the schedule's.
+        """
+        self._wakeups.ask_beat()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start_thread(self) -> threading.Thread:
+        """Start the beat, side-effect and (with ``events``) event-stream daemon threads;
+        return the beat thread.
+
+        Calling it again while they run starts nothing and returns the same thread. After a
+        :meth:`stop` that timed out (a thread was still ending), the new beat thread waits
+        for the old threads to end, then starts working; ``status().state`` is ``starting``
+        meanwhile.
+        """
+        if os.getpid() != self._pid:
+            self._after_fork_in_child()
+        thread = self._runs.start()
+        if self.exit_timeout is not None:
+            _exit.add(self)
+        return thread
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the threads; return True if all ended within ``timeout`` seconds.
+
+        Returns within ``timeout`` even if the platform hangs: a request in flight is
+        interrupted. Pending side effects are dropped (and counted); to give them a chance
+        first, see ``exit_timeout``.
+        """
+        done = self._runs.stop(timeout)
+        _exit.discard(self)
+        return done
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the Heartbeat has ended: stopped, or its workspace removed.
+
+        Returns True once its threads ended, False if ``timeout`` seconds passed first. A
+        Heartbeat never started has ended. So a script can run ``hb.start_thread(); hb.wait()``.
+        """
+        return self._runs.wait(timeout)
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait up to ``timeout`` seconds for pending wake-ups and notifications to be sent.
+
+        Returns True when nothing is left. A wake-up held back by the cooldown or by a busy
+        agent counts as pending. Call it before :meth:`stop` to give side effects a chance.
+        """
+        return self._worker.flush(timeout)
+
+    def __enter__(self) -> Heartbeat:
+        self.start_thread()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def status(self) -> _status.Status:
+        """An immutable snapshot of the loop's state and counters."""
+        side = self._worker.snapshot()  # taken alone: the worker's lock is never held with ours
+        running, state = self._runs.state()
+        if self._life.kind == _lifecycle.REMOVED:
+            state = _status.REMOVED
+        live, beats = self._tally.counts(self._life.kind == _lifecycle.PAUSED)
+        return _status.Status(
+            state=state or live,
+            running=running,
+            beats_ok=beats.beats_ok,
+            beats_failed=beats.beats_failed,
+            consecutive_failures=beats.consecutive_failures,
+            last_success=beats.last_success,
+            last_error=beats.last_error,
+            results_delivered=beats.results_delivered,
+            wakeups_sent=side.wakeups_sent,
+            notifications_sent=side.notifications_sent,
+            side_effects_dropped=sum(side.drops.values()),
+            drops=side.drops,
+            queue_depth=side.queue_depth,
+            workspace_status=self._life.platform_status,
+        )
+
+    @property
+    def _events(self) -> EventStream | None:
+        # The event stream of the current (or last) run, for tests and benchmarks.
+        return self._runs.events

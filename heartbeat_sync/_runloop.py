@@ -1,0 +1,208 @@
+"""The beat thread's loop: wait for the next slot, a cycle the caller asked for, or a poll the
+event stream asked for; then run it.
+
+The decisions are pure (:func:`next_step`, :class:`Slots`: times in, times out), so every rule
+is tested without threads or sleeps; :class:`RunLoop` only reads the clock, waits and acts.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from . import _coalesce, _schedule
+from ._client import PlatformClient
+from ._cycle import Cycle, Outcome
+from ._settings import RandomSource
+
+
+class Wakeups:
+    """What wakes the beat thread: one ``Event`` is both its timed sleep and "wake now".
+
+    Asks are flags read at the top of the loop, so one raised while a cycle runs is not lost;
+    asks made while the thread waits are one ask.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        #: ``beat_now()`` or a new ``current_task`` asked for a cycle.
+        self.beat_asked = False
+        #: The event stream asked for the polls. Its own flag, so that it is never merged
+        #: into (or held back with) a requested beat.
+        self.poll_asked = False
+
+    def ask_beat(self) -> None:
+        """Ask for a cycle soon."""
+        self.beat_asked = True
+        self.event.set()
+
+    def ask_poll(self) -> None:
+        """Ask for the polls soon, without a beat."""
+        self.poll_asked = True
+        self.event.set()
+
+    def sleep(self, seconds: float) -> None:
+        """Wait up to ``seconds``, or until woken; then be ready to wait again."""
+        self.event.wait(seconds)
+        self.event.clear()
+
+
+class Act(enum.Enum):
+    """What the beat thread does next."""
+
+    WAIT = "wait"
+    POLL = "poll"
+    CYCLE = "cycle"
+
+
+@dataclass(frozen=True)
+class Step:
+    """The loop's next step: ``WAIT`` until ``until``, ``POLL``, or ``CYCLE`` (``forced``
+    when the caller asked for it ahead of its slot)."""
+
+    act: Act
+    until: float = 0.0
+    forced: bool = False
+
+
+def next_step(
+    now: float,
+    next_slot: float,
+    *,
+    beat_asked: bool,
+    poll_asked: bool,
+    forced: _coalesce.ForcedCycles,
+    pacer: _schedule.PollPacer,
+) -> Step:
+    """Decide what to do at ``now`` (pure; the buckets are only read, never spent).
+
+    A cycle is due at its slot, or sooner when one was asked for and the forced-cycle bucket
+    has credit; the polls alone when the event stream asked and the pacer allows. A due cycle
+    wins over the polls (it polls too).
+    """
+    beat_due = min(next_slot, forced.due(now)) if beat_asked else next_slot
+    poll_due = pacer.ready_at(now) if poll_asked else math.inf
+    if now < beat_due and now < poll_due:
+        return Step(Act.WAIT, until=min(beat_due, poll_due))
+    if now < beat_due:
+        return Step(Act.POLL)
+    return Step(Act.CYCLE, forced=beat_asked and next_slot > now)
+
+
+class Slots:
+    """Where the beat thread is on its slot grid (pure: the times are given).
+
+    By default the first beat comes at once (a small jitter), the later ones on the slots of
+    the workspace's phase. With the deprecated ``start_phase``: the first beat after a random
+    share of the interval up to that fraction, then a fixed rate from there.
+    """
+
+    def __init__(
+        self,
+        interval: float,
+        workspace_id: str,
+        start_phase: float | None,
+        draw: float,
+        mono_now: float,
+        wall_now: float,
+    ) -> None:
+        self.interval = interval
+        if start_phase is None:
+            #: When the next regular cycle is due, on the monotonic clock.
+            self.next_at = mono_now + _schedule.first_beat_delay(interval, draw)
+            phase = _schedule.phase_of(workspace_id)
+            self._origin = _schedule.slot_origin(phase, interval, mono_now, wall_now)
+        else:
+            self.next_at = mono_now + draw * start_phase * interval
+            self._origin = self.next_at
+        self._first = True
+
+    def after_cycle(self, now: float) -> None:
+        """Move on after a cycle that ended at ``now``. An extra cycle run before its slot
+        leaves the slot standing; slots missed during a stall are skipped, never run in a
+        burst."""
+        if self.next_at > now:
+            return
+        self.next_at = _schedule.slot_after_cycle(
+            self._origin, self.interval, self.next_at, now, first=self._first
+        )
+        self._first = False
+
+
+class RunLoop:
+    """The loop of one run of the beat thread.
+
+    Args:
+        cycle: Runs the cycles and the polls.
+        wakeups: The thread's wake event and asks.
+        interval: Seconds between slots.
+        workspace_id: Gives the phase of the slots.
+        start_phase: The deprecated schedule's fraction, or None.
+        rng: Draws the first beat's jitter.
+        stopped: True once this run must end.
+        clock: The monotonic clock.
+        wall_clock: The wall clock, read once to find the slots.
+    """
+
+    def __init__(
+        self,
+        cycle: Cycle,
+        wakeups: Wakeups,
+        *,
+        interval: float,
+        workspace_id: str,
+        start_phase: float | None,
+        rng: RandomSource,
+        stopped: Callable[[], bool],
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._cycle = cycle
+        self._wakeups = wakeups
+        self._stopped = stopped
+        self._clock = clock
+        self._slots = Slots(
+            interval, workspace_id, start_phase, rng.random(), clock(), wall_clock()
+        )
+        # Cycles asked for by beat_now()/current_task: a few at once, a storm paced.
+        self._forced = _coalesce.ForcedCycles()
+        # Polls asked for by the event stream: sparse ones at once, a storm paced.
+        self._pacer = _schedule.PollPacer()
+
+    def run(self, client: PlatformClient) -> Outcome:
+        """Run cycles until stopped (``STOPPED``) or until the workspace is removed
+        (``REMOVED``)."""
+        wakeups = self._wakeups
+        while True:
+            now = self._clock()
+            step = next_step(
+                now,
+                self._slots.next_at,
+                beat_asked=wakeups.beat_asked,
+                poll_asked=wakeups.poll_asked,
+                forced=self._forced,
+                pacer=self._pacer,
+            )
+            if step.act is Act.WAIT:
+                wakeups.sleep(step.until - now)
+            if self._stopped():
+                return Outcome.STOPPED
+            if step.act is Act.WAIT:
+                continue
+            wakeups.poll_asked = False  # a cycle polls too; an event during it polls again
+            if step.act is Act.POLL:
+                self._pacer.take(now)
+                outcome = self._cycle.poll(client)
+            else:
+                wakeups.beat_asked = False
+                if step.forced:
+                    self._forced.take(now)  # an extra cycle, not the regular slot
+                outcome = self._cycle.run(client)
+                if outcome is not Outcome.REMOVED:
+                    self._slots.after_cycle(self._clock())
+            if outcome is Outcome.REMOVED:
+                return outcome

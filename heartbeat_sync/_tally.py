@@ -1,0 +1,191 @@
+"""What a Heartbeat counts: the agent's reports for the next beat, and the beats' outcomes.
+
+Thread-safe: the agent writes from its threads, the beat thread reads and resets, ``status()``
+reads from anywhere. No I/O.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from . import _status
+
+
+@dataclass(frozen=True)
+class BeatReport:
+    """What one beat tells the platform about the agent, read at one instant."""
+
+    errors: int
+    requests: int
+    sample_error: str
+    active_tasks: int
+    current_task: str
+    uptime_seconds: float
+
+    @property
+    def error_rate(self) -> float:
+        """Errors ÷ requests (0.0 with no requests)."""
+        return self.errors / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
+class BeatCounts:
+    """The beat counters of one :class:`Tally` at one instant."""
+
+    beats_ok: int
+    beats_failed: int
+    consecutive_failures: int
+    last_success: float | None
+    last_error: str | None
+    results_delivered: int
+
+
+class Tally:
+    """The counters of one Heartbeat, guarded by one lock.
+
+    Args:
+        lock: The lock to guard them with; the Heartbeat passes its own, so that its other
+            state and these counters are never held apart.
+        clock: Measures uptime; durations are on the monotonic clock, so setting the wall
+            clock moves nothing.
+    """
+
+    def __init__(
+        self, lock: threading.Lock | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._lock = lock if lock is not None else threading.Lock()
+        self._clock = clock
+        self._start_time = clock()
+        self._error_count = 0
+        self._request_count = 0
+        self._sample_error = ""
+        self._active_tasks = 0
+        self._current_task = ""
+        self._beats_ok = 0
+        self._beats_failed = 0
+        self._consecutive_failures = 0
+        self._last_success: float | None = None
+        self._last_error: str | None = None
+        self._results_delivered = 0
+
+    # --- what the agent reports -------------------------------------------------------------
+
+    def record_error(self, error: str) -> None:
+        """Count a failed request; ``error`` becomes the next beat's sample."""
+        with self._lock:
+            self._error_count += 1
+            self._request_count += 1
+            self._sample_error = str(error)
+
+    def record_success(self) -> None:
+        """Count a successful request."""
+        with self._lock:
+            self._request_count += 1
+
+    def error_rate(self) -> float:
+        """Errors ÷ requests since the last successful beat (0.0 with no requests)."""
+        with self._lock:
+            return self._error_count / self._request_count if self._request_count else 0.0
+
+    def sample_error(self) -> str:
+        """The last error recorded."""
+        with self._lock:
+            return self._sample_error
+
+    def active_tasks(self) -> int:
+        """Tasks in progress, as the agent last set them."""
+        with self._lock:
+            return self._active_tasks
+
+    def set_active_tasks(self, value: int) -> None:
+        """Set the tasks in progress (``int(value)``)."""
+        with self._lock:
+            self._active_tasks = int(value)
+
+    def current_task(self) -> str:
+        """What the agent is doing, as it last said."""
+        with self._lock:
+            return self._current_task
+
+    def set_current_task(self, value: str) -> bool:
+        """Set what the agent is doing; True when that is a change."""
+        with self._lock:
+            changed = value != self._current_task
+            self._current_task = value
+            return changed
+
+    # --- what the beats report --------------------------------------------------------------
+
+    def beat_report(self) -> BeatReport:
+        """The agent's reports as the next beat sends them."""
+        with self._lock:
+            return BeatReport(
+                errors=self._error_count,
+                requests=self._request_count,
+                sample_error=self._sample_error,
+                active_tasks=self._active_tasks,
+                current_task=self._current_task,
+                uptime_seconds=self._clock() - self._start_time,
+            )
+
+    def beat_succeeded(self, sent: BeatReport) -> int:
+        """Count a beat the platform answered; return the failed beats it ends.
+
+        Only what ``sent`` reported is reset: errors recorded meanwhile still count.
+        """
+        with self._lock:
+            self._error_count = max(0, self._error_count - sent.errors)
+            self._request_count = max(0, self._request_count - sent.requests)
+            recovered = self._consecutive_failures
+            self._consecutive_failures = 0
+            self._beats_ok += 1
+            self._last_success = time.time()
+            self._last_error = None
+            return recovered
+
+    def beat_failed(self, error: str) -> int:
+        """Count a failed beat, ``error`` in words (never a secret); return the failures in
+        a row."""
+        with self._lock:
+            self._consecutive_failures += 1
+            self._beats_failed += 1
+            self._last_error = error
+            return self._consecutive_failures
+
+    def set_last_error(self, error: str) -> None:
+        """Record a failure that is not a beat's (a registration refused)."""
+        with self._lock:
+            self._last_error = error
+
+    def delivered(self, count: int) -> None:
+        """Count results written to the results file."""
+        with self._lock:
+            self._results_delivered += count
+
+    def live_state(self, paused: bool) -> str:
+        """The state of a running Heartbeat: paused, degraded, healthy or starting."""
+        with self._lock:
+            return self._live_state(paused)
+
+    def counts(self, paused: bool) -> tuple[str, BeatCounts]:
+        """The running state and the beat counters of ``Status``, read at one instant."""
+        with self._lock:
+            return self._live_state(paused), BeatCounts(
+                beats_ok=self._beats_ok,
+                beats_failed=self._beats_failed,
+                consecutive_failures=self._consecutive_failures,
+                last_success=self._last_success,
+                last_error=self._last_error,
+                results_delivered=self._results_delivered,
+            )
+
+    def _live_state(self, paused: bool) -> str:
+        # caller holds self._lock
+        if paused:
+            return _status.PAUSED
+        if self._consecutive_failures:
+            return _status.DEGRADED
+        return _status.HEALTHY if self._beats_ok else _status.STARTING
