@@ -352,21 +352,11 @@ class Heartbeat:
         running, state = self._runs.state()
         if self._life.kind == _lifecycle.REMOVED:
             state = _status.REMOVED
-        live, beats = self._tally.counts(self._life.kind == _lifecycle.PAUSED)
-        return _status.Status(
-            state=state or live,
+        return self._tally.status(
+            state,
             running=running,
-            beats_ok=beats.beats_ok,
-            beats_failed=beats.beats_failed,
-            consecutive_failures=beats.consecutive_failures,
-            last_success=beats.last_success,
-            last_error=beats.last_error,
-            results_delivered=beats.results_delivered,
-            wakeups_sent=side.wakeups_sent,
-            notifications_sent=side.notifications_sent,
-            side_effects_dropped=sum(side.drops.values()),
-            drops=side.drops,
-            queue_depth=side.queue_depth,
+            paused=self._life.kind == _lifecycle.PAUSED,
+            side=side,
             workspace_status=self._life.platform_status,
         )
 

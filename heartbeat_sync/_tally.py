@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import _status
+from ._policy import SideEffectCounts
 
 
 @dataclass(frozen=True)
@@ -29,18 +30,6 @@ class BeatReport:
     def error_rate(self) -> float:
         """Errors ÷ requests (0.0 with no requests)."""
         return self.errors / self.requests if self.requests else 0.0
-
-
-@dataclass(frozen=True)
-class BeatCounts:
-    """The beat counters of one :class:`Tally` at one instant."""
-
-    beats_ok: int
-    beats_failed: int
-    consecutive_failures: int
-    last_success: float | None
-    last_error: str | None
-    results_delivered: int
 
 
 class Tally:
@@ -170,16 +159,33 @@ class Tally:
         with self._lock:
             return self._live_state(paused)
 
-    def counts(self, paused: bool) -> tuple[str, BeatCounts]:
-        """The running state and the beat counters of ``Status``, read at one instant."""
+    def status(
+        self,
+        state: str | None,
+        *,
+        running: bool,
+        paused: bool,
+        side: SideEffectCounts,
+        workspace_status: str | None,
+    ) -> _status.Status:
+        """``Status`` with the beat counters read at one instant; ``state`` None: the state
+        the counters give (``starting``, ``healthy``, ``degraded`` or ``paused``)."""
         with self._lock:
-            return self._live_state(paused), BeatCounts(
+            return _status.Status(
+                state=state or self._live_state(paused),
+                running=running,
                 beats_ok=self._beats_ok,
                 beats_failed=self._beats_failed,
                 consecutive_failures=self._consecutive_failures,
                 last_success=self._last_success,
                 last_error=self._last_error,
                 results_delivered=self._results_delivered,
+                wakeups_sent=side.wakeups_sent,
+                notifications_sent=side.notifications_sent,
+                side_effects_dropped=sum(side.drops.values()),
+                drops=side.drops,
+                queue_depth=side.queue_depth,
+                workspace_status=workspace_status,
             )
 
     def _live_state(self, paused: bool) -> str:
