@@ -237,13 +237,17 @@ def parse_retry_after(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(_RETRY_AFTER_PARSER.parse_retry_after(value))
+        seconds = _RETRY_AFTER_PARSER.parse_retry_after(value)
     except (InvalidHeader, OverflowError, ValueError):
         return None
+    # urllib3 2.6 caps a Retry-After at six hours; earlier 2.x releases return any integer,
+    # which float() may not take: the same cap for every release.
+    return float(min(seconds, _RETRY_AFTER_MAX))
 
 
 # parse_retry_after is an instance method of Retry, though it reads nothing of the instance.
 _RETRY_AFTER_PARSER = Retry(0)
+_RETRY_AFTER_MAX = 6 * 3600
 
 
 def make_retry(retry_after_cap: float) -> BoundedRetry:
