@@ -46,7 +46,10 @@ def test_under_ci_a_skipped_integration_test_is_a_failure() -> None:
 def test_ci_runs_the_integration_suite_once_against_the_shared_server() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     export = ci.index("export HEARTBEAT_SYNC_PLATFORM")
-    assert ci[export - 1] == 'HEARTBEAT_SYNC_PLATFORM="$(cd ../shared/platform && pwd -P)"'
+    # CI has the server's folder beside the checkout; only .ci/run names it.
+    folder = ci[export - 1].removeprefix('HEARTBEAT_SYNC_PLATFORM="$(cd ').split(" && ")[0]
+    assert ci[export - 1] == f'HEARTBEAT_SYNC_PLATFORM="$(cd {folder} && pwd -P)"'
+    assert folder.endswith("/platform") and not folder.startswith("/")
     # Set before the README's test command, which runs the whole suite (tests/platform too)...
     tests = next(i for i, line in enumerate(ci) if line.endswith(".venv/bin/python -m pytest"))
     assert export < tests
