@@ -36,8 +36,6 @@ from ._rows import Result
 
 logger = logging.getLogger(__name__)
 
-#: Statuses after which a wake-up is retried: the agent is busy or waking (CONTRACT.md §8).
-
 T = TypeVar("T")
 
 
