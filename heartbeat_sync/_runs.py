@@ -126,6 +126,15 @@ class Runs:
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         if not self._ended.wait(timeout):
             return False
+        # The event is set in the beat thread's last lines: join it, so that a caller who
+        # sees True never sees it running.
+        with self._lock:
+            beat = self._thread
+        if beat is not None and beat is not threading.current_thread():
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            beat.join(remaining)
+            if beat.is_alive():
+                return False
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._worker.join(remaining):
             return False
