@@ -174,3 +174,35 @@ def test_concurrent_clients(fp: FakePlatform) -> None:
     assert failures == []
     assert ws.heartbeat_count == 100
     assert len(fp.heartbeats(ws.id)) == 100
+
+
+def test_held_platform_keeps_requests_waiting_while_events_flow(fp: FakePlatform) -> None:
+    """``held()`` stops requests, not the event stream: a client hears of a delegation at once
+    and reads it only when the block ends."""
+    ws = fp.add_workspace()
+    headers = auth(ws.token)
+    stream = requests.get(
+        f"{fp.url}/workspaces/{ws.id}/events/stream", headers=headers, stream=True, timeout=T
+    )
+    lines = (line for line in stream.iter_lines() if line)
+    assert next(lines) == b": ping"
+    answered = threading.Event()
+    seen: list[int] = []
+
+    def poll() -> None:
+        reply = get(fp, f"/workspaces/{ws.id}/delegations", ws.token)
+        seen.append(len(reply.json()))
+        answered.set()
+
+    reader = threading.Thread(target=poll)
+    with fp.held():
+        did = fp.add_delegation(ws.id, status="completed")
+        reader.start()
+        frames = [next(lines) for _ in range(2)]
+        assert b"DELEGATION_SENT" in frames[0]
+        assert did.encode() in frames[1] and b"DELEGATION_COMPLETE" in frames[1]
+        assert not answered.wait(0.2)
+    assert answered.wait(T)
+    reader.join(T)
+    assert seen == [1]
+    stream.close()

@@ -33,6 +33,8 @@ Routes served:
   for every activity row written, ``WORKSPACE_HEARTBEAT`` for every beat. Open streams can be
   dropped (:meth:`FakePlatform.drop_streams`) and stalled (:meth:`FakePlatform.stall_streams`);
   ``fault("events", status=404)`` refuses the stream like a server without the route.
+  :meth:`FakePlatform.held` holds every request while events keep flowing (a slow poll
+  during a burst of events).
 
 Anything else answers ``404 {"error":"not found"}`` and is logged with route
 ``"unknown"``.  :meth:`FakePlatform.pause`, :meth:`FakePlatform.hibernate` and

@@ -42,24 +42,25 @@ class Subscriber:
 class EventHub:
     """The open streams of a FakePlatform, and what tests can do to them.
 
-    Every method is called with the platform's lock held or takes ``lock`` itself.
+    ``lock`` is the hub's own: it guards the subscribers and ``bytes_sent``, and is never held
+    while the platform's lock is taken (the platform may hold its lock and then take this one).
     """
 
     def __init__(self, lock: threading.RLock) -> None:
-        self._lock = lock
+        self.lock = lock
         self._subs: list[Subscriber] = []
         self._stall_new = False
         self.bytes_sent = 0
 
     def subscribe(self, workspace_id: str) -> Subscriber:
-        with self._lock:
+        with self.lock:
             sub = Subscriber(workspace_id)
             sub.stalled = self._stall_new
             self._subs.append(sub)
             return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        with self._lock:
+        with self.lock:
             if sub in self._subs:
                 self._subs.remove(sub)
 
@@ -68,13 +69,13 @@ class EventHub:
         self.emit_raw(workspace_id, frame)
 
     def emit_raw(self, workspace_id: str, frame: bytes) -> None:
-        with self._lock:
+        with self.lock:
             for sub in self._subs:
                 if sub.workspace_id == workspace_id:
                     sub.push(frame)
 
     def count(self, workspace_id: str | None = None) -> int:
-        with self._lock:
+        with self.lock:
             return sum(
                 1
                 for s in self._subs
@@ -82,7 +83,7 @@ class EventHub:
             )
 
     def drop(self, workspace_id: str | None = None) -> int:
-        with self._lock:
+        with self.lock:
             hit = [s for s in self._subs if workspace_id is None or s.workspace_id == workspace_id]
             for sub in hit:
                 sub.closed = True
@@ -90,7 +91,7 @@ class EventHub:
             return len(hit)
 
     def stall(self, stalled: bool, workspace_id: str | None = None) -> None:
-        with self._lock:
+        with self.lock:
             if workspace_id is None:
                 self._stall_new = stalled
             for sub in self._subs:

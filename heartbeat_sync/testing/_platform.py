@@ -7,6 +7,8 @@ failures), :class:`Serving` (the HTTP server of one run); the set-up methods com
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from ._faults import FaultTable, make_fault
@@ -29,9 +31,10 @@ class FakePlatform(WorkspaceSetup):
     :meth:`start` and :meth:`stop`.  After :meth:`stop`, :meth:`start` serves again on
     the same port with the same state, which simulates a server outage.
 
-    All state lives behind one re-entrant lock, so test code and the server's handler
-    threads may use the object concurrently.  What it models, and where it differs from
-    the real server on purpose, is listed in the :mod:`heartbeat_sync.testing` docs.
+    All state lives behind one re-entrant lock (the event streams behind their own), so
+    test code and the server's handler threads may use the object concurrently.  What it
+    models, and where it differs from the real server on purpose, is listed in the
+    :mod:`heartbeat_sync.testing` docs.
     """
 
     def __init__(
@@ -186,6 +189,17 @@ class FakePlatform(WorkspaceSetup):
         """
         return self._state.wait_for(predicate, timeout)
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold every request while the block runs; events still reach the open streams.
+
+        What the block adds is seen by the next request all at once, while the client has
+        already been told of each addition: a burst of events around one slow poll.
+        Do not wait for a request inside the block (it waits for the block's end).
+        """
+        with self._state.lock:
+            yield
+
     def wait_for_requests(
         self,
         route: str,
@@ -258,5 +272,5 @@ class FakePlatform(WorkspaceSetup):
     @property
     def event_bytes_sent(self) -> int:
         """Bytes of event-stream data (chunk payloads) sent so far, all streams together."""
-        with self._state.lock:
+        with self._state.hub.lock:
             return self._state.hub.bytes_sent

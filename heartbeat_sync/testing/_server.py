@@ -284,7 +284,7 @@ class Serving:
             handler.wfile.flush()
 
         def sent(n: int) -> None:
-            with state.lock:
+            with state.hub.lock:
                 state.hub.bytes_sent += n
 
         try:
@@ -295,7 +295,7 @@ class Serving:
             handler.send_header("Transfer-Encoding", "chunked")
             handler.end_headers()
             handler.wfile.flush()
-            _events.serve(write, sub, self._stop, state.lock, sent)
+            _events.serve(write, sub, self._stop, state.hub.lock, sent)
         except OSError:
             pass
         finally:

@@ -48,7 +48,9 @@ class State:
         self.delegations: dict[str, list[DelegationEntry]] = {}
         self.a2a_script: dict[str, deque[Response]] = {}
         self.log: deque[RecordedRequest] = deque(maxlen=max_request_log)
-        self.hub = EventHub(self.lock)
+        # The stream has its own lock, as the real server's pub/sub is apart from its
+        # database: events flow while requests wait (see FakePlatform.held).
+        self.hub = EventHub(threading.RLock())
         self._last_us = 0
 
     # ------------------------------------------------------------------ change tracking
