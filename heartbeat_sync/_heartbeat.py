@@ -17,7 +17,6 @@ from . import _exit, _fork, _lifecycle, _metadata, _settings, _status
 from ._auth import Credentials
 from ._client import PlatformClient
 from ._cycle import Cycle
-from ._events import EventStream
 from ._http import SessionFactory
 from ._ratelimit import RateLimitedLog
 from ._runloop import Wakeups
@@ -79,12 +78,11 @@ class Heartbeat:
             same-origin check), sent as its ``scheme://host[:port]`` (the platform refuses a
             path or a trailing slash). None: when ``$PLATFORM_URL`` is set, the origin of
             ``platform_url`` (the only one the platform accepts from any client), else no header.
-        start_phase: Deprecated. None (the default): the first beat at once (within a tenth
-            of the interval, at most 0.25 s), then on slots at a phase derived from the
-            workspace id, so a fleet spreads over the interval by itself and a restarted
-            workspace keeps its slot. A number from 0 to 1 brings back the earlier schedule,
-            with a ``DeprecationWarning``: the first beat after a random share of the interval
-            up to this fraction, then a fixed rate from there.
+        start_phase: Deprecated (a ``DeprecationWarning``). None, the default: the first beat
+            at once (within a tenth of the interval, at most 0.25 s), then slots at a phase
+            derived from the workspace id, so a fleet spreads by itself and a restarted
+            workspace keeps its slot. A number in [0, 1]: the first beat after a random share
+            of the interval up to this fraction, then a fixed rate from there.
         rng: Source of the first beat's jitter (anything with ``random()``), for tests.
             Default: a process-wide golden-ratio sequence from a random start.
         events: Hold ``GET /workspaces/:id/events/stream`` open on a third thread; a delegation
@@ -141,34 +139,11 @@ class Heartbeat:
         state_check_interval: float | None = STATE_CHECK_INTERVAL,
         events: bool = True,
     ) -> None:
-        settings = _settings.settings(
-            platform_url,
-            workspace_id,
-            interval_seconds,
-            results_file,
-            cursor_file,
-            seen_file,
-            configs_dir,
-            self_message_cooldown,
-            runtime_metadata,
-            max_seen_ids=max_seen_ids,
-            max_cursor_ids=max_cursor_ids,
-            request_timeout=request_timeout,
-            self_message_timeout=self_message_timeout,
-            wakeup_retry_deadline=wakeup_retry_deadline,
-            exit_timeout=exit_timeout,
-            origin=origin,
-            start_phase=start_phase,
-            rng=rng,
-            session_factory=session_factory,
-            register=register,
-            agent_card=agent_card,
-            agent_url=agent_url,
-            org_id=org_id,
-            on_state_change=on_state_change,
-            state_check_interval=state_check_interval,
-            events=events,
-        )
+        # Every argument goes to _settings.settings, whose signature is this one's without
+        # the defaults (a test holds the two equal): validated there, in one place.
+        arguments = dict(locals())
+        del arguments["self"]
+        settings = _settings.settings(**arguments)
         self._settings = settings
         self.platform_url = settings.platform_url
         self.workspace_id = settings.workspace_id
@@ -359,8 +334,3 @@ class Heartbeat:
             side=side,
             workspace_status=self._life.platform_status,
         )
-
-    @property
-    def _events(self) -> EventStream | None:
-        # The event stream of the current (or last) run, for tests and benchmarks.
-        return self._runs.events

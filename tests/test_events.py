@@ -164,7 +164,7 @@ def _bounded_stop(hb: Heartbeat, bound: float = 2.0) -> None:
     started = time.monotonic()
     assert hb.stop(timeout=bound)
     assert time.monotonic() - started < bound
-    assert hb._events is not None and not hb._events.running
+    assert hb._runs.events is not None and not hb._runs.events.running
 
 
 def test_an_event_delivers_the_result_at_once_without_an_extra_beat(
@@ -199,7 +199,7 @@ def test_a_burst_of_events_is_one_poll_and_each_result_once(
     hb.start_thread()
     assert wait_until(lambda: _stream_open(platform, ws, hb))
     assert platform.wait_for_requests("activity", 1)
-    stream = hb._events
+    stream = hb._runs.events
     assert stream is not None
     polls = len(platform.requests_for("delegations"))
     with platform.held():
@@ -221,7 +221,7 @@ def test_beats_and_other_events_ask_for_no_poll(
     for kind in ("WORKSPACE_HEARTBEAT", "TASK_UPDATED", "DELEGATION_SENT", "WORKSPACE_ONLINE"):
         platform.emit_event(ws.id, kind, {})
     platform.emit_raw_event(ws.id, b"data: {garbage\n\n: comment\n\ndata: [1,2]\n\n")
-    stream = hb._events
+    stream = hb._runs.events
     assert stream is not None
     assert wait_until(lambda: stream.events >= 6)
     assert not platform.wait_for_requests("delegations", 2, timeout=0.4)
@@ -237,7 +237,7 @@ def test_a_dropped_stream_reconnects_and_loses_nothing(
     hb = make_hb(interval_seconds=1.0)
     hb.start_thread()
     assert wait_until(lambda: _stream_open(platform, ws, hb))
-    stream = hb._events
+    stream = hb._runs.events
     assert stream is not None
     # Every reconnect is cut too: what completes meanwhile comes with the schedule.
     platform.fault("events", drop=True)
@@ -274,7 +274,7 @@ def test_a_refused_stream_404_costs_latency_never_a_result(
     assert wait_until(lambda: sorted(_delivered(tmp_path)) == sorted(ids), timeout=3.0)
     # A server without the route is not asked again soon (nor warned about at every cycle).
     assert not platform.wait_for_requests("events", 2, timeout=0.5)
-    assert hb._events is not None and hb._events.last_refusal == 404
+    assert hb._runs.events is not None and hb._runs.events.last_refusal == 404
     assert sum("no event stream" in m for m in logs.messages(logging.INFO)) == 1
     assert not logs.messages(logging.WARNING)
     _bounded_stop(hb)
@@ -294,7 +294,7 @@ def test_a_stream_that_never_sends_costs_latency_never_a_result(
     assert platform.wait_for_requests("events", 1)
     ids = [platform.add_delegation(ws.id, status="completed") for _ in range(3)]
     assert wait_until(lambda: sorted(_delivered(tmp_path)) == sorted(ids), timeout=3.0)
-    assert hb._events is not None and hb._events.hints == 0
+    assert hb._runs.events is not None and hb._runs.events.hints == 0
     # stop() cuts the hanging stream as it cuts any request in flight.
     _bounded_stop(hb)
     assert len(_delivered(tmp_path)) == 3
@@ -327,11 +327,11 @@ def test_events_false_or_the_environment_turns_the_stream_off(
 ) -> None:
     with make_hb(events=False) as hb:
         assert platform.wait_for_requests("heartbeat", 2)
-        assert hb._events is None
+        assert hb._runs.events is None
     monkeypatch.setenv("HEARTBEAT_SYNC_EVENTS", "0")
     with make_hb() as hb:
         assert platform.wait_for_requests("heartbeat", 4)
-        assert hb._events is None
+        assert hb._runs.events is None
     assert platform.requests_for("events") == []
 
 
@@ -433,7 +433,7 @@ def test_a_failing_session_factory_never_ends_the_stream_thread(
 
     hb = make_hb(interval_seconds=0.3, session_factory=flaky)
     hb.start_thread()
-    stream = hb._events
+    stream = hb._runs.events
     assert stream is not None
     assert wait_until(lambda: stream.connects >= 1, timeout=10.0)
     assert stream.running

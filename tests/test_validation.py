@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from heartbeat_sync import Heartbeat
+from heartbeat_sync import Heartbeat, _settings
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, wait_until
@@ -157,3 +157,17 @@ def test_the_readme_configuration_table_lists_every_argument() -> None:
     for name, _, allowed in BAD_NUMBERS:
         row = next(line for line in table.splitlines() if f"`{name}`" in line)
         assert allowed in row, (name, row)
+
+
+def test_every_heartbeat_argument_reaches_the_settings_under_its_own_name() -> None:
+    """Heartbeat.__init__ hands its arguments whole to ``_settings.settings``: the two
+    parameter lists must match (names, order, kinds, types), or an argument would be lost
+    or land on another."""
+    heartbeat = list(inspect.signature(Heartbeat.__init__).parameters.values())[1:]
+    checked = list(inspect.signature(_settings.settings).parameters.values())
+
+    def shape(params: list[inspect.Parameter]) -> list[tuple[str, Any, Any]]:
+        return [(p.name, p.kind, p.annotation) for p in params]
+
+    assert shape(heartbeat) == shape(checked)
+    assert all(p.default is inspect.Parameter.empty for p in checked)  # defaults: Heartbeat's

@@ -50,7 +50,7 @@ def test_real_delegation_result_in_the_file_within_a_second_at_a_30s_interval(
         # The first cycle has run and the stream is open; the next scheduled poll is at least
         # 15 s away, so only an event can bring the result sooner.
         assert _wait(lambda: hb.status().beats_ok >= 1, 10)
-        stream = hb._events
+        stream = hb._runs.events
         assert stream is not None
         assert _wait(lambda: stream.connects >= 1 and stream.events >= 1, 10)
         latencies = []
