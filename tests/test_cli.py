@@ -36,6 +36,35 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_env(
+    platform_url: str, workspace_id: str, tmp: Path, configs: Path, interval: str, **extra: str
+) -> dict[str, str]:
+    """The environment of ``heartbeat-sync run`` as the platform's runtime sets it, with the
+    files in ``tmp`` (the results in ``tmp/results.jsonl``)."""
+    return cli_env(
+        PLATFORM_URL=platform_url,
+        WORKSPACE_ID=workspace_id,
+        CONFIGS_DIR=str(configs),
+        DELEGATION_RESULTS_FILE=str(tmp / "results.jsonl"),
+        DELEGATION_ACTIVITY_CURSOR_FILE=str(tmp / "cursor"),
+        DELEGATION_SEEN_FILE=str(tmp / "seen"),
+        HEARTBEAT_INTERVAL_SECONDS=interval,
+        **extra,
+    )
+
+
+def start_cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``heartbeat-sync ARGS`` in a child process, its output read as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "heartbeat_sync", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 15.0
 ) -> subprocess.CompletedProcess[str]:
@@ -183,23 +212,8 @@ def test_run_beats_delivers_and_stops_on_sigterm(
     configs = _configs(tmp_path, ws)
     did = platform.add_delegation(ws.id, status="completed", summary="report written")
     results = tmp_path / "results.jsonl"
-    env = cli_env(
-        PLATFORM_URL=platform.url,
-        WORKSPACE_ID=ws.id,
-        CONFIGS_DIR=str(configs),
-        DELEGATION_RESULTS_FILE=str(results),
-        DELEGATION_ACTIVITY_CURSOR_FILE=str(tmp_path / "cursor"),
-        DELEGATION_SEEN_FILE=str(tmp_path / "seen"),
-        HEARTBEAT_INTERVAL_SECONDS="2",  # clamped to 5
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "heartbeat_sync", "run"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env = run_env(platform.url, ws.id, tmp_path, configs, "2")  # clamped to 5
+    proc = start_cli("run", env=env)
     try:
         assert platform.wait_for(lambda: len(platform.heartbeats(ws.id)) >= 1, timeout=10)
         assert platform.wait_for(lambda: len(platform.notifications(ws.id)) == 1, timeout=5)
@@ -227,26 +241,17 @@ def test_run_from_flags_stops_on_sigint(
     platform: FakePlatform, ws: Workspace, tmp_path: Path
 ) -> None:
     configs = _configs(tmp_path, ws)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "heartbeat_sync",
-            "run",
-            f"--platform-url={platform.url}/",
-            f"--workspace-id={ws.id}",
-            "--interval=120",
-            f"--configs-dir={configs}",
-            f"--results-file={tmp_path / 'r.jsonl'}",
-            f"--cursor-file={tmp_path / 'c'}",
-            f"--seen-file={tmp_path / 's'}",
-            "--log-level=WARNING",
-        ],
-        cwd=REPO,
+    proc = start_cli(
+        "run",
+        f"--platform-url={platform.url}/",
+        f"--workspace-id={ws.id}",
+        "--interval=120",
+        f"--configs-dir={configs}",
+        f"--results-file={tmp_path / 'r.jsonl'}",
+        f"--cursor-file={tmp_path / 'c'}",
+        f"--seen-file={tmp_path / 's'}",
+        "--log-level=WARNING",
         env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     try:
         # The first beat comes at once, not after the start phase (up to 12 s here).
@@ -290,24 +295,8 @@ def test_run_warns_once_when_it_has_no_token_the_heartbeat_could_send(
         (configs / ".auth_token").write_text(file_token)
         (configs / ".auth_token").chmod(0o644)  # the Heartbeat warns about this, once
     extra = {"MOLECULE_WORKSPACE_TOKEN": env_token} if env_token is not None else {}
-    env = cli_env(
-        PLATFORM_URL=platform.url,
-        WORKSPACE_ID=ws.id,
-        CONFIGS_DIR=str(configs),
-        DELEGATION_RESULTS_FILE=str(tmp_path / "r.jsonl"),
-        DELEGATION_ACTIVITY_CURSOR_FILE=str(tmp_path / "c"),
-        DELEGATION_SEEN_FILE=str(tmp_path / "s"),
-        HEARTBEAT_INTERVAL_SECONDS="60",
-        **extra,
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "heartbeat_sync", "run", "--log-level=WARNING"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env = run_env(platform.url, ws.id, tmp_path, configs, "60", **extra)
+    proc = start_cli("run", "--log-level=WARNING", env=env)
     try:
         assert platform.wait_for(lambda: len(platform.requests_for("heartbeat", ws.id)) >= 1, 10)
     finally:

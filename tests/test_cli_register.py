@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +10,7 @@ import pytest
 from heartbeat_sync._cli import EXIT_REMOVED, main
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .test_cli import REPO, cli, cli_env
+from .test_cli import cli, cli_env, run_env, start_cli
 
 
 def test_register_from_the_environment_saves_the_token_and_says_so(
@@ -75,23 +73,7 @@ def test_run_exits_with_its_own_code_and_one_line_when_the_workspace_is_removed(
     platform: FakePlatform, ws: Workspace, tmp_path: Path
 ) -> None:
     configs = tmp_path / "configs"
-    env = cli_env(
-        PLATFORM_URL=platform.url,
-        WORKSPACE_ID=ws.id,
-        CONFIGS_DIR=str(configs),
-        DELEGATION_RESULTS_FILE=str(tmp_path / "r.jsonl"),
-        DELEGATION_ACTIVITY_CURSOR_FILE=str(tmp_path / "c"),
-        DELEGATION_SEEN_FILE=str(tmp_path / "s"),
-        HEARTBEAT_INTERVAL_SECONDS="5",
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "heartbeat_sync", "run"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli("run", env=run_env(platform.url, ws.id, tmp_path, configs, "5"))
     try:
         assert platform.wait_for(lambda: len(platform.heartbeats(ws.id)) >= 1, timeout=10)
         platform.delete(ws.id)

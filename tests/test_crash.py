@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -20,24 +19,14 @@ import pytest
 from heartbeat_sync._files import IdLog, ResultsFile, read_delegation_results
 from heartbeat_sync.testing import FakePlatform
 
+from ._writer import kill_writer, start_writer
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 
 REPO = Path(__file__).resolve().parents[1]
 
-WRITER = textwrap.dedent(
-    """
-    import sys, threading
-    from heartbeat_sync import Heartbeat
-    url, ws, tmp = sys.argv[1], sys.argv[2], sys.argv[3]
-    hb = Heartbeat(url, ws, interval_seconds=0.02, results_file=tmp + "/results.jsonl",
-                   cursor_file=tmp + "/cursor", seen_file=tmp + "/seen",
-                   configs_dir=tmp + "/configs", exit_timeout=None,
-                   self_message_cooldown=3600)
-    hb.start_thread()
-    print("READY", flush=True)
-    threading.Event().wait()
-    """
-)
+#: Seconds between the child writers' cycles.
+INTERVAL = 0.02
 
 
 def _check_files(tmp: Path) -> list[str]:
@@ -56,22 +45,12 @@ def _check_files(tmp: Path) -> list[str]:
 
 
 def _start(tmp: Path, url: str, ws: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(tmp / "writer.py"), url, ws, str(tmp)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "READY"
-    return proc
+    return start_writer(tmp, url, ws, INTERVAL)
 
 
 def _kill(procs: list[subprocess.Popen[str]]) -> None:
     for proc in procs:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
+        kill_writer(proc)
 
 
 @pytest.mark.slow
@@ -81,7 +60,6 @@ def test_sigkill_at_random_moments_while_results_stream_in(tmp_path: Path, write
     """Writers killed at random moments; with two, two processes for one workspace share the
     files and each decides against what the other recorded."""
     rng = random.Random(20261124)
-    (tmp_path / "writer.py").write_text(WRITER)
     expected: set[str] = set()
     pause = threading.Event()
     with FakePlatform() as platform:
@@ -100,10 +78,7 @@ def test_sigkill_at_random_moments_while_results_stream_in(tmp_path: Path, write
             if first in _check_files(tmp_path):
                 break
             pause.wait(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        if proc.stdout:
-            proc.stdout.close()
+        kill_writer(proc)
         kills = 0
         while kills < 22:
             procs = [_start(tmp_path, platform.url, ws.id) for _ in range(writers)]

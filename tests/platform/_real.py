@@ -19,12 +19,13 @@ import os
 import re
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
 import requests
+
+from ..conftest import wait_until as _wait_until
 
 #: Seconds for one helper request: the server answers in milliseconds when it is well.
 TIMEOUT = 30.0
@@ -32,14 +33,8 @@ ENV_VAR = "HEARTBEAT_SYNC_PLATFORM"
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 15.0, step: float = 0.05) -> bool:
-    """Wait for ``predicate`` on an Event (never a bare sleep); return its last value."""
-    event = threading.Event()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        event.wait(step)
-    return predicate()
+    """The suite's :func:`tests.conftest.wait_until`, with the longer waits a real server needs."""
+    return _wait_until(predicate, timeout, step)
 
 
 def write_token(configs_dir: str | os.PathLike[str], token: str) -> None:

@@ -4,11 +4,8 @@ new one on the same files, delivers every result once and nothing twice."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import textwrap
 import threading
 from collections import Counter
 from pathlib import Path
@@ -18,6 +15,7 @@ import pytest
 
 from heartbeat_sync import Heartbeat
 
+from .._writer import kill_writer, start_writer
 from ._real import RealPlatform, wait_until, write_token
 
 INTERVAL = 0.3
@@ -67,22 +65,6 @@ def test_a_restarted_heartbeat_delivers_nothing_twice(
     assert len(ids) == 10 and len(set(ids)) == 10, Counter(ids).most_common(3)
 
 
-WRITER = textwrap.dedent(
-    """
-    import sys, threading
-    from heartbeat_sync import Heartbeat
-    url, ws, tmp = sys.argv[1], sys.argv[2], sys.argv[3]
-    hb = Heartbeat(url, ws, interval_seconds=0.05, results_file=tmp + "/results.jsonl",
-                   cursor_file=tmp + "/cursor", seen_file=tmp + "/seen",
-                   configs_dir=tmp + "/configs", exit_timeout=None,
-                   self_message_cooldown=3600)
-    hb.start_thread()
-    print("READY", flush=True)
-    threading.Event().wait()
-    """
-)
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 def test_a_killed_process_and_its_successor_deliver_each_result_once(
     real_platform: RealPlatform, tmp_path: Path
@@ -91,18 +73,10 @@ def test_a_killed_process_and_its_successor_deliver_each_result_once(
     a, ta = scene[0], scene[1]
     (tmp_path / "configs").mkdir()
     write_token(tmp_path / "configs", ta)
-    (tmp_path / "writer.py").write_text(WRITER)
     results = tmp_path / "results.jsonl"
 
     def start() -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, str(tmp_path / "writer.py"), real_platform.url, a, str(tmp_path)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "READY"
-        return proc
+        return start_writer(tmp_path, real_platform.url, a, 0.05)
 
     expected = 0
     for _ in range(3):
@@ -114,10 +88,7 @@ def test_a_killed_process_and_its_successor_deliver_each_result_once(
             # Kill it while results are coming in, once some of this round's have arrived.
             assert wait_until(lambda before=before: len(delivered(results)) > before)
         finally:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-            assert proc.stdout is not None
-            proc.stdout.close()
+            kill_writer(proc)
     proc = start()
     try:
         assert wait_until(lambda: len(delivered(results)) >= expected)
