@@ -17,7 +17,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import requests
 import urllib3.exceptions as u3
 
-from . import _rows, _texts
+from . import _config, _rows, _texts
 from ._auth import Credentials
 from ._http import (
     BodyTooLarge,
@@ -133,7 +133,8 @@ class PlatformClient:
                 # environment is read once, here, for this session's one host.
                 env_proxies = requests.utils.get_environ_proxies(self.base_url)
                 session.proxies = {**env_proxies, **session.proxies}
-                bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+                bundles = (os.environ.get(name) for name in _config.ENV_CA_BUNDLES)
+                bundle = next(filter(None, bundles), None)
                 if bundle and session.verify is True:
                     session.verify = bundle
                 session.trust_env = False

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_SEEN_FILE",
     "ENV_ADAPTER_MODULE",
     "ENV_AGENT_URL",
+    "ENV_CA_BUNDLES",
     "ENV_CONFIGS_DIR",
     "ENV_CURSOR_FILE",
     "ENV_EVENTS",
@@ -57,6 +58,9 @@ ENV_ORG_ID = "MOLECULE_ORG_ID"
 ENV_AGENT_URL = "AGENT_URL"
 #: ``0``/``false``/``no``/``off`` turns the event stream off.
 ENV_EVENTS = "HEARTBEAT_SYNC_EVENTS"
+#: requests' own CA bundle variables, in its order: read once per session, as requests would
+#: on every request (not in ALL_ENV: they are the caller's TLS set-up, not configuration).
+ENV_CA_BUNDLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 
 #: Every variable above, for whoever must clear or list them all (a test isolating itself
 #: from the caller's environment, a help text); a name added above belongs here too.

@@ -28,8 +28,7 @@ from ._ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
-#: Set to ``0``, ``false``, ``no`` or ``off`` to turn the event stream off.
-EVENTS_ENV = "HEARTBEAT_SYNC_EVENTS"
+#: Values of ``$HEARTBEAT_SYNC_EVENTS`` (``_config.ENV_EVENTS``) that turn the stream off.
 _OFF = frozenset({"0", "false", "no", "off"})
 
 #: Events that can mean a new result: a delegation that ended, an activity row written.
