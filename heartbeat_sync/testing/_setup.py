@@ -11,7 +11,7 @@ import uuid
 from collections import deque
 from pathlib import Path
 
-from .._auth import TOKEN_FILE
+from .._auth import save_token
 from ._model import MISSING, Raw, Response, Workspace, entry_json, new_secret, visible
 from ._state import State, message_request
 
@@ -57,25 +57,17 @@ class WorkspaceSetup:
     def write_token(self, workspace_id: str, configs_dir: str | os.PathLike[str]) -> Path:
         """Write the workspace's newest live token to ``<configs_dir>/.auth_token``; its path.
 
-        That is where a ``Heartbeat(..., configs_dir=configs_dir)`` reads it. The directory is
-        created (0700) when missing; the file gets mode 0600 and is written under a temporary
-        name, then renamed into place, so a reader never sees part of a token. Call it again
-        after :meth:`rotate_token` to hand the new token over. ``KeyError`` when the workspace
-        is unknown, ``ValueError`` when it has no live token.
+        That is where a ``Heartbeat(..., configs_dir=configs_dir)`` reads it. It is saved as
+        :func:`heartbeat_sync.register` saves a token: the directory created (0700) when
+        missing, the file 0600, written under a temporary name and renamed into place, so a
+        reader never sees part of a token. Call it again after :meth:`rotate_token` to hand
+        the new token over. ``KeyError`` when the workspace is unknown, ``ValueError`` when
+        it has no live token.
         """
         token = self.workspace(workspace_id).token
         if token is None:
             raise ValueError(f"workspace {workspace_id!r} has no live token")
-        directory = Path(configs_dir)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = directory / TOKEN_FILE
-        tmp = directory / f"{TOKEN_FILE}.{uuid.uuid4().hex}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            os.fchmod(fd, 0o600)  # the mode given to open() is filtered by the umask
-            out.write(token)
-        os.replace(tmp, path)
-        return path
+        return save_token(Path(configs_dir), token)
 
     def workspace(self, workspace_id: str) -> Workspace:
         """The live :class:`Workspace` object; ``KeyError`` if unknown."""
