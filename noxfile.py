@@ -21,11 +21,11 @@ Sessions:
     ``python -m pytest`` with the newest releases of the dependencies, without the integration
     suite against the real platform server (``tests/platform``: ``.ci/run`` runs it once, in
     the README's test command; ``nox -s "tests(3.12)" -- tests/platform`` runs it here). The
-    oldest interpreter found runs the whole suite (~3 min); the others run ``-m "not slow"``
-    (~2 min: the subprocess and crash tests would only repeat what the oldest and the README's
-    test command, on the default ``python3``, show), so that ``.ci/run`` stays inside 25
-    minutes on 2 cores. The suite is not run under pytest-xdist: most of its time is
-    sleeping, but its timing tests fail under the load of parallel workers.
+    oldest interpreter found runs the whole suite; the others run ``-m "not slow"`` (the
+    subprocess and crash tests would only repeat what the oldest and the README's test command,
+    on the default ``python3``, show). Each runs in four pytest-xdist workers (``addopts`` in
+    ``setup.cfg``): most of the suite's time is waiting on sockets and events, so four
+    workers share two cores well.
 ``floors``
     The suite (but ``tests/platform`` and the slow subprocess tests, which ``tests`` runs on
     the same interpreter) on the oldest interpreter with exactly the minimum versions of the

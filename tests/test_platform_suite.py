@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def _pytest_platform(**env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in ("CI", "HEARTBEAT_SYNC_PLATFORM")}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/platform"],
+        # In-process (-n 0): the report is then the one pytest prints without workers.
+        [sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", "tests/platform"],
         cwd=ROOT,
         env={**clean, **env},
         capture_output=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +122,13 @@ def test_a_workspace_id_that_could_leave_its_path_segment_is_refused(
 
 @pytest.mark.parametrize(
     "good",
-    [str(uuid.uuid4()), str(uuid.uuid4()).upper(), uuid.uuid4().hex, "ws-1", "worker_2"],
+    [
+        "3f2b8c1e-6d4a-4e7b-9a0c-2d5e8f1b7c64",
+        "3F2B8C1E-6D4A-4E7B-9A0C-2D5E8F1B7C64",
+        "3f2b8c1e6d4a4e7b9a0c2d5e8f1b7c64",
+        "ws-1",
+        "worker_2",
+    ],
 )
 def test_ids_the_platform_can_issue_are_accepted(make_hb: HeartbeatFactory, good: str) -> None:
     assert make_hb(workspace_id=good).workspace_id == good

@@ -5,6 +5,11 @@ It runs when ``$HEARTBEAT_SYNC_PLATFORM`` names the folder that holds the server
 once per session into a fresh ``mktemp -d`` folder (Postgres, running as the ``postgres`` user
 when we are root, must be able to reach it) and stopped at the end.
 
+The suite runs in parallel (pytest-xdist): these tests are one group, so one worker runs them
+all and only that worker starts the server, when its first test here asks for it. A test's
+timeout covers the test itself, not that start (which may install Postgres and Redis first and
+has its own bound, ``START_TIMEOUT``).
+
 When the variable is set, or ``CI`` is, a skipped test here is reported as a failure: in CI the
 suite must have run, all of it.
 """
@@ -49,6 +54,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _ours(item):
             item.add_marker(pytest.mark.platform)
+            item.add_marker(pytest.mark.xdist_group("platform"))
+            timeout = item.get_closest_marker("timeout")
+            seconds = timeout.args[0] if timeout and timeout.args else config.getini("timeout")
+            item.add_marker(pytest.mark.timeout(float(seconds), func_only=True), append=False)
             if _scripts() is None:
                 item.add_marker(skip)
 
@@ -101,21 +110,6 @@ def _start(scripts: Path) -> RealPlatform:
     return RealPlatform(env["PLATFORM_URL"], env["ADMIN_TOKEN"], env["DATABASE_URL"], state)
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    # Started here rather than in the fixture: the first start may install Postgres and Redis,
-    # which must not count against the first test's timeout.
-    scripts = _scripts()
-    if scripts is None or _Server.platform is not None or _Server.error is not None:
-        return
-    if not any(_ours(item) for item in session.items):
-        return
-    _Server.scripts = scripts
-    try:
-        _Server.platform = _start(scripts)
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        _Server.error = str(exc)
-
-
 def pytest_sessionfinish(session: pytest.Session) -> None:
     platform, _Server.platform = _Server.platform, None
     if platform is not None and _Server.scripts is not None:
@@ -132,9 +126,17 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def real_platform() -> RealPlatform:
-    """The real server, started once per session and stopped at its end."""
-    if _scripts() is None:
+    """The real server, started once per session (by the worker that runs this suite) and
+    stopped at its end."""
+    scripts = _scripts()
+    if scripts is None:
         pytest.skip(f"{ENV_VAR} is not set")
+    if _Server.platform is None and _Server.error is None:
+        _Server.scripts = scripts
+        try:
+            _Server.platform = _start(scripts)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            _Server.error = str(exc)
     if _Server.error is not None:
         pytest.fail(f"the platform server did not start: {_Server.error}")
     assert _Server.platform is not None, "the platform server was not started"
