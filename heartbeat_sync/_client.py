@@ -66,11 +66,9 @@ class CursorGone(PlatformError):
 
 @dataclass(frozen=True)
 class BeatReply:
-    """A successful (2xx) heartbeat: its status and the inbound secret, if the server sent one."""
+    """A successful (2xx) heartbeat: the inbound secret, if the server sent one."""
 
-    status: int
     inbound_secret: str | None
-    token_refreshed: bool = False
 
 
 #: Exceptions whose text names the URL and the network's reason, never a header value.
@@ -250,14 +248,12 @@ class PlatformClient:
     def heartbeat(self, body: dict[str, Any]) -> BeatReply:
         """POST /registry/heartbeat. A 401 re-reads the token and retries once, same body."""
         status, reply, headers = self._request("POST", "/registry/heartbeat", json_body=body)
-        refreshed = False
         if status == 401:
             self.credentials.refresh()
-            refreshed = True
             status, reply, headers = self._request("POST", "/registry/heartbeat", json_body=body)
         if not 200 <= status < 300:
             raise self._fail("heartbeat", status, reply, headers)
-        return BeatReply(status, _rows.inbound_secret(reply), refreshed)
+        return BeatReply(_rows.inbound_secret(reply))
 
     def register(self, body: dict[str, Any]) -> dict[str, Any]:
         """POST /registry/register; returns the 2xx answer's JSON object (secrets included:
