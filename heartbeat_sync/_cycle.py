@@ -136,8 +136,10 @@ class Cycle:
     def _beat_and_poll(self, client: PlatformClient) -> Outcome:
         if self.polls.reload_ids:
             self.polls.recover_files()
-        if self._life.kind == _lifecycle.PAUSED:
-            self._check_state(client)  # the platform ignores a paused workspace's beats
+        if self._life.kind == _lifecycle.PAUSED or self._life.hinted:
+            # The platform ignores a paused workspace's beats; a suggested change (an event,
+            # a suspicious answer) is looked at before beating a workspace that may be paused.
+            self._check_state(client)
             if self._life.kind != _lifecycle.ACTIVE:
                 return Outcome.PAUSED
         beaten = self._beat(client)

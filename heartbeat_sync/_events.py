@@ -3,12 +3,15 @@
 The platform says the moment something happens on ``GET /workspaces/:id/events/stream``
 (Server-Sent Events: a ``: ping`` comment, then one ``data: {"type", "timestamp", "data"}`` line
 per event, nothing while idle). A delegation that completes or fails, or an activity row written
-for the workspace, asks the beat thread for a poll at once. Events are hints, never data: the
+for the workspace, asks the beat thread for a poll at once; a pause, hibernation, removal or
+registration of the workspace asks it to check the workspace's state. Events are hints, never
+data: the
 server drops them for slow subscribers and an event exists only on the replica that produced it,
 so the polls stay the only source of truth and still run on the schedule. A lost event, a
 dropped stream or a server without the route costs latency, never a result.
 
-The parsing is pure (:class:`SSEParser`, :func:`wants_poll`, :func:`backoff_delay`); the thread
+The parsing is pure (:class:`SSEParser`, :func:`wants_poll`, :func:`state_change`,
+:func:`backoff_delay`); the thread
 (:class:`EventStream`) only connects, reads, and waits between attempts.
 """
 
@@ -34,6 +37,11 @@ _OFF = frozenset({"0", "false", "no", "off"})
 #: Events that can mean a new result: a delegation that ended, an activity row written.
 DELEGATION_EVENTS = frozenset({"DELEGATION_COMPLETE", "DELEGATION_FAILED"})
 ACTIVITY_EVENT = "ACTIVITY_LOGGED"
+#: Events that say the workspace's own state changed: it was paused, hibernated or removed, or
+#: it is online again (a registration, or a beat that brought it back).
+STATE_EVENTS = frozenset(
+    {"WORKSPACE_PAUSED", "WORKSPACE_HIBERNATED", "WORKSPACE_REMOVED", "WORKSPACE_ONLINE"}
+)
 
 #: A line longer than this is not the platform's: it is skipped, never buffered whole.
 MAX_LINE_BYTES = 1 << 20
@@ -167,6 +175,23 @@ def wants_poll(event: Event, workspace_id: str) -> bool:
     return True
 
 
+def state_change(event: Event) -> str | None:
+    """The event's type when it is one of :data:`STATE_EVENTS`, else None.
+
+    The stream is the workspace's own, so the event is about this workspace. Beats' events
+    (``WORKSPACE_HEARTBEAT``, most of what the stream carries) are passed over before any JSON
+    is parsed.
+    """
+    if not any(kind in event.data for kind in STATE_EVENTS):
+        return None
+    try:
+        payload = json.loads(event.data)
+    except (ValueError, RecursionError):
+        return None
+    kind = payload.get("type") if isinstance(payload, dict) else None
+    return kind if kind in STATE_EVENTS else None
+
+
 def backoff_delay(attempt: int, draw: float, cap: float = BACKOFF_CAP) -> float:
     """Seconds before reconnect attempt ``attempt`` (0 first): full jitter over an exponential.
 
@@ -180,7 +205,8 @@ def backoff_delay(attempt: int, draw: float, cap: float = BACKOFF_CAP) -> float:
 class EventStream:
     """Holds the event stream open on its own daemon thread and its own session.
 
-    ``on_hint`` is called (from this thread) for every event that :func:`wants_poll`; the
+    ``on_hint`` is called (from this thread) for every event that :func:`wants_poll`, and
+    ``on_state`` with the type of every event that announces a :func:`state_change`; the
     caller coalesces. ``idle_timeout`` is how long a connection may stay silent before it is
     replaced: the platform sends a ``WORKSPACE_HEARTBEAT`` for every beat, so a live stream
     is never silent for long, and a silent one may be a dead connection.
@@ -194,11 +220,13 @@ class EventStream:
         *,
         idle_timeout: float,
         draw: Callable[[], float],
+        on_state: Callable[[str], None] | None = None,
         name: str = "heartbeat-sync-events",
     ) -> None:
         self._client_factory = client_factory
         self.workspace_id = workspace_id
         self._on_hint = on_hint
+        self._on_state = on_state
         self.idle_timeout = idle_timeout
         self._draw = draw
         self.name = name
@@ -209,10 +237,11 @@ class EventStream:
         self._thread: threading.Thread | None = None
         self._said_no_route = False
         self._said_unreachable = False
-        #: Streams opened (status 200), events read, and polls asked for.
+        #: Streams opened (status 200), events read, polls and state checks asked for.
         self.connects = 0
         self.events = 0
         self.hints = 0
+        self.state_hints = 0
         #: The status of the last refused attempt (404 for a server without the route).
         self.last_refusal: int | None = None
 
@@ -336,6 +365,11 @@ class EventStream:
                     if wants_poll(event, self.workspace_id):
                         self.hints += 1
                         self._on_hint()
+                    elif self._on_state is not None:
+                        kind = state_change(event)
+                        if kind is not None:
+                            self.state_hints += 1
+                            self._on_state(kind)
                 if self._stop.is_set():
                     return "failed"
             reason = "closed by the platform"

@@ -87,8 +87,8 @@ class Heartbeat:
             Default: a process-wide golden-ratio sequence from a random start.
         events: Hold ``GET /workspaces/:id/events/stream`` open on a third thread; a delegation
             or activity event then asks for a poll at once (the schedule still polls every
-            interval). ``$HEARTBEAT_SYNC_EVENTS`` set to ``0``, ``false``, ``no`` or ``off``
-            turns it off too.
+            interval), a pause, removal or return of the workspace for a state check at once.
+            ``$HEARTBEAT_SYNC_EVENTS`` set to ``0``, ``false``, ``no`` or ``off`` turns it off.
         session_factory: Makes each thread's ``requests.Session``; the default mounts urllib3
             ``Retry`` with ``Retry-After`` capped below the interval.
         register: Register the agent (``POST /registry/register``) on the beat thread before
@@ -104,7 +104,8 @@ class Heartbeat:
             whenever the state changes (never for ``stopped``), on the side-effect thread, never
             on the beat thread. The change to ``removed`` is the last call.
         state_check_interval: Seconds between state checks when nothing suggests a change
-            (None: only on a hint). A pause changes no answer of an ordinary cycle.
+            (None: only on a hint: a suspicious answer, or an event). A pause changes no
+            answer of an ordinary cycle.
 
     Environment variables are read here, at construction, never at import time.
     """

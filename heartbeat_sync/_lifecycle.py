@@ -135,6 +135,12 @@ class Tracker:
         with self._lock:
             self._hinted = True
 
+    @property
+    def hinted(self) -> bool:
+        """Something suggested a change that no check has looked at yet."""
+        with self._lock:
+            return self._hinted
+
     def due(self) -> bool:
         with self._lock:
             if self.kind == REMOVED:

@@ -176,9 +176,24 @@ class Runs:
             # intervals is likely a dead connection.
             idle_timeout=max(3 * settings.interval_seconds, 60.0),
             draw=random.SystemRandom().random,
+            on_state=self._state_announced,
             name=f"heartbeat-sync-events-{settings.workspace_id[:8]}",
         )
         self.events.start()
+
+    def _state_announced(self, kind: str) -> None:
+        # From the event stream's thread: the platform says the workspace was paused,
+        # hibernated, removed or is online again. Check its state now rather than at the next
+        # state check: in a poll step while active (no beat to a workspace that may be
+        # paused), in a cycle while paused (which checks before it beats).
+        active = self._life.kind == _lifecycle.ACTIVE
+        if active and kind == "WORKSPACE_ONLINE":
+            return  # online already: a registration or a beat's recovery, nothing to learn
+        self._life.hint()
+        if active:
+            self._wakeups.ask_poll()
+        else:
+            self._wakeups.ask_beat()
 
     def _await_previous(self, halt: threading.Event, previous: list[threading.Thread]) -> bool:
         """Wait for the threads of a run that stop() could not end in time. False if halted."""

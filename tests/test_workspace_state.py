@@ -269,7 +269,9 @@ def test_paused_no_beats_state_checked_each_interval_then_resumed(
     seen: list[tuple[str, str]] = []
     hb = make_hb(state_check_interval=0.3, on_state_change=lambda o, n: seen.append((o, n)))
     hb.start_thread()
-    assert wait_until(lambda: hb.status().state == "healthy")
+    # Healthy, and announced so (the event stream reports a pause within milliseconds: one
+    # found before the end of the first cycle is announced as starting -> paused).
+    assert wait_until(lambda: seen == [("starting", "healthy")])
     platform.pause(ws.id)
     assert wait_until(lambda: hb.status().state == "paused", timeout=3)
     assert hb.status().workspace_status == "paused" and hb.status().running

@@ -30,8 +30,12 @@ Routes served:
 * ``GET /workspaces/:id/events/stream`` (``"events"``): Server-Sent Events framed as the real
   server frames them (``: ping``, then one ``data: {"type", "timestamp", "data"}`` per event):
   ``DELEGATION_COMPLETE``/``DELEGATION_FAILED`` when a delegation ends, ``ACTIVITY_LOGGED``
-  for every activity row written, ``WORKSPACE_HEARTBEAT`` for every beat. Open streams can be
-  dropped (:meth:`FakePlatform.drop_streams`) and stalled (:meth:`FakePlatform.stall_streams`);
+  for every activity row written, ``WORKSPACE_HEARTBEAT`` for every beat,
+  ``WORKSPACE_PAUSED``, ``WORKSPACE_HIBERNATED`` and ``WORKSPACE_REMOVED`` from
+  :meth:`FakePlatform.pause`, :meth:`FakePlatform.hibernate` and :meth:`FakePlatform.delete`,
+  ``WORKSPACE_ONLINE`` for a registration and for a beat that brings the workspace back. Open
+  streams can be dropped (:meth:`FakePlatform.drop_streams`) and stalled
+  (:meth:`FakePlatform.stall_streams`);
   ``fault("events", status=404)`` refuses the stream like a server without the route.
   :meth:`FakePlatform.held` holds every request while events keep flowing (a slow poll
   during a burst of events).

@@ -108,9 +108,14 @@ def _apply_heartbeat(state: State, ws: Workspace, body: dict[str, Any]) -> None:
     elif ws.status == "degraded":
         if not status_mgmt and error_rate < 0.1 and runtime_state == "":
             ws.status = "online"
-    elif ws.status in ("offline", "provisioning") or (
+            state.hub.emit(ws.id, "WORKSPACE_ONLINE", {})
+    elif ws.status == "offline":
+        ws.status = "online"
+        state.hub.emit(ws.id, "WORKSPACE_ONLINE", {})
+    elif ws.status == "provisioning" or (
         ws.status == "awaiting_agent" and state.generation == "MAY"
     ):
+        state.hub.emit(ws.id, "WORKSPACE_ONLINE", {"recovered_from": ws.status})
         ws.status = "online"
     ws.last_heartbeat = body
     ws.heartbeat_count += 1
@@ -176,6 +181,10 @@ def register(state: State, entry: RecordedRequest) -> Reply:
     ws.url = url
     ws.agent_card = card
     ws.delivery_mode = mode
+    # Announced even when the workspace stays removed, as the real server does.
+    state.hub.emit(
+        ws.id, "WORKSPACE_ONLINE", {"url": url, "agent_card": card, "delivery_mode": mode}
+    )
     out: dict[str, object] = {"status": "registered"}
     if state.generation == "MAY":
         out["delivery_mode"] = mode

@@ -152,6 +152,7 @@ class State:
                     continue
                 current.status = "paused"
                 current.url = ""
+                self.hub.emit(current.id, "WORKSPACE_PAUSED", {"name": current.name})
                 paused += 1
                 todo.extend(w for w in self.workspaces.values() if w.parent_id == current.id)
             self.changed()
@@ -165,6 +166,8 @@ class State:
                 raise KeyError(f"workspace {workspace_id!r} is not online or degraded")
             ws.status = "hibernated"
             ws.url = ""
+            # The real server adds the workspace's tier, which this fake does not model.
+            self.hub.emit(ws.id, "WORKSPACE_HIBERNATED", {"name": ws.name})
             self.changed()
 
     def delete(self, workspace_id: str) -> None:
@@ -173,6 +176,8 @@ class State:
             ws = self.ws(workspace_id)
             ws.status = "removed"
             ws.tokens = []
+            # An open stream stays open and hears of it (this fake deletes no descendants).
+            self.hub.emit(ws.id, "WORKSPACE_REMOVED", {"cascade_deleted": 0})
             self.changed()
 
     # ------------------------------------------------------------------ delegations

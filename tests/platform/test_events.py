@@ -67,3 +67,38 @@ def test_real_delegation_result_in_the_file_within_a_second_at_a_30s_interval(
     record = json.loads(results.read_text().splitlines()[0])
     assert record["status"] == "completed"
     assert "the numbers add up" in record["response_preview"]
+
+
+def test_real_pause_resume_and_removal_are_known_at_once_at_a_30s_interval(
+    real_platform: RealPlatform, hb_files: dict[str, Any]
+) -> None:
+    """The server announces a pause, a registration and a removal on the workspace's stream:
+    the Heartbeat checks the state at once, not at its next state check or cycle (30 s)."""
+    ws_id, token = real_platform.create_workspace("events-lifecycle")
+    write_token(hb_files["configs_dir"], token)
+    hb = Heartbeat(
+        real_platform.url,
+        ws_id,
+        interval_seconds=30.0,
+        exit_timeout=None,
+        register=True,
+        state_check_interval=None,
+        **hb_files,
+    )
+    hb.start_thread()
+    try:
+        assert _wait(lambda: hb.status().state == "healthy", 10)
+        stream = hb._runs.events
+        assert stream is not None
+        assert _wait(lambda: stream.connects >= 1 and stream.events >= 1, 10)
+        real_platform.pause(ws_id)
+        assert _wait(lambda: hb.status().state == "paused", 2), hb.status()
+        real_platform.register(ws_id, token)  # an operator brings it back
+        assert _wait(lambda: hb.status().state == "healthy", 2), hb.status()
+        assert real_platform.row(ws_id)["status"] == "online"
+        real_platform.delete(ws_id)
+        assert hb.wait(timeout=2.0)
+        assert hb.status().state == "removed"
+        assert hb.status().beats_ok <= 2  # the first cycle, and the one after the return
+    finally:
+        assert hb.stop(timeout=5.0)

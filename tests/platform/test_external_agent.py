@@ -93,7 +93,9 @@ def test_pause_is_state_paused_and_a_registration_brings_it_back(
         on_state_change=lambda old, new: changes.append((old, new)),
     )
     with hb:
-        assert wait_until(lambda: hb.status().state == "healthy", timeout=10)
+        # Healthy, and announced so: the stream reports a pause within milliseconds, and one
+        # found before the first cycle's end is announced as starting -> paused.
+        assert wait_until(lambda: changes == [("starting", "healthy")], timeout=10)
         real_platform.pause(ws_id)
         assert wait_until(lambda: hb.status().state == "paused", timeout=5)
         assert hb.status().workspace_status == "paused" and hb.status().running

@@ -1,0 +1,222 @@
+"""The workspace's pause, hibernation, removal and return, heard on the event stream.
+
+The platform announces each on the workspace's own stream (``WORKSPACE_PAUSED``,
+``WORKSPACE_HIBERNATED``, ``WORKSPACE_REMOVED``, ``WORKSPACE_ONLINE``). Without the stream a
+pause is found by the next state check and a removal or a return by the next cycle, up to an
+interval later; with it the Heartbeat checks the state at once. The check, not the event,
+decides: events are hints.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import requests
+
+from heartbeat_sync import Heartbeat
+from heartbeat_sync._events import Event, state_change
+from heartbeat_sync.testing import FakePlatform, Workspace
+
+from .conftest import HeartbeatFactory, wait_until
+
+T = 5.0
+#: Long enough that nothing found within a second came from the schedule.
+INTERVAL = 30.0
+
+
+def _ready(platform: FakePlatform, ws: Workspace, hb: Heartbeat) -> None:
+    """The first cycle is over and the stream is open."""
+    assert wait_until(lambda: hb.status().state == "healthy")
+    assert wait_until(lambda: platform.open_streams(ws.id) == 1)
+    assert platform.wait_for_requests("activity", 1)
+
+
+def _register(platform: FakePlatform, ws: Workspace) -> None:
+    """An operator registers the workspace again (what brings a paused one back)."""
+    r = requests.post(
+        f"{platform.url}/registry/register",
+        json={"id": ws.id, "delivery_mode": "poll", "agent_card": {}},
+        headers={"Authorization": f"Bearer {ws.token}"},
+        timeout=T,
+    )
+    assert r.status_code == 200, r.text
+
+
+# --- which events ask for a state check (pure) ------------------------------------------------
+
+
+def _event(kind: Any, data: Any = None) -> Event:
+    return Event("message", json.dumps({"type": kind, "timestamp": 1, "data": data or {}}))
+
+
+def test_only_the_workspaces_own_state_events_ask_for_a_check() -> None:
+    for kind in ("WORKSPACE_PAUSED", "WORKSPACE_HIBERNATED", "WORKSPACE_REMOVED"):
+        assert state_change(_event(kind, {"name": "w"})) == kind
+    assert state_change(_event("WORKSPACE_ONLINE", {"recovered_from": "offline"})) == (
+        "WORKSPACE_ONLINE"
+    )
+    for kind in ("WORKSPACE_HEARTBEAT", "TASK_UPDATED", "DELEGATION_COMPLETE", "WORKSPACE_X"):
+        assert state_change(_event(kind)) is None
+    # Named only inside the data, or not JSON, or not an object: no check.
+    assert state_change(_event("TASK_UPDATED", {"current_task": "WORKSPACE_PAUSED"})) is None
+    assert state_change(Event("message", "WORKSPACE_PAUSED")) is None
+    assert state_change(Event("message", '["WORKSPACE_PAUSED"]')) is None
+    assert state_change(Event("message", "[" * 100_000 + '"WORKSPACE_PAUSED"')) is None
+
+
+# --- FakePlatform sends them as the real server does -------------------------------------------
+
+
+class _Stream:
+    """A workspace's event stream, open from construction (events are never replayed)."""
+
+    def __init__(self, platform: FakePlatform, ws: Workspace) -> None:
+        self.resp = requests.get(
+            f"{platform.url}/workspaces/{ws.id}/events/stream",
+            headers={"Authorization": f"Bearer {ws.token}"},
+            stream=True,
+            timeout=(T, T),
+        )
+        assert self.resp.status_code == 200
+        self._lines = self.resp.iter_lines()
+
+    def next_of(self, kind: str) -> dict[str, Any]:
+        """The data of the next event of type ``kind`` (others are passed over)."""
+        for line in self._lines:
+            if line.startswith(b"data: "):
+                event = json.loads(line[len(b"data: ") :])
+                if event["type"] == kind:
+                    data: dict[str, Any] = event["data"]
+                    return data
+        raise AssertionError(f"the stream ended before a {kind}")
+
+
+def _beat(platform: FakePlatform, ws: Workspace) -> None:
+    body = {"workspace_id": ws.id, "error_rate": 0.0, "active_tasks": 0, "uptime_seconds": 1}
+    headers = {"Authorization": f"Bearer {ws.token}"}
+    r = requests.post(f"{platform.url}/registry/heartbeat", json=body, headers=headers, timeout=T)
+    assert r.status_code == 200
+
+
+def test_fake_platform_announces_pause_return_hibernation_and_removal(
+    platform: FakePlatform,
+) -> None:
+    ws = platform.add_workspace(name="worker")
+    child = platform.add_workspace(name="helper", parent_id=ws.id)
+    stream, child_stream = _Stream(platform, ws), _Stream(platform, child)
+    try:
+        platform.pause(ws.id)  # the real server pauses the descendants too, each announced
+        assert stream.next_of("WORKSPACE_PAUSED") == {"name": "worker"}
+        assert child_stream.next_of("WORKSPACE_PAUSED") == {"name": "helper"}
+        _register(platform, ws)
+        online = stream.next_of("WORKSPACE_ONLINE")
+        assert online == {"url": "", "agent_card": {}, "delivery_mode": "poll"}
+        platform.hibernate(ws.id)
+        assert stream.next_of("WORKSPACE_HIBERNATED") == {"name": "worker"}
+        platform.delete(ws.id)  # the stream stays open and hears of it
+        assert stream.next_of("WORKSPACE_REMOVED") == {"cascade_deleted": 0}
+    finally:
+        stream.resp.close()
+        child_stream.resp.close()
+
+
+def test_fake_platform_announces_a_beat_that_brings_a_workspace_back(
+    platform: FakePlatform,
+) -> None:
+    ws = platform.add_workspace(status="awaiting_agent")
+    stream = _Stream(platform, ws)
+    try:
+        _beat(platform, ws)
+        assert stream.next_of("WORKSPACE_ONLINE") == {"recovered_from": "awaiting_agent"}
+        ws.status = "offline"
+        _beat(platform, ws)
+        assert stream.next_of("WORKSPACE_ONLINE") == {}
+    finally:
+        stream.resp.close()
+
+
+# --- the Heartbeat acts on them at once ---------------------------------------------------------
+
+
+def test_a_pause_is_known_at_once_not_at_the_next_state_check(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    hb = make_hb(interval_seconds=INTERVAL, state_check_interval=None)
+    hb.start_thread()
+    _ready(platform, ws, hb)
+    beats = len(platform.requests_for("heartbeat"))
+    platform.pause(ws.id)
+    assert wait_until(lambda: hb.status().state == "paused", timeout=1.0)
+    assert hb.status().workspace_status == "paused"
+    # Found by one state check in a poll step: no beat to a paused workspace.
+    assert len(platform.requests_for("heartbeat")) == beats
+    assert hb._runs.events is not None and hb._runs.events.state_hints == 1
+    assert hb.stop()
+
+
+def test_hibernation_is_known_at_once(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    hb = make_hb(interval_seconds=INTERVAL, state_check_interval=None)
+    hb.start_thread()
+    _ready(platform, ws, hb)
+    platform.hibernate(ws.id)
+    assert wait_until(lambda: hb.status().state == "paused", timeout=1.0)
+    assert hb.status().workspace_status == "hibernated"
+    assert hb.stop()
+
+
+def test_a_return_while_paused_beats_at_once(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    hb = make_hb(interval_seconds=INTERVAL, state_check_interval=None)
+    hb.start_thread()
+    _ready(platform, ws, hb)
+    platform.pause(ws.id)
+    assert wait_until(lambda: hb.status().state == "paused", timeout=1.0)
+    beats = len(platform.requests_for("heartbeat"))
+    _register(platform, ws)
+    assert wait_until(lambda: hb.status().state == "healthy", timeout=1.0)
+    assert platform.wait_for_requests("heartbeat", beats + 1, timeout=1.0)
+    assert hb.stop()
+
+
+def test_a_removal_ends_the_heartbeat_at_once(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    hb = make_hb(interval_seconds=INTERVAL, state_check_interval=None)
+    hb.start_thread()
+    _ready(platform, ws, hb)
+    platform.delete(ws.id)
+    assert hb.wait(timeout=2.0)
+    assert hb.status().state == "removed" and not hb.status().running
+
+
+def test_a_workspace_already_online_costs_no_check_when_announced_online(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    hb = make_hb(interval_seconds=INTERVAL, state_check_interval=None)
+    hb.start_thread()
+    _ready(platform, ws, hb)
+    stream = hb._runs.events
+    assert stream is not None
+    counts = {route: len(platform.requests_for(route)) for route in ("state", "heartbeat")}
+    _register(platform, ws)  # announced WORKSPACE_ONLINE: the Heartbeat knows already
+    assert wait_until(lambda: stream.state_hints == 1)
+    assert not platform.wait_for(
+        lambda: any(len(platform.requests_for(r)) > n for r, n in counts.items()), timeout=0.3
+    )
+    assert hb.status().state == "healthy"
+    assert hb.stop()
+
+
+def test_without_the_stream_a_pause_waits_for_the_state_check(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    hb = make_hb(interval_seconds=INTERVAL, state_check_interval=None, events=False)
+    hb.start_thread()
+    assert wait_until(lambda: hb.status().state == "healthy")
+    platform.pause(ws.id)
+    assert not wait_until(lambda: hb.status().state != "healthy", timeout=0.5)
+    assert hb.stop()
