@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 import requests
 
 from heartbeat_sync import Heartbeat
@@ -25,11 +26,15 @@ T = 5.0
 INTERVAL = 30.0
 
 
-def _ready(platform: FakePlatform, ws: Workspace, hb: Heartbeat) -> None:
-    """The first cycle is over and the stream is open."""
+def _running(platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory) -> Heartbeat:
+    """A Heartbeat at a 30 s interval with no periodic state check, past its first cycle and
+    with its stream open: whatever it learns within a second came from an event."""
+    hb = make_hb(interval_seconds=INTERVAL, state_check_interval=None)
+    hb.start_thread()
     assert wait_until(lambda: hb.status().state == "healthy")
     assert wait_until(lambda: platform.open_streams(ws.id) == 1)
     assert platform.wait_for_requests("activity", 1)
+    return hb
 
 
 def _register(platform: FakePlatform, ws: Workspace) -> None:
@@ -139,40 +144,25 @@ def test_fake_platform_announces_a_beat_that_brings_a_workspace_back(
 # --- the Heartbeat acts on them at once ---------------------------------------------------------
 
 
+@pytest.mark.parametrize(("act", "status"), [("pause", "paused"), ("hibernate", "hibernated")])
 def test_a_pause_is_known_at_once_not_at_the_next_state_check(
-    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, act: str, status: str
 ) -> None:
-    hb = make_hb(interval_seconds=INTERVAL, state_check_interval=None)
-    hb.start_thread()
-    _ready(platform, ws, hb)
+    hb = _running(platform, ws, make_hb)
     beats = len(platform.requests_for("heartbeat"))
-    platform.pause(ws.id)
+    getattr(platform, act)(ws.id)
     assert wait_until(lambda: hb.status().state == "paused", timeout=1.0)
-    assert hb.status().workspace_status == "paused"
+    assert hb.status().workspace_status == status
     # Found by one state check in a poll step: no beat to a paused workspace.
     assert len(platform.requests_for("heartbeat")) == beats
     assert hb._runs.events is not None and hb._runs.events.state_hints == 1
     assert hb.stop()
 
 
-def test_hibernation_is_known_at_once(
-    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
-) -> None:
-    hb = make_hb(interval_seconds=INTERVAL, state_check_interval=None)
-    hb.start_thread()
-    _ready(platform, ws, hb)
-    platform.hibernate(ws.id)
-    assert wait_until(lambda: hb.status().state == "paused", timeout=1.0)
-    assert hb.status().workspace_status == "hibernated"
-    assert hb.stop()
-
-
 def test_a_return_while_paused_beats_at_once(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:
-    hb = make_hb(interval_seconds=INTERVAL, state_check_interval=None)
-    hb.start_thread()
-    _ready(platform, ws, hb)
+    hb = _running(platform, ws, make_hb)
     platform.pause(ws.id)
     assert wait_until(lambda: hb.status().state == "paused", timeout=1.0)
     beats = len(platform.requests_for("heartbeat"))
@@ -185,9 +175,7 @@ def test_a_return_while_paused_beats_at_once(
 def test_a_removal_ends_the_heartbeat_at_once(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:
-    hb = make_hb(interval_seconds=INTERVAL, state_check_interval=None)
-    hb.start_thread()
-    _ready(platform, ws, hb)
+    hb = _running(platform, ws, make_hb)
     platform.delete(ws.id)
     assert hb.wait(timeout=2.0)
     assert hb.status().state == "removed" and not hb.status().running
@@ -196,9 +184,7 @@ def test_a_removal_ends_the_heartbeat_at_once(
 def test_a_workspace_already_online_costs_no_check_when_announced_online(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:
-    hb = make_hb(interval_seconds=INTERVAL, state_check_interval=None)
-    hb.start_thread()
-    _ready(platform, ws, hb)
+    hb = _running(platform, ws, make_hb)
     stream = hb._runs.events
     assert stream is not None
     counts = {route: len(platform.requests_for(route)) for route in ("state", "heartbeat")}
