@@ -5,14 +5,14 @@ The platform says the moment something happens on ``GET /workspaces/:id/events/s
 per event, nothing while idle). A delegation that completes or fails, or an activity row written
 for the workspace, asks the beat thread for a poll at once; a pause, hibernation, removal or
 registration of the workspace asks it to check the workspace's state. Events are hints, never
-data: the
-server drops them for slow subscribers and an event exists only on the replica that produced it,
-so the polls stay the only source of truth and still run on the schedule. A lost event, a
-dropped stream or a server without the route costs latency, never a result.
+data: the server drops them for slow subscribers and an event exists only on the replica that
+produced it, so the polls and the state checks stay the only source of truth and still run on
+their schedule. A lost event, a dropped stream or a server without the route costs latency,
+never a result.
 
 The parsing is pure (:class:`SSEParser`, :func:`wants_poll`, :func:`state_change`,
-:func:`backoff_delay`); the thread
-(:class:`EventStream`) only connects, reads, and waits between attempts.
+:func:`backoff_delay`); the thread (:class:`EventStream`) only connects, reads, and waits
+between attempts.
 """
 
 from __future__ import annotations
