@@ -39,8 +39,9 @@ DELEGATION_EVENTS = frozenset({"DELEGATION_COMPLETE", "DELEGATION_FAILED"})
 ACTIVITY_EVENT = "ACTIVITY_LOGGED"
 #: Events that say the workspace's own state changed: it was paused, hibernated or removed, or
 #: it is online again (a registration, or a beat that brought it back).
+ONLINE_EVENT = "WORKSPACE_ONLINE"
 STATE_EVENTS = frozenset(
-    {"WORKSPACE_PAUSED", "WORKSPACE_HIBERNATED", "WORKSPACE_REMOVED", "WORKSPACE_ONLINE"}
+    {"WORKSPACE_PAUSED", "WORKSPACE_HIBERNATED", "WORKSPACE_REMOVED", ONLINE_EVENT}
 )
 
 #: A line longer than this is not the platform's: it is skipped, never buffered whole.

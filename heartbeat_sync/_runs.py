@@ -16,7 +16,7 @@ from typing import Callable
 from . import _lifecycle, _status
 from ._client import PlatformClient
 from ._cycle import Cycle, Outcome
-from ._events import EventStream
+from ._events import ONLINE_EVENT, EventStream
 from ._runloop import RunLoop, Wakeups
 from ._settings import Settings
 from ._worker import SideEffectWorker
@@ -187,7 +187,7 @@ class Runs:
         # state check: in a poll step while active (no beat to a workspace that may be
         # paused), in a cycle while paused (which checks before it beats).
         active = self._life.kind == _lifecycle.ACTIVE
-        if active and kind == "WORKSPACE_ONLINE":
+        if active and kind == ONLINE_EVENT:
             return  # online already: a registration or a beat's recovery, nothing to learn
         self._life.hint()
         if active:
