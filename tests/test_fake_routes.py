@@ -229,6 +229,48 @@ SELF_MSG = {
 }
 
 
+def test_peers_lists_siblings_children_and_parent_as_the_real_server(fp: FakePlatform) -> None:
+    """As seen on the real server: the discovery check (a workspace without tokens is open),
+    404 for an unknown id, never a removed workspace, siblings first and the parent last."""
+    lead = fp.add_workspace(name="lead")
+    me, sib, gone = (fp.add_workspace(name=n, parent_id=lead.id) for n in ("me", "sib", "gone"))
+    child = fp.add_workspace(name="child", parent_id=me.id)
+    fp.delete(gone.id)
+    path = f"/registry/{me.id}/peers"
+    r = get(fp, path)
+    assert (r.status_code, r.json()) == (401, {"error": "missing workspace auth token"})
+    r = get(fp, path, lead.token)
+    assert (r.status_code, r.json()) == (401, {"error": "invalid workspace auth token"})
+    r = get(fp, path, me.token)
+    assert r.status_code == 200
+    assert [(p["id"], p["parent_id"]) for p in r.json()] == [
+        (sib.id, lead.id),
+        (child.id, me.id),
+        (lead.id, None),
+    ]
+    assert set(r.json()[0]) == {
+        "id",
+        "name",
+        "role",
+        "tier",
+        "status",
+        "agent_card",
+        "url",
+        "parent_id",
+        "active_tasks",
+    }
+    assert [p["name"] for p in get(fp, path, me.token, q="SI").json()] == ["sib"]
+    # The top level: the other top-level workspaces are the siblings.
+    other = fp.add_workspace(name="other", with_token=False)
+    assert [p["id"] for p in get(fp, f"/registry/{lead.id}/peers", lead.token).json()] == [
+        other.id,
+        me.id,
+        sib.id,
+    ]
+    assert get(fp, f"/registry/{other.id}/peers").status_code == 200  # no token: open
+    assert get(fp, "/registry/nope/peers").status_code == 404
+
+
 def test_a2a_self_message_logs_self_sourced_row(fp: FakePlatform) -> None:
     ws = fp.add_workspace()
     r = a2a(fp, ws.id, SELF_MSG, caller=ws.id, token=ws.token)

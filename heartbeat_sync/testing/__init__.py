@@ -27,6 +27,8 @@ Routes served:
 * ``GET /workspaces/:id/state`` (``"state"``)
 * ``POST /workspaces/:id/a2a`` (``"a2a"``)
 * ``POST /workspaces/:id/notify`` (``"notify"``)
+* ``GET /registry/:id/peers`` (``"peers"``): siblings, children, then the parent, never a
+  removed workspace; the discovery check (a workspace without tokens is open)
 * ``GET /workspaces/:id/events/stream`` (``"events"``): Server-Sent Events framed as the real
   server frames them (``: ping``, then one ``data: {"type", "timestamp", "data"}`` per event):
   ``DELEGATION_COMPLETE``/``DELEGATION_FAILED`` when a delegation ends, ``ACTIVITY_LOGGED``

@@ -26,6 +26,7 @@ ROUTES: tuple[str, ...] = (
     "a2a",
     "notify",
     "events",
+    "peers",
 )
 
 

@@ -11,7 +11,7 @@ import uuid
 from urllib.parse import unquote
 
 from ._a2a import a2a
-from ._auth import origin_allowed, workspace_auth
+from ._auth import origin_allowed, registry_auth, workspace_auth
 from ._model import (
     Activity,
     ActivityEntry,
@@ -46,6 +46,8 @@ def classify(method: str, path: str) -> tuple[str, str | None]:
     if path == "/registry/register":
         return ("register" if method == "POST" else "unknown"), None
     segments = path.split("/")
+    if len(segments) == 4 and segments[1] == "registry" and segments[3] == "peers":
+        return ("peers" if method == "GET" else "unknown"), unquote(segments[2])
     if len(segments) < 3 or segments[0] != "" or segments[1] != "workspaces" or not segments[2]:
         return "unknown", None
     ws_id = unquote(segments[2])
@@ -82,6 +84,8 @@ def route(state: State, entry: RecordedRequest) -> Reply:
         return _workspace(state, entry)
     if route == "a2a":
         return a2a(state, entry)
+    if route == "peers":
+        return _peers(state, entry)
     if route in ("delegations", "activity", "notify", "state", "events"):
         ws_id = entry.workspace_id or ""
         denied = workspace_auth(state, entry, ws_id)
@@ -146,6 +150,39 @@ def _workspace(state: State, entry: RecordedRequest) -> Reply:
         out["broadcast_enabled"] = False
         out["talk_to_user_enabled"] = ws.talk_to_user_enabled
     return json_reply(200, out)
+
+
+def _peers(state: State, entry: RecordedRequest) -> Reply:
+    """``GET /registry/:id/peers``: siblings, children, then the parent, never a removed one;
+    ``?q=`` keeps those whose name holds it (any case)."""
+    ws_id = entry.workspace_id or ""
+    denied = registry_auth(state, entry, ws_id)
+    if denied is not None:
+        return denied
+    ws = state.workspaces.get(ws_id)
+    if ws is None:
+        return error(404, "workspace not found")
+    live = [w for w in state.workspaces.values() if w.status != "removed"]
+    peers = [w for w in live if w.parent_id == ws.parent_id and w.id != ws.id]
+    peers += [w for w in live if w.parent_id == ws.id]
+    peers += [w for w in live if ws.parent_id is not None and w.id == ws.parent_id]
+    needle = entry.query.get("q", [""])[0].strip().lower()
+    rows: list[object] = [
+        {
+            "id": w.id,
+            "name": w.name,
+            "role": None,
+            "tier": 1,
+            "status": w.status,
+            "agent_card": w.agent_card,
+            "url": w.url or "",
+            "parent_id": w.parent_id,
+            "active_tasks": w.active_tasks,
+        }
+        for w in peers
+        if needle in w.name.lower()
+    ]
+    return json_reply(200, rows)
 
 
 def _delegations(state: State, ws_id: str) -> Reply:
