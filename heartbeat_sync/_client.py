@@ -354,6 +354,15 @@ class PlatformClient:
             raise PlatformError("workspace lookup answered a non-object", status=status)
         return body
 
+    def peers(self) -> Any:
+        """GET /registry/:id/peers: the workspace's siblings, children and parent (its bearer;
+        the JSON as it came, unvalidated)."""
+        path = f"/registry/{_segment(self.workspace_id)}/peers"
+        status, body, headers = self._request("GET", path)
+        if status != 200:
+            raise self._fail("peers", status, body, headers)
+        return body
+
     def self_message(self, text: str, message_id: str, timeout: float = 120.0) -> int:
         """POST /workspaces/:self/a2a with ``X-Workspace-ID: self``; returns the 2xx status."""
         status, body, headers = self._request(

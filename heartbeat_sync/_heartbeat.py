@@ -43,7 +43,8 @@ class Heartbeat:
     heartbeat, reads the workspace's delegations and its ``a2a_receive`` activity, appends new
     results to ``results_file`` (each exactly once, ever) and hands them to a side-effect thread
     that wakes the agent with a self-message and notifies the user. The first beat comes at
-    once; the later ones on slots at a phase hashed from the workspace id. With ``events``, a
+    once; the later ones on slots at a phase hashed from the workspace id, then an even share
+    of the interval among its siblings (looked up once a run). With ``events``, a
     third thread holds the platform's event stream open and, when a delegation ends or an
     activity row is written, has the polls run at once instead of at the next slot.
 

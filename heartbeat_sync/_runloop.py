@@ -8,16 +8,19 @@ is tested without threads or sleeps; :class:`RunLoop` only reads the clock, wait
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import _coalesce, _schedule
-from ._client import PlatformClient
+from . import _coalesce, _schedule, _team
+from ._client import PlatformClient, PlatformError
 from ._cycle import Cycle, Outcome
 from ._settings import RandomSource
+
+logger = logging.getLogger(__name__)
 
 
 class Wakeups:
@@ -111,15 +114,20 @@ class Slots:
         wall_now: float,
     ) -> None:
         self.interval = interval
+        #: True while the slots follow a phase (not the deprecated ``start_phase``).
+        self.phased = start_phase is None
         if start_phase is None:
             #: When the next regular cycle is due, on the monotonic clock.
             self.next_at = mono_now + _schedule.first_beat_delay(interval, draw)
-            phase = _schedule.phase_of(workspace_id)
-            self._origin = _schedule.slot_origin(phase, interval, mono_now, wall_now)
+            self.move_to(_schedule.phase_of(workspace_id), mono_now, wall_now)
         else:
             self.next_at = mono_now + draw * start_phase * interval
             self._origin = self.next_at
         self._first = True
+
+    def move_to(self, phase: float, mono_now: float, wall_now: float) -> None:
+        """Follow the slots of ``phase`` from now on (the cycle due next keeps its time)."""
+        self._origin = _schedule.slot_origin(phase, self.interval, mono_now, wall_now)
 
     def after_cycle(self, now: float) -> None:
         """Move on after a cycle that ended at ``now``. An extra cycle run before its slot
@@ -165,9 +173,12 @@ class RunLoop:
         self._wakeups = wakeups
         self._stopped = stopped
         self._clock = clock
+        self._wall_clock = wall_clock
         self._slots = Slots(
             interval, workspace_id, start_phase, rng.random(), clock(), wall_clock()
         )
+        # Lookups of the team left to try; none with the deprecated start_phase.
+        self._team_tries = _team.MAX_TRIES if self._slots.phased else 0
         # Cycles asked for by beat_now()/current_task: a few at once, a storm paced.
         self._forced = _coalesce.ForcedCycles()
         # Polls asked for by the event stream: sparse ones at once, a storm paced.
@@ -202,7 +213,24 @@ class RunLoop:
                 if step.forced:
                     self._forced.take(now)  # an extra cycle, not the regular slot
                 outcome = self._cycle.run(client)
+                if outcome is Outcome.BEAT_OK and self._team_tries:
+                    self._find_team(client)
                 if outcome is not Outcome.REMOVED:
                     self._slots.after_cycle(self._clock())
             if outcome is Outcome.REMOVED:
                 return outcome
+
+    def _find_team(self, client: PlatformClient) -> None:
+        """Move to the team's evenly spread slots once the platform has told the team."""
+        self._team_tries -= 1
+        try:
+            phase = _team.find_phase(client)
+        except PlatformError as exc:
+            logger.debug("team lookup failed, tried again after a later beat: %s", exc)
+            return
+        except Exception:  # a bug must not end the beat thread; the hashed phase stays
+            logger.exception("team lookup failed")
+            phase = None
+        self._team_tries = 0
+        if phase is not None:
+            self._slots.move_to(phase, self._clock(), self._wall_clock())

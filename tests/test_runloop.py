@@ -116,6 +116,20 @@ def test_first_beat_comes_within_the_jitter_then_on_the_workspace_grid() -> None
     assert slots.next_at == pytest.approx(second + 10.0)
 
 
+def test_moving_to_the_team_phase_puts_the_second_beat_on_the_teams_grid() -> None:
+    # The wall clock reads 5000 when the monotonic one reads 100: wall = mono + 4900.
+    slots = Slots(10.0, "ws-1", None, draw=0.0, mono_now=100.0, wall_now=5000.0)
+    first = slots.next_at
+    slots.move_to(0.25, mono_now=first + 0.01, wall_now=first + 4900.01)
+    assert slots.next_at == first  # the cycle due now keeps its time
+    slots.after_cycle(first + 0.02)
+    # Half an interval at least after the first beat, where the wall clock is 2.5 past a
+    # multiple of 10.
+    assert slots.next_at + 4900.0 == pytest.approx(5012.5)
+    slots.after_cycle(slots.next_at + 0.01)
+    assert slots.next_at + 4900.0 == pytest.approx(5022.5)
+
+
 def test_an_extra_cycle_leaves_the_slot_standing() -> None:
     slots = Slots(10.0, "ws-1", None, draw=0.0, mono_now=0.0, wall_now=0.0)
     slots.after_cycle(slots.next_at)

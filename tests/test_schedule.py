@@ -119,3 +119,42 @@ def test_poll_pacer_paces_a_storm_after_a_burst() -> None:
     assert now == pytest.approx(10.0 + 0.25 * 40, abs=1e-6)
     with pytest.raises(ValueError):
         _schedule.PollPacer(burst=0)
+
+
+def _ids(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(n)]
+
+
+def test_a_team_takes_even_shares_of_the_interval_each_member_working_alone() -> None:
+    for n in (2, 5, 200):
+        team = _ids(n, n)
+        parent = "p-1"
+        phases = sorted(
+            _schedule.team_phase(me, [w for w in team if w != me], parent) for me in team
+        )
+        gaps = [b - a for a, b in zip(phases, phases[1:])] + [1.0 + phases[0] - phases[-1]]
+        # n members, 1/n apart: a 5% window of a team of 200 holds 10, the mean, never more.
+        assert all(abs(gap - 1.0 / n) < 1e-9 for gap in gaps), (n, gaps)
+
+
+def test_a_team_phase_does_not_depend_on_how_the_siblings_are_listed() -> None:
+    me, *others = _ids(6, 1)
+    expected = _schedule.team_phase(me, others, None)
+    assert _schedule.team_phase(me, list(reversed(others)) + others + [me], None) == expected
+    assert 0.0 <= expected < 1.0
+
+
+def test_a_workspace_without_siblings_keeps_the_phase_hashed_from_its_id() -> None:
+    me = _ids(1, 2)[0]
+    assert _schedule.team_phase(me, [], "p-1") == _schedule.phase_of(me)
+    assert _schedule.team_phase(me, [me], None) == _schedule.phase_of(me)
+
+
+def test_teams_under_different_parents_begin_at_different_places() -> None:
+    team = _ids(4, 3)
+    firsts = {
+        min(_schedule.team_phase(me, team, parent) for me in team)
+        for parent in (None, "p-1", "p-2", "p-3")
+    }
+    assert len(firsts) == 4

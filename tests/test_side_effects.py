@@ -68,7 +68,9 @@ def test_parent_lookup_failure_is_retried_later(
     ws = platform.add_workspace(parent_id=parent.id)
     assert ws.token
     (tmp_path / "configs" / ".auth_token").write_text(ws.token)
-    platform.fault("workspace", status=500, times=1)  # 500 is not a retried status
+    # The parent's own lookup fails once (500 is not a retried status); the workspace's
+    # lookup of itself is left alone (the beat thread reads it too, for its team).
+    platform.fault("workspace", status=500, times=1, workspace_id=parent.id)
     platform.add_delegation(ws.id, status="completed")
     with make_hb(workspace_id=ws.id) as hb:
         assert platform.wait_for(lambda: len(_wakeups(platform, ws)) == 1, timeout=5)

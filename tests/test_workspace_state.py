@@ -326,9 +326,15 @@ def test_ordinary_cycles_send_no_state_request(
     with make_hb(interval_seconds=0.05) as hb:
         assert wait_until(lambda: hb.status().beats_ok >= 10)
     routes = [r.route for r in platform.requests]
-    # The event stream is opened once, not per cycle; a cycle is the beat and the two polls.
+    # The event stream is opened once, not per cycle, and the team is looked up once (the
+    # workspace's parent, then its peers); a cycle is the beat and the two polls.
     assert routes.count("events") <= 1
-    assert set(routes) - {"events"} == {"heartbeat", "delegations", "activity"}
+    assert routes.count("workspace") == routes.count("peers") == 1
+    assert set(routes) - {"events", "workspace", "peers"} == {
+        "heartbeat",
+        "delegations",
+        "activity",
+    }
 
 
 def test_a_rotated_token_is_checked_but_not_taken_for_a_removal(
@@ -336,8 +342,11 @@ def test_a_rotated_token_is_checked_but_not_taken_for_a_removal(
 ) -> None:
     with make_hb() as hb:
         assert wait_until(lambda: hb.status().beats_ok >= 1)
+        assert platform.wait_for_requests("peers", 1, timeout=3)  # the team, looked up once
+        looked_up = len(platform.requests_for("workspace"))
         new = platform.rotate_token(ws.id)
-        assert platform.wait_for_requests("workspace", 1, timeout=3)  # the state check
+        # The state check.
+        assert platform.wait_for_requests("workspace", looked_up + 1, timeout=3)
         # A poll of the cycle that beat last may be the first to meet the new token: the
         # beats are refused from the next cycle on, and the Heartbeat runs on, not removed.
         assert wait_until(lambda: hb.status().state == "degraded", timeout=3)
