@@ -45,7 +45,7 @@ from _platform import RemotePlatform  # noqa: E402
 from heartbeat_sync import Heartbeat  # noqa: E402
 from heartbeat_sync._activity import OVERLAP_MAX, SETTLE_SECONDS  # noqa: E402
 from heartbeat_sync._http import make_session  # noqa: E402
-from heartbeat_sync._schedule import phase_of  # noqa: E402
+from heartbeat_sync._schedule import phase_of, team_phase  # noqa: E402
 from heartbeat_sync._settings import _PhaseSequence  # noqa: E402
 
 BENCHMARKS = ("cpu", "cadence", "bytes", "memory", "fleet", "latency", "idle")
@@ -668,13 +668,35 @@ def simulated_spread(
 
 
 def _hashed() -> Any:
-    """Phases as the default schedule gives them: hashed from random workspace ids."""
+    """Phases hashed from random workspace ids (no team: what a server without the peers
+    route gives, and what lone workspaces have)."""
 
     class _Ids:
         def random(self) -> float:
             return phase_of(str(uuid.uuid4()))
 
     return _Ids()
+
+
+def _teams(size: int) -> PhaseSource:
+    """Phases as the default schedule gives them to a fleet of teams of ``size`` (random ids,
+    a random parent per team), each member working its place out from its team's ids."""
+
+    def source() -> Any:
+        class _Teams:
+            def __init__(self) -> None:
+                self.pending: list[float] = []
+
+            def random(self) -> float:
+                if not self.pending:
+                    team = [str(uuid.uuid4()) for _ in range(size)]
+                    parent = str(uuid.uuid4())
+                    self.pending = [team_phase(me, team, parent) for me in team]
+                return self.pending.pop()
+
+        return _Teams()
+
+    return source
 
 
 @dataclass
@@ -722,7 +744,7 @@ def bench_fleet(cfg: Config, root: Path) -> list[Row]:
     rows = []
     # (label, Heartbeat options per instance, judged against the target?)
     variants: list[tuple[str, Callable[[], dict[str, Any]], bool]] = [
-        ("default (slots hashed from the workspace id)", dict, True),
+        ("default (an even share of the team: 200 top-level workspaces, one team)", dict, True),
         (
             "for comparison: start_phase=0.1 (the earlier default)",
             lambda: {"start_phase": 0.1},
@@ -766,18 +788,22 @@ def bench_fleet(cfg: Config, root: Path) -> list[Row]:
                 1.0 if judged else None,
             )
         )
-    simulated: list[tuple[str, float, PhaseSource]] = [
-        ("slots hashed from random workspace ids (the default)", 1.0, _hashed),
-        ("start_phase=1.0 (golden-ratio, one process)", 1.0, _golden),
+    # (label, phase span, source, trials): a team of n is the same every trial but its offset.
+    simulated: list[tuple[str, float, PhaseSource, int]] = [
+        (f"the default, one team of {n}", 1.0, _teams(n), 20),
+        (f"the default, {n // 5} teams of 5", 1.0, _teams(5), 400),
+        (f"the default, {n // 2} teams of 2", 1.0, _teams(2), 400),
+        ("slots hashed from random workspace ids (no team, or no peers route)", 1.0, _hashed, 400),
+        ("start_phase=1.0 (golden-ratio, one process)", 1.0, _golden, 400),
     ]
-    for label, span, source in simulated:
-        median, p95 = simulated_spread(n, cfg.fleet_intervals - 1, span, source)
+    for label, span, source, trials in simulated:
+        median, p95 = simulated_spread(n, cfg.fleet_intervals - 1, span, source, trials)
         rows.append(
             Row(
                 "fleet",
                 f"for comparison, simulated: {label}",
                 median,
-                f"{median:.2f} median, {p95:.2f} p95 (ideal machine, 400 trials)",
+                f"{median:.2f} median, {p95:.2f} p95 (ideal machine, {trials} trials)",
             )
         )
     return rows
