@@ -114,8 +114,6 @@ class Slots:
         wall_now: float,
     ) -> None:
         self.interval = interval
-        #: True while the slots follow a phase (not the deprecated ``start_phase``).
-        self.phased = start_phase is None
         if start_phase is None:
             #: When the next regular cycle is due, on the monotonic clock.
             self.next_at = mono_now + _schedule.first_beat_delay(interval, draw)
@@ -178,7 +176,7 @@ class RunLoop:
             interval, workspace_id, start_phase, rng.random(), clock(), wall_clock()
         )
         # Lookups of the team left to try; none with the deprecated start_phase.
-        self._team_tries = _team.MAX_TRIES if self._slots.phased else 0
+        self._team_tries = _team.MAX_TRIES if start_phase is None else 0
         # Cycles asked for by beat_now()/current_task: a few at once, a storm paced.
         self._forced = _coalesce.ForcedCycles()
         # Polls asked for by the event stream: sparse ones at once, a storm paced.
