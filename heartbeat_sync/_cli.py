@@ -123,18 +123,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for warning in warnings:
         logger.warning("%s", warning)
     try:
-        hb = Heartbeat(
-            config.platform_url,
-            config.workspace_id,
-            interval_seconds=config.interval,
-            results_file=config.results_file,
-            cursor_file=config.cursor_file,
-            seen_file=config.seen_file,
-            configs_dir=config.configs_dir,
-            # Sent as the Origin header, as the reference runtime does with $PLATFORM_URL
-            # (what gets past the SaaS same-origin check); a URL given by flag counts the same.
-            origin=config.platform_url,
-        )
+        hb = Heartbeat(config.platform_url, config.workspace_id, **config.options)
     except ValueError as exc:
         print(f"{PROG} run: error: {exc}", file=sys.stderr)
         return 2
@@ -170,7 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             __version__,
             config.workspace_id,
             config.platform_url,
-            config.interval,
+            hb.interval_seconds,
             hb.results_path,
         )
         # A timed wait, so that the loop also notices the event where a signal cannot
@@ -211,15 +200,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     """``heartbeat-sync register``: one registration, one line of outcome."""
     try:
         config = load_register_config(args, os.environ)
-        reg = register(
-            config.platform_url,
-            config.workspace_id,
-            url=config.agent_url,
-            agent_card=config.agent_card,
-            configs_dir=config.configs_dir,
-            org_id=config.org_id,
-            delivery_mode=config.delivery_mode,
-        )
+        reg = register(config.platform_url, config.workspace_id, **config.options)
     except (ConfigError, ValueError) as exc:
         print(f"{PROG} register: error: {exc}", file=sys.stderr)
         return 2

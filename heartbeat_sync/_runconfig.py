@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 from . import _config
@@ -24,7 +24,9 @@ __all__ = [
     "OFFLINE_AFTER",
     "WARN_INTERVAL",
     "ConfigError",
+    "HeartbeatOptions",
     "RegisterConfig",
+    "RegisterOptions",
     "RunConfig",
     "load_register_config",
     "load_run_config",
@@ -45,40 +47,55 @@ class ConfigError(ValueError):
     """A missing or invalid setting; the message names it and says how to set it."""
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything ``heartbeat-sync run`` needs, after flags and environment are merged.
+class HeartbeatOptions(TypedDict):
+    """The keyword arguments ``run`` gives ``Heartbeat`` (mypy checks them against its signature).
 
     A path is None when neither a flag nor the environment names it: the library then
-    applies its own default.
+    applies its own default. ``origin`` is the platform URL, as the reference runtime sends
+    ``$PLATFORM_URL`` (what gets past the SaaS same-origin check); a URL given by flag counts
+    the same.
     """
 
-    platform_url: str
-    workspace_id: str
-    interval: float
+    interval_seconds: float
     configs_dir: str | None
     results_file: str | None
     cursor_file: str | None
     seen_file: str | None
-    log_level: str
+    origin: str
 
 
 @dataclass(frozen=True)
-class RegisterConfig:
-    """Everything ``heartbeat-sync register`` needs, after flags and environment are merged.
-
-    ``agent_url``, ``configs_dir`` and ``org_id`` are None when not given; ``delivery_mode``
-    is ``"poll"`` when neither a mode nor an agent URL is given, else the mode given (None:
-    the platform keeps what it has).
-    """
+class RunConfig:
+    """Everything ``heartbeat-sync run`` needs, after flags and environment are merged."""
 
     platform_url: str
     workspace_id: str
-    agent_url: str | None
+    options: HeartbeatOptions
+    log_level: str
+
+
+class RegisterOptions(TypedDict):
+    """The keyword arguments ``register`` gives :func:`heartbeat_sync.register`.
+
+    ``url``, ``configs_dir`` and ``org_id`` are None when not given; ``delivery_mode`` is
+    ``"poll"`` when neither a mode nor an agent URL is given, else the mode given (None: the
+    platform keeps what it has).
+    """
+
+    url: str | None
     agent_card: dict[str, Any] | None
     delivery_mode: str | None
     configs_dir: str | None
     org_id: str | None
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """Everything ``heartbeat-sync register`` needs, after flags and environment are merged."""
+
+    platform_url: str
+    workspace_id: str
+    options: RegisterOptions
 
 
 def parse_interval(raw: str, source: str) -> tuple[float, list[str]]:
@@ -185,19 +202,17 @@ def load_run_config(
         interval, warnings = parse_interval(raw_interval, interval_source)
     else:
         interval = _config.DEFAULT_INTERVAL
-    config = RunConfig(
-        platform_url=url,
-        workspace_id=workspace_id,
-        interval=interval,
+    options = HeartbeatOptions(
+        interval_seconds=interval,
         configs_dir=_optional(args.configs_dir, "--configs-dir", _config.ENV_CONFIGS_DIR, environ),
         results_file=_optional(
             args.results_file, "--results-file", _config.ENV_RESULTS_FILE, environ
         ),
         cursor_file=_optional(args.cursor_file, "--cursor-file", _config.ENV_CURSOR_FILE, environ),
         seen_file=_optional(args.seen_file, "--seen-file", _config.ENV_SEEN_FILE, environ),
-        log_level=(args.log_level or "INFO").upper(),
+        origin=url,
     )
-    return config, warnings
+    return RunConfig(url, workspace_id, options, (args.log_level or "INFO").upper()), warnings
 
 
 def load_register_config(args: argparse.Namespace, environ: Mapping[str, str]) -> RegisterConfig:
@@ -217,12 +232,11 @@ def load_register_config(args: argparse.Namespace, environ: Mapping[str, str]) -
             raise ConfigError("--agent-card is not valid JSON") from None
         if not isinstance(card, dict):
             raise ConfigError("--agent-card must be a JSON object")
-    return RegisterConfig(
-        platform_url=url,
-        workspace_id=workspace_id,
-        agent_url=agent_url,
+    options = RegisterOptions(
+        url=agent_url,
         agent_card=card,
         delivery_mode=args.delivery_mode or (None if agent_url else "poll"),
         configs_dir=_optional(args.configs_dir, "--configs-dir", _config.ENV_CONFIGS_DIR, environ),
         org_id=_optional(args.org_id, "--org-id", _config.ENV_ORG_ID, environ),
     )
+    return RegisterConfig(url, workspace_id, options)

@@ -150,9 +150,14 @@ def test_config_from_the_environment() -> None:
     assert warnings == []
     assert config.platform_url == "http://platform:8080"
     assert config.workspace_id == "ws-1"
-    assert config.interval == 20.0
-    assert (config.configs_dir, config.results_file) == ("/cfg", "/r.jsonl")
-    assert (config.cursor_file, config.seen_file) == ("/cursor", "/seen")
+    assert config.options == {
+        "interval_seconds": 20.0,
+        "configs_dir": "/cfg",
+        "results_file": "/r.jsonl",
+        "cursor_file": "/cursor",
+        "seen_file": "/seen",
+        "origin": "http://platform:8080",
+    }
     assert config.log_level == "INFO"
 
 
@@ -169,10 +174,11 @@ def test_flags_override_the_environment() -> None:
     config, warnings = load_run_config(args, env)
     assert config.platform_url == "https://p.example"
     assert config.workspace_id == "flag-ws"
-    assert config.interval == 300.0
-    assert config.configs_dir == "/flag"
-    assert config.results_file == "/flag.jsonl"
-    assert config.cursor_file is None  # the library's default
+    assert config.options["interval_seconds"] == 300.0
+    assert config.options["configs_dir"] == "/flag"
+    assert config.options["results_file"] == "/flag.jsonl"
+    assert config.options["cursor_file"] is None  # the library's default
+    assert config.options["origin"] == "https://p.example"  # the URL given by flag
     assert config.log_level == "DEBUG"
     assert len(warnings) == 2
     assert "--interval" in warnings[0]
@@ -182,9 +188,10 @@ def test_defaults() -> None:
     config, warnings = load_run_config(
         run_args(), {"PLATFORM_URL": "http://p", "WORKSPACE_ID": "w"}
     )
-    assert config.interval == 30.0
+    options = config.options
+    assert options["interval_seconds"] == 30.0
     assert warnings == []
-    assert config.configs_dir is config.results_file is config.seen_file is None
+    assert options["configs_dir"] is options["results_file"] is options["seen_file"] is None
 
 
 # --- register: configuration --------------------------------------------------------------------
@@ -205,9 +212,13 @@ def test_register_config_from_the_environment() -> None:
     config = load_register_config(register_args(), env)
     assert config.platform_url == "http://platform:8080"
     assert config.workspace_id == "ws-1"
-    assert config.agent_url == "http://agent:9000"
-    assert config.delivery_mode is None  # push or poll: the platform keeps what it has
-    assert (config.configs_dir, config.org_id, config.agent_card) == ("/cfg", "org-1", None)
+    assert config.options == {
+        "url": "http://agent:9000",
+        "agent_card": None,
+        "delivery_mode": None,  # push or poll: the platform keeps what it has
+        "configs_dir": "/cfg",
+        "org_id": "org-1",
+    }
 
 
 def test_register_flags_override_the_environment() -> None:
@@ -223,18 +234,22 @@ def test_register_flags_override_the_environment() -> None:
     )
     config = load_register_config(args, env)
     assert (config.platform_url, config.workspace_id) == ("https://p.example", "flag-ws")
-    assert config.agent_url is None  # an empty flag wins over the environment
-    assert config.agent_card == {"name": "x"}
-    assert config.delivery_mode == "push"
-    assert (config.configs_dir, config.org_id) == ("/flag", "o")
+    assert config.options == {
+        "url": None,  # an empty flag wins over the environment
+        "agent_card": {"name": "x"},
+        "delivery_mode": "push",
+        "configs_dir": "/flag",
+        "org_id": "o",
+    }
 
 
 def test_register_without_an_agent_url_polls() -> None:
     config = load_register_config(
         register_args(), {"PLATFORM_URL": "http://p", "WORKSPACE_ID": "w"}
     )
-    assert config.delivery_mode == "poll"
-    assert config.agent_url is config.configs_dir is config.org_id is None
+    options = config.options
+    assert options["delivery_mode"] == "poll"
+    assert options["url"] is options["configs_dir"] is options["org_id"] is None
 
 
 @pytest.mark.parametrize(
