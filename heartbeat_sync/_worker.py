@@ -10,6 +10,7 @@ says is due, on its own session.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -63,24 +64,24 @@ class SideEffectWorker(Worker[list[Result]]):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client_factory = client_factory
-        self.cooldown = cooldown
-        self.max_notify_backlog = max_notify_backlog
-        self.retry_deadline = retry_deadline
         self.self_message_timeout = self_message_timeout
-        self._clock = clock
         self._warn = RateLimitedLog(logger)
+        # The policy's settings; each process gets a policy of its own from them, holding
+        # nothing of its parent's (see _init_state).
+        self._new_policy = functools.partial(
+            SideEffectPolicy[Result],
+            retry_statuses=RETRY_STATUSES,
+            cooldown=cooldown,
+            retry_deadline=retry_deadline,
+            max_notify_backlog=max_notify_backlog,
+            max_listed=_texts.TRIGGER_MAX_LINES,
+            clock=clock,
+        )
         super().__init__(max_queue=max_queue, name=name)
 
     def _init_state(self) -> None:
         super()._init_state()
-        self._policy: SideEffectPolicy[Result] = SideEffectPolicy(
-            retry_statuses=RETRY_STATUSES,
-            cooldown=self.cooldown,
-            retry_deadline=self.retry_deadline,
-            max_notify_backlog=self.max_notify_backlog,
-            max_listed=_texts.TRIGGER_MAX_LINES,
-            clock=self._clock,
-        )
+        self._policy = self._new_policy()
         self._client: PlatformClient | None = None
         self._parent_name: str | None = None
 
