@@ -13,12 +13,9 @@ from typing import Callable
 from . import _lifecycle, _metadata, _status, _texts, _wedge
 from ._auth import Credentials
 from ._client import PlatformClient, PlatformError
+from ._parts import Parts
 from ._polls import Polls
-from ._ratelimit import RateLimitedLog
 from ._register import REGISTER_RETRY_FIRST, RegistrationError, register_until_done
-from ._settings import Settings
-from ._tally import Tally
-from ._worker import SideEffectWorker
 
 logger = logging.getLogger("heartbeat_sync")
 
@@ -53,38 +50,17 @@ class Cycle:
     """The beat thread's work, one cycle at a time; runs on the beat thread only.
 
     Args:
-        settings: The Heartbeat's settings.
+        parts: What the Heartbeat's beat thread shares (settings, counters, lifecycle, the
+            side-effect worker, the rate-limited log, the stop flag).
         credentials: Where a new inbound secret is saved.
-        tally: The Heartbeat's counters.
-        life: The workspace's lifecycle as last learned.
-        worker: The side-effect worker: results go to it, and state changes are announced on it.
-        warn: The Heartbeat's rate-limited log.
-        stopping: True once ``stop()`` was called: a request it interrupted is no failure.
-        wait: Sleeps up to the given seconds, or until ``stop()`` (between registrations).
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        credentials: Credentials,
-        tally: Tally,
-        life: _lifecycle.Tracker,
-        worker: SideEffectWorker,
-        warn: RateLimitedLog,
-        *,
-        stopping: Callable[[], bool],
-        wait: Callable[[float], None],
-    ) -> None:
-        self._settings = settings
+    def __init__(self, parts: Parts, credentials: Credentials) -> None:
+        self._parts = parts
         self._credentials = credentials
-        self._tally = tally
-        self._life = life
-        self._worker = worker
-        self._warn = warn
-        self._stopping = stopping
-        self._wait = wait
+        self._life = parts.life  # read at every step
         self._notified_state = _status.STARTING
-        self.polls = Polls(settings, tally, worker, warn, hint=self._hint, stopping=stopping)
+        self.polls = Polls(parts, hint=self._hint)
 
     def run(self, client: PlatformClient) -> Outcome:
         """Beat, then poll (unless paused, removed or unreachable); announce a state change."""
@@ -102,22 +78,22 @@ class Cycle:
     def register(self, client: PlatformClient) -> None:
         """Register the agent when the Heartbeat was asked to; retried while the platform
         cannot be reached, until it answers or ``stop()``."""
-        registration = self._settings.registration
+        registration = self._parts.settings.registration
         if registration is None:
             return
-        interval = self._settings.interval_seconds
+        interval = self._parts.settings.interval_seconds
 
         def failed(exc: RegistrationError) -> None:
-            self._tally.set_last_error(str(exc))
+            self._parts.tally.set_last_error(str(exc))
 
         register_until_done(
             client,
             registration,
             self._credentials,
-            stopping=self._stopping,
-            wait=self._wait,
+            stopping=self._parts.stopping,
+            wait=self._parts.wakeups.sleep,
             max_delay=max(REGISTER_RETRY_FIRST, min(REGISTER_RETRY_MAX, interval)),
-            warn=self._warn,
+            warn=self._parts.warn,
             on_failure=failed,
         )
 
@@ -155,7 +131,7 @@ class Cycle:
             ("poll delegations", self.polls.delegations),
             ("poll activity", self.polls.activity),
         ):
-            if self._stopping():
+            if self._parts.stopping():
                 return Outcome.STOPPED
             if self._life.kind != _lifecycle.ACTIVE:
                 return self._inactive()
@@ -167,7 +143,7 @@ class Cycle:
                 poll(client)
             except Exception:
                 logger.exception("%s failed", name)
-        if self._life.due() and not self._stopping():
+        if self._life.due() and not self._parts.stopping():
             self._check_state(client)
         return Outcome.POLLED
 
@@ -175,9 +151,9 @@ class Cycle:
         return Outcome.REMOVED if self._life.kind == _lifecycle.REMOVED else Outcome.PAUSED
 
     def _beat(self, client: PlatformClient) -> Outcome:
-        report = self._tally.beat_report()
+        report = self._parts.tally.beat_report()
         wedged = _wedge.wedge_reason() if _wedge.is_wedged() else None
-        settings = self._settings
+        settings = self._parts.settings
         body = _texts.build_beat_body(
             settings.workspace_id,
             error_rate=report.error_rate,
@@ -191,17 +167,17 @@ class Cycle:
         try:
             reply = client.heartbeat(body)
         except Exception as exc:  # PlatformError, or a bug: either way a failed beat
-            if self._stopping():
+            if self._parts.stopping():
                 return Outcome.STOPPED  # interrupted by stop(), not a failure of the platform
             self._hint(exc)
             self._beat_failed(client, exc)
             if isinstance(exc, PlatformError) and exc.connect_error:
                 return Outcome.UNREACHABLE
             return Outcome.BEAT_FAILED
-        recovered = self._tally.beat_succeeded(report)
+        recovered = self._parts.tally.beat_succeeded(report)
         if recovered:
             logger.info("heartbeat recovered after %d failed beat(s)", recovered)
-        self._warn.reset("beat")
+        self._parts.warn.reset("beat")
         if reply.inbound_secret:
             self._credentials.save_inbound_secret(reply.inbound_secret)
         return Outcome.BEAT_OK
@@ -209,8 +185,8 @@ class Cycle:
     def _beat_failed(self, client: PlatformClient, exc: Exception) -> None:
         # Never repr() a foreign exception: it may quote a request header (the token).
         error = str(exc) if isinstance(exc, PlatformError) else type(exc).__name__
-        failures = self._tally.beat_failed(error)
-        self._warn.warning("beat", "heartbeat failed (%d consecutive): %s", failures, error)
+        failures = self._parts.tally.beat_failed(error)
+        self._parts.warn.warning("beat", "heartbeat failed (%d consecutive): %s", failures, error)
         if failures % MAX_CONSECUTIVE_FAILURES == 0:
             logger.info("recreating the HTTP session after %d failed beats", failures)
             client.rebuild()
@@ -218,7 +194,7 @@ class Cycle:
     # --- the workspace's state on the platform ------------------------------------------------
 
     def _hint(self, exc: BaseException) -> None:
-        if _lifecycle.suspicious(exc) and not self._stopping():
+        if _lifecycle.suspicious(exc) and not self._parts.stopping():
             self._life.hint()
 
     def _check_state(self, client: PlatformClient) -> None:
@@ -226,7 +202,7 @@ class Cycle:
         old, new = self._life.update(seen)
         if new == old:
             return
-        workspace_id = self._settings.workspace_id
+        workspace_id = self._parts.settings.workspace_id
         if new == _lifecycle.REMOVED:
             logger.error(
                 "workspace %s was removed from the platform (%s): the heartbeat ended, "
@@ -250,8 +226,8 @@ class Cycle:
         if self._life.kind == _lifecycle.REMOVED:
             new = _status.REMOVED
         else:
-            new = self._tally.live_state(self._life.kind == _lifecycle.PAUSED)
+            new = self._parts.tally.live_state(self._life.kind == _lifecycle.PAUSED)
         old, self._notified_state = self._notified_state, new
-        callback = self._settings.on_state_change
+        callback = self._parts.settings.on_state_change
         if callback is not None and new != old:
-            self._worker.call_soon(lambda: callback(old, new))
+            self._parts.worker.call_soon(lambda: callback(old, new))

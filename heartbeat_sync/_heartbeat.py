@@ -18,8 +18,8 @@ from ._auth import Credentials
 from ._client import PlatformClient
 from ._cycle import Cycle
 from ._http import SessionFactory
+from ._parts import Parts
 from ._ratelimit import RateLimitedLog
-from ._runloop import Wakeups
 from ._runs import Runs
 from ._settings import (
     MIN_CURSOR_IDS,
@@ -29,6 +29,7 @@ from ._settings import (
     StateCallback,
 )
 from ._tally import Tally
+from ._wakeups import Wakeups
 from ._worker import SideEffectWorker
 
 logger = logging.getLogger("heartbeat_sync")
@@ -185,25 +186,18 @@ class Heartbeat:
         self._tally = Tally(self._lock)
         self._life = _lifecycle.Tracker(self._settings.state_check_interval)
         self._wakeups = Wakeups()
-        self._cycle = Cycle(
+        parts = Parts(
             self._settings,
-            self._credentials,
+            self._lock,
             self._tally,
             self._life,
             self._worker,
             self._warn,
-            stopping=lambda: self._runs.stopping,
-            wait=self._wakeups.sleep,
-        )
-        self._runs = Runs(
-            self._settings,
-            self._lock,
-            self._worker,
             self._wakeups,
-            self._cycle,
-            self._life,
-            self._new_client,
+            stopping=lambda: self._runs.stopping,
         )
+        self._cycle = Cycle(parts, self._credentials)
+        self._runs = Runs(parts, self._cycle, self._new_client)
 
     def _after_fork_in_child(self) -> None:
         # The child inherits this object but not its threads, and the parent's lock may have

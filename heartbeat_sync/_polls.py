@@ -18,11 +18,9 @@ from . import _rows
 from ._activity import ActivityPager, row_ids
 from ._client import CursorGone, PlatformClient, PlatformError
 from ._files import IdLog, ResultsFile
-from ._ratelimit import RateLimitedLog
+from ._parts import Parts
 from ._rows import Result
-from ._settings import ACTIVITY_MAX_PAGES, ACTIVITY_PAGE, Settings
-from ._tally import Tally
-from ._worker import SideEffectWorker
+from ._settings import ACTIVITY_MAX_PAGES, ACTIVITY_PAGE
 
 logger = logging.getLogger("heartbeat_sync")
 
@@ -38,16 +36,10 @@ class Polls:
     401, 404 or 410 has the workspace's state checked.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        tally: Tally,
-        worker: SideEffectWorker,
-        warn: RateLimitedLog,
-        *,
-        hint: Callable[[BaseException], None],
-        stopping: Callable[[], bool],
-    ) -> None:
+    def __init__(self, parts: Parts, *, hint: Callable[[BaseException], None]) -> None:
+        settings = parts.settings
+        self._parts = parts
+        self._hint = hint
         self._workspace_id = settings.workspace_id
         self._results_path = settings.results_path
         timeout = settings.lock_timeout
@@ -56,11 +48,6 @@ class Polls:
         self._results = ResultsFile(settings.results_path, timeout, (self._seen, self._cursor))
         # Where the next activity page starts; a new start reads from the cursor file.
         self._pager = ActivityPager()
-        self._tally = tally
-        self._worker = worker
-        self._warn = warn
-        self._hint = hint
-        self._stopping = stopping
         #: True until the files were read as they are on disk (and after a failed write).
         self.reload_ids = True
         self._warned_foreign: OrderedDict[str, None] = OrderedDict()
@@ -74,18 +61,18 @@ class Polls:
             self._cursor.reload()
             self.reload_ids = False
         except Exception as exc:
-            self._warn.warning("files", "cannot read the results or cursor files: %s", exc)
+            self._parts.warn.warning("files", "cannot read the results or cursor files: %s", exc)
 
     def delegations(self, client: PlatformClient) -> None:
         """Deliver the workspace's finished delegations not delivered before."""
         try:
             rows = client.delegations()
         except PlatformError as exc:
-            if not self._stopping():  # a poll interrupted by stop() is not a platform failure
+            if not self._parts.stopping():  # a poll interrupted by stop() is not a platform failure
                 self._hint(exc)
-                self._warn.warning("delegations", "delegations poll failed: %s", exc)
+                self._parts.warn.warning("delegations", "delegations poll failed: %s", exc)
             return
-        self._warn.reset("delegations")
+        self._parts.warn.reset("delegations")
         parsed = _rows.delegation_results(rows, self._workspace_id, self._seen, time.time())
         for did, source in parsed.foreign:
             if did not in self._warned_foreign:
@@ -96,7 +83,7 @@ class Polls:
                 while len(self._warned_foreign) > _MAX_WARNED_FOREIGN:
                     self._warned_foreign.popitem(last=False)
         if parsed.malformed:
-            self._warn.warning(
+            self._parts.warn.warning(
                 "delegation-rows", "skipped %d malformed delegation row(s)", parsed.malformed
             )
         if parsed.results:
@@ -111,7 +98,7 @@ class Polls:
         try:
             self._results.recover_if_pending()
         except OSError as exc:
-            self._warn.warning("files", "cannot finish the delivery journal: %s", exc)
+            self._parts.warn.warning("files", "cannot finish the delivery journal: %s", exc)
         since = self._pager.first_since(self._cursor.ids)
         for _ in range(ACTIVITY_MAX_PAGES):
             try:
@@ -123,11 +110,11 @@ class Polls:
                     since = None
                     rows = client.activity(None, limit=ACTIVITY_PAGE)
             except PlatformError as exc:
-                if not self._stopping():
+                if not self._parts.stopping():
                     self._hint(exc)
-                    self._warn.warning("activity", "activity poll failed: %s", exc)
+                    self._parts.warn.warning("activity", "activity poll failed: %s", exc)
                 return
-            self._warn.reset("activity")
+            self._parts.warn.reset("activity")
             honoured = since is not None and not any(
                 isinstance(r, dict) and r.get("id") == since for r in rows
             )
@@ -138,7 +125,7 @@ class Polls:
                 rows = list(reversed(rows))
             parsed = _rows.activity_results(rows, self._workspace_id, self._cursor, time.time())
             if parsed.malformed:
-                self._warn.warning(
+                self._parts.warn.warning(
                     "activity-rows", "skipped %d malformed activity row(s)", parsed.malformed
                 )
             if parsed.results:
@@ -151,14 +138,14 @@ class Polls:
             after = self._pager.read(since if honoured else None, row_ids(rows), full)
             if after is None or after == since:
                 if full:
-                    self._warn.warning(
+                    self._parts.warn.warning(
                         "activity-stuck",
                         "the activity cursor cannot advance past %s: a full page without a "
                         "newer well-formed row; reading from there again next cycle",
                         since,
                     )
                 else:
-                    self._warn.reset("activity-stuck")
+                    self._parts.warn.reset("activity-stuck")
                 return
             since = after
         logger.info("read %d pages of activity; the rest follows next cycle", ACTIVITY_MAX_PAGES)
@@ -169,16 +156,16 @@ class Polls:
         except Exception as exc:
             # Nothing is lost: the ids were not recorded, so the next cycle delivers them.
             self.reload_ids = True
-            self._warn.warning("deliver", "could not write results: %s", exc)
+            self._parts.warn.warning("deliver", "could not write results: %s", exc)
             return False
-        self._warn.reset("deliver")
+        self._parts.warn.reset("deliver")
         # Another writer of the same files may have delivered some already: those are its
         # to announce.
         fresh = {id(r) for r in written}
         results = [r for r in results if id(r.record) in fresh]
         if not results:
             return True
-        self._tally.delivered(len(results))
+        self._parts.tally.delivered(len(results))
         logger.info("%d new result(s) written to %s", len(results), self._results_path)
-        self._worker.submit(results)
+        self._parts.worker.submit(results)
         return True

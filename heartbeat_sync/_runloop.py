@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -18,40 +17,9 @@ from typing import Callable
 from . import _coalesce, _schedule, _team
 from ._client import PlatformClient, PlatformError
 from ._cycle import Cycle, Outcome
-from ._settings import RandomSource
+from ._parts import Parts
 
 logger = logging.getLogger(__name__)
-
-
-class Wakeups:
-    """What wakes the beat thread: one ``Event`` is both its timed sleep and "wake now".
-
-    Asks are flags read at the top of the loop, so one raised while a cycle runs is not lost;
-    asks made while the thread waits are one ask.
-    """
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        #: ``beat_now()`` or a new ``current_task`` asked for a cycle.
-        self.beat_asked = False
-        #: The event stream asked for the polls. Its own flag, so that it is never merged
-        #: into (or held back with) a requested beat.
-        self.poll_asked = False
-
-    def ask_beat(self) -> None:
-        """Ask for a cycle soon."""
-        self.beat_asked = True
-        self.event.set()
-
-    def ask_poll(self) -> None:
-        """Ask for the polls soon, without a beat."""
-        self.poll_asked = True
-        self.event.set()
-
-    def sleep(self, seconds: float) -> None:
-        """Wait up to ``seconds``, or until woken; then be ready to wait again."""
-        self.event.wait(seconds)
-        self.event.clear()
 
 
 class Act(enum.Enum):
@@ -144,11 +112,9 @@ class RunLoop:
 
     Args:
         cycle: Runs the cycles and the polls.
-        wakeups: The thread's wake event and asks.
-        interval: Seconds between slots.
-        workspace_id: Gives the phase of the slots.
-        start_phase: The deprecated schedule's fraction, or None.
-        rng: Draws the first beat's jitter.
+        parts: What the Heartbeat's beat thread shares: the settings give the slots (the
+            interval, the workspace id, the deprecated ``start_phase``, the first beat's
+            jitter), the wakeups wake the loop.
         stopped: True once this run must end.
         clock: The monotonic clock.
         wall_clock: The wall clock, read once to find the slots.
@@ -157,26 +123,28 @@ class RunLoop:
     def __init__(
         self,
         cycle: Cycle,
-        wakeups: Wakeups,
+        parts: Parts,
         *,
-        interval: float,
-        workspace_id: str,
-        start_phase: float | None,
-        rng: RandomSource,
         stopped: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        settings = parts.settings
         self._cycle = cycle
-        self._wakeups = wakeups
+        self._wakeups = parts.wakeups
         self._stopped = stopped
         self._clock = clock
         self._wall_clock = wall_clock
         self._slots = Slots(
-            interval, workspace_id, start_phase, rng.random(), clock(), wall_clock()
+            settings.interval_seconds,
+            settings.workspace_id,
+            settings.start_phase,
+            settings.rng.random(),
+            clock(),
+            wall_clock(),
         )
         # Lookups of the team left to try; none with the deprecated start_phase.
-        self._team_tries = _team.MAX_TRIES if start_phase is None else 0
+        self._team_tries = _team.MAX_TRIES if settings.start_phase is None else 0
         # Cycles asked for by beat_now()/current_task: a few at once, a storm paced.
         self._forced = _coalesce.ForcedCycles()
         # Polls asked for by the event stream: sparse ones at once, a storm paced.

@@ -17,9 +17,8 @@ from . import _lifecycle, _status
 from ._client import PlatformClient
 from ._cycle import Cycle, Outcome
 from ._events import ONLINE_EVENT, EventStream
-from ._runloop import RunLoop, Wakeups
-from ._settings import Settings
-from ._worker import SideEffectWorker
+from ._parts import Parts
+from ._runloop import RunLoop
 
 logger = logging.getLogger("heartbeat_sync")
 
@@ -28,31 +27,19 @@ class Runs:
     """Starts and stops the beat, side-effect and event-stream threads of one Heartbeat.
 
     Args:
-        settings: The Heartbeat's settings.
-        lock: The Heartbeat's lock; guards which run is current.
-        worker: The side-effect worker, started with each run.
-        wakeups: The beat thread's wake event and asks.
+        parts: What the Heartbeat's beat thread shares; its lock guards which run is
+            current, its side-effect worker is started with each run, and a removed
+            workspace is not started again.
         cycle: What the beat thread runs.
-        life: The workspace's lifecycle: a removed workspace is not started again.
         new_client: Makes a platform client (one per thread).
     """
 
     def __init__(
-        self,
-        settings: Settings,
-        lock: threading.Lock,
-        worker: SideEffectWorker,
-        wakeups: Wakeups,
-        cycle: Cycle,
-        life: _lifecycle.Tracker,
-        new_client: Callable[[], PlatformClient],
+        self, parts: Parts, cycle: Cycle, new_client: Callable[[], PlatformClient]
     ) -> None:
-        self._settings = settings
-        self._lock = lock
-        self._worker = worker
-        self._wakeups = wakeups
+        self._parts = parts
+        self._lock = parts.lock  # the Heartbeat's: guards which run is current
         self._cycle = cycle
-        self._life = life
         self._new_client = new_client
         # Set by stop(); one per run, so that a thread of an earlier run never resumes.
         self._halt = threading.Event()
@@ -68,19 +55,21 @@ class Runs:
 
     def start(self) -> threading.Thread:
         """Start a run unless one is running (see ``Heartbeat.start_thread``)."""
-        settings = self._settings
+        settings = self._parts.settings
         name = settings.workspace_id[:8]
         with self._lock:
             current = self._thread
             if current is not None and current.is_alive() and not self._halt.is_set():
                 return current
-            if self._life.kind == _lifecycle.REMOVED and current is not None:
+            if self._parts.life.kind == _lifecycle.REMOVED and current is not None:
                 logger.error(
                     "workspace %s was removed from the platform; not starting again",
                     settings.workspace_id,
                 )
                 return current
-            previous = [t for t in (current, self._worker.thread) if t is not None and t.is_alive()]
+            previous = [
+                t for t in (current, self._parts.worker.thread) if t is not None and t.is_alive()
+            ]
             halt = threading.Event()
             self._halt = halt
             ended = threading.Event()
@@ -107,7 +96,7 @@ class Runs:
             thread = self._thread
             client = self._beat_client
             events = self.events
-        self._wakeups.event.set()
+        self._parts.wakeups.event.set()
         if client is not None:
             client.abort()
         if events is not None:
@@ -117,7 +106,7 @@ class Runs:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
             beat_done = not thread.is_alive()
-        worker_done = self._worker.stop(max(0.0, deadline - time.monotonic()))
+        worker_done = self._parts.worker.stop(max(0.0, deadline - time.monotonic()))
         events_done = events is None or events.stop(max(0.0, deadline - time.monotonic()))
         return beat_done and worker_done and events_done
 
@@ -136,7 +125,7 @@ class Runs:
             if beat.is_alive():
                 return False
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not self._worker.join(remaining):
+        if not self._parts.worker.join(remaining):
             return False
         events = self.events  # already asked to end, by stop() or by the removal
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -158,20 +147,20 @@ class Runs:
     def _begin_run(self) -> None:
         # Caller holds self._lock (stop() takes it too: a run never begins after a stop).
         self.stopping = False
-        self._wakeups.event.clear()
-        self._worker.start()
-        if self._settings.registration is None:
+        self._parts.wakeups.event.clear()
+        self._parts.worker.start()
+        if self._parts.settings.registration is None:
             self._start_events()  # else the beat thread does, once registered
 
     def _start_events(self) -> None:
         # Caller holds self._lock. The stream needs the token a registration may bring.
-        settings = self._settings
+        settings = self._parts.settings
         if not settings.events or self.stopping or self._halt.is_set():
             return
         self.events = EventStream(
             self._new_client,
             settings.workspace_id,
-            self._wakeups.ask_poll,
+            self._parts.wakeups.ask_poll,
             # The platform sends an event for every beat: a stream silent for a few
             # intervals is likely a dead connection.
             idle_timeout=max(3 * settings.interval_seconds, 60.0),
@@ -186,14 +175,14 @@ class Runs:
         # hibernated, removed or is online again. Check its state now rather than at the next
         # state check: in a poll step while active (no beat to a workspace that may be
         # paused), in a cycle while paused (which checks before it beats).
-        active = self._life.kind == _lifecycle.ACTIVE
+        active = self._parts.life.kind == _lifecycle.ACTIVE
         if active and kind == ONLINE_EVENT:
             return  # online already: a registration or a beat's recovery, nothing to learn
-        self._life.hint()
+        self._parts.life.hint()
         if active:
-            self._wakeups.ask_poll()
+            self._parts.wakeups.ask_poll()
         else:
-            self._wakeups.ask_beat()
+            self._parts.wakeups.ask_beat()
 
     def _await_previous(self, halt: threading.Event, previous: list[threading.Thread]) -> bool:
         """Wait for the threads of a run that stop() could not end in time. False if halted."""
@@ -224,16 +213,8 @@ class Runs:
         client = self._new_client()
         with self._lock:
             self._beat_client = client
-        settings = self._settings
-        loop = RunLoop(
-            self._cycle,
-            self._wakeups,
-            interval=settings.interval_seconds,
-            workspace_id=settings.workspace_id,
-            start_phase=settings.start_phase,
-            rng=settings.rng,
-            stopped=lambda: self.stopping or halt.is_set(),
-        )
+        settings = self._parts.settings
+        loop = RunLoop(self._cycle, self._parts, stopped=lambda: self.stopping or halt.is_set())
         try:
             if settings.registration is not None:
                 self._cycle.register(client)
@@ -245,7 +226,7 @@ class Runs:
                     events.request_stop()  # the platform answers a removed workspace's stream 401
                 # The state-change callback (queued by the cycle) runs first; nothing else
                 # is sent.
-                self._worker.finish()
-                self._worker.join(max(1.0, settings.request_timeout))
+                self._parts.worker.finish()
+                self._parts.worker.join(max(1.0, settings.request_timeout))
         finally:
             client.close()
