@@ -55,25 +55,36 @@ def _configured_from(*names: str) -> str:
     return f"({', '.join(names)}); flags override it."
 
 
+def _add_env_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    metavar: str,
+    env: str,
+    what: str,
+    otherwise: str | None = None,
+) -> None:
+    """An option that falls back on the environment variable ``env``, then on ``otherwise``
+    (:mod:`._runconfig` reads it so); its help says so."""
+    default = f"${env}" if otherwise is None else f"${env}, else {otherwise}"
+    parser.add_argument(flag, metavar=metavar, help=f"{what} (default: {default})")
+
+
 def _add_workspace_options(parser: argparse.ArgumentParser, whose: str) -> None:
-    """``--platform-url`` and ``--workspace-id``, read as in :mod:`._runconfig`."""
-    parser.add_argument(
-        "--platform-url", metavar="URL", help=f"platform base URL (default: ${ENV_PLATFORM_URL})"
-    )
-    parser.add_argument(
-        "--workspace-id", metavar="ID", help=f"{whose} id (default: ${ENV_WORKSPACE_ID})"
-    )
+    """``--platform-url`` and ``--workspace-id``."""
+    _add_env_option(parser, "--platform-url", "URL", ENV_PLATFORM_URL, "platform base URL")
+    _add_env_option(parser, "--workspace-id", "ID", ENV_WORKSPACE_ID, f"{whose} id")
 
 
 def _add_configs_dir_option(parser: argparse.ArgumentParser, done: str) -> None:
     """``--configs-dir``, with the search order ``resolve_configs_dir`` applies without it."""
-    parser.add_argument(
+    where = f"where .auth_token is {done}"
+    _add_env_option(
+        parser,
         "--configs-dir",
-        metavar="DIR",
-        help=(
-            f"where .auth_token is {done} (default: ${ENV_CONFIGS_DIR}, else /configs, "
-            f"else ~/.molecule-workspace)"
-        ),
+        "DIR",
+        ENV_CONFIGS_DIR,
+        where,
+        "/configs, else ~/.molecule-workspace",
     )
 
 
@@ -109,26 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_workspace_options(run, "this workspace's")
-    run.add_argument(
-        "--interval",
-        metavar="SECONDS",
-        help=(
-            f"seconds between beats, clamped to [{MIN_INTERVAL:g}, {MAX_INTERVAL:g}] "
-            f"(default: ${ENV_INTERVAL}, else {DEFAULT_INTERVAL:g})"
-        ),
-    )
+    clamped = f"seconds between beats, clamped to [{MIN_INTERVAL:g}, {MAX_INTERVAL:g}]"
+    _add_env_option(run, "--interval", "SECONDS", ENV_INTERVAL, clamped, f"{DEFAULT_INTERVAL:g}")
     _add_configs_dir_option(run, "read")
-    run.add_argument(
-        "--results-file",
-        metavar="PATH",
-        help=f"JSONL results file (default: ${ENV_RESULTS_FILE}, else {DEFAULT_RESULTS_FILE})",
+    _add_env_option(
+        run, "--results-file", "PATH", ENV_RESULTS_FILE, "JSONL results file", DEFAULT_RESULTS_FILE
     )
-    run.add_argument(
-        "--cursor-file", metavar="PATH", help=f"activity cursor file (default: ${ENV_CURSOR_FILE})"
-    )
-    run.add_argument(
-        "--seen-file", metavar="PATH", help=f"delivered delegation ids (default: ${ENV_SEEN_FILE})"
-    )
+    _add_env_option(run, "--cursor-file", "PATH", ENV_CURSOR_FILE, "activity cursor file")
+    _add_env_option(run, "--seen-file", "PATH", ENV_SEEN_FILE, "delivered delegation ids")
     run.add_argument(
         "--log-level",
         type=_log_level,
@@ -174,11 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_workspace_options(reg, "the workspace's")
-    reg.add_argument(
-        "--url",
-        metavar="URL",
-        help=f"where the platform reaches the agent, push delivery (default: ${ENV_AGENT_URL})",
-    )
+    reach = "where the platform reaches the agent, push delivery"
+    _add_env_option(reg, "--url", "URL", ENV_AGENT_URL, reach)
     reg.add_argument(
         "--delivery-mode",
         choices=("push", "poll"),
@@ -186,11 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reg.add_argument("--agent-card", metavar="JSON", help='the agent card, e.g. \'{"name": "x"}\'')
     _add_configs_dir_option(reg, "kept")
-    reg.add_argument(
-        "--org-id",
-        metavar="ID",
-        help=f"tenant id, sent as X-Molecule-Org-Id (default: ${ENV_ORG_ID})",
-    )
+    _add_env_option(reg, "--org-id", "ID", ENV_ORG_ID, "tenant id, sent as X-Molecule-Org-Id")
 
     results = sub.add_parser(
         "results",
@@ -200,10 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
             "is only read; with it the results are removed, as the agent's reader does."
         ),
     )
-    results.add_argument(
-        "--file",
-        metavar="PATH",
-        help=f"results file (default: ${ENV_RESULTS_FILE}, else {DEFAULT_RESULTS_FILE})",
+    _add_env_option(
+        results, "--file", "PATH", ENV_RESULTS_FILE, "results file", DEFAULT_RESULTS_FILE
     )
     results.add_argument(
         "--consume", action="store_true", help="remove the results shown (read_delegation_results)"

@@ -129,6 +129,42 @@ def test_parse_interval_always_lands_in_range(value: float) -> None:
         assert math.isclose(interval, value)
 
 
+# Every option the configuration reads over an environment variable, by subcommand.
+WORKSPACE_OPTIONS = {
+    "--platform-url": _config.ENV_PLATFORM_URL,
+    "--workspace-id": _config.ENV_WORKSPACE_ID,
+    "--configs-dir": _config.ENV_CONFIGS_DIR,
+}
+RUN_FILES = {
+    "--results-file": _config.ENV_RESULTS_FILE,
+    "--cursor-file": _config.ENV_CURSOR_FILE,
+    "--seen-file": _config.ENV_SEEN_FILE,
+}
+ENV_OPTIONS = {
+    "run": {**WORKSPACE_OPTIONS, **RUN_FILES, "--interval": _config.ENV_INTERVAL},
+    "register": {
+        **WORKSPACE_OPTIONS,
+        "--url": _config.ENV_AGENT_URL,
+        "--org-id": _config.ENV_ORG_ID,
+    },
+    "results": {"--file": _config.ENV_RESULTS_FILE},
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [(command, flag) for command in ENV_OPTIONS for flag in ENV_OPTIONS[command]],
+)
+def test_an_option_read_over_the_environment_says_so_in_its_help(command: str, flag: str) -> None:
+    subcommands = next(
+        a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    parser = subcommands.choices[command]
+    action = next(a for a in parser._actions if flag in a.option_strings)
+    assert action.help is not None
+    assert f"(default: ${ENV_OPTIONS[command][flag]}" in action.help
+
+
 # --- run: configuration -------------------------------------------------------------------------
 
 
