@@ -107,8 +107,7 @@ def standalone(interval: float, turns: int) -> int:
     with FakePlatform() as fp, tempfile.TemporaryDirectory() as tmp:
         agent = fp.add_workspace(name="travel-agent")
         researcher = fp.add_workspace(name="researcher")
-        configs = Path(tmp, "configs")
-        fp.write_token(agent.id, configs)  # where the Heartbeat reads its token
+        files = fp.agent_files(agent.id, tmp)  # its token written where the Heartbeat reads it
         delegation = fp.add_delegation(
             agent.id, target_id=researcher.id, summary="Find three hotels in Alfama"
         )
@@ -125,14 +124,7 @@ def standalone(interval: float, turns: int) -> int:
                 print(f"[platform] the researcher completed delegation {delegation[:8]}")
 
         with Heartbeat(
-            fp.url,
-            agent.id,
-            interval_seconds=interval,
-            results_file=Path(tmp, "results.jsonl"),
-            cursor_file=Path(tmp, "cursor"),
-            seen_file=Path(tmp, "seen"),
-            configs_dir=configs,
-            exit_timeout=None,
+            fp.url, agent.id, interval_seconds=interval, exit_timeout=None, **files
         ) as hb:
             injected = agent_loop(
                 hb,

@@ -101,15 +101,8 @@ def standalone(interval: float) -> int:
         # The operator creates the external workspace; its token is handed to the agent.
         ws = fp.add_workspace(name="nightly-report", status="awaiting_agent")
         print(f"no platform URL given: an in-process FakePlatform at {fp.url}")
-        files: dict[str, Any] = {
-            "results_file": Path(tmp, "results.jsonl"),
-            "cursor_file": Path(tmp, "cursor"),
-            "seen_file": Path(tmp, "seen"),
-            "configs_dir": Path(tmp, "configs"),
-            "exit_timeout": None,
-        }
         # The token the admin API showed, handed to the agent (or: $MOLECULE_WORKSPACE_TOKEN).
-        fp.write_token(ws.id, files["configs_dir"])
+        files: dict[str, Any] = {**fp.agent_files(ws.id, tmp), "exit_timeout": None}
         did = fp.add_delegation(ws.id, target_id="researcher", summary="Collect the numbers")
 
         def operator() -> None:

@@ -104,19 +104,9 @@ def standalone(interval: float) -> None:
 
     with FakePlatform() as fp, tempfile.TemporaryDirectory() as tmp:
         ws = fp.add_workspace(name="pool-worker")
-        configs = Path(tmp, "configs")
-        fp.write_token(ws.id, configs)  # where the Heartbeat reads its token
+        files = fp.agent_files(ws.id, tmp)  # its token written where the Heartbeat reads it
         print(f"no platform URL given: using an in-process FakePlatform at {fp.url}")
-        run(
-            fp.url,
-            ws.id,
-            interval,
-            results_file=Path(tmp, "results.jsonl"),
-            cursor_file=Path(tmp, "cursor"),
-            seen_file=Path(tmp, "seen"),
-            configs_dir=configs,
-            exit_timeout=None,
-        )
+        run(fp.url, ws.id, interval, exit_timeout=None, **files)
         beats = fp.heartbeats(ws.id)
         active = [int(_number(b.get("active_tasks"))) for b in beats]
         errors = [b for b in beats if _number(b.get("error_rate")) > 0]

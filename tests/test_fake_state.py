@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from heartbeat_sync import Heartbeat
 from heartbeat_sync.testing import FakePlatform
 
 from ._fake import beat, get
+from .conftest import wait_until
 
 
 @pytest.fixture
@@ -91,6 +93,30 @@ def test_write_token_puts_the_newest_token_where_a_heartbeat_reads_it(
     # No temporary file left (the lock that serialises writers may stay, as filelock leaves it).
     assert {p.name for p in configs.iterdir()} - {".auth_token.lock"} == {".auth_token"}
     assert beat(fp, ws.id, path.read_text(encoding="utf-8")).status_code == 200
+
+
+def test_agent_files_lay_out_what_a_heartbeat_keeps_and_hand_it_over_whole(
+    fp: FakePlatform, tmp_path: Path
+) -> None:
+    """agent_files: the token written, the other paths in the folder, Heartbeat's keywords."""
+    ws = fp.add_workspace()
+    files = fp.agent_files(ws.id, tmp_path)
+    assert files == {
+        "results_file": tmp_path / "results.jsonl",
+        "cursor_file": tmp_path / "cursor",
+        "seen_file": tmp_path / "seen",
+        "configs_dir": tmp_path / "configs",
+    }
+    assert (tmp_path / "configs" / ".auth_token").read_text(encoding="utf-8") == ws.token
+    hb = Heartbeat(fp.url, ws.id, interval_seconds=0.2, exit_timeout=None, **files)
+    hb.start_thread()
+    try:
+        assert wait_until(lambda: hb.status().beats_ok >= 1)
+    finally:
+        assert hb.stop(timeout=5.0)
+    assert fp.requests_for("heartbeat", ws.id)[0].headers["authorization"] == f"Bearer {ws.token}"
+    with pytest.raises(ValueError, match="no live token"):
+        fp.agent_files(fp.add_workspace(with_token=False).id, tmp_path / "bare")
 
 
 def test_write_token_refuses_a_workspace_without_a_token(fp: FakePlatform, tmp_path: Path) -> None:

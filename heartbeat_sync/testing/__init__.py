@@ -8,8 +8,8 @@ clients can be exercised end to end without the real server::
 
     with FakePlatform() as fp:
         ws = fp.add_workspace()
-        fp.write_token(ws.id, configs_dir)  # where a Heartbeat reads its token
-        ...  # point the client at fp.url
+        files = fp.agent_files(ws.id, folder)  # the token written where a Heartbeat reads it
+        ...  # point the client at fp.url, e.g. Heartbeat(fp.url, ws.id, **files)
         assert fp.wait_for_requests("heartbeat", 1)
         assert fp.heartbeats(ws.id)[0]["workspace_id"] == ws.id
 
@@ -74,5 +74,6 @@ It needs nothing beyond this package and the standard library.
 
 from ._model import ROUTES, RecordedRequest, Response, Workspace
 from ._platform import FakePlatform
+from ._setup import AgentFiles
 
-__all__ = ["ROUTES", "FakePlatform", "RecordedRequest", "Response", "Workspace"]
+__all__ = ["ROUTES", "AgentFiles", "FakePlatform", "RecordedRequest", "Response", "Workspace"]

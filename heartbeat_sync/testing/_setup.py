@@ -10,10 +10,20 @@ import os
 import uuid
 from collections import deque
 from pathlib import Path
+from typing import TypedDict
 
 from .._auth import save_token
 from ._model import MISSING, Raw, Response, Workspace, entry_json, new_secret, visible
 from ._state import State, message_request
+
+
+class AgentFiles(TypedDict):
+    """The files a ``Heartbeat`` of one workspace keeps, as its keyword arguments."""
+
+    results_file: Path
+    cursor_file: Path
+    seen_file: Path
+    configs_dir: Path
 
 
 class WorkspaceSetup:
@@ -68,6 +78,27 @@ class WorkspaceSetup:
         if token is None:
             raise ValueError(f"workspace {workspace_id!r} has no live token")
         return save_token(Path(configs_dir), token)
+
+    def agent_files(self, workspace_id: str, folder: str | os.PathLike[str]) -> AgentFiles:
+        """Lay out in ``folder`` what an agent of the workspace keeps, its token written.
+
+        Returns the paths as ``Heartbeat``'s keyword arguments, so that an example or a test
+        starts one against this platform in a line, its files out of the way of any other::
+
+            hb = Heartbeat(fp.url, ws.id, **fp.agent_files(ws.id, tmp))
+
+        The token is written to ``<folder>/configs/.auth_token`` by :meth:`write_token`; the
+        results, cursor and seen files are ``results.jsonl``, ``cursor`` and ``seen`` in
+        ``folder`` (not created). Raises as :meth:`write_token` does.
+        """
+        files = AgentFiles(
+            results_file=Path(folder, "results.jsonl"),
+            cursor_file=Path(folder, "cursor"),
+            seen_file=Path(folder, "seen"),
+            configs_dir=Path(folder, "configs"),
+        )
+        self.write_token(workspace_id, files["configs_dir"])
+        return files
 
     def workspace(self, workspace_id: str) -> Workspace:
         """The live :class:`Workspace` object; ``KeyError`` if unknown."""
