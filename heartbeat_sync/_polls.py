@@ -40,6 +40,7 @@ class Polls:
         settings = parts.settings
         self._parts = parts
         self._hint = hint
+        self._warn = parts.warn  # every step logs through it
         self._workspace_id = settings.workspace_id
         self._results_path = settings.results_path
         timeout = settings.lock_timeout
@@ -61,7 +62,7 @@ class Polls:
             self._cursor.reload()
             self.reload_ids = False
         except Exception as exc:
-            self._parts.warn.warning("files", "cannot read the results or cursor files: %s", exc)
+            self._warn.warning("files", "cannot read the results or cursor files: %s", exc)
 
     def delegations(self, client: PlatformClient) -> None:
         """Deliver the workspace's finished delegations not delivered before."""
@@ -70,9 +71,9 @@ class Polls:
         except PlatformError as exc:
             if not self._parts.stopping():  # a poll interrupted by stop() is not a platform failure
                 self._hint(exc)
-                self._parts.warn.warning("delegations", "delegations poll failed: %s", exc)
+                self._warn.warning("delegations", "delegations poll failed: %s", exc)
             return
-        self._parts.warn.reset("delegations")
+        self._warn.reset("delegations")
         parsed = _rows.delegation_results(rows, self._workspace_id, self._seen, time.time())
         for did, source in parsed.foreign:
             if did not in self._warned_foreign:
@@ -83,7 +84,7 @@ class Polls:
                 while len(self._warned_foreign) > _MAX_WARNED_FOREIGN:
                     self._warned_foreign.popitem(last=False)
         if parsed.malformed:
-            self._parts.warn.warning(
+            self._warn.warning(
                 "delegation-rows", "skipped %d malformed delegation row(s)", parsed.malformed
             )
         if parsed.results:
@@ -98,7 +99,7 @@ class Polls:
         try:
             self._results.recover_if_pending()
         except OSError as exc:
-            self._parts.warn.warning("files", "cannot finish the delivery journal: %s", exc)
+            self._warn.warning("files", "cannot finish the delivery journal: %s", exc)
         since = self._pager.first_since(self._cursor.ids)
         for _ in range(ACTIVITY_MAX_PAGES):
             try:
@@ -112,9 +113,9 @@ class Polls:
             except PlatformError as exc:
                 if not self._parts.stopping():
                     self._hint(exc)
-                    self._parts.warn.warning("activity", "activity poll failed: %s", exc)
+                    self._warn.warning("activity", "activity poll failed: %s", exc)
                 return
-            self._parts.warn.reset("activity")
+            self._warn.reset("activity")
             honoured = since is not None and not any(
                 isinstance(r, dict) and r.get("id") == since for r in rows
             )
@@ -125,7 +126,7 @@ class Polls:
                 rows = list(reversed(rows))
             parsed = _rows.activity_results(rows, self._workspace_id, self._cursor, time.time())
             if parsed.malformed:
-                self._parts.warn.warning(
+                self._warn.warning(
                     "activity-rows", "skipped %d malformed activity row(s)", parsed.malformed
                 )
             if parsed.results:
@@ -138,14 +139,14 @@ class Polls:
             after = self._pager.read(since if honoured else None, row_ids(rows), full)
             if after is None or after == since:
                 if full:
-                    self._parts.warn.warning(
+                    self._warn.warning(
                         "activity-stuck",
                         "the activity cursor cannot advance past %s: a full page without a "
                         "newer well-formed row; reading from there again next cycle",
                         since,
                     )
                 else:
-                    self._parts.warn.reset("activity-stuck")
+                    self._warn.reset("activity-stuck")
                 return
             since = after
         logger.info("read %d pages of activity; the rest follows next cycle", ACTIVITY_MAX_PAGES)
@@ -156,9 +157,9 @@ class Polls:
         except Exception as exc:
             # Nothing is lost: the ids were not recorded, so the next cycle delivers them.
             self.reload_ids = True
-            self._parts.warn.warning("deliver", "could not write results: %s", exc)
+            self._warn.warning("deliver", "could not write results: %s", exc)
             return False
-        self._parts.warn.reset("deliver")
+        self._warn.reset("deliver")
         # Another writer of the same files may have delivered some already: those are its
         # to announce.
         fresh = {id(r) for r in written}
