@@ -51,7 +51,8 @@ class Cycle:
 
     Args:
         parts: What the Heartbeat's beat thread shares (settings, counters, lifecycle, the
-            side-effect worker, the rate-limited log, the stop flag).
+            side-effect worker, the rate-limited log, the stop flag, and the wakeups' sleep
+            between registration attempts).
         credentials: Where a new inbound secret is saved.
     """
 

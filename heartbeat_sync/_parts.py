@@ -18,8 +18,8 @@ __all__ = ["Parts"]
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Parts:
-    """What a Heartbeat hands the cycle, the polls and the runs: made once, and anew in a
-    forked child (whose copy starts afresh).
+    """What a Heartbeat hands the cycle, the polls, the runs and the run loop: made once, and
+    anew in a forked child (whose copy starts afresh).
 
     Attributes:
         settings: The Heartbeat's checked arguments.
