@@ -231,4 +231,4 @@ class Cycle:
         old, self._notified_state = self._notified_state, new
         callback = self._parts.settings.on_state_change
         if callback is not None and new != old:
-            self._parts.worker.call_soon(lambda: callback(old, new))
+            self._parts.callbacks.call(lambda: callback(old, new))

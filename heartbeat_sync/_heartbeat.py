@@ -15,6 +15,7 @@ from typing import Any
 
 from . import _exit, _fork, _lifecycle, _metadata, _settings, _status
 from ._auth import Credentials
+from ._callbacks import Callbacks
 from ._client import PlatformClient
 from ._cycle import Cycle
 from ._http import SessionFactory
@@ -103,8 +104,9 @@ class Heartbeat:
         org_id: The tenant of a multi-tenant platform, sent as ``X-Molecule-Org-Id`` on every
             request. None: ``$MOLECULE_ORG_ID``, else no header.
         on_state_change: Called as ``on_state_change(old, new)`` with ``status().state`` values
-            whenever the state changes (never for ``stopped``), on the side-effect thread, never
-            on the beat thread. The change to ``removed`` is the last call.
+            whenever the state changes (never for ``stopped``), in order, on a thread of their
+            own (never behind a beat or a wake-up in flight). The change to ``removed`` is the
+            last call; :meth:`wait` returns after it. A callback may call :meth:`stop`.
         state_check_interval: Seconds between state checks when nothing suggests a change
             (None: only on a hint: a suspicious answer, or an event). A pause changes no
             answer of an ordinary cycle.
@@ -175,6 +177,7 @@ class Heartbeat:
             self_message_timeout=settings.self_message_timeout,
             name=f"heartbeat-sync-side-effects-{workspace_id[:8]}",
         )
+        self._callbacks = Callbacks(f"heartbeat-sync-callbacks-{workspace_id[:8]}")
         self._warn = RateLimitedLog(logger)
         self._init_state()
         _fork.track(self)
@@ -192,6 +195,7 @@ class Heartbeat:
             self._tally,
             self._life,
             self._worker,
+            self._callbacks,
             self._warn,
             self._wakeups,
             stopping=lambda: self._runs.stopping,

@@ -6,6 +6,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from ._callbacks import Callbacks
 from ._lifecycle import Tracker
 from ._ratelimit import RateLimitedLog
 from ._settings import Settings
@@ -26,8 +27,8 @@ class Parts:
         lock: The Heartbeat's lock: guards its counters and which run is current.
         tally: The counters.
         life: The workspace's lifecycle as last learned.
-        worker: The side-effect thread: results go to it, and state changes are announced
-            on it.
+        worker: The side-effect thread: results go to it.
+        callbacks: The thread the state changes are announced on.
         warn: The Heartbeat's rate-limited log.
         wakeups: The beat thread's sleep and the asks that wake it.
         stopping: True once ``stop()`` was called: a request it interrupts is no failure.
@@ -38,6 +39,7 @@ class Parts:
     tally: Tally
     life: Tracker
     worker: SideEffectWorker
+    callbacks: Callbacks
     warn: RateLimitedLog
     wakeups: Wakeups
     stopping: Callable[[], bool]

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from . import _fork
 from ._policy import DROP_QUEUE_FULL, DROP_STOPPED
@@ -50,10 +50,6 @@ class Worker(Generic[T]):
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._busy = False
-        # Callables run on this thread (the user's state-change callback), and whether to end
-        # once they ran (the workspace was removed).
-        self._calls: collections.deque[Callable[[], None]] = collections.deque()
-        self._finishing = False
 
     def _after_fork_in_child(self) -> None:
         # The child has no worker thread, and the parent's locks may have been held at fork.
@@ -132,26 +128,6 @@ class Worker(Generic[T]):
             self._cond.notify_all()  # the worker, and any flush() waiting on the same condition
             return True
 
-    def call_soon(self, fn: Callable[[], None]) -> bool:
-        """Run ``fn`` on the worker thread, before any further step. Never blocks.
-
-        An exception in ``fn`` is logged, never raised. Returns False when the worker is not
-        running (``fn`` is then not called).
-        """
-        self._check_pid()
-        with self._cond:
-            if self._stopping or self._thread is None or not self._thread.is_alive():
-                return False
-            self._calls.append(fn)
-            self._cond.notify()
-            return True
-
-    def finish(self) -> None:
-        """End the thread once the queued calls ran; work still queued or held is dropped."""
-        with self._cond:
-            self._finishing = True
-            self._cond.notify_all()
-
     def join(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` seconds (None: no limit) for the thread to end; True if so."""
         thread = self._thread
@@ -209,7 +185,7 @@ class Worker(Generic[T]):
     # --- the worker thread ----------------------------------------------------------------
 
     def _ready(self) -> bool:
-        if self._stopping or self._queue or self._calls or self._finishing:
+        if self._stopping or self._queue:
             return True
         due = self._due_in()
         return due is not None and due <= 0
@@ -221,19 +197,14 @@ class Worker(Generic[T]):
                 with self._cond:
                     while not self._ready():
                         self._cond.wait(self._due_in())
-                    calls = list(self._calls)
-                    self._calls.clear()
-                    if self._stopping or (self._finishing and not calls):
+                    if self._stopping:
                         self._discard_all()
                         return
                     while self._queue:
                         self._accept(self._queue.popleft())
                     self._busy = True
                 try:
-                    if calls:
-                        self._run_calls(calls)
-                    else:
-                        self._step()
+                    self._step()
                 except Exception:  # the worker must outlive any bug in one step
                     logger.exception("side-effect step failed")
                 finally:
@@ -242,13 +213,6 @@ class Worker(Generic[T]):
                         self._cond.notify_all()
         finally:
             self._close()
-
-    def _run_calls(self, calls: list[Callable[[], None]]) -> None:
-        for fn in calls:
-            try:
-                fn()
-            except Exception:  # the user's callback must never end this thread
-                logger.exception("state-change callback failed")
 
     def _discard_all(self) -> None:
         # Caller holds the lock.

@@ -68,7 +68,9 @@ class Runs:
                 )
                 return current
             previous = [
-                t for t in (current, self._parts.worker.thread) if t is not None and t.is_alive()
+                t
+                for t in (current, self._parts.worker.thread, self._parts.callbacks.thread)
+                if t is not None and t.is_alive() and t is not threading.current_thread()
             ]
             halt = threading.Event()
             self._halt = halt
@@ -108,7 +110,10 @@ class Runs:
             beat_done = not thread.is_alive()
         worker_done = self._parts.worker.stop(max(0.0, deadline - time.monotonic()))
         events_done = events is None or events.stop(max(0.0, deadline - time.monotonic()))
-        return beat_done and worker_done and events_done
+        # From a state-change callback, its own thread counts as ended: it ends when the
+        # callback returns.
+        callbacks_done = self._parts.callbacks.stop(max(0.0, deadline - time.monotonic()))
+        return beat_done and worker_done and events_done and callbacks_done
 
     def wait(self, timeout: float | None) -> bool:
         """Wait for the run to end and the side-effect thread with it (see ``Heartbeat.wait``)."""
@@ -129,7 +134,11 @@ class Runs:
             return False
         events = self.events  # already asked to end, by stop() or by the removal
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return events is None or events.stop(1e9 if remaining is None else remaining)
+        if events is not None and not events.stop(1e9 if remaining is None else remaining):
+            return False
+        # The last state change (``removed``) is delivered before wait() returns.
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._parts.callbacks.join(remaining)
 
     def state(self) -> tuple[bool, str | None]:
         """Whether the beat thread is alive, and ``stopped`` or ``starting`` when that is the
@@ -149,6 +158,7 @@ class Runs:
         self.stopping = False
         self._parts.wakeups.event.clear()
         self._parts.worker.start()
+        self._parts.callbacks.open()
         if self._parts.settings.registration is None:
             self._start_events()  # else the beat thread does, once registered
 
@@ -224,9 +234,10 @@ class Runs:
                 events = self.events
                 if events is not None:
                     events.request_stop()  # the platform answers a removed workspace's stream 401
-                # The state-change callback (queued by the cycle) runs first; nothing else
-                # is sent.
-                self._parts.worker.finish()
-                self._parts.worker.join(max(1.0, settings.request_timeout))
+                # Nothing more is sent: a wake-up in flight is cut short, pending side effects
+                # are dropped. The state-change callback (queued by the cycle) still runs, on
+                # its own thread, and that thread ends after it.
+                self._parts.callbacks.finish()
+                self._parts.worker.stop(max(1.0, settings.request_timeout))
         finally:
             client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -246,8 +247,68 @@ def test_on_state_change_runs_on_the_side_effect_thread_removed_last(
         ("degraded", "healthy"),
         ("healthy", "removed"),
     ]
-    assert {c[2] for c in calls} == {f"heartbeat-sync-side-effects-{ws.id[:8]}"}
+    assert {c[2] for c in calls} == {f"heartbeat-sync-callbacks-{ws.id[:8]}"}
     assert beat_thread[0] not in {c[2] for c in calls}
+
+
+@pytest.mark.parametrize("state", ["removed", "paused"])
+def test_stop_from_the_state_callback_returns_promptly_with_the_truth(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, state: str
+) -> None:
+    # Clean-up in on_state_change(..., "removed") is the natural place to stop the
+    # Heartbeat: stop() must neither wait for the thread that runs the callback nor call a
+    # stop that ended every thread a failure.
+    stopped: list[tuple[bool, float]] = []
+    done = threading.Event()
+
+    def on_change(old: str, new: str) -> None:
+        if new == state:
+            t0 = time.monotonic()
+            stopped.append((hb.stop(timeout=5.0), time.monotonic() - t0))
+            done.set()
+
+    hb = make_hb(on_state_change=on_change)
+    hb.start_thread()
+    assert wait_until(lambda: hb.status().beats_ok >= 1)
+    if state == "removed":
+        platform.delete(ws.id)
+    else:
+        platform.pause(ws.id)
+    assert done.wait(5)
+    ok, took = stopped[0]
+    assert ok and took < 2.0
+    assert hb.wait(timeout=2.0)
+    assert not hb.status().running
+    # The callback's own thread ends as the callback returns; nothing else is left.
+    assert wait_until(lambda: not [t for t in threading.enumerate() if ws.id[:8] in t.name])
+
+
+def test_a_removal_reaches_the_callback_and_wait_while_a_wakeup_hangs(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    # A wake-up may wait up to self_message_timeout on a slow agent; a removal known to the
+    # beat thread must not wait behind it, neither for the callback nor for wait().
+    seen: list[str] = []
+    removed = threading.Event()
+
+    def on_change(old: str, new: str) -> None:
+        seen.append(new)
+        if new == "removed":
+            removed.set()
+
+    platform.fault("a2a", delay=30.0)
+    platform.add_delegation(ws.id, status="completed", response_preview="x")
+    hb = make_hb(on_state_change=on_change, self_message_timeout=60.0)
+    hb.start_thread()
+    assert platform.wait_for_requests("a2a", 1)  # the wake-up is in flight, and hangs
+    assert wait_until(lambda: "healthy" in seen)
+    platform.delete(ws.id)
+    t0 = time.monotonic()
+    assert removed.wait(3.0)
+    assert hb.wait(timeout=3.0)
+    assert time.monotonic() - t0 < 3.0
+    assert hb.status().state == "removed"
+    assert hb.status().drops.get("stopped", 0) >= 1  # the wake-up in flight, dropped
 
 
 def test_a_failing_callback_never_ends_a_thread(
