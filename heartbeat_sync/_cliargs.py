@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
             + _configured_from(
                 ENV_PLATFORM_URL, ENV_WORKSPACE_ID, ENV_AGENT_URL, ENV_CONFIGS_DIR, ENV_ORG_ID
             )
-            + " Exit code 1 when the platform refuses."
+            + " Exit code 1 when the platform refuses, 3 when it removed the workspace."
         ),
     )
     _add_workspace_options(reg, "the workspace's")
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--delivery-mode",
         choices=("push", "poll"),
-        help="push or poll (default: poll without a URL, else what the platform has)",
+        help="push or poll (default: push with a URL, else poll)",
     )
     reg.add_argument("--agent-card", metavar="JSON", help='the agent card, e.g. \'{"name": "x"}\'')
     _add_configs_dir_option(reg, "kept")

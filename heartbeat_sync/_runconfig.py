@@ -77,9 +77,8 @@ class RunConfig:
 class RegisterOptions(TypedDict):
     """The keyword arguments ``register`` gives :func:`heartbeat_sync.register`.
 
-    ``url``, ``configs_dir`` and ``org_id`` are None when not given; ``delivery_mode`` is
-    ``"poll"`` when neither a mode nor an agent URL is given, else the mode given (None: the
-    platform keeps what it has).
+    ``url``, ``configs_dir`` and ``org_id`` are None when not given; ``delivery_mode`` is the
+    mode given, else ``"push"`` with an agent URL and ``"poll"`` without one.
     """
 
     url: str | None
@@ -235,7 +234,8 @@ def load_register_config(args: argparse.Namespace, environ: Mapping[str, str]) -
     options = RegisterOptions(
         url=agent_url,
         agent_card=card,
-        delivery_mode=args.delivery_mode or (None if agent_url else "poll"),
+        # Named either way: the platform keeps a workspace's earlier mode when none is named.
+        delivery_mode=args.delivery_mode or ("push" if agent_url else "poll"),
         configs_dir=_optional(args.configs_dir, "--configs-dir", _config.ENV_CONFIGS_DIR, environ),
         org_id=_optional(args.org_id, "--org-id", _config.ENV_ORG_ID, environ),
     )

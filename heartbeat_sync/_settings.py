@@ -183,7 +183,9 @@ def settings(
             workspace_id,
             url=agent_url,
             agent_card=agent_card,
-            delivery_mode=None if agent_url else "poll",
+            # Named either way: the platform keeps a workspace's earlier mode when the body
+            # names none, so a poll-mode workspace given a URL would stay in poll mode.
+            delivery_mode="push" if agent_url else "poll",
         )
         if register
         else None

@@ -251,7 +251,7 @@ def test_register_config_from_the_environment() -> None:
     assert config.options == {
         "url": "http://agent:9000",
         "agent_card": None,
-        "delivery_mode": None,  # push or poll: the platform keeps what it has
+        "delivery_mode": "push",  # named: the platform would keep the mode it had
         "configs_dir": "/cfg",
         "org_id": "org-1",
     }
