@@ -5,8 +5,10 @@ Both are secrets: nothing in this module (or anywhere in the library) logs their
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -56,6 +58,47 @@ def save_token(configs_dir: Path, token: str) -> Path:
         # The lock guards the temp name too, so the default one is safe.
         _safefile.atomic_write(str(path), token.encode("utf-8"), fsync=True)
     return path
+
+
+def check_token_writable(configs_dir: Path) -> None:
+    """Raise ``OSError`` unless a token could be saved in ``configs_dir`` now.
+
+    Asked before a registration is sent: the platform may answer it with a token it never
+    shows again, so the place it goes to must be known good first. The directory is created
+    (0700) if missing, and a file is created in it and removed again: what :func:`save_token`
+    needs (the lock file, the temp file, the rename).
+    """
+    configs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=f"{TOKEN_FILE}.probe-", dir=configs_dir)
+    os.close(fd)
+    os.unlink(probe)
+    token = configs_dir / TOKEN_FILE
+    if token.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(token))
+
+
+def keep_token_elsewhere(token: str, workspace_id: str) -> Path | None:
+    """Save a token that could not be saved where it belongs in a new 0600 file of its own,
+    in ``~/.molecule-workspace`` or else the temporary directory; return its path (None when
+    nowhere could take it). The file's name holds the workspace id, never the token.
+    """
+    for place in (Path.home() / ".molecule-workspace", Path(tempfile.gettempdir())):
+        try:
+            place.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # mkstemp: a new name of its own, O_EXCL, mode 0600.
+            fd, name = tempfile.mkstemp(prefix=f"auth_token-{workspace_id}-", dir=place)
+        except OSError:
+            continue
+        try:
+            _safefile.write_all(fd, token.encode("utf-8"))
+            os.fsync(fd)
+        except OSError:
+            _safefile.unlink_if_present(name)
+            continue
+        finally:
+            os.close(fd)
+        return Path(name)
+    return None
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -172,6 +215,8 @@ class Credentials:
         self._lock = threading.Lock()
         self._token: str | None = None
         self._token_loaded = False
+        self._adopted: str | None = None
+        self._stale: str | None = None
         self._secret: str | None = None
         self._secret_loaded = False
         self._mode_checked = False
@@ -215,7 +260,21 @@ class Credentials:
                 ENV_TOKEN,
             )
             env = None
+        adopted = self._adopted
+        if adopted is not None and (token is None or token == self._stale):
+            return adopted  # the file still holds what it held when the token was adopted
         return token or env
+
+    def adopt(self, token: str) -> None:
+        """Use ``token``, a registration's that could not be saved, until the token file
+        holds another one than now (the platform revoked the one it holds, if any, when it
+        issued this one)."""
+        stale = _read_secret_file(self.token_path)
+        with self._lock:
+            self._adopted = token
+            self._stale = stale
+            self._token = token
+            self._token_loaded = True
 
     def token(self) -> str | None:
         """The current bearer token, or None when none is known."""

@@ -205,8 +205,11 @@ def _cmd_register(args: argparse.Namespace) -> int:
         print(f"{PROG} register: error: {exc}", file=sys.stderr)
         return 2
     except RegistrationError as exc:
+        if exc.registered:  # registered; the token is kept elsewhere, as the message says
+            print(f"{PROG} register: {exc}", file=sys.stderr)
+            return 1
         print(f"{PROG} register: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_REMOVED if exc.status == 410 else 1
     token = (
         f"a new token was saved to {reg.token_file}"
         if reg.token_issued

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 from typing import Callable
 
 from . import _lifecycle, _metadata, _status, _texts, _wedge
@@ -15,14 +16,12 @@ from ._auth import Credentials
 from ._client import PlatformClient, PlatformError
 from ._parts import Parts
 from ._polls import Polls
-from ._register import REGISTER_RETRY_FIRST, RegistrationError, register_until_done
+from ._register import PENDING, REGISTER_RETRY_FIRST, REGISTER_RETRY_MAX, Registrar
 
 logger = logging.getLogger("heartbeat_sync")
 
 #: After this many failed beats in a row the session is rebuilt (the reference's rule).
 MAX_CONSECUTIVE_FAILURES = 10
-#: The longest wait between registration attempts while the platform cannot be reached.
-REGISTER_RETRY_MAX = 60.0
 
 
 class Outcome(enum.Enum):
@@ -51,9 +50,9 @@ class Cycle:
 
     Args:
         parts: What the Heartbeat's beat thread shares (settings, counters, lifecycle, the
-            side-effect worker, the rate-limited log, the stop flag, and the wakeups' sleep
-            between registration attempts).
-        credentials: Where a new inbound secret is saved.
+            side-effect worker, the callbacks' thread, the rate-limited log, the stop flag).
+        credentials: The token a registration reads and may bring; where a new inbound
+            secret is saved.
     """
 
     def __init__(self, parts: Parts, credentials: Credentials) -> None:
@@ -61,6 +60,7 @@ class Cycle:
         self._credentials = credentials
         self._life = parts.life  # read at every step
         self._notified_state = _status.STARTING
+        self._registrar: Registrar | None = None
         self.polls = Polls(parts, hint=self._hint)
 
     def run(self, client: PlatformClient) -> Outcome:
@@ -76,27 +76,70 @@ class Cycle:
         self._announce_state()
         return outcome
 
-    def register(self, client: PlatformClient) -> None:
-        """Register the agent when the Heartbeat was asked to; retried while the platform
-        cannot be reached, until it answers or ``stop()``."""
-        registration = self._parts.settings.registration
-        if registration is None:
+    def start_run(self) -> None:
+        """A run begins: a registration is owed (when the Heartbeat registers)."""
+        settings = self._parts.settings
+        if settings.registration is None:
+            self._registrar = None
             return
-        interval = self._parts.settings.interval_seconds
-
-        def failed(exc: RegistrationError) -> None:
-            self._parts.tally.set_last_error(str(exc))
-
-        register_until_done(
-            client,
-            registration,
+        interval = settings.interval_seconds
+        first = min(REGISTER_RETRY_FIRST, interval)
+        self._registrar = Registrar(
+            settings.registration,
             self._credentials,
-            stopping=self._parts.stopping,
-            wait=self._parts.wakeups.sleep,
-            max_delay=max(REGISTER_RETRY_FIRST, min(REGISTER_RETRY_MAX, interval)),
-            warn=self._parts.warn,
-            on_failure=failed,
+            first_delay=first,
+            max_delay=min(REGISTER_RETRY_MAX, max(first, interval)),
         )
+
+    def check_at_start(self, client: PlatformClient) -> Outcome:
+        """Ask the platform what state the workspace is in before anything else of the run
+        (a registration, a beat, a state announced): a workspace paused or removed before the
+        start is never beaten, registered or reported healthy."""
+        outcome = self._guarded(self._first_check, client)
+        if outcome is not Outcome.POLLED:
+            self._announce_state()
+        return outcome
+
+    def _first_check(self, client: PlatformClient) -> Outcome:
+        seen = _lifecycle.probe(client)
+        if seen.missing and self._registrar is not None:
+            # Not there yet: registering an id the platform does not know creates it.
+            logger.debug("the workspace is unknown to the platform; registering creates it")
+            return Outcome.POLLED
+        self._check_state(client, seen)
+        return Outcome.POLLED if self._life.kind == _lifecycle.ACTIVE else self._inactive()
+
+    def registration_due(self) -> float:
+        """When a registration attempt is due (monotonic); infinity when none is owed, or
+        while the workspace is not active (a pause is never undone by the agent)."""
+        registrar = self._registrar
+        if registrar is None or self._life.kind != _lifecycle.ACTIVE:
+            return math.inf
+        return registrar.due_at()
+
+    def register(self, client: PlatformClient) -> bool:
+        """Try the registration that is due; True once it is settled (registered, or given
+        up), so that whatever waited for its token may start."""
+        registrar = self._registrar
+        if registrar is None:
+            return True
+        try:
+            state = registrar.attempt(client, self._parts.warn, stopping=self._parts.stopping)
+        except Exception:  # a bug must not end the beat thread; try again later
+            logger.exception("registration failed")
+            registrar.renew()
+            return False
+        if registrar.error is not None:
+            self._parts.tally.set_last_error(registrar.error)
+        return state != PENDING
+
+    def registration(self) -> tuple[str | None, str | None]:
+        """The registration's state (None when the Heartbeat does not register) and why it
+        last failed."""
+        registrar = self._registrar
+        if registrar is None:
+            return None, None
+        return registrar.state, registrar.error
 
     # --- the steps ----------------------------------------------------------------------------
 
@@ -198,8 +241,11 @@ class Cycle:
         if _lifecycle.suspicious(exc) and not self._parts.stopping():
             self._life.hint()
 
-    def _check_state(self, client: PlatformClient) -> None:
-        seen = _lifecycle.probe(client)
+    def _check_state(
+        self, client: PlatformClient, seen: _lifecycle.Observation | None = None
+    ) -> None:
+        if seen is None:
+            seen = _lifecycle.probe(client)
         old, new = self._life.update(seen)
         if new == old:
             return
@@ -220,8 +266,8 @@ class Cycle:
             )
         else:
             logger.info("workspace %s is %s on the platform again", workspace_id, seen.status)
-            if seen.status in _lifecycle.AWAITING_AGENT_STATUSES:
-                self.register(client)  # a pause cleared the agent's URL
+            if seen.status in _lifecycle.AWAITING_AGENT_STATUSES and self._registrar is not None:
+                self._registrar.renew()  # a pause cleared the agent's URL
 
     def _announce_state(self) -> None:
         if self._life.kind == _lifecycle.REMOVED:

@@ -94,13 +94,15 @@ class Heartbeat:
             ``$HEARTBEAT_SYNC_EVENTS`` set to ``0``, ``false``, ``no`` or ``off`` turns it off.
         session_factory: Makes each thread's ``requests.Session``; the default mounts urllib3
             ``Retry`` with ``Retry-After`` capped below the interval.
-        register: Register the agent (``POST /registry/register``) on the beat thread before
-            the first beat, retried with backoff while the platform cannot be reached; again
-            after a pause, when the platform waits for the agent. A new token is saved to
-            ``configs_dir`` (see :func:`heartbeat_sync.register`).
+        register: Register the agent (``POST /registry/register``) on the beat thread, after a
+            look at the workspace's state and before the first beat; again after a pause, when
+            the platform waits for the agent. The beats never wait for it: a failed attempt is
+            tried again between them, after ``Retry-After`` or a doubling wait, and given up
+            after repeated refusals (``status().registration`` says so). A new token is saved
+            to ``configs_dir`` (see :func:`heartbeat_sync.register`).
         agent_card: The agent card sent when registering (None: ``{}``).
-        agent_url: Where the platform reaches the agent (push delivery); None registers in
-            poll mode.
+        agent_url: Where the platform reaches the agent: registers in push mode; None
+            registers in poll mode.
         org_id: The tenant of a multi-tenant platform, sent as ``X-Molecule-Org-Id`` on every
             request. None: ``$MOLECULE_ORG_ID``, else no header.
         on_state_change: Called as ``on_state_change(old, new)`` with ``status().state`` values
@@ -333,4 +335,5 @@ class Heartbeat:
             paused=self._life.kind == _lifecycle.PAUSED,
             side=side,
             workspace_status=self._life.platform_status,
+            registration=self._cycle.registration(),
         )

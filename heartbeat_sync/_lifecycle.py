@@ -49,6 +49,9 @@ class Observation:
     kind: str
     status: str | None = None
     evidence: str = ""
+    #: The platform knows no such workspace (404): never created, or deleted for good, as
+    #: opposed to one it removed (410). A registration creates it.
+    missing: bool = False
 
 
 def _kind_of(status: str) -> str:
@@ -82,7 +85,9 @@ def classify_workspace(code: int | None, body: Any) -> Observation:
     if not isinstance(body, dict):
         return Observation(UNKNOWN)  # e.g. a tenant guard's empty 404: says nothing
     if code == 404 and body.get("error") == "workspace not found":
-        return Observation(REMOVED, None, "GET /workspaces/:id answered 404 workspace not found")
+        return Observation(
+            REMOVED, None, "GET /workspaces/:id answered 404 workspace not found", missing=True
+        )
     raw = body.get("status")
     if code != 200 or not isinstance(raw, str) or not raw:
         return Observation(UNKNOWN)

@@ -10,7 +10,9 @@ never again, so it is on disk (``<configs_dir>/.auth_token``, 0600, atomically) 
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +20,8 @@ from typing import Any, Callable
 from . import _http, _validate
 from ._auth import (
     Credentials,
+    check_token_writable,
+    keep_token_elsewhere,
     origin_header,
     resolve_configs_dir,
     save_token,
@@ -32,10 +36,22 @@ logger = logging.getLogger(__name__)
 DELIVERY_MODES = ("push", "poll")
 #: The first wait before a registration is tried again (it doubles up to a cap).
 REGISTER_RETRY_FIRST = 1.0
-#: Statuses after which a registration is tried again: the platform is overloaded or down
-#: (a GET's retry statuses, and 500), or the token is not (yet) the right one (401; it is
-#: re-read before each attempt).
-RETRY_STATUSES = _http.RETRY_STATUSES | {401, 500}
+#: The longest wait between registration attempts.
+REGISTER_RETRY_MAX = 60.0
+#: Statuses that say the platform is overloaded or down: a registration is tried again for
+#: as long as it takes (after ``Retry-After`` when the answer has one), like a beat.
+BUSY_STATUSES = _http.RETRY_STATUSES
+#: Refusals worth a few more tries: a server error (the real server answers 500 to a card it
+#: cannot store, and to a database that failed this once), and a token not (yet) the right
+#: one (it is re-read before each try). Any other refusal is final at once.
+RETRY_REFUSALS = frozenset({401, 500})
+#: Refusals in a row after which a registration is given up (one ERROR line).
+MAX_REFUSALS = 5
+
+#: What a :class:`Registrar` has come to.
+PENDING = "pending"
+REGISTERED = "registered"
+FAILED = "failed"
 
 
 class RegistrationError(Exception):
@@ -43,18 +59,34 @@ class RegistrationError(Exception):
 
     ``status`` is the HTTP status (None when no answer arrived, e.g. the platform is
     unreachable) and ``error`` the platform's ``error`` text, or what went wrong. Neither
-    ever holds the token.
+    ever holds the token. ``registered`` is True when the platform did register the
+    workspace but the token it issued could not be saved where it belongs: ``token_file``
+    then names the 0600 file it was kept in instead (None if none could take it).
     """
 
-    def __init__(self, message: str, *, status: int | None, error: str) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None,
+        error: str,
+        retry_after: float | None = None,
+        transport: bool | None = None,
+        registered: bool = False,
+        token_file: Path | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.error = error
+        self.retry_after = retry_after
+        self._transport = status is None if transport is None else transport
+        self.registered = registered
+        self.token_file = token_file
 
     @property
     def transport(self) -> bool:
         """True when no answer arrived: trying again later may succeed."""
-        return self.status is None
+        return self._transport
 
 
 @dataclass(frozen=True)
@@ -110,29 +142,37 @@ def register_with(
 ) -> Registration:
     """Send ``body`` with ``client`` and keep what the answer shows once.
 
-    The token (when the answer has one) is written before this returns; the inbound secret is
-    saved as the heartbeat saves it. Raises :class:`RegistrationError`.
+    Nothing is sent unless a token could be saved in ``credentials.configs_dir`` (the platform
+    shows a token it issues once). The token (when the answer has one) is written before
+    this returns; the inbound secret is saved as the heartbeat saves it. Raises
+    :class:`RegistrationError`; one with ``registered`` set when the platform registered the
+    workspace but its token could not be saved (it is then kept in a 0600 file of its own,
+    named in the message, and used by ``credentials`` meanwhile).
     """
+    configs_dir = credentials.configs_dir
+    try:
+        check_token_writable(configs_dir)
+    except OSError as exc:
+        raise RegistrationError(
+            f"not registering: a token the platform issues could not be saved in "
+            f"{configs_dir} ({exc.strerror or type(exc).__name__}); nothing was sent",
+            status=None,
+            error="configs_dir not writable",
+            transport=False,
+        ) from None
     try:
         reply = client.register(body)
     except PlatformError as exc:
         error = exc.body.get("error") if isinstance(exc.body, dict) else None
         text = error if isinstance(error, str) and error else str(exc)
-        raise RegistrationError(str(exc), status=exc.status, error=text[:300]) from None
+        raise RegistrationError(
+            str(exc), status=exc.status, error=text[:300], retry_after=exc.retry_after
+        ) from None
     token = reply.get("auth_token")
     issued = isinstance(token, str) and bool(token.strip())
     if issued:
         assert isinstance(token, str)
-        try:
-            save_token(credentials.configs_dir, token.strip())
-        except OSError as exc:
-            # The platform will not show this token again: the caller must know at once.
-            raise RegistrationError(
-                f"registered, but the new token could not be saved in "
-                f"{credentials.configs_dir}: {exc.strerror or type(exc).__name__}",
-                status=200,
-                error="token not saved",
-            ) from None
+        _keep_token(token.strip(), str(body.get("id")), credentials)
         credentials.refresh()
     secret = reply.get("platform_inbound_secret")
     saved = isinstance(secret, str) and bool(secret) and credentials.save_inbound_secret(secret)
@@ -155,37 +195,118 @@ def register_with(
     return registration
 
 
-def register_until_done(
-    client: PlatformClient,
-    body: dict[str, Any],
-    credentials: Credentials,
-    *,
-    stopping: Callable[[], bool],
-    wait: Callable[[float], None],
-    max_delay: float,
-    warn: RateLimitedLog,
-    on_failure: Callable[[RegistrationError], None],
-) -> bool:
-    """Register, trying again with a doubling wait (up to ``max_delay``) while the platform
-    cannot be reached or answers a status in :data:`RETRY_STATUSES`. Returns True once
-    registered; False when refused for good (one ERROR line) or when ``stopping()``."""
-    delay = REGISTER_RETRY_FIRST
-    while not stopping():
-        credentials.refresh()  # a token placed meanwhile counts
+def _keep_token(token: str, workspace_id: str, credentials: Credentials) -> None:
+    """Save a token the platform just issued; if that fails, keep it where it can be found.
+
+    The platform will not show it again and has revoked any older one: losing it locks the
+    workspace out (the next registration is refused with 401).
+    """
+    try:
+        save_token(credentials.configs_dir, token)
+    except OSError as exc:
+        kept = keep_token_elsewhere(token, workspace_id)
+        credentials.adopt(token)
+        where = (
+            f"it is kept in {kept} (0600): move that file to {credentials.token_path}"
+            if kept is not None
+            else "and no other place could keep it either"
+        )
+        raise RegistrationError(
+            f"registered, but the token the platform issued could not be saved in "
+            f"{credentials.configs_dir} ({exc.strerror or type(exc).__name__}); {where}",
+            status=200,
+            error="token not saved",
+            registered=True,
+            token_file=kept,
+        ) from None
+
+
+class Registrar:
+    """The registration a Heartbeat owes the platform, tried on the beat thread between beats.
+
+    Beats never wait for it: the beat thread calls :meth:`attempt` when :meth:`due_at` comes,
+    and beats meanwhile. A platform that is down or overloaded (no answer, 429, 502-504) is
+    asked again for as long as it takes, after its ``Retry-After`` or a doubling wait; a
+    refusal in :data:`RETRY_REFUSALS` is asked again up to :data:`MAX_REFUSALS` times in a
+    row; any other refusal ends it at once. Giving up is one ERROR line. Only :meth:`renew`
+    starts it again (after a resume, when the platform waits for the agent).
+
+    Args:
+        body: The register request body.
+        credentials: The workspace's token (re-read before each try) and where a new one goes.
+        first_delay: The first wait after a failed try.
+        max_delay: The longest wait between tries (``Retry-After`` excepted).
+        clock: The monotonic clock.
+    """
+
+    def __init__(
+        self,
+        body: dict[str, Any],
+        credentials: Credentials,
+        *,
+        first_delay: float,
+        max_delay: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._body = body
+        self._credentials = credentials
+        self._first_delay = first_delay
+        self._max_delay = max(first_delay, max_delay)
+        self._clock = clock
+        #: :data:`PENDING`, :data:`REGISTERED` or :data:`FAILED`.
+        self.state = PENDING
+        #: Why the last try failed (or why the token was not saved), in words; None after a
+        #: clean registration.
+        self.error: str | None = None
+        self.renew()
+
+    def renew(self) -> None:
+        """Owe the platform a registration again, due now."""
+        self.state = PENDING
+        self._due = self._clock()
+        self._delay = self._first_delay
+        self._refusals = 0
+
+    def due_at(self) -> float:
+        """When the next try is due (monotonic); infinity when none is owed."""
+        return self._due if self.state == PENDING else math.inf
+
+    def attempt(
+        self, client: PlatformClient, warn: RateLimitedLog, *, stopping: Callable[[], bool]
+    ) -> str:
+        """Try once; return the new :attr:`state`. A try cut short by ``stopping`` changes
+        nothing."""
+        self._credentials.refresh()  # a token placed meanwhile counts
         try:
-            register_with(client, body, credentials)
-            return True
+            register_with(client, self._body, self._credentials)
         except RegistrationError as exc:
             if stopping():
-                return False
-            on_failure(exc)
-            if not (exc.transport or exc.status in RETRY_STATUSES):
-                logger.error("registration refused, beating without it: %s", exc)
-                return False
-            warn.warning("register", "registration failed, retrying in %.1f s: %s", delay, exc)
-        wait(delay)
-        delay = min(delay * 2, max_delay)
-    return False
+                return self.state
+            self.error = str(exc)
+            if exc.registered:
+                logger.error("%s", exc)  # registered: beats go on with the token in memory
+                self.state = REGISTERED
+                return self.state
+            return self._failed(exc, warn)
+        self.state = REGISTERED
+        self.error = None
+        warn.reset("register")
+        return self.state
+
+    def _failed(self, exc: RegistrationError, warn: RateLimitedLog) -> str:
+        busy = exc.transport or exc.status in BUSY_STATUSES
+        if not busy:
+            self._refusals += 1
+            if exc.status not in RETRY_REFUSALS or self._refusals >= MAX_REFUSALS:
+                tries = f" ({self._refusals} tries)" if self._refusals > 1 else ""
+                logger.error("registration refused%s, beating without it: %s", tries, exc)
+                self.state = FAILED
+                return self.state
+        wait = self._delay if exc.retry_after is None else exc.retry_after
+        self._due = self._clock() + wait
+        self._delay = min(self._delay * 2, self._max_delay)
+        warn.warning("register", "registration failed, retrying in %.1f s: %s", wait, exc)
+        return self.state
 
 
 def register(
@@ -224,9 +345,14 @@ def register(
     Returns:
         A :class:`Registration` saying what the platform recorded.
 
+    Nothing is sent for a workspace the platform removed (the open ``GET /workspaces/:id``
+    answers 410), nor unless ``configs_dir`` can take a token.
+
     Raises:
         RegistrationError: the platform refused (``status`` and its ``error`` text), could not
-            be reached (``status`` None), or the new token could not be saved.
+            be reached (``status`` None), removed the workspace (410), or ``configs_dir``
+            cannot take a token (nothing sent); or the workspace was registered but its new
+            token could not be saved (``registered`` True, the token kept in ``token_file``).
         ValueError: an argument the platform would refuse anyway.
     """
     if not platform_url or not isinstance(platform_url, str):
@@ -244,6 +370,27 @@ def register(
         platform_url, workspace_id, credentials, make_session, timeout=float(timeout)
     )
     try:
+        _refuse_removed(client)
         return register_with(client, body, credentials)
     finally:
         client.close()
+
+
+def _refuse_removed(client: PlatformClient) -> None:
+    """Raise :class:`RegistrationError` when the platform says the workspace was removed.
+
+    The platform answers a removed workspace's registration 200 with a fresh token that no
+    route accepts (its status stays ``removed``): saving it would replace a token file with
+    a useless one and report success. The open ``GET /workspaces/:id`` answers 410 for it.
+    Any other answer (or none) lets the registration itself say what is wrong.
+    """
+    try:
+        client.workspace(client.workspace_id)
+    except PlatformError as exc:
+        if exc.status == 410:
+            raise RegistrationError(
+                f"workspace {client.workspace_id} was removed from the platform: not "
+                f"registering (its token file is left as it is)",
+                status=410,
+                error="workspace removed",
+            ) from None

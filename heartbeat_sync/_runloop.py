@@ -26,6 +26,7 @@ class Act(enum.Enum):
     """What the beat thread does next."""
 
     WAIT = "wait"
+    REGISTER = "register"
     POLL = "poll"
     CYCLE = "cycle"
 
@@ -48,17 +49,22 @@ def next_step(
     poll_asked: bool,
     forced: _coalesce.ForcedCycles,
     pacer: _schedule.PollPacer,
+    register_at: float = math.inf,
 ) -> Step:
     """Decide what to do at ``now`` (pure; the buckets are only read, never spent).
 
-    A cycle is due at its slot, or sooner when one was asked for and the forced-cycle bucket
-    has credit; the polls alone when the event stream asked and the pacer allows. A due cycle
-    wins over the polls (it polls too).
+    A registration attempt is due at ``register_at`` and goes first (a beat after it carries
+    the token it may bring); nothing the caller asks for makes it come sooner. A cycle is due
+    at its slot, or sooner when one was asked for and the forced-cycle bucket has credit; the
+    polls alone when the event stream asked and the pacer allows. A due cycle wins over the
+    polls (it polls too).
     """
+    if now >= register_at:
+        return Step(Act.REGISTER)
     beat_due = min(next_slot, forced.due(now)) if beat_asked else next_slot
     poll_due = pacer.ready_at(now) if poll_asked else math.inf
     if now < beat_due and now < poll_due:
-        return Step(Act.WAIT, until=min(beat_due, poll_due))
+        return Step(Act.WAIT, until=min(beat_due, poll_due, register_at))
     if now < beat_due:
         return Step(Act.POLL)
     return Step(Act.CYCLE, forced=beat_asked and next_slot > now)
@@ -116,6 +122,8 @@ class RunLoop:
             interval, the workspace id, the deprecated ``start_phase``, the first beat's
             jitter), the wakeups wake the loop.
         stopped: True once this run must end.
+        on_registered: Called once the run's registration is settled (registered, or given
+            up): what needs its token may start.
         clock: The monotonic clock.
         wall_clock: The wall clock, read once to find the slots.
     """
@@ -126,6 +134,7 @@ class RunLoop:
         parts: Parts,
         *,
         stopped: Callable[[], bool],
+        on_registered: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -133,6 +142,7 @@ class RunLoop:
         self._cycle = cycle
         self._wakeups = parts.wakeups
         self._stopped = stopped
+        self._on_registered = on_registered
         self._clock = clock
         self._wall_clock = wall_clock
         self._slots = Slots(
@@ -152,8 +162,10 @@ class RunLoop:
 
     def run(self, client: PlatformClient) -> Outcome:
         """Run cycles until stopped (``STOPPED``) or until the workspace is removed
-        (``REMOVED``)."""
+        (``REMOVED``). The run begins with a look at the workspace's state."""
         wakeups = self._wakeups
+        if self._cycle.check_at_start(client) is Outcome.REMOVED:
+            return Outcome.REMOVED
         while True:
             now = self._clock()
             step = next_step(
@@ -163,12 +175,17 @@ class RunLoop:
                 poll_asked=wakeups.poll_asked,
                 forced=self._forced,
                 pacer=self._pacer,
+                register_at=self._cycle.registration_due(),
             )
             if step.act is Act.WAIT:
                 wakeups.sleep(step.until - now)
             if self._stopped():
                 return Outcome.STOPPED
             if step.act is Act.WAIT:
+                continue
+            if step.act is Act.REGISTER:
+                if self._cycle.register(client):
+                    self._on_registered()
                 continue
             wakeups.poll_asked = False  # a cycle polls too; an event during it polls again
             if step.act is Act.POLL:

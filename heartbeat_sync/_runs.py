@@ -180,6 +180,13 @@ class Runs:
         )
         self.events.start()
 
+    def _registered(self) -> None:
+        # From the beat thread: the registration is settled, so the stream finds the token it
+        # may have brought (a later one, after a resume, finds the stream running).
+        with self._lock:
+            if self.events is None or not self.events.running:
+                self._start_events()
+
     def _state_announced(self, kind: str) -> None:
         # From the event stream's thread: the platform says the workspace was paused,
         # hibernated, removed or is online again. Check its state now rather than at the next
@@ -224,12 +231,14 @@ class Runs:
         with self._lock:
             self._beat_client = client
         settings = self._parts.settings
-        loop = RunLoop(self._cycle, self._parts, stopped=lambda: self.stopping or halt.is_set())
+        loop = RunLoop(
+            self._cycle,
+            self._parts,
+            stopped=lambda: self.stopping or halt.is_set(),
+            on_registered=self._registered,
+        )
+        self._cycle.start_run()
         try:
-            if settings.registration is not None:
-                self._cycle.register(client)
-                with self._lock:
-                    self._start_events()
             if loop.run(client) is Outcome.REMOVED:
                 events = self.events
                 if events is not None:

@@ -57,3 +57,9 @@ class Status:
     #: The workspace's status as the platform last gave it when asked (``online``,
     #: ``paused``, ``hibernated``, ``removed``, ...), or None before any state check.
     workspace_status: str | None = None
+    #: With ``register=True``: ``"pending"`` (not yet registered: tried again later),
+    #: ``"registered"``, or ``"failed"`` (given up; the Heartbeat beats without it). None
+    #: when the Heartbeat does not register.
+    registration: str | None = None
+    #: Why the registration last failed, in words (never a secret); None once registered.
+    registration_error: str | None = None

@@ -167,6 +167,7 @@ class Tally:
         paused: bool,
         side: SideEffectCounts,
         workspace_status: str | None,
+        registration: tuple[str | None, str | None] = (None, None),
     ) -> _status.Status:
         """``Status`` with the beat counters read at one instant; ``state`` None: the state
         the counters give (``starting``, ``healthy``, ``degraded`` or ``paused``)."""
@@ -186,6 +187,8 @@ class Tally:
                 drops=side.drops,
                 queue_depth=side.queue_depth,
                 workspace_status=workspace_status,
+                registration=registration[0],
+                registration_error=registration[1],
             )
 
     def _live_state(self, paused: bool) -> str:

@@ -39,6 +39,7 @@ def test_register_from_the_environment_saves_the_token_and_says_so(
         "id": ws.id,
         "agent_card": {"name": "cli-agent"},
         "url": "http://localhost:8123",
+        "delivery_mode": "push",
     }
     assert ws.status == "online"
 
@@ -60,6 +61,22 @@ def test_register_refused_is_exit_1_with_the_platform_text(
     assert err.strip() == (
         "heartbeat-sync register: error: register answered 401: missing workspace auth token"
     )
+
+
+def test_register_says_a_removed_workspace_was_removed_and_keeps_the_token_file(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configs = tmp_path / "configs"
+    platform.write_token(ws.id, configs)
+    before = (configs / ".auth_token").read_text()
+    platform.delete(ws.id)
+    args = ["register", f"--platform-url={platform.url}", f"--workspace-id={ws.id}"]
+    code = main([*args, f"--configs-dir={configs}"])
+    out, err = capsys.readouterr()
+    assert code == EXIT_REMOVED and out == ""
+    assert f"workspace {ws.id} was removed from the platform" in err
+    assert "saved" not in err and (configs / ".auth_token").read_text() == before
+    assert platform.requests_for("register") == []
 
 
 def test_register_configuration_errors_are_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

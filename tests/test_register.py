@@ -139,6 +139,59 @@ def test_org_id_is_sent_as_x_molecule_org_id_from_the_argument_or_the_environmen
     assert sent == ["org-1", "org-2"]
 
 
+def test_a_token_is_never_asked_for_where_it_cannot_be_saved(
+    platform: FakePlatform, tmp_path: Path
+) -> None:
+    # A wrong configs_dir (here: below a regular file) would lose the token the platform
+    # shows once, and the workspace would be locked out: nothing is sent.
+    ws = platform.add_workspace(with_token=False, status="awaiting_agent")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(RegistrationError) as info:
+        register(platform.url, ws.id, configs_dir=blocker / "configs", delivery_mode="poll")
+    assert "nothing was sent" in str(info.value) and str(blocker) in str(info.value)
+    assert not info.value.registered and not info.value.transport
+    assert platform.requests_for("register") == []
+    assert ws.tokens == []
+
+
+def test_a_token_that_cannot_be_saved_after_all_is_kept_elsewhere_and_named(
+    platform: FakePlatform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The directory passes the check, but the token file cannot be replaced: the platform
+    # has registered the workspace and shown its token once; that is not a refusal.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ws = platform.add_workspace(with_token=False, status="awaiting_agent")
+    configs = tmp_path / "configs"
+    # What sits under the temp file's name cannot be removed: the save fails at the last step.
+    (configs / ".auth_token.tmp").mkdir(parents=True)
+    with pytest.raises(RegistrationError) as info:
+        register(platform.url, ws.id, configs_dir=configs, delivery_mode="poll")
+    error = info.value
+    assert error.registered and error.status == 200
+    assert "refused" not in str(error) and str(error).startswith("registered, but")
+    assert error.token_file is not None and str(error.token_file) in str(error)
+    assert error.token_file.read_text() == ws.token
+    assert error.token_file.stat().st_mode & 0o777 == 0o600
+    assert ws.token not in str(error) + repr(error)
+    assert ws.status == "online"
+
+
+def test_registering_a_removed_workspace_is_refused_and_its_token_file_left_alone(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path
+) -> None:
+    # The real server answers such a registration 200 with a fresh token that no route
+    # accepts; saving it would replace the old token file and report success.
+    configs = tmp_path / "configs"
+    before = (configs / ".auth_token").read_text()
+    platform.delete(ws.id)
+    with pytest.raises(RegistrationError) as info:
+        register(platform.url, ws.id, configs_dir=configs, delivery_mode="poll")
+    assert info.value.status == 410 and "removed" in str(info.value)
+    assert platform.requests_for("register") == []
+    assert (configs / ".auth_token").read_text() == before
+
+
 # --- Heartbeat(register=True) ------------------------------------------------------------------
 
 
@@ -163,14 +216,38 @@ def test_heartbeat_registers_on_the_beat_thread_before_the_first_beat(
     ) as hb:
         assert wait_until(lambda: hb.status().beats_ok >= 1)
     routes = [r.route for r in platform.requests]
-    assert routes[0] == "register" and routes.count("register") == 1
-    assert routes.index("heartbeat") > 0
+    # The run looks at the workspace's state first (a paused one is never registered), then
+    # registers, then beats.
+    assert routes[0] == "state" and routes.count("register") == 1
+    assert routes.index("register") < routes.index("heartbeat")
     assert ws.status == "online" and ws.url == "http://localhost:8765"
     assert ws.agent_card == {"name": "ext-agent"}
     assert (configs / ".auth_token").read_text() == ws.token
     # Every beat carries the token the registration issued.
     beats = platform.requests_for("heartbeat", ws.id)
     assert beats and all(r.headers["authorization"] == f"Bearer {ws.token}" for r in beats)
+
+
+def test_a_workspace_the_platform_does_not_know_yet_is_created_by_the_registration(
+    platform: FakePlatform, tmp_path: Path
+) -> None:
+    # The first look at the state finds no such workspace (404): that is not a removal when
+    # a registration is owed, which creates it.
+    hb = Heartbeat(
+        platform.url,
+        "ws-new",
+        interval_seconds=0.2,
+        results_file=tmp_path / "r.jsonl",
+        cursor_file=tmp_path / "c",
+        seen_file=tmp_path / "s",
+        configs_dir=tmp_path / "configs",
+        exit_timeout=None,
+        register=True,
+    )
+    with hb:
+        assert wait_until(lambda: hb.status().beats_ok >= 1)
+        assert hb.status().registration == "registered" and hb.status().state == "healthy"
+    assert platform.workspace("ws-new").status == "online"
 
 
 def test_registration_without_agent_url_is_poll_mode(
@@ -204,14 +281,130 @@ def test_registration_is_retried_while_unreachable_without_blocking_the_caller(
         hb.start_thread()
         assert time.monotonic() - t0 < 0.5
         threading.Event().wait(0.3)  # the platform stays down a while: nothing to wait on
-        assert hb.status().state == "starting" and hb.status().beats_ok == 0
+        # The beats are tried meanwhile (and fail: the platform is down).
+        status = hb.status()
+        assert status.beats_ok == 0 and status.state == "degraded"
+        assert status.registration == "pending"
         with fp:
             fp.add_workspace("ws-1", with_token=False, status="awaiting_agent")
+            assert wait_until(lambda: hb.status().registration == "registered", timeout=8)
             assert wait_until(lambda: hb.status().beats_ok >= 1, timeout=8)
             assert fp.workspace("ws-1").status == "online"
             assert (tmp_path / "configs" / ".auth_token").read_text() == fp.workspace("ws-1").token
     finally:
         assert hb.stop(timeout=5)
+
+
+def test_registration_with_an_agent_url_asks_for_push_even_from_poll_mode(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    # The platform keeps a workspace's earlier mode when the body names none.
+    ws.delivery_mode = "poll"
+    with make_hb(register=True, agent_url="http://localhost:7000") as hb:
+        assert wait_until(lambda: hb.status().registration == "registered")
+    assert platform.requests_for("register")[0].json()["delivery_mode"] == "push"
+    assert ws.delivery_mode == "push" and ws.url == "http://localhost:7000"
+
+
+def test_a_heartbeat_whose_new_token_cannot_be_saved_beats_with_it_and_says_where_it_is(
+    platform: FakePlatform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logs: LogCapture
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    ws = platform.add_workspace(with_token=False, status="awaiting_agent")
+    configs = tmp_path / "configs"
+    (configs / ".auth_token.tmp").mkdir(parents=True)  # the save fails at its last step
+    hb = Heartbeat(
+        platform.url,
+        ws.id,
+        interval_seconds=0.2,
+        results_file=tmp_path / "r.jsonl",
+        cursor_file=tmp_path / "c",
+        seen_file=tmp_path / "s",
+        configs_dir=configs,
+        exit_timeout=None,
+        register=True,
+    )
+    with hb:
+        assert wait_until(lambda: hb.status().registration == "registered")
+        assert wait_until(lambda: hb.status().beats_ok >= 2)
+        error = hb.status().registration_error
+    assert error is not None and error.startswith("registered, but")
+    kept = next((tmp_path / "home" / ".molecule-workspace").glob(f"auth_token-{ws.id}-*"))
+    assert str(kept) in error and kept.read_text() == ws.token
+    beats = platform.requests_for("heartbeat", ws.id)
+    assert beats[-1].headers["authorization"] == f"Bearer {ws.token}"
+    assert len(platform.requests_for("register")) == 1
+    errors = logs.messages(logging.ERROR)
+    assert len(errors) == 1 and "refused" not in errors[0] and str(kept) in errors[0]
+
+
+def test_registration_retries_wait_for_retry_after_whatever_the_agent_asks(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    # beat_now() and a new current_task wake the beat thread for a cycle; they must not
+    # bring the next registration attempt forward.
+    platform.fault("register", status=429, headers={"Retry-After": "30"})
+    hb = make_hb(register=True, interval_seconds=0.1)
+    hb.start_thread()
+    assert platform.wait_for_requests("register", 1)
+    for n in range(40):
+        hb.current_task = f"task {n}"
+        hb.beat_now()
+        if n % 10 == 0:
+            assert platform.wait_for_requests("heartbeat", 1 + n // 10, timeout=3)
+    assert wait_until(lambda: hb.status().beats_ok >= 5)
+    assert len(platform.requests_for("register")) == 1
+    assert hb.status().registration == "pending"
+    t0 = time.monotonic()
+    assert hb.stop(timeout=5.0) and time.monotonic() - t0 < 2.0
+
+
+def test_registration_honours_a_short_retry_after(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    platform.fault("register", status=503, headers={"Retry-After": "1"}, times=1)
+    with make_hb(register=True, interval_seconds=0.1) as hb:
+        assert wait_until(lambda: hb.status().registration == "registered", timeout=5)
+    first, second = platform.requests_for("register")
+    assert 0.9 <= second.time - first.time < 3.0
+
+
+def test_a_registration_that_always_fails_never_stops_the_beats_and_is_given_up(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, logs: LogCapture
+) -> None:
+    # The real server answers 500 to a card it cannot store: retried a few times, between
+    # beats, then given up with one ERROR line; status() says why.
+    platform.fault("register", status=500, body={"error": "registration failed"})
+    with make_hb(register=True, interval_seconds=0.1) as hb:
+        assert wait_until(lambda: hb.status().beats_ok >= 2, timeout=3)
+        assert wait_until(lambda: hb.status().registration == "failed", timeout=10)
+        status = hb.status()
+        assert status.registration_error is not None and "500" in status.registration_error
+        beats = status.beats_ok
+        assert wait_until(lambda: hb.status().beats_ok >= beats + 2)
+    assert len(platform.requests_for("register")) == 5
+    errors = logs.messages(logging.ERROR)
+    assert len(errors) == 1 and "registration refused (5 tries)" in errors[0]
+
+
+def test_a_workspace_paused_before_the_start_is_never_beaten_nor_reported_healthy(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    platform.pause(ws.id)
+    seen: list[tuple[str, str]] = []
+    hb = make_hb(
+        register=True, events=False, on_state_change=lambda old, new: seen.append((old, new))
+    )
+    hb.start_thread()
+    assert wait_until(lambda: hb.status().state == "paused")
+    assert platform.wait_for_requests("state", 3, timeout=3)  # checked again each cycle
+    status = hb.status()
+    assert status.beats_ok == 0 and status.workspace_status == "paused"
+    assert wait_until(lambda: seen == [("starting", "paused")])
+    assert platform.requests_for("heartbeat") == []
+    assert platform.requests_for("register") == []  # a pause is never undone by the agent
+    assert ws.status == "paused"
+    assert hb.stop()
 
 
 def test_a_refused_registration_is_one_error_and_the_heartbeat_beats_on(

@@ -22,6 +22,7 @@ def decide(
     poll: bool = False,
     forced: ForcedCycles | None = None,
     pacer: PollPacer | None = None,
+    register: float = math.inf,
 ) -> Step:
     return next_step(
         now,
@@ -30,6 +31,7 @@ def decide(
         poll_asked=poll,
         forced=forced or ForcedCycles(),
         pacer=pacer or PollPacer(),
+        register_at=register,
     )
 
 
@@ -89,6 +91,21 @@ def spent_pacer(now: float) -> PollPacer:
         (
             "a poll and a beat both asked: the cycle",
             decide(10.0, 12.0, beat=True, poll=True),
+            Step(Act.CYCLE, forced=True),
+        ),
+        (
+            "a registration due: it goes first, even before a due cycle",
+            decide(12.0, 12.0, beat=True, poll=True, register=11.0),
+            Step(Act.REGISTER),
+        ),
+        (
+            "a registration due before the slot: wait for the registration",
+            decide(10.0, 12.0, register=11.0),
+            Step(Act.WAIT, until=11.0),
+        ),
+        (
+            "beat_now while a registration waits out its backoff: a cycle, no registration",
+            decide(10.0, 12.0, beat=True, register=40.0),
             Step(Act.CYCLE, forced=True),
         ),
     ],

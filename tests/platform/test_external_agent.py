@@ -245,3 +245,49 @@ def test_the_external_agent_example_against_the_real_server(
     assert "result: [completed]" in out
     assert "state: healthy -> removed" in out
     assert token not in out + err
+
+
+def test_a_workspace_paused_before_the_start_is_neither_beaten_nor_registered(
+    real_platform: RealPlatform, hb_files: dict[str, Any]
+) -> None:
+    # The real server ignores a paused workspace's beats, and a registration would bring it
+    # back online: the run looks at the state before either, and announces "paused" first.
+    ws_id, token = real_platform.create_workspace("paused-at-start")
+    write_token(hb_files["configs_dir"], token)
+    real_platform.register(ws_id, token, delivery_mode="poll")
+    real_platform.pause(ws_id)
+    changes: list[tuple[str, str]] = []
+    hb = _heartbeat(
+        real_platform,
+        ws_id,
+        hb_files,
+        register=True,
+        on_state_change=lambda old, new: changes.append((old, new)),
+    )
+    with hb:
+        assert wait_until(lambda: hb.status().state == "paused", timeout=10), hb.status()
+        assert wait_until(lambda: changes == [("starting", "paused")], timeout=5), changes
+        before = real_platform.row(ws_id)["last_heartbeat_at"]
+        threading.Event().wait(3 * INTERVAL)  # cycles pass: each asks the state, none beats
+        status = hb.status()
+        assert status.beats_ok == 0 and status.state == "paused"
+        assert status.registration == "pending"
+    row = real_platform.row(ws_id)
+    assert row["status"] == "paused" and row["last_heartbeat_at"] == before
+
+
+def test_register_refuses_a_removed_workspace_and_keeps_its_token_file(
+    real_platform: RealPlatform, tmp_path: Path
+) -> None:
+    # The real server registers a removed workspace with 200 and a fresh token that no route
+    # accepts (its status stays removed).
+    ws_id, token = real_platform.create_workspace("removed-register")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    write_token(configs, token)
+    real_platform.delete(ws_id)
+    with pytest.raises(RegistrationError) as info:
+        register(real_platform.url, ws_id, configs_dir=configs, delivery_mode="poll")
+    assert info.value.status == 410 and "removed" in str(info.value)
+    assert (configs / ".auth_token").read_text() == token
+    assert real_platform.row(ws_id)["status"] == "removed"
