@@ -101,7 +101,8 @@ class Heartbeat:
         agent_url: Where the platform reaches the agent (push delivery); None registers in
             poll mode.
         org_id: The tenant of a multi-tenant platform, sent as ``X-Molecule-Org-Id`` on every
-            request. None: ``$MOLECULE_ORG_ID``, else no header.
+            request: printable ASCII without white space, surrounding white space stripped.
+            None: ``$MOLECULE_ORG_ID`` (checked alike), else no header.
         on_state_change: Called as ``on_state_change(old, new)`` with ``status().state`` values
             whenever the state changes (never for ``stopped``), on the side-effect thread, never
             on the beat thread. The change to ``removed`` is the last call.

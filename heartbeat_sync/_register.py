@@ -20,10 +20,11 @@ from ._auth import (
     Credentials,
     origin_header,
     resolve_configs_dir,
+    resolve_org_id,
     save_token,
 )
 from ._client import PlatformClient, PlatformError
-from ._config import ENV_ORG_ID, ENV_TOKEN
+from ._config import ENV_TOKEN
 from ._http import make_session
 from ._ratelimit import RateLimitedLog
 
@@ -210,8 +211,9 @@ def register(
         agent_card: The A2A agent card; None sends ``{}`` (the platform fills in the name).
         configs_dir: Where ``.auth_token`` and ``.platform_inbound_secret`` live. None:
             ``$CONFIGS_DIR``, else ``/configs`` if writable, else ``~/.molecule-workspace``.
-        org_id: The tenant of a multi-tenant platform, sent as ``X-Molecule-Org-Id``. None:
-            ``$MOLECULE_ORG_ID``.
+        org_id: The tenant of a multi-tenant platform, sent as ``X-Molecule-Org-Id``: printable
+            ASCII without white space, surrounding white space stripped. None:
+            ``$MOLECULE_ORG_ID`` (checked alike).
         delivery_mode: ``"push"`` or ``"poll"``; None lets the platform keep the mode it has
             (push for a new workspace, which then needs ``url``).
         timeout: Seconds for the request.
@@ -234,11 +236,12 @@ def register(
     body = registration_body(
         workspace_id, url=url, agent_card=agent_card, delivery_mode=delivery_mode
     )
+    tenant = resolve_org_id(org_id)
     credentials = Credentials(
         resolve_configs_dir(configs_dir),
         origin=origin_header(None, platform_url),
         env_token=os.environ.get(ENV_TOKEN),
-        org_id=org_id if org_id is not None else os.environ.get(ENV_ORG_ID),
+        org_id=tenant,
     )
     client = PlatformClient(
         platform_url, workspace_id, credentials, make_session, timeout=float(timeout)

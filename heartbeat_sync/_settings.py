@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from . import _config, _fork, _metadata, _validate
-from ._auth import origin_header, resolve_configs_dir
+from ._auth import origin_header, resolve_configs_dir, resolve_org_id
 from ._events import events_enabled
 from ._http import SessionFactory, make_session
 from ._register import registration_body
@@ -188,6 +188,7 @@ def settings(
         if register
         else None
     )
+    tenant = resolve_org_id(org_id)
     if on_state_change is not None and not callable(on_state_change):
         raise ValueError("on_state_change must be callable")
     if state_check_interval is not None and not state_check_interval > 0:
@@ -225,7 +226,7 @@ def settings(
         rng=rng if rng is not None else _phases,
         session_factory=session_factory or (lambda: make_session(retry_after_cap)),
         registration=registration,
-        org_id=org_id if org_id is not None else os.environ.get(_config.ENV_ORG_ID),
+        org_id=tenant,
         on_state_change=on_state_change,
         state_check_interval=state_check_interval,
         events=events_enabled(events, os.environ.get(_config.ENV_EVENTS)),

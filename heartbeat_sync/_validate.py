@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import unicodedata
 
 #: What the platform issues as a workspace id is a UUID; ids of this shape are accepted
 #: (letters, digits, ``-`` and ``_``), so that nothing in one can leave its path segment.
@@ -67,3 +68,26 @@ def workspace_id(value: object) -> str:
             f"not {value!r}"
         )
     return value
+
+
+def org_id(value: object, name: str = "org_id") -> str | None:
+    """The tenant id stripped of surrounding white space (None when empty), else
+    ``ValueError`` naming ``name`` (the argument, or the variable the value came from).
+
+    Only printable ASCII without white space passes: it is sent as a header on every request,
+    and a BOM or a zero-width space pasted along with it, or a typographic dash, would make
+    every request fail with an error that names nothing.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, not {type(value).__name__}")
+    stripped = value.strip()
+    bad = next((c for c in stripped if not "!" <= c <= "~"), None)
+    if bad is not None:
+        what = " ".join(filter(None, [f"U+{ord(bad):04X}", unicodedata.name(bad, "")]))
+        raise ValueError(
+            f"{name} must be printable ASCII without white space (a tenant id such as "
+            f"'org-1'), not {value!a}, which holds {what}"
+        )
+    return stripped or None

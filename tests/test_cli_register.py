@@ -69,6 +69,56 @@ def test_register_configuration_errors_are_exit_2(capsys: pytest.CaptureFixture[
     assert "JSON object" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--org-id=acme\u2013prod"], {}, "--org-id"),
+        ([], {"MOLECULE_ORG_ID": "\ufefforg-1"}, "MOLECULE_ORG_ID"),
+    ],
+    ids=["flag", "environment"],
+)
+def test_register_refuses_an_org_id_a_header_cannot_carry_with_exit_2_naming_its_source(
+    platform: FakePlatform,
+    ws: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    env: dict[str, str],
+    named: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = main(
+        [
+            "register",
+            f"--platform-url={platform.url}",
+            f"--workspace-id={ws.id}",
+            f"--configs-dir={tmp_path / 'configs'}",
+            *argv,
+        ]
+    )
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("heartbeat-sync register: error: ")
+    assert named in lines[0]
+    assert platform.requests == []
+
+
+@pytest.mark.timeout(30)
+def test_run_refuses_an_org_id_from_the_environment_a_header_cannot_carry_with_exit_2(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path
+) -> None:
+    env = run_env(
+        platform.url, ws.id, tmp_path, tmp_path / "configs", "30", MOLECULE_ORG_ID="acme\u2013prod"
+    )
+    done = cli("run", env=env, timeout=10)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("heartbeat-sync run: error: $MOLECULE_ORG_ID must be printable ASCII")
+    assert platform.requests == []
+
+
 def test_run_exits_with_its_own_code_and_one_line_when_the_workspace_is_removed(
     platform: FakePlatform, ws: Workspace, tmp_path: Path
 ) -> None:

@@ -297,6 +297,18 @@ def test_register_without_an_agent_url_polls() -> None:
         ({"PLATFORM_URL": "http://p"}, ["--workspace-id", "a b"], "--workspace-id"),
         ({"PLATFORM_URL": "http://p", "WORKSPACE_ID": "w"}, ["--agent-card", "{"], "--agent-card"),
         ({"PLATFORM_URL": "http://p", "WORKSPACE_ID": "w"}, ["--agent-card", "[]"], "--agent-card"),
+        # An org id a header cannot carry: named by where it came from.
+        (
+            {"PLATFORM_URL": "http://p", "WORKSPACE_ID": "w", "MOLECULE_ORG_ID": "\ufefforg-1"},
+            [],
+            "MOLECULE_ORG_ID",
+        ),
+        (
+            {"PLATFORM_URL": "http://p", "WORKSPACE_ID": "w", "MOLECULE_ORG_ID": "org-1"},
+            ["--org-id", "acme\u2013prod"],
+            "--org-id",
+        ),
+        ({"PLATFORM_URL": "http://p", "WORKSPACE_ID": "w"}, ["--org-id", "org\u200b1"], "--org-id"),
     ],
 )
 def test_register_config_errors_name_the_setting(

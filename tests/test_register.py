@@ -139,6 +139,29 @@ def test_org_id_is_sent_as_x_molecule_org_id_from_the_argument_or_the_environmen
     assert sent == ["org-1", "org-2"]
 
 
+@pytest.mark.parametrize(
+    "bad",
+    ["\ufefforg-1", "org-\u200b1", "acme\u2013prod", "org 1"],
+    ids=["byte-order-mark", "zero-width-space", "typographic-dash", "inner-space"],
+)
+@pytest.mark.parametrize("source", ["argument", "environment"])
+def test_register_refuses_an_org_id_a_header_cannot_carry_before_sending(
+    platform: FakePlatform,
+    ws: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    bad: str,
+    source: str,
+) -> None:
+    kwargs = {"org_id": bad} if source == "argument" else {}
+    if source == "environment":
+        monkeypatch.setenv("MOLECULE_ORG_ID", bad)
+    named = "org_id" if source == "argument" else r"\$MOLECULE_ORG_ID"
+    with pytest.raises(ValueError, match=rf"^{named} must be printable ASCII"):
+        register(platform.url, ws.id, configs_dir=tmp_path / "configs", **kwargs)  # type: ignore[arg-type]
+    assert platform.requests == []
+
+
 # --- Heartbeat(register=True) ------------------------------------------------------------------
 
 

@@ -176,3 +176,51 @@ def test_every_heartbeat_argument_reaches_the_settings_under_its_own_name() -> N
 
     assert shape(heartbeat) == shape(checked)
     assert all(p.default is inspect.Parameter.empty for p in checked)  # defaults: Heartbeat's
+
+
+# --- org_id: only what a header can carry -----------------------------------------------------
+
+# A value pasted with a character no header can carry made every request fail with an error
+# that named nothing; it is refused at construction, naming where it came from.
+BAD_ORG_IDS = [
+    pytest.param("\ufefforg-1", id="byte-order-mark"),
+    pytest.param("org-\u200b1", id="zero-width-space"),
+    pytest.param("acme\u2013prod", id="typographic-dash"),
+    pytest.param("caf\u00e9", id="non-ascii-letter"),
+    pytest.param("org 1", id="inner-space"),
+    pytest.param("org\n1", id="newline"),
+    pytest.param("org\x7f", id="delete"),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_ORG_IDS)
+def test_an_org_id_argument_a_header_cannot_carry_is_refused_naming_org_id(
+    make_hb: HeartbeatFactory, bad: str
+) -> None:
+    with pytest.raises(ValueError, match=r"^org_id must be printable ASCII") as raised:
+        make_hb(org_id=bad)
+    assert "U+" in str(raised.value) and str(raised.value).isascii()
+
+
+@pytest.mark.parametrize("bad", BAD_ORG_IDS)
+def test_an_org_id_from_the_environment_a_header_cannot_carry_is_refused_naming_the_variable(
+    make_hb: HeartbeatFactory, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    monkeypatch.setenv("MOLECULE_ORG_ID", bad)
+    with pytest.raises(ValueError, match=r"^\$MOLECULE_ORG_ID must be printable ASCII"):
+        make_hb()
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        (" org-1\n", "org-1"),
+        ("11111111-1111-1111-1111-111111111111", "11111111-1111-1111-1111-111111111111"),
+        ("a.b_c~!", "a.b_c~!"),
+        ("  ", None),
+    ],
+)
+def test_an_org_id_of_printable_ascii_is_accepted_without_surrounding_white_space(
+    make_hb: HeartbeatFactory, given: str, kept: str | None
+) -> None:
+    assert make_hb(org_id=given).org_id == kept
