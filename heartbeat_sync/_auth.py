@@ -70,10 +70,11 @@ def origin_of(url: str) -> str:
     try:
         parts = parse_url(url.strip())
     except LocationParseError as exc:
-        raise ValueError(f"{url!r} is not a URL") from exc
+        raise ValueError(f"{_validate.redact_url(url)!r} is not a URL") from exc
     scheme = (parts.scheme or "").lower()
     if scheme not in _DEFAULT_PORTS or not parts.host:
-        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+        shown = _validate.redact_url(url)
+        raise ValueError(f"{shown!r} is not an http:// or https:// URL with a host")
     host = parts.host.lower()
     if parts.port is None or parts.port == _DEFAULT_PORTS[scheme]:
         return f"{scheme}://{host}"

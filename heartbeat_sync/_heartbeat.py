@@ -50,7 +50,9 @@ class Heartbeat:
     activity row is written, has the polls run at once instead of at the next slot.
 
     Args:
-        platform_url: Base URL of the platform, e.g. ``http://platform:8080``.
+        platform_url: Base URL of the platform, e.g. ``http://platform:8080``: http or https,
+            with a host, without user info (``user:password@``, which requests would send as
+            Basic auth in place of the token), query or fragment.
         workspace_id: This workspace's id.
         interval_seconds: Seconds between beats: a number in (0, 86400] (the class does not
             clamp; the platform marks a workspace offline after 180 s without a beat).

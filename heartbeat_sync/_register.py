@@ -203,7 +203,8 @@ def register(
     """Register an agent for ``workspace_id`` with the platform: ``POST /registry/register``.
 
     Args:
-        platform_url: Base URL of the platform, e.g. ``https://acme.moleculesai.app``.
+        platform_url: Base URL of the platform, e.g. ``https://acme.moleculesai.app``, checked
+            as ``Heartbeat`` checks it (no user info, which would replace the token).
         workspace_id: The workspace the agent serves (created beforehand, e.g. with the admin
             API's ``POST /workspaces {"external": true, "runtime": "external"}``).
         url: Where the platform reaches the agent (push delivery). The platform refuses
@@ -229,10 +230,9 @@ def register(
     Raises:
         RegistrationError: the platform refused (``status`` and its ``error`` text), could not
             be reached (``status`` None), or the new token could not be saved.
-        ValueError: an argument the platform would refuse anyway.
+        ValueError: an argument the platform would refuse anyway, or no request could use.
     """
-    if not platform_url or not isinstance(platform_url, str):
-        raise ValueError("platform_url is required")
+    platform_url = _validate.platform_url(platform_url)
     body = registration_body(
         workspace_id, url=url, agent_card=agent_card, delivery_mode=delivery_mode
     )

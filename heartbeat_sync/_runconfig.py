@@ -14,7 +14,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
-from urllib.parse import urlsplit
 
 from . import _config, _validate
 
@@ -134,11 +133,12 @@ def parse_interval(raw: str, source: str) -> tuple[float, list[str]]:
 
 
 def validate_platform_url(url: str, source: str) -> str:
-    """Return ``url`` without a trailing slash; :class:`ConfigError` unless it is http(s)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    """Return ``url`` without a trailing slash; :class:`ConfigError` unless it is an http(s)
+    URL with a host and without user info (the message never shows a password)."""
+    problem = _validate.url_problem(url)
+    if problem is not None:
         raise ConfigError(
-            f"invalid platform URL {url!r} from {source}: it must be an http:// or https:// URL "
+            f"invalid platform URL {_validate.redact_url(url)!r} from {source}: it {problem} "
             f"(set {_config.ENV_PLATFORM_URL} or pass --platform-url, e.g. http://platform:8080)"
         )
     return url.rstrip("/")

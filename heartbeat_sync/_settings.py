@@ -152,8 +152,7 @@ def settings(
     ``start_phase`` given warns with a ``DeprecationWarning`` pointing at the code that
     constructed the Heartbeat.
     """
-    if not platform_url or not isinstance(platform_url, str):
-        raise ValueError("platform_url is required")
+    platform_url = _validate.platform_url(platform_url)
     _validate.workspace_id(workspace_id)
     day = _validate.ONE_DAY
     interval = _validate.number("interval_seconds", interval_seconds, 0, day, low_open=True)
@@ -165,7 +164,6 @@ def settings(
     wakeup_retry_deadline = _validate.number("wakeup_retry_deadline", wakeup_retry_deadline, 0, day)
     exit_timeout = _validate.optional_number("exit_timeout", exit_timeout, 0, 3600)
     start_phase = _validate.optional_number("start_phase", start_phase, 0, 1)
-    platform_url = platform_url.rstrip("/")
     resolved_configs_dir = resolve_configs_dir(configs_dir)
     if start_phase is not None:
         warnings.warn(

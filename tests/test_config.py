@@ -317,3 +317,25 @@ def test_register_config_errors_name_the_setting(
     with pytest.raises(ConfigError, match=named) as info:
         load_register_config(register_args(*argv), env)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("command", ["run", "register"])
+@pytest.mark.parametrize(
+    ("env", "argv", "named"),
+    [
+        ({"PLATFORM_URL": "http://agent:s3cret-pw@platform:8080"}, [], "PLATFORM_URL"),
+        ({}, ["--platform-url", "https://agent:s3cret-pw@p.example/"], "--platform-url"),
+        ({"PLATFORM_URL": "ftp://agent:s3cret-pw@platform"}, [], "PLATFORM_URL"),
+    ],
+    ids=["environment", "flag", "wrong-scheme"],
+)
+def test_a_platform_url_with_user_info_is_a_config_error_that_never_shows_the_password(
+    command: str, env: dict[str, str], argv: list[str], named: str
+) -> None:
+    args = build_parser().parse_args([command, "--workspace-id=w", *argv])
+    load = load_run_config if command == "run" else load_register_config
+    with pytest.raises(ConfigError, match=named) as info:
+        load(args, env)
+    message = str(info.value)
+    assert "s3cret-pw" not in message and "***@" in message
+    assert "\n" not in message

@@ -139,6 +139,17 @@ def test_org_id_is_sent_as_x_molecule_org_id_from_the_argument_or_the_environmen
     assert sent == ["org-1", "org-2"]
 
 
+def test_register_refuses_a_platform_url_with_user_info_before_sending_basic_auth(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path
+) -> None:
+    """The user info went out as Basic auth over the token: a 401, and no registration."""
+    url = platform.url.replace("http://", "http://agent:s3cret-pw@")
+    with pytest.raises(ValueError, match=r"^platform_url may not carry user info") as raised:
+        register(url, ws.id, configs_dir=tmp_path / "configs", delivery_mode="poll")
+    assert "s3cret-pw" not in str(raised.value)
+    assert platform.requests == []
+
+
 @pytest.mark.parametrize(
     "bad",
     ["\ufefforg-1", "org-\u200b1", "acme\u2013prod", "org 1"],

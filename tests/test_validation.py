@@ -149,6 +149,84 @@ def test_a_parent_id_from_the_platform_is_quoted_into_one_segment(
     assert platform.requests_for("unknown") == [] and platform.requests_for("register") == []
 
 
+# --- platform_url: an http(s) base URL, never one with user info -----------------------------
+
+PASSWORD = "s3cret-pw"
+# (a platform URL no request can use as it is, what the message must say)
+BAD_PLATFORM_URLS = [
+    # requests turned user info into Basic auth over the bearer token: every request 401
+    pytest.param(f"http://agent:{PASSWORD}@127.0.0.1:9", "user info", id="user-and-password"),
+    pytest.param(f"https://:{PASSWORD}@platform.example", "user info", id="password-only"),
+    pytest.param(f"https://{PASSWORD}@platform.example/", "user info", id="user-only"),
+    pytest.param(f"ftp://agent:{PASSWORD}@platform.example", "http:// or https://", id="ftp"),
+    pytest.param("platform:8080", "http:// or https://", id="no-scheme"),
+    pytest.param("http://", "must have a host", id="no-host"),
+    pytest.param("http://:8080", "must have a host", id="port-without-host"),
+    pytest.param("http://platform.example:99999", "port cannot be read", id="port-out-of-range"),
+    pytest.param("http://[::1", "host or port cannot be read", id="broken-ipv6"),
+    pytest.param("http://platform.example/?x=1", "query or a fragment", id="query"),
+    pytest.param("http://platform.example#top", "query or a fragment", id="fragment"),
+    pytest.param("http://platform .example", "white space", id="inner-space"),
+    pytest.param("", "is required", id="empty"),
+    pytest.param(None, "is required", id="none"),
+]
+
+
+@pytest.mark.parametrize(("url", "said"), BAD_PLATFORM_URLS)
+def test_a_platform_url_no_request_can_use_is_refused_naming_it_without_its_password(
+    make_hb: HeartbeatFactory, url: Any, said: str
+) -> None:
+    with pytest.raises(ValueError, match=r"^platform_url ") as raised:
+        make_hb(platform_url=url)
+    assert said in str(raised.value)
+    assert PASSWORD not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("{url}", "{url}"),
+        ("{url}/", "{url}"),  # a trailing slash is stripped, as ever
+        (" {url} ", "{url}"),
+        ("https://platform.example/prefix", "https://platform.example/prefix"),
+        ("https://platform.example/prefix/", "https://platform.example/prefix"),
+        ("HTTPS://Platform.Example", "HTTPS://Platform.Example"),
+        ("http://[::1]:8080", "http://[::1]:8080"),
+    ],
+)
+def test_a_usable_platform_url_is_accepted_without_a_trailing_slash(
+    platform: FakePlatform, make_hb: HeartbeatFactory, url: str, kept: str
+) -> None:
+    hb = make_hb(platform_url=url.format(url=platform.url))
+    assert hb.platform_url == kept.format(url=platform.url)
+
+
+def test_a_platform_url_with_user_info_never_sends_a_request_with_basic_auth(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    """requests turns a URL's user info into Basic auth over the bearer header: the platform
+    saw no token and answered every request 401. Construction refuses such a URL."""
+    url = platform.url.replace("http://", f"http://agent:{PASSWORD}@")
+    refused = ""
+    try:
+        hb = make_hb(platform_url=url)
+    except ValueError as exc:
+        refused = str(exc)
+    else:
+        with hb:
+            platform.wait_for_requests("heartbeat", 1, timeout=5)
+    sent = [r.headers.get("authorization", "") for r in platform.requests]
+    assert not any(header.startswith("Basic ") for header in sent), sent
+    assert sent == []
+    assert "user info" in refused and PASSWORD not in refused
+
+
+def test_an_invalid_origin_is_refused_without_its_password(make_hb: HeartbeatFactory) -> None:
+    with pytest.raises(ValueError, match=r"^origin: ") as raised:
+        make_hb(origin=f"ftp://agent:{PASSWORD}@canvas.example")
+    assert PASSWORD not in str(raised.value)
+
+
 # --- the README lists every argument with its range ------------------------------------------
 
 
