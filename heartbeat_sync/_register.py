@@ -217,7 +217,7 @@ def register(
             ``$MOLECULE_ORG_ID`` (checked alike).
         delivery_mode: ``"push"`` or ``"poll"``; None lets the platform keep the mode it has
             (push for a new workspace, which then needs ``url``).
-        timeout: Seconds for the request.
+        timeout: Seconds for the whole request, a number in (0, 3600].
 
     The request carries the token already in ``<configs_dir>/.auth_token`` (or
     ``$MOLECULE_WORKSPACE_TOKEN``): a workspace that has a token accepts only a registration
@@ -233,6 +233,7 @@ def register(
         ValueError: an argument the platform would refuse anyway, or no request could use.
     """
     platform_url = _validate.platform_url(platform_url)
+    seconds = _validate.number("timeout", timeout, 0, 3600, low_open=True)
     body = registration_body(
         workspace_id, url=url, agent_card=agent_card, delivery_mode=delivery_mode
     )
@@ -243,9 +244,7 @@ def register(
         env_token=os.environ.get(ENV_TOKEN),
         org_id=tenant,
     )
-    client = PlatformClient(
-        platform_url, workspace_id, credentials, make_session, timeout=float(timeout)
-    )
+    client = PlatformClient(platform_url, workspace_id, credentials, make_session, timeout=seconds)
     try:
         return register_with(client, body, credentials)
     finally:

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,6 +148,19 @@ def test_register_refuses_a_platform_url_with_user_info_before_sending_basic_aut
     with pytest.raises(ValueError, match=r"^platform_url may not carry user info") as raised:
         register(url, ws.id, configs_dir=tmp_path / "configs", delivery_mode="poll")
     assert "s3cret-pw" not in str(raised.value)
+    assert platform.requests == []
+
+
+@pytest.mark.parametrize(
+    "timeout", [0, -1, float("nan"), float("inf"), 1e300, 3600.5, "10", True, None]
+)
+def test_register_refuses_a_timeout_outside_the_range_before_sending(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path, timeout: Any
+) -> None:
+    """0, -1 and NaN came back as transport errors; a huge timeout could end the watchdog
+    thread every request shares."""
+    with pytest.raises(ValueError, match=r"^timeout must be a number in \(0, 3600\]"):
+        register(platform.url, ws.id, configs_dir=tmp_path / "configs", timeout=timeout)
     assert platform.requests == []
 
 
