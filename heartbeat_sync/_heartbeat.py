@@ -108,9 +108,9 @@ class Heartbeat:
         on_state_change: Called as ``on_state_change(old, new)`` with ``status().state`` values
             whenever the state changes (never for ``stopped``), on the side-effect thread, never
             on the beat thread. The change to ``removed`` is the last call.
-        state_check_interval: Seconds between state checks when nothing suggests a change
-            (None: only on a hint: a suspicious answer, or an event). A pause changes no
-            answer of an ordinary cycle.
+        state_check_interval: Seconds between state checks when nothing suggests a change, a
+            number in (0, 86400] (None: only on a hint: a suspicious answer, or an event). A
+            pause changes no answer of an ordinary cycle.
 
     Environment variables are read here, at construction, never at import time.
     """

@@ -164,6 +164,9 @@ def settings(
     wakeup_retry_deadline = _validate.number("wakeup_retry_deadline", wakeup_retry_deadline, 0, day)
     exit_timeout = _validate.optional_number("exit_timeout", exit_timeout, 0, 3600)
     start_phase = _validate.optional_number("start_phase", start_phase, 0, 1)
+    state_check_interval = _validate.optional_number(
+        "state_check_interval", state_check_interval, 0, day, low_open=True
+    )
     resolved_configs_dir = resolve_configs_dir(configs_dir)
     if start_phase is not None:
         warnings.warn(
@@ -189,8 +192,6 @@ def settings(
     tenant = resolve_org_id(org_id)
     if on_state_change is not None and not callable(on_state_change):
         raise ValueError("on_state_change must be callable")
-    if state_check_interval is not None and not state_check_interval > 0:
-        raise ValueError(f"state_check_interval must be > 0 or None, not {state_check_interval!r}")
     for arg, value, least in (
         ("max_seen_ids", max_seen_ids, MIN_SEEN_IDS),
         ("max_cursor_ids", max_cursor_ids, MIN_CURSOR_IDS),

@@ -41,6 +41,13 @@ BAD_NUMBERS = [
     ("start_phase", 1.5, "[0, 1]"),
     ("start_phase", "0.5", "[0, 1]"),
     ("start_phase", float("nan"), "[0, 1]"),
+    ("state_check_interval", "300", "(0, 86400]"),  # a TypeError naming no argument
+    ("state_check_interval", True, "(0, 86400]"),  # taken for 1 s
+    ("state_check_interval", float("inf"), "(0, 86400]"),  # accepted
+    ("state_check_interval", 86400.5, "(0, 86400]"),
+    ("state_check_interval", float("nan"), "(0, 86400]"),
+    ("state_check_interval", 0, "(0, 86400]"),
+    ("state_check_interval", -1, "(0, 86400]"),
 ]
 
 
@@ -66,6 +73,9 @@ def test_a_numeric_argument_out_of_range_is_refused_at_construction(
         {"exit_timeout": None},
         {"start_phase": 0},
         {"start_phase": 1},
+        {"state_check_interval": 86400},
+        {"state_check_interval": 0.5},
+        {"state_check_interval": None},
     ],
 )
 def test_values_at_the_ends_of_the_ranges_are_accepted(
