@@ -16,8 +16,8 @@ import filelock
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
-from . import _safefile
-from ._config import ENV_CONFIGS_DIR, ENV_PLATFORM_URL, ENV_TOKEN
+from . import _safefile, _validate
+from ._config import ENV_CONFIGS_DIR, ENV_ORG_ID, ENV_PLATFORM_URL, ENV_TOKEN
 from ._ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -29,16 +29,12 @@ ORG_ID_HEADER = "X-Molecule-Org-Id"
 _TOKEN_LOCK_TIMEOUT = 10.0
 
 
-def check_org_id(org_id: str | None) -> str | None:
-    """``org_id`` stripped, or None when empty; ``ValueError`` if it cannot be a header value."""
-    if org_id is None:
-        return None
-    if not isinstance(org_id, str):
-        raise ValueError(f"org_id must be a string, not {type(org_id).__name__}")
-    value = org_id.strip()
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ValueError(f"org_id {org_id!r} may not contain white space or control characters")
-    return value or None
+def resolve_org_id(org_id: str | None) -> str | None:
+    """The tenant id to send: ``org_id`` when given, else ``$MOLECULE_ORG_ID``, checked by
+    :func:`._validate.org_id` (``ValueError`` naming the argument or the variable)."""
+    if org_id is not None:
+        return _validate.org_id(org_id)
+    return _validate.org_id(os.environ.get(ENV_ORG_ID), f"${ENV_ORG_ID}")
 
 
 def save_token(configs_dir: Path, token: str) -> Path:
@@ -117,10 +113,11 @@ def origin_of(url: str) -> str:
     try:
         parts = parse_url(url.strip())
     except LocationParseError as exc:
-        raise ValueError(f"{url!r} is not a URL") from exc
+        raise ValueError(f"{_validate.redact_url(url)!r} is not a URL") from exc
     scheme = (parts.scheme or "").lower()
     if scheme not in _DEFAULT_PORTS or not parts.host:
-        raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+        shown = _validate.redact_url(url)
+        raise ValueError(f"{shown!r} is not an http:// or https:// URL with a host")
     host = parts.host.lower()
     if parts.port is None or parts.port == _DEFAULT_PORTS[scheme]:
         return f"{scheme}://{host}"
@@ -209,7 +206,7 @@ class Credentials:
     ) -> None:
         self.configs_dir = configs_dir
         self._origin = origin_of(origin) if origin else None
-        self.org_id = check_org_id(org_id)
+        self.org_id = _validate.org_id(org_id)
         self._env_token = (env_token or "").lstrip("\ufeff").strip() or None
         self._warn = RateLimitedLog(logger)
         self._lock = threading.Lock()

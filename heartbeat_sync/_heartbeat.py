@@ -51,7 +51,9 @@ class Heartbeat:
     activity row is written, has the polls run at once instead of at the next slot.
 
     Args:
-        platform_url: Base URL of the platform, e.g. ``http://platform:8080``.
+        platform_url: Base URL of the platform, e.g. ``http://platform:8080``: http or https,
+            with a host, without user info (``user:password@``, which requests would send as
+            Basic auth in place of the token), query or fragment.
         workspace_id: This workspace's id.
         interval_seconds: Seconds between beats: a number in (0, 86400] (the class does not
             clamp; the platform marks a workspace offline after 180 s without a beat).
@@ -104,16 +106,16 @@ class Heartbeat:
         agent_url: Where the platform reaches the agent: registers in push mode; None
             registers in poll mode.
         org_id: The tenant of a multi-tenant platform, sent as ``X-Molecule-Org-Id`` on every
-            request. None: ``$MOLECULE_ORG_ID``, else no header.
+            request: printable ASCII without white space, surrounding white space stripped.
+            None: ``$MOLECULE_ORG_ID`` (checked alike), else no header.
         on_state_change: Called as ``on_state_change(old, new)`` with ``status().state`` values
             whenever the state changes (never for ``stopped``), in order, on a thread of their
             own (never behind a beat or a wake-up in flight). The change to ``removed`` is the
             last call; :meth:`wait` returns after it. A callback may call :meth:`stop`.
-        state_check_interval: Seconds between state checks when nothing suggests a change
-            (None: only on a hint: a suspicious answer, or an event). A pause changes no
-            answer of an ordinary cycle.
-
-    Environment variables are read here, at construction, never at import time.
+        state_check_interval: Seconds between state checks when nothing suggests a change, a
+            number in (0, 86400] (None: only on a hint: a suspicious answer, or an event). A
+            pause changes no answer of an ordinary cycle. The environment is read here, at
+            construction, never at import time.
     """
 
     def __init__(
@@ -309,11 +311,9 @@ class Heartbeat:
         return self._runs.wait(timeout)
 
     def flush(self, timeout: float = 2.0) -> bool:
-        """Wait up to ``timeout`` seconds for pending wake-ups and notifications to be sent.
-
-        Returns True when nothing is left. A wake-up held back by the cooldown or by a busy
-        agent counts as pending. Call it before :meth:`stop` to give side effects a chance.
-        """
+        """Wait up to ``timeout`` seconds for pending wake-ups and notifications to be sent;
+        True when nothing is left. A wake-up held back by the cooldown or by a busy agent
+        counts as pending. Call it before :meth:`stop` to give side effects a chance."""
         return self._worker.flush(timeout)
 
     def __enter__(self) -> Heartbeat:

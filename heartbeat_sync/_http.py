@@ -8,6 +8,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import socket
 import threading
 import time
@@ -69,7 +70,7 @@ class _Watchdog:
 
     def arm(self, at: float, callback: Callable[[], None]) -> list[Any]:
         """Call ``callback`` at monotonic time ``at`` unless :meth:`disarm` comes first."""
-        entry: list[Any] = [at, next(self._seq), callback]
+        entry: list[Any] = [math.inf if math.isnan(at) else at, next(self._seq), callback]
         with self._cond:
             heapq.heappush(self._heap, entry)
             if self._thread is None or not self._thread.is_alive():
@@ -100,7 +101,8 @@ class _Watchdog:
                     if delay <= 0:
                         callback = heapq.heappop(self._heap)[2]
                         break
-                    self._cond.wait(delay)
+                    # A far deadline would overflow the wait and end the thread: look again later.
+                    self._cond.wait(min(delay, self.IDLE_EXIT))
             with contextlib.suppress(Exception):  # a callback must not end the watchdog
                 callback()
 

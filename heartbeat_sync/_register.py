@@ -24,10 +24,11 @@ from ._auth import (
     keep_token_elsewhere,
     origin_header,
     resolve_configs_dir,
+    resolve_org_id,
     save_token,
 )
 from ._client import PlatformClient, PlatformError
-from ._config import ENV_ORG_ID, ENV_TOKEN
+from ._config import ENV_TOKEN
 from ._http import make_session
 from ._ratelimit import RateLimitedLog
 
@@ -323,7 +324,8 @@ def register(
     """Register an agent for ``workspace_id`` with the platform: ``POST /registry/register``.
 
     Args:
-        platform_url: Base URL of the platform, e.g. ``https://acme.moleculesai.app``.
+        platform_url: Base URL of the platform, e.g. ``https://acme.moleculesai.app``, checked
+            as ``Heartbeat`` checks it (no user info, which would replace the token).
         workspace_id: The workspace the agent serves (created beforehand, e.g. with the admin
             API's ``POST /workspaces {"external": true, "runtime": "external"}``).
         url: Where the platform reaches the agent (push delivery). The platform refuses
@@ -331,11 +333,12 @@ def register(
         agent_card: The A2A agent card; None sends ``{}`` (the platform fills in the name).
         configs_dir: Where ``.auth_token`` and ``.platform_inbound_secret`` live. None:
             ``$CONFIGS_DIR``, else ``/configs`` if writable, else ``~/.molecule-workspace``.
-        org_id: The tenant of a multi-tenant platform, sent as ``X-Molecule-Org-Id``. None:
-            ``$MOLECULE_ORG_ID``.
+        org_id: The tenant of a multi-tenant platform, sent as ``X-Molecule-Org-Id``: printable
+            ASCII without white space, surrounding white space stripped. None:
+            ``$MOLECULE_ORG_ID`` (checked alike).
         delivery_mode: ``"push"`` or ``"poll"``; None lets the platform keep the mode it has
             (push for a new workspace, which then needs ``url``).
-        timeout: Seconds for the request.
+        timeout: Seconds for the whole request, a number in (0, 3600].
 
     The request carries the token already in ``<configs_dir>/.auth_token`` (or
     ``$MOLECULE_WORKSPACE_TOKEN``): a workspace that has a token accepts only a registration
@@ -353,22 +356,21 @@ def register(
             be reached (``status`` None), removed the workspace (410), or ``configs_dir``
             cannot take a token (nothing sent); or the workspace was registered but its new
             token could not be saved (``registered`` True, the token kept in ``token_file``).
-        ValueError: an argument the platform would refuse anyway.
+        ValueError: an argument the platform would refuse anyway, or no request could use.
     """
-    if not platform_url or not isinstance(platform_url, str):
-        raise ValueError("platform_url is required")
+    platform_url = _validate.platform_url(platform_url)
+    seconds = _validate.number("timeout", timeout, 0, 3600, low_open=True)
     body = registration_body(
         workspace_id, url=url, agent_card=agent_card, delivery_mode=delivery_mode
     )
+    tenant = resolve_org_id(org_id)
     credentials = Credentials(
         resolve_configs_dir(configs_dir),
         origin=origin_header(None, platform_url),
         env_token=os.environ.get(ENV_TOKEN),
-        org_id=org_id if org_id is not None else os.environ.get(ENV_ORG_ID),
+        org_id=tenant,
     )
-    client = PlatformClient(
-        platform_url, workspace_id, credentials, make_session, timeout=float(timeout)
-    )
+    client = PlatformClient(platform_url, workspace_id, credentials, make_session, timeout=seconds)
     try:
         _refuse_removed(client)
         return register_with(client, body, credentials)

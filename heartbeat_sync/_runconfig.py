@@ -14,9 +14,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
-from urllib.parse import urlsplit
 
-from . import _config
+from . import _config, _validate
 
 __all__ = [
     "MAX_INTERVAL",
@@ -133,11 +132,12 @@ def parse_interval(raw: str, source: str) -> tuple[float, list[str]]:
 
 
 def validate_platform_url(url: str, source: str) -> str:
-    """Return ``url`` without a trailing slash; :class:`ConfigError` unless it is http(s)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    """Return ``url`` without a trailing slash; :class:`ConfigError` unless it is an http(s)
+    URL with a host and without user info (the message never shows a password)."""
+    problem = _validate.url_problem(url)
+    if problem is not None:
         raise ConfigError(
-            f"invalid platform URL {url!r} from {source}: it must be an http:// or https:// URL "
+            f"invalid platform URL {_validate.redact_url(url)!r} from {source}: it {problem} "
             f"(set {_config.ENV_PLATFORM_URL} or pass --platform-url, e.g. http://platform:8080)"
         )
     return url.rstrip("/")
@@ -183,6 +183,14 @@ def _workspace_id(args: argparse.Namespace, environ: Mapping[str, str]) -> str:
     return workspace_id
 
 
+def _org_id(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    org_id, source = _pick(args.org_id, "--org-id", _config.ENV_ORG_ID, environ)
+    try:
+        return _validate.org_id(org_id, source)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (set {_config.ENV_ORG_ID} or pass --org-id)") from None
+
+
 def load_run_config(
     args: argparse.Namespace, environ: Mapping[str, str]
 ) -> tuple[RunConfig, list[str]]:
@@ -218,7 +226,8 @@ def load_register_config(args: argparse.Namespace, environ: Mapping[str, str]) -
     """Merge ``register``'s flags over the environment.
 
     Raises :class:`ConfigError` (one line, naming the setting) when the platform URL or the
-    workspace id is missing or invalid, or ``--agent-card`` is not a JSON object.
+    workspace id is missing or invalid, the org id cannot be sent as a header, or
+    ``--agent-card`` is not a JSON object.
     """
     url = _platform_url(args, environ)
     workspace_id = _workspace_id(args, environ)
@@ -237,6 +246,6 @@ def load_register_config(args: argparse.Namespace, environ: Mapping[str, str]) -
         # Named either way: the platform keeps a workspace's earlier mode when none is named.
         delivery_mode=args.delivery_mode or ("push" if agent_url else "poll"),
         configs_dir=_optional(args.configs_dir, "--configs-dir", _config.ENV_CONFIGS_DIR, environ),
-        org_id=_optional(args.org_id, "--org-id", _config.ENV_ORG_ID, environ),
+        org_id=_org_id(args, environ),
     )
     return RegisterConfig(url, workspace_id, options)

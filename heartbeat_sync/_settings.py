@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from . import _config, _fork, _metadata, _validate
-from ._auth import origin_header, resolve_configs_dir
+from ._auth import origin_header, resolve_configs_dir, resolve_org_id
 from ._events import events_enabled
 from ._http import SessionFactory, make_session
 from ._register import registration_body
@@ -152,8 +152,7 @@ def settings(
     ``start_phase`` given warns with a ``DeprecationWarning`` pointing at the code that
     constructed the Heartbeat.
     """
-    if not platform_url or not isinstance(platform_url, str):
-        raise ValueError("platform_url is required")
+    platform_url = _validate.platform_url(platform_url)
     _validate.workspace_id(workspace_id)
     day = _validate.ONE_DAY
     interval = _validate.number("interval_seconds", interval_seconds, 0, day, low_open=True)
@@ -165,7 +164,9 @@ def settings(
     wakeup_retry_deadline = _validate.number("wakeup_retry_deadline", wakeup_retry_deadline, 0, day)
     exit_timeout = _validate.optional_number("exit_timeout", exit_timeout, 0, 3600)
     start_phase = _validate.optional_number("start_phase", start_phase, 0, 1)
-    platform_url = platform_url.rstrip("/")
+    state_check_interval = _validate.optional_number(
+        "state_check_interval", state_check_interval, 0, day, low_open=True
+    )
     resolved_configs_dir = resolve_configs_dir(configs_dir)
     if start_phase is not None:
         warnings.warn(
@@ -190,10 +191,9 @@ def settings(
         if register
         else None
     )
+    tenant = resolve_org_id(org_id)
     if on_state_change is not None and not callable(on_state_change):
         raise ValueError("on_state_change must be callable")
-    if state_check_interval is not None and not state_check_interval > 0:
-        raise ValueError(f"state_check_interval must be > 0 or None, not {state_check_interval!r}")
     for arg, value, least in (
         ("max_seen_ids", max_seen_ids, MIN_SEEN_IDS),
         ("max_cursor_ids", max_cursor_ids, MIN_CURSOR_IDS),
@@ -227,7 +227,7 @@ def settings(
         rng=rng if rng is not None else _phases,
         session_factory=session_factory or (lambda: make_session(retry_after_cap)),
         registration=registration,
-        org_id=org_id if org_id is not None else os.environ.get(_config.ENV_ORG_ID),
+        org_id=tenant,
         on_state_change=on_state_change,
         state_check_interval=state_check_interval,
         events=events_enabled(events, os.environ.get(_config.ENV_EVENTS)),

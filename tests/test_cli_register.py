@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -84,6 +85,116 @@ def test_register_configuration_errors_are_exit_2(capsys: pytest.CaptureFixture[
     assert "PLATFORM_URL" in capsys.readouterr().err
     assert main(["register", "--platform-url=http://p", "--workspace-id=w", "--agent-card=[]"]) == 2
     assert "JSON object" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "named"),
+    [
+        (["--org-id=acme\u2013prod"], {}, "--org-id"),
+        ([], {"MOLECULE_ORG_ID": "\ufefforg-1"}, "MOLECULE_ORG_ID"),
+    ],
+    ids=["flag", "environment"],
+)
+def test_register_refuses_an_org_id_a_header_cannot_carry_with_exit_2_naming_its_source(
+    platform: FakePlatform,
+    ws: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    env: dict[str, str],
+    named: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = main(
+        [
+            "register",
+            f"--platform-url={platform.url}",
+            f"--workspace-id={ws.id}",
+            f"--configs-dir={tmp_path / 'configs'}",
+            *argv,
+        ]
+    )
+    lines = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("heartbeat-sync register: error: ")
+    assert named in lines[0]
+    assert platform.requests == []
+
+
+@pytest.mark.timeout(30)
+def test_run_refuses_an_org_id_from_the_environment_a_header_cannot_carry_with_exit_2(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path
+) -> None:
+    env = run_env(
+        platform.url, ws.id, tmp_path, tmp_path / "configs", "30", MOLECULE_ORG_ID="acme\u2013prod"
+    )
+    done = cli("run", env=env, timeout=10)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("heartbeat-sync run: error: $MOLECULE_ORG_ID must be printable ASCII")
+    assert platform.requests == []
+
+
+PASSWORD = "s3cret-pw"
+URL_SOURCES = pytest.mark.parametrize("source", ["flag", "environment"])
+
+
+def _with_user_info(url: str) -> str:
+    return url.replace("http://", f"http://agent:{PASSWORD}@")
+
+
+@URL_SOURCES
+def test_register_refuses_a_platform_url_with_user_info_with_exit_2_and_no_password(
+    platform: FakePlatform,
+    ws: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    source: str,
+) -> None:
+    url = _with_user_info(platform.url)
+    argv = ["register", f"--workspace-id={ws.id}", f"--configs-dir={tmp_path / 'configs'}"]
+    if source == "flag":
+        argv.append(f"--platform-url={url}")
+    else:
+        monkeypatch.setenv("PLATFORM_URL", url)
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert PASSWORD not in captured.out + captured.err
+    assert code == 2
+    (line,) = captured.err.splitlines()
+    assert line.startswith("heartbeat-sync register: error: invalid platform URL")
+    assert "user info" in line
+    assert ("--platform-url" if source == "flag" else "PLATFORM_URL") in line
+    assert platform.requests == []
+
+
+@URL_SOURCES
+@pytest.mark.timeout(40)
+def test_run_refuses_a_platform_url_with_user_info_and_never_prints_the_password(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path, source: str
+) -> None:
+    """run used to start with such a URL, and its first INFO line printed the password."""
+    url = _with_user_info(platform.url)
+    env = run_env(url, ws.id, tmp_path, tmp_path / "configs", "30")
+    argv = ["run"]
+    if source == "flag":
+        env["PLATFORM_URL"] = "http://platform.example"
+        argv.append(f"--platform-url={url}")
+    proc = start_cli(*argv, env=env)
+    try:
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:  # it runs: stop it, and look at what it printed
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+    assert PASSWORD not in out + err, err
+    assert proc.returncode == 2, err
+    (line,) = err.splitlines()
+    assert line.startswith("heartbeat-sync run: error: invalid platform URL")
+    assert "user info" in line
+    assert platform.requests == []
 
 
 def test_run_exits_with_its_own_code_and_one_line_when_the_workspace_is_removed(

@@ -297,6 +297,18 @@ def test_register_without_an_agent_url_polls() -> None:
         ({"PLATFORM_URL": "http://p"}, ["--workspace-id", "a b"], "--workspace-id"),
         ({"PLATFORM_URL": "http://p", "WORKSPACE_ID": "w"}, ["--agent-card", "{"], "--agent-card"),
         ({"PLATFORM_URL": "http://p", "WORKSPACE_ID": "w"}, ["--agent-card", "[]"], "--agent-card"),
+        # An org id a header cannot carry: named by where it came from.
+        (
+            {"PLATFORM_URL": "http://p", "WORKSPACE_ID": "w", "MOLECULE_ORG_ID": "\ufefforg-1"},
+            [],
+            "MOLECULE_ORG_ID",
+        ),
+        (
+            {"PLATFORM_URL": "http://p", "WORKSPACE_ID": "w", "MOLECULE_ORG_ID": "org-1"},
+            ["--org-id", "acme\u2013prod"],
+            "--org-id",
+        ),
+        ({"PLATFORM_URL": "http://p", "WORKSPACE_ID": "w"}, ["--org-id", "org\u200b1"], "--org-id"),
     ],
 )
 def test_register_config_errors_name_the_setting(
@@ -305,3 +317,25 @@ def test_register_config_errors_name_the_setting(
     with pytest.raises(ConfigError, match=named) as info:
         load_register_config(register_args(*argv), env)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("command", ["run", "register"])
+@pytest.mark.parametrize(
+    ("env", "argv", "named"),
+    [
+        ({"PLATFORM_URL": "http://agent:s3cret-pw@platform:8080"}, [], "PLATFORM_URL"),
+        ({}, ["--platform-url", "https://agent:s3cret-pw@p.example/"], "--platform-url"),
+        ({"PLATFORM_URL": "ftp://agent:s3cret-pw@platform"}, [], "PLATFORM_URL"),
+    ],
+    ids=["environment", "flag", "wrong-scheme"],
+)
+def test_a_platform_url_with_user_info_is_a_config_error_that_never_shows_the_password(
+    command: str, env: dict[str, str], argv: list[str], named: str
+) -> None:
+    args = build_parser().parse_args([command, "--workspace-id=w", *argv])
+    load = load_run_config if command == "run" else load_register_config
+    with pytest.raises(ConfigError, match=named) as info:
+        load(args, env)
+    message = str(info.value)
+    assert "s3cret-pw" not in message and "***@" in message
+    assert "\n" not in message

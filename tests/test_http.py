@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import requests
 from urllib3.util.retry import Retry
 
-from heartbeat_sync._http import make_retry, make_session, parse_retry_after
+from heartbeat_sync._http import _Watchdog, make_retry, make_session, parse_retry_after
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
@@ -29,6 +30,41 @@ def test_retry_policy_matches_the_design() -> None:
     assert retry.backoff_factor > 0 and retry.backoff_jitter > 0
     assert retry.parse_retry_after("3600") == 2.0
     assert retry.new(total=1).parse_retry_after("3600") == 2.0  # the cap survives new()
+
+
+def test_no_deadline_however_far_ends_the_watchdog_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadline far off (a huge timeout) made Condition.wait overflow and ended the thread
+    that bounds every request of the process; a NaN one did the same."""
+    died: list[BaseException | None] = []
+    hook = threading.excepthook
+
+    def record(args: threading.ExceptHookArgs) -> None:
+        if args.thread is not None and args.thread.name == "heartbeat-sync-watchdog":
+            died.append(args.exc_value)
+        else:
+            hook(args)
+
+    monkeypatch.setattr(threading, "excepthook", record)
+    watchdog = _Watchdog()
+    watchdog.IDLE_EXIT = 0.2  # the longest single wait, and the idle time before it ends
+    far = [watchdog.arm(time.monotonic() + 1e300, lambda: None)]
+    thread = watchdog._thread
+    assert thread is not None
+
+    def ended() -> bool:
+        return bool(died) or not thread.is_alive()
+
+    assert not wait_until(ended, timeout=0.5), died
+    far += [watchdog.arm(at, lambda: None) for at in (math.inf, math.nan)]
+    fired = threading.Event()
+    watchdog.arm(time.monotonic() + 0.1, fired.set)  # a request's deadline is still kept
+    assert fired.wait(5)
+    assert not wait_until(ended, timeout=0.5), died
+    assert watchdog._thread is thread
+    for entry in far:
+        watchdog.disarm(entry)
+    assert wait_until(lambda: not thread.is_alive())  # idle, it ends as ever
+    assert died == []
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -192,6 +193,53 @@ def test_registering_a_removed_workspace_is_refused_and_its_token_file_left_alon
     assert (configs / ".auth_token").read_text() == before
 
 
+def test_register_refuses_a_platform_url_with_user_info_before_sending_basic_auth(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path
+) -> None:
+    """The user info went out as Basic auth over the token: a 401, and no registration."""
+    url = platform.url.replace("http://", "http://agent:s3cret-pw@")
+    with pytest.raises(ValueError, match=r"^platform_url may not carry user info") as raised:
+        register(url, ws.id, configs_dir=tmp_path / "configs", delivery_mode="poll")
+    assert "s3cret-pw" not in str(raised.value)
+    assert platform.requests == []
+
+
+@pytest.mark.parametrize(
+    "timeout", [0, -1, float("nan"), float("inf"), 1e300, 3600.5, "10", True, None]
+)
+def test_register_refuses_a_timeout_outside_the_range_before_sending(
+    platform: FakePlatform, ws: Workspace, tmp_path: Path, timeout: Any
+) -> None:
+    """0, -1 and NaN came back as transport errors; a huge timeout could end the watchdog
+    thread every request shares."""
+    with pytest.raises(ValueError, match=r"^timeout must be a number in \(0, 3600\]"):
+        register(platform.url, ws.id, configs_dir=tmp_path / "configs", timeout=timeout)
+    assert platform.requests == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["\ufefforg-1", "org-\u200b1", "acme\u2013prod", "org 1"],
+    ids=["byte-order-mark", "zero-width-space", "typographic-dash", "inner-space"],
+)
+@pytest.mark.parametrize("source", ["argument", "environment"])
+def test_register_refuses_an_org_id_a_header_cannot_carry_before_sending(
+    platform: FakePlatform,
+    ws: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    bad: str,
+    source: str,
+) -> None:
+    kwargs = {"org_id": bad} if source == "argument" else {}
+    if source == "environment":
+        monkeypatch.setenv("MOLECULE_ORG_ID", bad)
+    named = "org_id" if source == "argument" else r"\$MOLECULE_ORG_ID"
+    with pytest.raises(ValueError, match=rf"^{named} must be printable ASCII"):
+        register(platform.url, ws.id, configs_dir=tmp_path / "configs", **kwargs)  # type: ignore[arg-type]
+    assert platform.requests == []
+
+
 # --- Heartbeat(register=True) ------------------------------------------------------------------
 
 
@@ -218,8 +266,8 @@ def test_heartbeat_registers_on_the_beat_thread_before_the_first_beat(
     routes = [r.route for r in platform.requests]
     # The run looks at the workspace's state first (a paused one is never registered), then
     # registers, then beats.
-    assert routes[0] == "state" and routes.count("register") == 1
-    assert routes.index("register") < routes.index("heartbeat")
+    assert routes.count("register") == 1
+    assert routes.index("state") < routes.index("register") < routes.index("heartbeat")
     assert ws.status == "online" and ws.url == "http://localhost:8765"
     assert ws.agent_card == {"name": "ext-agent"}
     assert (configs / ".auth_token").read_text() == ws.token

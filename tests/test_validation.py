@@ -41,6 +41,13 @@ BAD_NUMBERS = [
     ("start_phase", 1.5, "[0, 1]"),
     ("start_phase", "0.5", "[0, 1]"),
     ("start_phase", float("nan"), "[0, 1]"),
+    ("state_check_interval", "300", "(0, 86400]"),  # a TypeError naming no argument
+    ("state_check_interval", True, "(0, 86400]"),  # taken for 1 s
+    ("state_check_interval", float("inf"), "(0, 86400]"),  # accepted
+    ("state_check_interval", 86400.5, "(0, 86400]"),
+    ("state_check_interval", float("nan"), "(0, 86400]"),
+    ("state_check_interval", 0, "(0, 86400]"),
+    ("state_check_interval", -1, "(0, 86400]"),
 ]
 
 
@@ -66,6 +73,9 @@ def test_a_numeric_argument_out_of_range_is_refused_at_construction(
         {"exit_timeout": None},
         {"start_phase": 0},
         {"start_phase": 1},
+        {"state_check_interval": 86400},
+        {"state_check_interval": 0.5},
+        {"state_check_interval": None},
     ],
 )
 def test_values_at_the_ends_of_the_ranges_are_accepted(
@@ -149,6 +159,84 @@ def test_a_parent_id_from_the_platform_is_quoted_into_one_segment(
     assert platform.requests_for("unknown") == [] and platform.requests_for("register") == []
 
 
+# --- platform_url: an http(s) base URL, never one with user info -----------------------------
+
+PASSWORD = "s3cret-pw"
+# (a platform URL no request can use as it is, what the message must say)
+BAD_PLATFORM_URLS = [
+    # requests turned user info into Basic auth over the bearer token: every request 401
+    pytest.param(f"http://agent:{PASSWORD}@127.0.0.1:9", "user info", id="user-and-password"),
+    pytest.param(f"https://:{PASSWORD}@platform.example", "user info", id="password-only"),
+    pytest.param(f"https://{PASSWORD}@platform.example/", "user info", id="user-only"),
+    pytest.param(f"ftp://agent:{PASSWORD}@platform.example", "http:// or https://", id="ftp"),
+    pytest.param("platform:8080", "http:// or https://", id="no-scheme"),
+    pytest.param("http://", "must have a host", id="no-host"),
+    pytest.param("http://:8080", "must have a host", id="port-without-host"),
+    pytest.param("http://platform.example:99999", "port cannot be read", id="port-out-of-range"),
+    pytest.param("http://[::1", "host or port cannot be read", id="broken-ipv6"),
+    pytest.param("http://platform.example/?x=1", "query or a fragment", id="query"),
+    pytest.param("http://platform.example#top", "query or a fragment", id="fragment"),
+    pytest.param("http://platform .example", "white space", id="inner-space"),
+    pytest.param("", "is required", id="empty"),
+    pytest.param(None, "is required", id="none"),
+]
+
+
+@pytest.mark.parametrize(("url", "said"), BAD_PLATFORM_URLS)
+def test_a_platform_url_no_request_can_use_is_refused_naming_it_without_its_password(
+    make_hb: HeartbeatFactory, url: Any, said: str
+) -> None:
+    with pytest.raises(ValueError, match=r"^platform_url ") as raised:
+        make_hb(platform_url=url)
+    assert said in str(raised.value)
+    assert PASSWORD not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("{url}", "{url}"),
+        ("{url}/", "{url}"),  # a trailing slash is stripped, as ever
+        (" {url} ", "{url}"),
+        ("https://platform.example/prefix", "https://platform.example/prefix"),
+        ("https://platform.example/prefix/", "https://platform.example/prefix"),
+        ("HTTPS://Platform.Example", "HTTPS://Platform.Example"),
+        ("http://[::1]:8080", "http://[::1]:8080"),
+    ],
+)
+def test_a_usable_platform_url_is_accepted_without_a_trailing_slash(
+    platform: FakePlatform, make_hb: HeartbeatFactory, url: str, kept: str
+) -> None:
+    hb = make_hb(platform_url=url.format(url=platform.url))
+    assert hb.platform_url == kept.format(url=platform.url)
+
+
+def test_a_platform_url_with_user_info_never_sends_a_request_with_basic_auth(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    """requests turns a URL's user info into Basic auth over the bearer header: the platform
+    saw no token and answered every request 401. Construction refuses such a URL."""
+    url = platform.url.replace("http://", f"http://agent:{PASSWORD}@")
+    refused = ""
+    try:
+        hb = make_hb(platform_url=url)
+    except ValueError as exc:
+        refused = str(exc)
+    else:
+        with hb:
+            platform.wait_for_requests("heartbeat", 1, timeout=5)
+    sent = [r.headers.get("authorization", "") for r in platform.requests]
+    assert not any(header.startswith("Basic ") for header in sent), sent
+    assert sent == []
+    assert "user info" in refused and PASSWORD not in refused
+
+
+def test_an_invalid_origin_is_refused_without_its_password(make_hb: HeartbeatFactory) -> None:
+    with pytest.raises(ValueError, match=r"^origin: ") as raised:
+        make_hb(origin=f"ftp://agent:{PASSWORD}@canvas.example")
+    assert PASSWORD not in str(raised.value)
+
+
 # --- the README lists every argument with its range ------------------------------------------
 
 
@@ -176,3 +264,51 @@ def test_every_heartbeat_argument_reaches_the_settings_under_its_own_name() -> N
 
     assert shape(heartbeat) == shape(checked)
     assert all(p.default is inspect.Parameter.empty for p in checked)  # defaults: Heartbeat's
+
+
+# --- org_id: only what a header can carry -----------------------------------------------------
+
+# A value pasted with a character no header can carry made every request fail with an error
+# that named nothing; it is refused at construction, naming where it came from.
+BAD_ORG_IDS = [
+    pytest.param("\ufefforg-1", id="byte-order-mark"),
+    pytest.param("org-\u200b1", id="zero-width-space"),
+    pytest.param("acme\u2013prod", id="typographic-dash"),
+    pytest.param("caf\u00e9", id="non-ascii-letter"),
+    pytest.param("org 1", id="inner-space"),
+    pytest.param("org\n1", id="newline"),
+    pytest.param("org\x7f", id="delete"),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_ORG_IDS)
+def test_an_org_id_argument_a_header_cannot_carry_is_refused_naming_org_id(
+    make_hb: HeartbeatFactory, bad: str
+) -> None:
+    with pytest.raises(ValueError, match=r"^org_id must be printable ASCII") as raised:
+        make_hb(org_id=bad)
+    assert "U+" in str(raised.value) and str(raised.value).isascii()
+
+
+@pytest.mark.parametrize("bad", BAD_ORG_IDS)
+def test_an_org_id_from_the_environment_a_header_cannot_carry_is_refused_naming_the_variable(
+    make_hb: HeartbeatFactory, monkeypatch: pytest.MonkeyPatch, bad: str
+) -> None:
+    monkeypatch.setenv("MOLECULE_ORG_ID", bad)
+    with pytest.raises(ValueError, match=r"^\$MOLECULE_ORG_ID must be printable ASCII"):
+        make_hb()
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        (" org-1\n", "org-1"),
+        ("11111111-1111-1111-1111-111111111111", "11111111-1111-1111-1111-111111111111"),
+        ("a.b_c~!", "a.b_c~!"),
+        ("  ", None),
+    ],
+)
+def test_an_org_id_of_printable_ascii_is_accepted_without_surrounding_white_space(
+    make_hb: HeartbeatFactory, given: str, kept: str | None
+) -> None:
+    assert make_hb(org_id=given).org_id == kept
