@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import _coalesce, _schedule, _team
+from . import _schedule, _team
 from ._client import PlatformClient, PlatformError
 from ._cycle import Cycle, Outcome
 from ._parts import Parts
@@ -47,8 +47,8 @@ def next_step(
     *,
     beat_asked: bool,
     poll_asked: bool,
-    forced: _coalesce.ForcedCycles,
-    pacer: _schedule.PollPacer,
+    forced: _schedule.TokenBucket,
+    pacer: _schedule.TokenBucket,
     register_at: float = math.inf,
 ) -> Step:
     """Decide what to do at ``now`` (pure; the buckets are only read, never spent).
@@ -61,7 +61,7 @@ def next_step(
     """
     if now >= register_at:
         return Step(Act.REGISTER)
-    beat_due = min(next_slot, forced.due(now)) if beat_asked else next_slot
+    beat_due = min(next_slot, forced.ready_at(now)) if beat_asked else next_slot
     poll_due = pacer.ready_at(now) if poll_asked else math.inf
     if now < beat_due and now < poll_due:
         return Step(Act.WAIT, until=min(beat_due, poll_due, register_at))
@@ -156,9 +156,9 @@ class RunLoop:
         # Lookups of the team left to try; none with the deprecated start_phase.
         self._team_tries = _team.MAX_TRIES if settings.start_phase is None else 0
         # Cycles asked for by beat_now()/current_task: a few at once, a storm paced.
-        self._forced = _coalesce.ForcedCycles()
+        self._forced = _schedule.TokenBucket(_schedule.FORCED_BURST, _schedule.FORCED_RATE)
         # Polls asked for by the event stream: sparse ones at once, a storm paced.
-        self._pacer = _schedule.PollPacer()
+        self._pacer = _schedule.TokenBucket(_schedule.POLL_BURST, _schedule.POLL_RATE)
 
     def run(self, client: PlatformClient) -> Outcome:
         """Run cycles until stopped (``STOPPED``) or until the workspace is removed

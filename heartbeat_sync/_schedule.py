@@ -100,35 +100,51 @@ def slot_after_cycle(
     return next_slot(origin, interval, after)
 
 
-class PollPacer:
-    """When the event stream's polls may run: a token bucket, pure arithmetic on given times.
+class TokenBucket:
+    """When the next extra step may run: a token bucket, pure arithmetic on given times.
 
-    Events each get a poll at once, up to ``burst`` in a row; a longer storm gets at most
-    ``rate`` polls a second, so hints never spend the platform's rate limit (600 requests a
-    minute per token by default; a poll is two or more requests).
+    ``burst`` steps may run back to back after a quiet spell; beyond that, ``rate`` a second.
+    At most ``burst + rate * t`` steps run in any ``t`` seconds. It paces both kinds of extra
+    work the beat thread does on request: the cycles ``beat_now()`` and a new ``current_task``
+    ask for (:data:`FORCED_BURST`, :data:`FORCED_RATE`: a script that changes its task five
+    times in a second is beaten five times, a storm once a second), and the polls the event
+    stream asks for (:data:`POLL_BURST`, :data:`POLL_RATE`: each event's poll at once, a storm
+    paced), so that requests stay well inside the platform's rate limit (600 a minute per
+    token) whatever the caller or the platform does. A clock reading older than the last one
+    refills nothing.
     """
 
-    def __init__(self, burst: int = 10, rate: float = 4.0) -> None:
-        if burst < 1 or rate <= 0:
+    def __init__(self, burst: int, rate: float) -> None:
+        if burst < 1 or not rate > 0:
             raise ValueError("burst must be >= 1 and rate > 0")
         self.burst = float(burst)
-        self.rate = rate
+        self.rate = float(rate)
         self._tokens = float(burst)
         self._at: float | None = None
 
     def _refill(self, now: float) -> None:
-        if self._at is not None:
+        if self._at is not None and now > self._at:
             self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
+        self._at = now if self._at is None else max(self._at, now)
 
     def ready_at(self, now: float) -> float:
-        """The earliest time (``now`` or later) a poll may run."""
+        """The earliest time (``now`` or later) the next step may run."""
         self._refill(now)
         if self._tokens >= 1.0:
             return now
         return now + (1.0 - self._tokens) / self.rate
 
     def take(self, now: float) -> None:
-        """Count one poll run at ``now``."""
+        """Count one step run at ``now``."""
         self._refill(now)
         self._tokens = max(0.0, self._tokens - 1.0)
+
+
+#: Cycles asked for (``beat_now()``, a new ``current_task``) that may run back to back, and
+#: how many a second once those are spent.
+FORCED_BURST = 5
+FORCED_RATE = 1.0
+#: Polls asked for by the event stream that may run back to back, and how many a second
+#: after that (a poll is two or more requests).
+POLL_BURST = 10
+POLL_RATE = 4.0

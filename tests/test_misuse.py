@@ -24,37 +24,37 @@ from .conftest import HeartbeatFactory, wait_until
 
 
 def test_forced_cycles_burst_then_one_a_second() -> None:
-    from heartbeat_sync._coalesce import ForcedCycles
+    from heartbeat_sync._schedule import TokenBucket
 
-    bucket = ForcedCycles(burst=5, spacing=1.0)
+    bucket = TokenBucket(burst=5, rate=1.0)
     now = 100.0
     for _ in range(5):
-        assert bucket.due(now) == now
+        assert bucket.ready_at(now) == now
         bucket.take(now)
-    assert bucket.due(now) == pytest.approx(now + 1.0)
+    assert bucket.ready_at(now) == pytest.approx(now + 1.0)
     now += 1.0
-    assert bucket.due(now) == now
+    assert bucket.ready_at(now) == now
     bucket.take(now)
-    assert bucket.due(now + 0.25) == pytest.approx(now + 1.0)
+    assert bucket.ready_at(now + 0.25) == pytest.approx(now + 1.0)
     # A quiet spell refills the burst, never beyond it.
     now += 60.0
     for _ in range(5):
-        assert bucket.due(now) == now
+        assert bucket.ready_at(now) == now
         bucket.take(now)
-    assert bucket.due(now) > now
+    assert bucket.ready_at(now) > now
 
 
 def test_forced_cycles_never_exceed_the_bound_whatever_the_pattern() -> None:
     """Whatever the asks, at most burst + t / spacing cycles run in t seconds."""
     import random
 
-    from heartbeat_sync._coalesce import ForcedCycles
+    from heartbeat_sync._schedule import TokenBucket
 
     rng = random.Random(7)
-    bucket = ForcedCycles(burst=5, spacing=1.0)
+    bucket = TokenBucket(burst=5, rate=1.0)
     now, starts = 0.0, []
     while now < 120.0:
-        now = max(now + rng.expovariate(50.0), bucket.due(now))
+        now = max(now + rng.expovariate(50.0), bucket.ready_at(now))
         bucket.take(now)
         starts.append(now)
     for i, start in enumerate(starts):

@@ -9,9 +9,8 @@ import math
 
 import pytest
 
-from heartbeat_sync._coalesce import ForcedCycles
 from heartbeat_sync._runloop import Act, Slots, Step, next_step
-from heartbeat_sync._schedule import PollPacer
+from heartbeat_sync._schedule import TokenBucket
 
 
 def decide(
@@ -20,8 +19,8 @@ def decide(
     *,
     beat: bool = False,
     poll: bool = False,
-    forced: ForcedCycles | None = None,
-    pacer: PollPacer | None = None,
+    forced: TokenBucket | None = None,
+    pacer: TokenBucket | None = None,
     register: float = math.inf,
 ) -> Step:
     return next_step(
@@ -29,20 +28,20 @@ def decide(
         slot,
         beat_asked=beat,
         poll_asked=poll,
-        forced=forced or ForcedCycles(),
-        pacer=pacer or PollPacer(),
+        forced=forced or TokenBucket(5, 1.0),
+        pacer=pacer or TokenBucket(10, 4.0),
         register_at=register,
     )
 
 
-def spent_forced(now: float) -> ForcedCycles:
-    bucket = ForcedCycles(burst=1, spacing=1.0)
+def spent_forced(now: float) -> TokenBucket:
+    bucket = TokenBucket(burst=1, rate=1.0)
     bucket.take(now)
     return bucket
 
 
-def spent_pacer(now: float) -> PollPacer:
-    pacer = PollPacer(burst=1, rate=4.0)
+def spent_pacer(now: float) -> TokenBucket:
+    pacer = TokenBucket(burst=1, rate=4.0)
     pacer.take(now)
     return pacer
 
@@ -115,7 +114,7 @@ def test_next_step(case: str, step: Step, expected: Step) -> None:
 
 
 def test_next_step_spends_no_credit() -> None:
-    forced, pacer = ForcedCycles(burst=1), PollPacer(burst=1)
+    forced, pacer = TokenBucket(1, 1.0), TokenBucket(1, 4.0)
     for _ in range(3):
         assert decide(10.0, 12.0, beat=True, forced=forced).forced
         assert decide(10.0, 12.0, poll=True, pacer=pacer).act is Act.POLL

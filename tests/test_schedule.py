@@ -98,15 +98,15 @@ def test_a_fleet_started_at_one_moment_spreads_from_its_second_beat() -> None:
     assert max(tenths) < 80, tenths
 
 
-def test_poll_pacer_lets_sparse_polls_run_at_once() -> None:
-    pacer = _schedule.PollPacer(burst=3, rate=4.0)
+def test_token_bucket_lets_sparse_polls_run_at_once() -> None:
+    pacer = _schedule.TokenBucket(burst=3, rate=4.0)
     for t in (0.0, 1.0, 2.0, 3.0):  # one a second: never held back
         assert pacer.ready_at(t) == t
         pacer.take(t)
 
 
-def test_poll_pacer_paces_a_storm_after_a_burst() -> None:
-    pacer = _schedule.PollPacer(burst=3, rate=4.0)
+def test_token_bucket_paces_a_storm_after_a_burst() -> None:
+    pacer = _schedule.TokenBucket(burst=3, rate=4.0)
     now = 10.0
     for _ in range(3):
         assert pacer.ready_at(now) == now
@@ -118,7 +118,16 @@ def test_poll_pacer_paces_a_storm_after_a_burst() -> None:
         pacer.take(now)
     assert now == pytest.approx(10.0 + 0.25 * 40, abs=1e-6)
     with pytest.raises(ValueError):
-        _schedule.PollPacer(burst=0)
+        _schedule.TokenBucket(burst=0, rate=1.0)
+    with pytest.raises(ValueError):
+        _schedule.TokenBucket(burst=1, rate=0.0)
+
+
+def test_token_bucket_refills_nothing_when_the_clock_reads_earlier() -> None:
+    bucket = _schedule.TokenBucket(burst=1, rate=1.0)
+    bucket.take(10.0)
+    assert bucket.ready_at(5.0) == pytest.approx(6.0)  # an older reading: a whole token short
+    assert bucket.ready_at(10.5) == pytest.approx(11.0)  # refilled from 10.0, not from 5.0
 
 
 def _ids(n: int, seed: int) -> list[str]:
