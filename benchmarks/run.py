@@ -1076,7 +1076,8 @@ def _idle_child(
             cpu0, bytes0, beats0 = time.process_time(), counted["bytes"], hb.status().beats_ok
             pause(cfg.idle_seconds)
             cpu1, bytes1, beats1 = time.process_time(), counted["bytes"], hb.status().beats_ok
-            connects = hb._runs.events.connects if hb._runs.events is not None else 0
+            stream = hb.status().stream
+            connects = stream.connects if stream is not None else 0
         finally:
             hb.stop()
         conn.send(

@@ -14,7 +14,7 @@ from .__about__ import __version__
 from ._files import read_delegation_results
 from ._heartbeat import Heartbeat
 from ._register import Registration, RegistrationError, register
-from ._status import Status
+from ._status import Status, StreamStatus
 from ._texts import format_delegation_results
 from ._wedge import clear_wedge, is_wedged, mark_wedged, wedge_reason
 
@@ -23,6 +23,7 @@ __all__ = [
     "Registration",
     "RegistrationError",
     "Status",
+    "StreamStatus",
     "__version__",
     "clear_wedge",
     "format_delegation_results",

@@ -1,7 +1,9 @@
-"""One cycle of the beat thread: the beat, the polls, and the workspace's state on the platform.
+"""One cycle of the beat thread: the beat, the polls, the registration, and the workspace's
+state on the platform.
 
-A cycle returns what came of it (an :class:`Outcome`) for the run loop to act on; it never
-raises, and nothing is set on the side for the caller to read back.
+A cycle returns what came of it (an :class:`Outcome`) for the run to act on; it never raises.
+The state check returns the state it found; nothing is set on the side for the caller to read
+back.
 """
 
 from __future__ import annotations
@@ -9,19 +11,33 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from typing import Callable
+import threading
+from typing import Any, Callable, Optional
 
-from . import _lifecycle, _metadata, _status, _texts, _wedge
+from . import _lifecycle, _status, _texts, _wedge
 from ._auth import Credentials
-from ._client import PlatformClient, PlatformError
-from ._parts import Parts
-from ._polls import Polls
-from ._register import PENDING, REGISTER_RETRY_FIRST, REGISTER_RETRY_MAX, Registrar
+from ._client import CursorGone, PlatformClient, PlatformError
+from ._inbox import Inbox
+from ._lifecycle import Lifecycle
+from ._ratelimit import RateLimitedLog
+from ._register import PENDING, Registrar
+from ._rows import Result
+from ._tally import Tally
 
-logger = logging.getLogger("heartbeat_sync")
+logger = logging.getLogger(__name__)
 
 #: After this many failed beats in a row the session is rebuilt (the reference's rule).
 MAX_CONSECUTIVE_FAILURES = 10
+#: Rows asked for per activity page, and pages read per poll when the server has more.
+ACTIVITY_PAGE = 100
+ACTIVITY_MAX_PAGES = 5
+
+#: Where a cycle's fresh results go (the side-effect worker's ``submit``).
+ResultSink = Callable[[list[Result]], object]
+#: What is told of a change of ``status().state`` (old, new).
+StateSink = Callable[[str, str], None]
+#: The beat's ``runtime_metadata`` (None: the key is left out).
+MetadataSource = Callable[[], Optional[dict[str, Any]]]
 
 
 class Outcome(enum.Enum):
@@ -46,22 +62,51 @@ class Outcome(enum.Enum):
 
 
 class Cycle:
-    """The beat thread's work, one cycle at a time; runs on the beat thread only.
+    """The work of one run of the beat thread, a step at a time; on the beat thread only.
 
     Args:
-        parts: What the Heartbeat's beat thread shares (settings, counters, lifecycle, the
-            side-effect worker, the callbacks' thread, the rate-limited log, the stop flag).
-        credentials: The token a registration reads and may bring; where a new inbound
-            secret is saved.
+        workspace_id: The workspace.
+        inbox: Where the polls' rows become results.
+        tally: The counters: what the beats report, and how they went.
+        life: The workspace's lifecycle as last learned (it outlives the run: a removed
+            workspace is not started again).
+        credentials: Where a new inbound secret is saved.
+        metadata: The beat's ``runtime_metadata``.
+        on_results: Where fresh results go (the side-effect worker).
+        on_state: Told of every change of ``status().state``, never on this thread's time
+            (it hands the call to the callbacks' thread).
+        registrar: The registration this run owes, or None.
+        halt: The run's stop signal: a request it interrupts is no failure.
     """
 
-    def __init__(self, parts: Parts, credentials: Credentials) -> None:
-        self._parts = parts
+    def __init__(
+        self,
+        *,
+        workspace_id: str,
+        inbox: Inbox,
+        tally: Tally,
+        life: Lifecycle,
+        credentials: Credentials,
+        metadata: MetadataSource,
+        on_results: ResultSink,
+        on_state: StateSink,
+        registrar: Registrar | None,
+        halt: threading.Event,
+    ) -> None:
+        self._workspace_id = workspace_id
+        self._inbox = inbox
+        self._tally = tally
+        self._life = life
         self._credentials = credentials
-        self._life = parts.life  # read at every step
-        self._notified_state = _status.STARTING
-        self._registrar: Registrar | None = None
-        self.polls = Polls(parts, hint=self._hint)
+        self._metadata = metadata
+        self._on_results = on_results
+        self._on_state = on_state
+        self._registrar = registrar
+        self._halt = halt
+        self._warn = RateLimitedLog(logger)
+        self._announced = _status.STARTING
+
+    # --- what the run calls ---------------------------------------------------------------------
 
     def run(self, client: PlatformClient) -> Outcome:
         """Beat, then poll (unless paused, removed or unreachable); announce a state change."""
@@ -76,21 +121,6 @@ class Cycle:
         self._announce_state()
         return outcome
 
-    def start_run(self) -> None:
-        """A run begins: a registration is owed (when the Heartbeat registers)."""
-        settings = self._parts.settings
-        if settings.registration is None:
-            self._registrar = None
-            return
-        interval = settings.interval_seconds
-        first = min(REGISTER_RETRY_FIRST, interval)
-        self._registrar = Registrar(
-            settings.registration,
-            self._credentials,
-            first_delay=first,
-            max_delay=min(REGISTER_RETRY_MAX, max(first, interval)),
-        )
-
     def check_at_start(self, client: PlatformClient) -> Outcome:
         """Ask the platform what state the workspace is in before anything else of the run
         (a registration, a beat, a state announced): a workspace paused or removed before the
@@ -99,15 +129,6 @@ class Cycle:
         if outcome is not Outcome.POLLED:
             self._announce_state()
         return outcome
-
-    def _first_check(self, client: PlatformClient) -> Outcome:
-        seen = _lifecycle.probe(client)
-        if seen.missing and self._registrar is not None:
-            # Not there yet: registering an id the platform does not know creates it.
-            logger.debug("the workspace is unknown to the platform; registering creates it")
-            return Outcome.POLLED
-        self._check_state(client, seen)
-        return Outcome.POLLED if self._life.kind == _lifecycle.ACTIVE else self._inactive()
 
     def registration_due(self) -> float:
         """When a registration attempt is due (monotonic); infinity when none is owed, or
@@ -124,18 +145,18 @@ class Cycle:
         if registrar is None:
             return True
         try:
-            state = registrar.attempt(client, self._parts.warn, stopping=self._parts.stopping)
+            state = registrar.attempt(client, self._warn, stopping=self._halt.is_set)
         except Exception:  # a bug must not end the beat thread; try again later
             logger.exception("registration failed")
             registrar.renew()
             return False
         if registrar.error is not None:
-            self._parts.tally.set_last_error(registrar.error)
+            self._tally.set_last_error(registrar.error)
         return state != PENDING
 
     def registration(self) -> tuple[str | None, str | None]:
-        """The registration's state (None when the Heartbeat does not register) and why it
-        last failed."""
+        """The registration's state (None when the run does not register) and why it last
+        failed."""
         registrar = self._registrar
         if registrar is None:
             return None, None
@@ -153,15 +174,22 @@ class Cycle:
             outcome = Outcome.CRASHED
         return Outcome.REMOVED if self._life.kind == _lifecycle.REMOVED else outcome
 
+    def _first_check(self, client: PlatformClient) -> Outcome:
+        seen = _lifecycle.probe(client)
+        if seen.missing and self._registrar is not None:
+            # Not there yet: registering an id the platform does not know creates it.
+            logger.debug("the workspace is unknown to the platform; registering creates it")
+            return Outcome.POLLED
+        kind = self._check_state(client, seen)
+        return Outcome.POLLED if kind == _lifecycle.ACTIVE else self._inactive(kind)
+
     def _beat_and_poll(self, client: PlatformClient) -> Outcome:
-        if self.polls.reload_ids:
-            self.polls.recover_files()
         if self._life.kind == _lifecycle.PAUSED or self._life.hinted:
             # The platform ignores a paused workspace's beats; a suggested change (an event,
             # a suspicious answer) is looked at before beating a workspace that may be paused.
-            self._check_state(client)
-            if self._life.kind != _lifecycle.ACTIVE:
-                return Outcome.PAUSED
+            kind = self._check_state(client)
+            if kind != _lifecycle.ACTIVE:
+                return self._inactive(kind)
         beaten = self._beat(client)
         if beaten in (Outcome.UNREACHABLE, Outcome.STOPPED):
             return beaten
@@ -169,59 +197,56 @@ class Cycle:
         return polled if polled in (Outcome.PAUSED, Outcome.REMOVED) else beaten
 
     def _polls(self, client: PlatformClient) -> Outcome:
-        if self.polls.reload_ids:
-            self.polls.recover_files()
         for name, poll in (
-            ("poll delegations", self.polls.delegations),
-            ("poll activity", self.polls.activity),
+            ("poll delegations", self._poll_delegations),
+            ("poll activity", self._poll_activity),
         ):
-            if self._parts.stopping():
+            if self._halt.is_set():
                 return Outcome.STOPPED
-            if self._life.kind != _lifecycle.ACTIVE:
-                return self._inactive()
-            if self._life.due():
-                self._check_state(client)
-                if self._life.kind != _lifecycle.ACTIVE:
-                    return self._inactive()
+            kind = self._life.kind
+            if kind == _lifecycle.ACTIVE and self._life.due():
+                kind = self._check_state(client)
+            if kind != _lifecycle.ACTIVE:
+                return self._inactive(kind)
             try:
                 poll(client)
             except Exception:
                 logger.exception("%s failed", name)
-        if self._life.due() and not self._parts.stopping():
+        if self._life.due() and not self._halt.is_set():
             self._check_state(client)
         return Outcome.POLLED
 
-    def _inactive(self) -> Outcome:
-        return Outcome.REMOVED if self._life.kind == _lifecycle.REMOVED else Outcome.PAUSED
+    @staticmethod
+    def _inactive(kind: str) -> Outcome:
+        return Outcome.REMOVED if kind == _lifecycle.REMOVED else Outcome.PAUSED
 
     def _beat(self, client: PlatformClient) -> Outcome:
-        report = self._parts.tally.beat_report()
+        report = self._tally.beat_report()
         wedged = _wedge.wedge_reason() if _wedge.is_wedged() else None
-        settings = self._parts.settings
         body = _texts.build_beat_body(
-            settings.workspace_id,
+            self._workspace_id,
             error_rate=report.error_rate,
             sample_error=report.sample_error,
             active_tasks=report.active_tasks,
             current_task=report.current_task,
             uptime_seconds=report.uptime_seconds,
             wedge_reason=wedged,
-            runtime_metadata=_metadata.collect(settings.runtime_metadata, settings.adapter_module),
+            runtime_metadata=self._metadata(),
         )
         try:
             reply = client.heartbeat(body)
         except Exception as exc:  # PlatformError, or a bug: either way a failed beat
-            if self._parts.stopping():
+            if self._halt.is_set():
                 return Outcome.STOPPED  # interrupted by stop(), not a failure of the platform
             self._hint(exc)
             self._beat_failed(client, exc)
             if isinstance(exc, PlatformError) and exc.connect_error:
                 return Outcome.UNREACHABLE
             return Outcome.BEAT_FAILED
-        recovered = self._parts.tally.beat_succeeded(report)
+        recovered = self._tally.beat_succeeded(report)
         if recovered:
             logger.info("heartbeat recovered after %d failed beat(s)", recovered)
-        self._parts.warn.reset("beat")
+        self._warn.reset("beat")
         if reply.inbound_secret:
             self._credentials.save_inbound_secret(reply.inbound_secret)
         return Outcome.BEAT_OK
@@ -229,52 +254,98 @@ class Cycle:
     def _beat_failed(self, client: PlatformClient, exc: Exception) -> None:
         # Never repr() a foreign exception: it may quote a request header (the token).
         error = str(exc) if isinstance(exc, PlatformError) else type(exc).__name__
-        failures = self._parts.tally.beat_failed(error)
-        self._parts.warn.warning("beat", "heartbeat failed (%d consecutive): %s", failures, error)
+        failures = self._tally.beat_failed(error)
+        self._warn.warning("beat", "heartbeat failed (%d consecutive): %s", failures, error)
         if failures % MAX_CONSECUTIVE_FAILURES == 0:
             logger.info("recreating the HTTP session after %d failed beats", failures)
             client.rebuild()
 
+    # --- the polls ----------------------------------------------------------------------------
+
+    def _poll_failed(self, key: str, what: str, exc: PlatformError) -> None:
+        if not self._halt.is_set():  # a poll interrupted by stop() is not a platform failure
+            self._hint(exc)
+            self._warn.warning(key, "%s poll failed: %s", what, exc)
+
+    def _poll_delegations(self, client: PlatformClient) -> None:
+        try:
+            rows = client.delegations()
+        except PlatformError as exc:
+            self._poll_failed("delegations", "delegations", exc)
+            return
+        self._warn.reset("delegations")
+        self._delivered(self._inbox.delegations(rows))
+
+    def _poll_activity(self, client: PlatformClient) -> None:
+        """The ``a2a_receive`` rows past the cursor, up to :data:`ACTIVITY_MAX_PAGES` pages;
+        the rest follows next poll."""
+        since = self._inbox.activity_since()
+        for _ in range(ACTIVITY_MAX_PAGES):
+            try:
+                try:
+                    rows = client.activity(since, limit=ACTIVITY_PAGE)
+                except CursorGone:
+                    self._inbox.forget(since)
+                    since = None
+                    rows = client.activity(None, limit=ACTIVITY_PAGE)
+            except PlatformError as exc:
+                self._poll_failed("activity", "activity", exc)
+                return
+            self._warn.reset("activity")
+            page = self._inbox.activity_page(rows, since, ACTIVITY_PAGE)
+            self._delivered(page.fresh)
+            if page.next_since is None:
+                return
+            since = page.next_since
+        logger.info("read %d pages of activity; the rest follows next poll", ACTIVITY_MAX_PAGES)
+
+    def _delivered(self, fresh: list[Result]) -> None:
+        if not fresh:
+            return
+        self._tally.delivered(len(fresh))
+        logger.info("%d new result(s) written to %s", len(fresh), self._inbox.results_path)
+        self._on_results(fresh)
+
     # --- the workspace's state on the platform ------------------------------------------------
 
     def _hint(self, exc: BaseException) -> None:
-        if _lifecycle.suspicious(exc) and not self._parts.stopping():
+        if _lifecycle.suspicious(exc) and not self._halt.is_set():
             self._life.hint()
 
     def _check_state(
         self, client: PlatformClient, seen: _lifecycle.Observation | None = None
-    ) -> None:
+    ) -> str:
+        """Ask the platform (unless ``seen`` says already) and return the workspace's kind."""
         if seen is None:
             seen = _lifecycle.probe(client)
         old, new = self._life.update(seen)
         if new == old:
-            return
-        workspace_id = self._parts.settings.workspace_id
+            return new
         if new == _lifecycle.REMOVED:
             logger.error(
                 "workspace %s was removed from the platform (%s): the heartbeat ended, "
                 "nothing more is sent",
-                workspace_id,
+                self._workspace_id,
                 seen.evidence,
             )
         elif new == _lifecycle.PAUSED:
             logger.warning(
                 "workspace %s is %s on the platform: no beats until it is resumed (%s)",
-                workspace_id,
+                self._workspace_id,
                 seen.status,
                 seen.evidence,
             )
         else:
-            logger.info("workspace %s is %s on the platform again", workspace_id, seen.status)
+            logger.info("workspace %s is %s on the platform again", self._workspace_id, seen.status)
             if seen.status in _lifecycle.AWAITING_AGENT_STATUSES and self._registrar is not None:
                 self._registrar.renew()  # a pause cleared the agent's URL
+        return new
 
     def _announce_state(self) -> None:
         if self._life.kind == _lifecycle.REMOVED:
             new = _status.REMOVED
         else:
-            new = self._parts.tally.live_state(self._life.kind == _lifecycle.PAUSED)
-        old, self._notified_state = self._notified_state, new
-        callback = self._parts.settings.on_state_change
-        if callback is not None and new != old:
-            self._parts.callbacks.call(lambda: callback(old, new))
+            new = self._tally.live_state(self._life.kind == _lifecycle.PAUSED)
+        old, self._announced = self._announced, new
+        if new != old:
+            self._on_state(old, new)

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from ._client import PlatformClient, PlatformError, describe_error
 from ._ratelimit import RateLimitedLog
+from ._status import StreamStatus
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +246,7 @@ class EventStream:
         self.state_hints = 0
         #: The status of the last refused attempt (404 for a server without the route).
         self.last_refusal: int | None = None
+        self._connected = False
 
     def start(self) -> None:
         with self._lock:
@@ -278,6 +280,22 @@ class EventStream:
     def running(self) -> bool:
         thread = self._thread
         return thread is not None and thread.is_alive()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The stream's thread, alive or not; None before :meth:`start`."""
+        return self._thread
+
+    def status(self) -> StreamStatus:
+        """The stream's counters, for ``Heartbeat.status()``."""
+        return StreamStatus(
+            connected=self._connected,
+            connects=self.connects,
+            events=self.events,
+            polls_asked=self.hints,
+            state_checks_asked=self.state_hints,
+            last_refusal=self.last_refusal,
+        )
 
     def _run(self) -> None:
         client = self._client_factory()
@@ -354,6 +372,13 @@ class EventStream:
         return self._read(resp)
 
     def _read(self, resp: Any) -> str:
+        self._connected = True
+        try:
+            return self._read_events(resp)
+        finally:
+            self._connected = False
+
+    def _read_events(self, resp: Any) -> str:
         opened = time.monotonic()
         parser = SSEParser()
         # The platform sends the stream chunked: each event arrives as its own chunk. A body

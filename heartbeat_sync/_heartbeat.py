@@ -8,6 +8,7 @@ polls and delivery in ``_polls``, the counters in ``_tally``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -19,9 +20,9 @@ from ._callbacks import Callbacks
 from ._client import PlatformClient
 from ._cycle import Cycle
 from ._http import SessionFactory
-from ._parts import Parts
-from ._ratelimit import RateLimitedLog
-from ._runs import Runs
+from ._inbox import Inbox
+from ._register import REGISTER_RETRY_FIRST, REGISTER_RETRY_MAX, Registrar
+from ._run import Run
 from ._settings import (
     MIN_CURSOR_IDS,
     MIN_SEEN_IDS,
@@ -30,10 +31,9 @@ from ._settings import (
     StateCallback,
 )
 from ._tally import Tally
-from ._wakeups import Wakeups
 from ._worker import SideEffectWorker
 
-logger = logging.getLogger("heartbeat_sync")
+logger = logging.getLogger(__name__)
 
 __all__ = ["MIN_CURSOR_IDS", "MIN_SEEN_IDS", "Heartbeat"]
 
@@ -182,35 +182,30 @@ class Heartbeat:
             name=f"heartbeat-sync-side-effects-{workspace_id[:8]}",
         )
         self._callbacks = Callbacks(f"heartbeat-sync-callbacks-{workspace_id[:8]}")
-        self._warn = RateLimitedLog(logger)
         self._init_state()
         _fork.track(self)
 
     def _init_state(self) -> None:
         # Everything a forked child starts afresh (the files' locks are per object).
+        settings = self._settings
         self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._tally = Tally(self._lock)
-        self._life = _lifecycle.Tracker(self._settings.state_check_interval)
-        self._wakeups = Wakeups()
-        parts = Parts(
-            self._settings,
-            self._lock,
-            self._tally,
-            self._life,
-            self._worker,
-            self._callbacks,
-            self._warn,
-            self._wakeups,
-            stopping=lambda: self._runs.stopping,
+        self._lock = threading.Lock()  # guards which run is current
+        self._tally = Tally()
+        self._life = _lifecycle.Lifecycle(settings.state_check_interval)
+        self._inbox = Inbox(
+            settings.workspace_id,
+            settings.results_path,
+            settings.seen_path,
+            settings.cursor_path,
+            max_seen=settings.max_seen_ids,
+            max_cursor=settings.max_cursor_ids,
+            lock_timeout=settings.lock_timeout,
         )
-        self._cycle = Cycle(parts, self._credentials)
-        self._runs = Runs(parts, self._cycle, self._new_client)
+        self._run: Run | None = None
 
     def _after_fork_in_child(self) -> None:
         # The child inherits this object but not its threads, and the parent's lock may have
         # been held at the fork: the child's copy is a stopped Heartbeat with fresh locks.
-        self._warn.reinit_after_fork()
         self._credentials.reinit_after_fork()
         self._init_state()
 
@@ -223,6 +218,54 @@ class Heartbeat:
             settings.session_factory,
             timeout=settings.request_timeout,
         )
+
+    def _new_run(self, previous: list[threading.Thread]) -> Run:
+        settings = self._settings
+        halt = threading.Event()
+        registrar = None
+        if settings.registration is not None:
+            first = min(REGISTER_RETRY_FIRST, settings.interval_seconds)
+            registrar = Registrar(
+                settings.registration,
+                self._credentials,
+                first_delay=first,
+                max_delay=min(REGISTER_RETRY_MAX, max(first, settings.interval_seconds)),
+            )
+        cycle = Cycle(
+            workspace_id=settings.workspace_id,
+            inbox=self._inbox,
+            tally=self._tally,
+            life=self._life,
+            credentials=self._credentials,
+            metadata=functools.partial(
+                _metadata.collect, settings.runtime_metadata, settings.adapter_module
+            ),
+            on_results=self._worker.submit,
+            on_state=self._announce,
+            registrar=registrar,
+            halt=halt,
+        )
+        return Run(
+            workspace_id=settings.workspace_id,
+            interval=settings.interval_seconds,
+            start_phase=settings.start_phase,
+            draw=settings.rng.random(),
+            cycle=cycle,
+            halt=halt,
+            new_client=self._new_client,
+            worker=self._worker,
+            callbacks=self._callbacks,
+            life=self._life,
+            events=settings.events,
+            registers=registrar is not None,
+            request_timeout=settings.request_timeout,
+            previous=previous,
+        )
+
+    def _announce(self, old: str, new: str) -> None:
+        callback = self._settings.on_state_change
+        if callback is not None:
+            self._callbacks.call(lambda: callback(old, new))
 
     # --- what the agent sets and reads ------------------------------------------------------
 
@@ -271,7 +314,9 @@ class Heartbeat:
         regular slot, if it comes first). Whatever the caller does, this adds at most
         ``5 + t`` cycles in ``t`` seconds to the schedule's.
         """
-        self._wakeups.ask_beat()
+        run = self._run
+        if run is not None:
+            run.ask_cycle()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -286,7 +331,24 @@ class Heartbeat:
         """
         if os.getpid() != self._pid:
             self._after_fork_in_child()
-        thread = self._runs.start()
+        with self._lock:
+            current = self._run
+            if current is not None and current.working():
+                thread = current.thread
+                assert thread is not None
+                return thread
+            if self._life.kind == _lifecycle.REMOVED and current is not None:
+                logger.error(
+                    "workspace %s was removed from the platform; not starting again",
+                    self.workspace_id,
+                )
+                assert current.thread is not None
+                return current.thread
+            previous = current.threads() if current is not None else []
+            previous = [t for t in previous if t is not threading.current_thread()]
+            run = self._new_run(previous)
+            self._run = run
+            thread = run.start()
         if self.exit_timeout is not None:
             _exit.add(self)
         return thread
@@ -296,9 +358,12 @@ class Heartbeat:
 
         Returns within ``timeout`` even if the platform hangs: a request in flight is
         interrupted. Pending side effects are dropped (and counted); to give them a chance
-        first, see ``exit_timeout``.
+        first, see ``exit_timeout``. Called from ``on_state_change``, it returns at once:
+        the callback's own thread ends when the callback returns.
         """
-        done = self._runs.stop(timeout)
+        with self._lock:
+            run = self._run
+        done = True if run is None else run.stop(timeout)
         _exit.discard(self)
         return done
 
@@ -308,7 +373,9 @@ class Heartbeat:
         Returns True once its threads ended, False if ``timeout`` seconds passed first. A
         Heartbeat never started has ended. So a script can run ``hb.start_thread(); hb.wait()``.
         """
-        return self._runs.wait(timeout)
+        with self._lock:
+            run = self._run
+        return True if run is None else run.wait(timeout)
 
     def flush(self, timeout: float = 2.0) -> bool:
         """Wait up to ``timeout`` seconds for pending wake-ups and notifications to be sent;
@@ -326,7 +393,17 @@ class Heartbeat:
     def status(self) -> _status.Status:
         """An immutable snapshot of the loop's state and counters."""
         side = self._worker.snapshot()  # taken alone: the worker's lock is never held with ours
-        running, state = self._runs.state()
+        with self._lock:
+            run = self._run
+        state: str | None
+        if run is None:
+            running, state = False, _status.STOPPED
+            registration: tuple[str | None, str | None] = (None, None)
+            stream = None
+        else:
+            running, state = run.state()
+            registration = run.cycle.registration()
+            stream = run.stream_status()
         if self._life.kind == _lifecycle.REMOVED:
             state = _status.REMOVED
         return self._tally.status(
@@ -335,5 +412,6 @@ class Heartbeat:
             paused=self._life.kind == _lifecycle.PAUSED,
             side=side,
             workspace_status=self._life.platform_status,
-            registration=self._cycle.registration(),
+            registration=registration,
+            stream=stream,
         )

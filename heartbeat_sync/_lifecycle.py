@@ -116,7 +116,7 @@ def probe(client: PlatformClient) -> Observation:
         return Observation(UNKNOWN) if exc.transport else classify_workspace(exc.status, exc.body)
 
 
-class Tracker:
+class Lifecycle:
     """The workspace's lifecycle as the Heartbeat last learned it, and when to check again.
 
     Thread-safe: hints come from any thread; :meth:`due` and :meth:`update` from the beat

@@ -22,9 +22,11 @@ a team restarted at one moment spreads evenly, and keeps its slots while its mem
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 #: The first beat comes within this share of the interval...
 FIRST_BEAT_SHARE = 0.1
@@ -148,3 +150,97 @@ FORCED_RATE = 1.0
 #: after that (a poll is two or more requests).
 POLL_BURST = 10
 POLL_RATE = 4.0
+
+
+# --- the beat thread's next step ----------------------------------------------------------
+
+
+class Act(enum.Enum):
+    """What the beat thread does next."""
+
+    WAIT = "wait"
+    REGISTER = "register"
+    POLL = "poll"
+    CYCLE = "cycle"
+
+
+@dataclass(frozen=True)
+class Step:
+    """The loop's next step: ``WAIT`` until ``until``, ``POLL``, or ``CYCLE`` (``forced``
+    when the caller asked for it ahead of its slot)."""
+
+    act: Act
+    until: float = 0.0
+    forced: bool = False
+
+
+def next_step(
+    now: float,
+    next_slot: float,
+    *,
+    beat_asked: bool,
+    poll_asked: bool,
+    forced: TokenBucket,
+    pacer: TokenBucket,
+    register_at: float = math.inf,
+) -> Step:
+    """Decide what to do at ``now`` (pure; the buckets are only read, never spent).
+
+    A registration attempt is due at ``register_at`` and goes first (a beat after it carries
+    the token it may bring); nothing the caller asks for makes it come sooner. A cycle is due
+    at its slot, or sooner when one was asked for and the forced-cycle bucket has credit; the
+    polls alone when the event stream asked and the pacer allows. A due cycle wins over the
+    polls (it polls too).
+    """
+    if now >= register_at:
+        return Step(Act.REGISTER)
+    beat_due = min(next_slot, forced.ready_at(now)) if beat_asked else next_slot
+    poll_due = pacer.ready_at(now) if poll_asked else math.inf
+    if now < beat_due and now < poll_due:
+        return Step(Act.WAIT, until=min(beat_due, poll_due, register_at))
+    if now < beat_due:
+        return Step(Act.POLL)
+    return Step(Act.CYCLE, forced=beat_asked and next_slot > now)
+
+
+class Slots:
+    """Where the beat thread is on its slot grid (pure: the times are given).
+
+    By default the first beat comes at once (a small jitter), the later ones on the slots of
+    the workspace's phase. With the deprecated ``start_phase``: the first beat after a random
+    share of the interval up to that fraction, then a fixed rate from there.
+    """
+
+    def __init__(
+        self,
+        interval: float,
+        workspace_id: str,
+        start_phase: float | None,
+        draw: float,
+        mono_now: float,
+        wall_now: float,
+    ) -> None:
+        self.interval = interval
+        if start_phase is None:
+            #: When the next regular cycle is due, on the monotonic clock.
+            self.next_at = mono_now + first_beat_delay(interval, draw)
+            self.move_to(phase_of(workspace_id), mono_now, wall_now)
+        else:
+            self.next_at = mono_now + draw * start_phase * interval
+            self._origin = self.next_at
+        self._first = True
+
+    def move_to(self, phase: float, mono_now: float, wall_now: float) -> None:
+        """Follow the slots of ``phase`` from now on (the cycle due next keeps its time)."""
+        self._origin = slot_origin(phase, self.interval, mono_now, wall_now)
+
+    def after_cycle(self, now: float) -> None:
+        """Move on after a cycle that ended at ``now``. An extra cycle run before its slot
+        leaves the slot standing; slots missed during a stall are skipped, never run in a
+        burst."""
+        if self.next_at > now:
+            return
+        self.next_at = slot_after_cycle(
+            self._origin, self.interval, self.next_at, now, first=self._first
+        )
+        self._first = False

@@ -20,6 +20,24 @@ REMOVED = "removed"
 
 
 @dataclass(frozen=True)
+class StreamStatus:
+    """The event stream's state, as :attr:`Status.stream` reports it."""
+
+    #: True while a stream is open and being read.
+    connected: bool
+    #: Streams opened (answered 200) since the run began.
+    connects: int
+    #: Events read.
+    events: int
+    #: Polls the events asked for (each event that may mean a result).
+    polls_asked: int
+    #: State checks the events asked for (a pause, removal or return announced).
+    state_checks_asked: int
+    #: The status of the last refused attempt (404: a server without the stream), or None.
+    last_refusal: int | None
+
+
+@dataclass(frozen=True)
 class Status:
     """A snapshot of one ``Heartbeat``; it never changes after it is taken.
 
@@ -63,3 +81,6 @@ class Status:
     registration: str | None = None
     #: Why the registration last failed, in words (never a secret); None once registered.
     registration_error: str | None = None
+    #: The event stream of the current (or last) run; None when the stream is off or was
+    #: never opened (it opens as a run begins, after the registration when there is one).
+    stream: StreamStatus | None = None

@@ -168,6 +168,7 @@ class Tally:
         side: SideEffectCounts,
         workspace_status: str | None,
         registration: tuple[str | None, str | None] = (None, None),
+        stream: _status.StreamStatus | None = None,
     ) -> _status.Status:
         """``Status`` with the beat counters read at one instant; ``state`` None: the state
         the counters give (``starting``, ``healthy``, ``degraded`` or ``paused``)."""
@@ -189,6 +190,7 @@ class Tally:
                 workspace_status=workspace_status,
                 registration=registration[0],
                 registration_error=registration[1],
+                stream=stream,
             )
 
     def _live_state(self, paused: bool) -> str:

@@ -17,7 +17,7 @@ import requests
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heartbeat_sync import Heartbeat
+from heartbeat_sync import Heartbeat, StreamStatus
 from heartbeat_sync._events import (
     BACKOFF_CAP,
     Event,
@@ -160,11 +160,18 @@ def _delivered(tmp_path: Path) -> list[str]:
     return [json.loads(line)["delegation_id"] for line in read_lines(tmp_path / "results.jsonl")]
 
 
+def _stream(hb: Heartbeat) -> StreamStatus:
+    stream = hb.status().stream
+    assert stream is not None
+    return stream
+
+
 def _bounded_stop(hb: Heartbeat, bound: float = 2.0) -> None:
     started = time.monotonic()
     assert hb.stop(timeout=bound)
     assert time.monotonic() - started < bound
-    assert hb._runs.events is not None and not hb._runs.events.running
+    stream = hb.status().stream
+    assert stream is not None and not stream.connected
 
 
 def test_an_event_delivers_the_result_at_once_without_an_extra_beat(
@@ -199,12 +206,11 @@ def test_a_burst_of_events_is_one_poll_and_each_result_once(
     hb.start_thread()
     assert wait_until(lambda: _stream_open(platform, ws, hb))
     assert platform.wait_for_requests("activity", 1)
-    stream = hb._runs.events
-    assert stream is not None
+    assert hb.status().stream is not None
     polls = len(platform.requests_for("delegations"))
     with platform.held():
         ids = [platform.add_delegation(ws.id, status="completed") for _ in range(30)]
-        assert wait_until(lambda: stream.hints >= 30)
+        assert wait_until(lambda: _stream(hb).polls_asked >= 30)
     assert wait_until(lambda: sorted(_delivered(tmp_path)) == sorted(ids), timeout=3.0)
     assert len(platform.requests_for("delegations")) - polls in (1, 2)
     assert len(platform.requests_for("heartbeat")) == 1
@@ -221,9 +227,8 @@ def test_beats_and_other_events_ask_for_no_poll(
     for kind in ("WORKSPACE_HEARTBEAT", "TASK_UPDATED", "DELEGATION_SENT", "WORKSPACE_ONLINE"):
         platform.emit_event(ws.id, kind, {})
     platform.emit_raw_event(ws.id, b"data: {garbage\n\n: comment\n\ndata: [1,2]\n\n")
-    stream = hb._runs.events
-    assert stream is not None
-    assert wait_until(lambda: stream.events >= 6)
+    assert hb.status().stream is not None
+    assert wait_until(lambda: _stream(hb).events >= 6)
     assert not platform.wait_for_requests("delegations", 2, timeout=0.4)
     # The thread survived the garbage: a real event still brings a poll.
     platform.emit_event(ws.id, "DELEGATION_FAILED", {"delegation_id": "x"})
@@ -237,8 +242,7 @@ def test_a_dropped_stream_reconnects_and_loses_nothing(
     hb = make_hb(interval_seconds=1.0)
     hb.start_thread()
     assert wait_until(lambda: _stream_open(platform, ws, hb))
-    stream = hb._runs.events
-    assert stream is not None
+    assert hb.status().stream is not None
     # Every reconnect is cut too: what completes meanwhile comes with the schedule.
     platform.fault("events", drop=True)
     assert platform.drop_streams(ws.id) == 1
@@ -251,7 +255,7 @@ def test_a_dropped_stream_reconnects_and_loses_nothing(
     assert wait_until(lambda: platform.open_streams(ws.id) == 1, timeout=15.0)
     # The platform counts the stream as open as it answers; the thread counts the connection
     # once it has read the answer's headers, a moment later.
-    assert wait_until(lambda: stream.connects >= 2, timeout=2.0)
+    assert wait_until(lambda: _stream(hb).connects >= 2, timeout=2.0)
     beats = len(platform.requests_for("heartbeat"))
     later = platform.add_delegation(ws.id, status="completed")
     assert wait_until(lambda: _delivered(tmp_path) == [did, later], timeout=0.5)
@@ -274,7 +278,7 @@ def test_a_refused_stream_404_costs_latency_never_a_result(
     assert wait_until(lambda: sorted(_delivered(tmp_path)) == sorted(ids), timeout=3.0)
     # A server without the route is not asked again soon (nor warned about at every cycle).
     assert not platform.wait_for_requests("events", 2, timeout=0.5)
-    assert hb._runs.events is not None and hb._runs.events.last_refusal == 404
+    assert _stream(hb).last_refusal == 404
     assert sum("no event stream" in m for m in logs.messages(logging.INFO)) == 1
     assert not logs.messages(logging.WARNING)
     _bounded_stop(hb)
@@ -294,7 +298,7 @@ def test_a_stream_that_never_sends_costs_latency_never_a_result(
     assert platform.wait_for_requests("events", 1)
     ids = [platform.add_delegation(ws.id, status="completed") for _ in range(3)]
     assert wait_until(lambda: sorted(_delivered(tmp_path)) == sorted(ids), timeout=3.0)
-    assert hb._runs.events is not None and hb._runs.events.hints == 0
+    assert _stream(hb).polls_asked == 0
     # stop() cuts the hanging stream as it cuts any request in flight.
     _bounded_stop(hb)
     assert len(_delivered(tmp_path)) == 3
@@ -327,11 +331,11 @@ def test_events_false_or_the_environment_turns_the_stream_off(
 ) -> None:
     with make_hb(events=False) as hb:
         assert platform.wait_for_requests("heartbeat", 2)
-        assert hb._runs.events is None
+        assert hb.status().stream is None
     monkeypatch.setenv("HEARTBEAT_SYNC_EVENTS", "0")
     with make_hb() as hb:
         assert platform.wait_for_requests("heartbeat", 4)
-        assert hb._runs.events is None
+        assert hb.status().stream is None
     assert platform.requests_for("events") == []
 
 
@@ -433,8 +437,7 @@ def test_a_failing_session_factory_never_ends_the_stream_thread(
 
     hb = make_hb(interval_seconds=0.3, session_factory=flaky)
     hb.start_thread()
-    stream = hb._runs.events
-    assert stream is not None
-    assert wait_until(lambda: stream.connects >= 1, timeout=10.0)
-    assert stream.running
+    assert hb.status().stream is not None
+    assert wait_until(lambda: _stream(hb).connects >= 1, timeout=10.0)
+    assert _stream(hb).connected
     _bounded_stop(hb)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 
-from heartbeat_sync import Heartbeat
+from heartbeat_sync import Heartbeat, StreamStatus
 from heartbeat_sync._events import Event, state_change
 from heartbeat_sync.testing import FakePlatform, Workspace
 
@@ -155,7 +155,8 @@ def test_a_pause_is_known_at_once_not_at_the_next_state_check(
     assert hb.status().workspace_status == status
     # Found by one state check in a poll step: no beat to a paused workspace.
     assert len(platform.requests_for("heartbeat")) == beats
-    assert hb._runs.events is not None and hb._runs.events.state_hints == 1
+    stream = hb.status().stream
+    assert stream is not None and stream.state_checks_asked == 1
     assert hb.stop()
 
 
@@ -185,11 +186,10 @@ def test_a_workspace_already_online_costs_no_check_when_announced_online(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:
     hb = _running(platform, ws, make_hb)
-    stream = hb._runs.events
-    assert stream is not None
+    assert hb.status().stream is not None
     counts = {route: len(platform.requests_for(route)) for route in ("state", "heartbeat")}
     _register(platform, ws)  # announced WORKSPACE_ONLINE: the Heartbeat knows already
-    assert wait_until(lambda: stream.state_hints == 1)
+    assert wait_until(lambda: _stream(hb).state_checks_asked == 1)
     assert not platform.wait_for(
         lambda: any(len(platform.requests_for(r)) > n for r, n in counts.items()), timeout=0.3
     )
@@ -206,3 +206,9 @@ def test_without_the_stream_a_pause_waits_for_the_state_check(
     platform.pause(ws.id)
     assert not wait_until(lambda: hb.status().state != "healthy", timeout=0.5)
     assert hb.stop()
+
+
+def _stream(hb: Heartbeat) -> StreamStatus:
+    stream = hb.status().stream
+    assert stream is not None
+    return stream

@@ -9,8 +9,7 @@ import math
 
 import pytest
 
-from heartbeat_sync._runloop import Act, Slots, Step, next_step
-from heartbeat_sync._schedule import TokenBucket
+from heartbeat_sync._schedule import Act, Slots, Step, TokenBucket, next_step
 
 
 def decide(

@@ -63,9 +63,9 @@ def test_classify_workspace(code: int, body: Any, kind: str) -> None:
     assert lc.classify_workspace(code, body).kind == kind
 
 
-def test_tracker_checks_on_a_hint_while_paused_and_every_interval() -> None:
+def test_lifecycle_checks_on_a_hint_while_paused_and_every_interval() -> None:
     now = [0.0]
-    tracker = lc.Tracker(check_every=10.0, clock=lambda: now[0])
+    tracker = lc.Lifecycle(check_every=10.0, clock=lambda: now[0])
     assert not tracker.due()
     tracker.hint()
     assert tracker.due()
@@ -78,7 +78,7 @@ def test_tracker_checks_on_a_hint_while_paused_and_every_interval() -> None:
     assert tracker.update(lc.Observation(lc.REMOVED, "removed")) == (lc.PAUSED, lc.REMOVED)
     assert not tracker.due()
     assert tracker.update(lc.Observation(lc.ACTIVE, "online")) == (lc.REMOVED, lc.REMOVED)
-    assert lc.Tracker(check_every=None).due() is False
+    assert lc.Lifecycle(check_every=None).due() is False
 
 
 # --- FakePlatform answers every route as the real server does ---------------------------------

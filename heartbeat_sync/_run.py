@@ -1,0 +1,365 @@
+"""One run of a Heartbeat's threads: from ``start_thread()`` to ``stop()`` or the workspace's
+removal.
+
+A :class:`Run` owns everything that lives and dies with one run, in one place, as
+OpenTelemetry's ``BatchProcessor`` owns its thread: the halt event (set by ``stop()``; a thread
+of an earlier run never resumes work), the alarm that is both the beat thread's timed sleep and
+its "wake now", the asks for a cycle or a poll and the token buckets that pace them, the slots,
+the beat thread's client (so that ``stop()`` can abort a request in flight), the event stream,
+the wait for the threads of a previous run that ``stop()`` could not end in time, and the end on
+removal. What one cycle does is :class:`~._cycle.Cycle`'s; when to do what is
+:func:`~._schedule.next_step`'s (pure).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from typing import Callable
+
+from . import _lifecycle, _schedule, _status, _team
+from ._callbacks import Callbacks
+from ._client import PlatformClient, PlatformError
+from ._cycle import Cycle, Outcome
+from ._events import ONLINE_EVENT, EventStream
+from ._schedule import Act, Slots, TokenBucket, next_step
+from ._status import StreamStatus
+from ._worker import SideEffectWorker
+
+logger = logging.getLogger(__name__)
+
+
+class Run:
+    """One run of the beat, side-effect, event-stream and callback threads.
+
+    Args:
+        workspace_id: The workspace.
+        interval: Seconds between beats.
+        start_phase: The deprecated first-beat share (None: the workspace's slots).
+        draw: A random number in [0, 1) for the first beat's jitter.
+        cycle: What the beat thread runs; it shares ``halt``.
+        halt: This run's stop signal.
+        new_client: Makes a platform client (one per thread).
+        worker: The side-effect thread, started as the run begins and stopped with it.
+        callbacks: The thread of the state-change callbacks, likewise.
+        life: The workspace's lifecycle (an event hints at a change).
+        events: Hold the event stream open.
+        registers: The run registers first: the stream waits for the token that may bring.
+        request_timeout: Seconds a request may take (the removal's wait for the worker).
+        previous: Threads of an earlier run still ending: this run waits for them first.
+    """
+
+    def __init__(
+        self,
+        *,
+        workspace_id: str,
+        interval: float,
+        start_phase: float | None,
+        draw: float,
+        cycle: Cycle,
+        halt: threading.Event,
+        new_client: Callable[[], PlatformClient],
+        worker: SideEffectWorker,
+        callbacks: Callbacks,
+        life: _lifecycle.Lifecycle,
+        events: bool,
+        registers: bool,
+        request_timeout: float,
+        previous: Sequence[threading.Thread] = (),
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.workspace_id = workspace_id
+        self.interval = interval
+        self.cycle = cycle
+        self.halt = halt
+        self._new_client = new_client
+        self._worker = worker
+        self._callbacks = callbacks
+        self._life = life
+        self._events_wanted = events
+        self._registers = registers
+        self._request_timeout = request_timeout
+        self._previous = list(previous)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        # The beat thread's alarm: one Event is both its timed sleep and "wake now". The asks
+        # are flags read at the top of the loop, so one raised while a cycle runs is not lost.
+        self._alarm = threading.Event()
+        self._cycle_asked = False
+        self._poll_asked = False
+        self._forced = TokenBucket(_schedule.FORCED_BURST, _schedule.FORCED_RATE)
+        self._pacer = TokenBucket(_schedule.POLL_BURST, _schedule.POLL_RATE)
+        self._slots = Slots(interval, workspace_id, start_phase, draw, clock(), wall_clock())
+        # Lookups of the team left to try; none with the deprecated start_phase.
+        self._team_tries = _team.MAX_TRIES if start_phase is None else 0
+        self._lock = threading.Lock()
+        self._begun = False
+        self._client: PlatformClient | None = None
+        self._events: EventStream | None = None
+        self._thread: threading.Thread | None = None
+        self._ended = threading.Event()
+
+    # --- from any thread ------------------------------------------------------------------
+
+    def start(self) -> threading.Thread:
+        """Start the beat thread (once); it begins the run's work once the previous run's
+        threads have ended."""
+        thread = threading.Thread(
+            target=self._main, name=f"heartbeat-sync-{self.workspace_id[:8]}", daemon=True
+        )
+        self._thread = thread
+        thread.start()
+        return thread
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def ask_cycle(self) -> None:
+        """Ask for a cycle soon (``beat_now()``, a new ``current_task``)."""
+        self._cycle_asked = True
+        self._alarm.set()
+
+    def ask_poll(self) -> None:
+        """Ask for the polls soon, without a beat (the event stream). Its own flag, so that it
+        is never merged into (or held back with) an asked-for cycle."""
+        self._poll_asked = True
+        self._alarm.set()
+
+    def working(self) -> bool:
+        """True while the run's beat thread lives and ``stop()`` was not called."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not self.halt.is_set()
+
+    def state(self) -> tuple[bool, str | None]:
+        """Whether the beat thread is alive, and ``stopped`` or ``starting`` when that is the
+        state whatever the counters say (None: the run is working)."""
+        thread = self._thread
+        running = thread is not None and thread.is_alive()
+        if not running or self.halt.is_set():
+            return running, _status.STOPPED
+        with self._lock:
+            begun = self._begun
+        return running, None if begun else _status.STARTING
+
+    def threads(self) -> list[threading.Thread]:
+        """The run's threads that are still alive (the next run waits for them)."""
+        with self._lock:
+            events = self._events
+        candidates = [
+            self._thread,
+            self._worker.thread,
+            self._callbacks.thread,
+            events.thread if events is not None else None,
+        ]
+        return [t for t in candidates if t is not None and t.is_alive()]
+
+    def stream_status(self) -> StreamStatus | None:
+        """The event stream's counters (None: the run holds no stream)."""
+        with self._lock:
+            events = self._events
+        return None if events is None else events.status()
+
+    def stop(self, timeout: float) -> bool:
+        """Stop the run's threads; True if all ended within ``timeout`` (see
+        ``Heartbeat.stop``). From a state-change callback, its own thread counts as ended:
+        it ends when the callback returns."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._lock:
+            self.halt.set()
+            client = self._client
+            events = self._events
+        self._alarm.set()
+        if client is not None:
+            client.abort()
+        if events is not None:
+            events.request_stop()
+        beat_done = True
+        thread = self._thread
+        if thread is not None:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+            beat_done = not thread.is_alive()
+        worker_done = self._worker.stop(max(0.0, deadline - time.monotonic()))
+        events_done = events is None or events.stop(max(0.0, deadline - time.monotonic()))
+        callbacks_done = self._callbacks.stop(max(0.0, deadline - time.monotonic()))
+        return beat_done and worker_done and events_done and callbacks_done
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait for the run to end with its threads (see ``Heartbeat.wait``)."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+
+        def remaining() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        if not self._ended.wait(timeout):
+            return False
+        # The event is set in the beat thread's last lines: join it, so that a caller who
+        # sees True never sees it running.
+        beat = self._thread
+        if beat is not None and beat is not threading.current_thread():
+            beat.join(remaining())
+            if beat.is_alive():
+                return False
+        if not self._worker.join(remaining()):
+            return False
+        with self._lock:
+            events = self._events  # already asked to end, by stop() or by the removal
+        left = remaining()
+        if events is not None and not events.stop(1e9 if left is None else left):
+            return False
+        # The last state change (``removed``) is delivered before wait() returns.
+        return self._callbacks.join(remaining())
+
+    # --- the beat thread ------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            if self._previous and not self._await_previous():
+                return
+            if not self._begin():
+                return
+            client = self._new_client()
+            with self._lock:
+                self._client = client
+            try:
+                if not self.halt.is_set() and self._loop(client) is Outcome.REMOVED:
+                    self._end_on_removal()
+            finally:
+                client.close()
+        finally:
+            self._ended.set()
+
+    def _await_previous(self) -> bool:
+        """Wait for the threads of a run that stop() could not end in time. False if halted."""
+        logger.warning("the threads of the previous run are still ending; starting after them")
+        for old in self._previous:
+            while old.is_alive():
+                old.join(0.05)  # short joins: stop() ends this wait promptly
+                if self.halt.is_set():
+                    return False
+        logger.info("the previous run has ended; starting")
+        return True
+
+    def _begin(self) -> bool:
+        # Under the lock that stop() takes too: a run never begins after a stop.
+        with self._lock:
+            if self.halt.is_set():
+                return False
+            self._begun = True
+            self._worker.start()
+            self._callbacks.open()
+            if not self._registers:
+                self._start_events()  # else once the registration is settled
+            return True
+
+    def _start_events(self) -> None:
+        # Caller holds self._lock.
+        if not self._events_wanted or self.halt.is_set():
+            return
+        if self._events is not None and self._events.running:
+            return
+        self._events = EventStream(
+            self._new_client,
+            self.workspace_id,
+            self.ask_poll,
+            # The platform sends an event for every beat: a stream silent for a few
+            # intervals is likely a dead connection.
+            idle_timeout=max(3 * self.interval, 60.0),
+            draw=random.SystemRandom().random,
+            on_state=self._state_announced,
+            name=f"heartbeat-sync-events-{self.workspace_id[:8]}",
+        )
+        self._events.start()
+
+    def _state_announced(self, kind: str) -> None:
+        # From the event stream's thread: the platform says the workspace was paused,
+        # hibernated, removed or is online again. Check its state now rather than at the next
+        # state check: in a poll step while active (no beat to a workspace that may be
+        # paused), in a cycle while paused (which checks before it beats).
+        active = self._life.kind == _lifecycle.ACTIVE
+        if active and kind == ONLINE_EVENT:
+            return  # online already: a registration or a beat's recovery, nothing to learn
+        self._life.hint()
+        if active:
+            self.ask_poll()
+        else:
+            self.ask_cycle()
+
+    def _sleep(self, seconds: float) -> None:
+        self._alarm.wait(seconds)
+        self._alarm.clear()
+
+    def _loop(self, client: PlatformClient) -> Outcome:
+        """Run cycles until stopped (``STOPPED``) or until the workspace is removed
+        (``REMOVED``). The run begins with a look at the workspace's state."""
+        cycle = self.cycle
+        if cycle.check_at_start(client) is Outcome.REMOVED:
+            return Outcome.REMOVED
+        while True:
+            now = self._clock()
+            step = next_step(
+                now,
+                self._slots.next_at,
+                beat_asked=self._cycle_asked,
+                poll_asked=self._poll_asked,
+                forced=self._forced,
+                pacer=self._pacer,
+                register_at=cycle.registration_due(),
+            )
+            if step.act is Act.WAIT:
+                self._sleep(step.until - now)
+            if self.halt.is_set():
+                return Outcome.STOPPED
+            if step.act is Act.WAIT:
+                continue
+            if step.act is Act.REGISTER:
+                if cycle.register(client):
+                    with self._lock:
+                        self._start_events()  # with the token the registration may bring
+                continue
+            self._poll_asked = False  # a cycle polls too; an event during it polls again
+            if step.act is Act.POLL:
+                self._pacer.take(now)
+                outcome = cycle.poll(client)
+            else:
+                self._cycle_asked = False
+                if step.forced:
+                    self._forced.take(now)  # an extra cycle, not the regular slot
+                outcome = cycle.run(client)
+                if outcome is Outcome.BEAT_OK and self._team_tries:
+                    self._find_team(client)
+                if outcome is not Outcome.REMOVED:
+                    self._slots.after_cycle(self._clock())
+            if outcome is Outcome.REMOVED:
+                return outcome
+
+    def _find_team(self, client: PlatformClient) -> None:
+        """Move to the team's evenly spread slots once the platform has told the team."""
+        self._team_tries -= 1
+        try:
+            phase = _team.find_phase(client)
+        except PlatformError as exc:
+            logger.debug("team lookup failed, tried again after a later beat: %s", exc)
+            return
+        except Exception:  # a bug must not end the beat thread; the hashed phase stays
+            logger.exception("team lookup failed")
+            phase = None
+        self._team_tries = 0
+        if phase is not None:
+            self._slots.move_to(phase, self._clock(), self._wall_clock())
+
+    def _end_on_removal(self) -> None:
+        with self._lock:
+            events = self._events
+        if events is not None:
+            events.request_stop()  # the platform answers a removed workspace's stream 401
+        # Nothing more is sent: a wake-up in flight is cut short, pending side effects are
+        # dropped. The state-change callback (queued by the cycle) still runs, on its own
+        # thread, and that thread ends after it.
+        self._callbacks.finish()
+        self._worker.stop(max(1.0, self._request_timeout))
