@@ -1,12 +1,11 @@
-"""HTTP plumbing: a ``requests.Session`` whose retries are urllib3's, bounded bodies, and a
-whole-request deadline."""
+"""HTTP plumbing: a ``requests.Session`` whose retries are urllib3's, and a whole-request
+deadline."""
 
 from __future__ import annotations
 
 import contextlib
 import heapq
 import itertools
-import json
 import logging
 import socket
 import threading
@@ -26,8 +25,6 @@ from . import __about__, _fork
 
 #: Statuses a GET is retried on (inside one request, by urllib3).
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-#: A GET response body larger than this is abandoned unread: the platform never sends one.
-MAX_BODY_BYTES = 4 * 1024 * 1024
 
 SessionFactory = Callable[[], requests.Session]
 
@@ -410,37 +407,3 @@ def make_session(retry_after_cap: float = 5.0) -> requests.Session:
     session.mount("https://", adapter)
     session.headers["User-Agent"] = f"heartbeat-sync/{__about__.__version__}"
     return session
-
-
-class BodyTooLarge(ValueError):
-    """The response body was larger than the library accepts."""
-
-
-def read_body(resp: requests.Response, limit: int = MAX_BODY_BYTES) -> bytes:
-    """Read a streamed response body, giving up past ``limit`` bytes (memory stays bounded)."""
-    try:
-        length = int(resp.headers.get("Content-Length", "-1"))
-    except ValueError:
-        length = -1
-    if length > limit:
-        resp.close()
-        raise BodyTooLarge(f"response body of {length} bytes is over the {limit}-byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in resp.iter_content(chunk_size=65536):
-        size += len(chunk)
-        if size > limit:
-            resp.close()
-            raise BodyTooLarge(f"response body is over the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_json(data: bytes) -> Any:
-    """Parse JSON, returning None for an empty or malformed body (never raises)."""
-    if not data:
-        return None
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return None

@@ -16,9 +16,10 @@ from typing import Callable
 from . import _lifecycle, _status
 from ._client import PlatformClient
 from ._cycle import Cycle, Outcome
-from ._events import ONLINE_EVENT, EventStream
+from ._events import EventStream
 from ._parts import Parts
 from ._runloop import RunLoop
+from ._sse import ONLINE_EVENT
 
 logger = logging.getLogger("heartbeat_sync")
 

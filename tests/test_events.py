@@ -18,15 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from heartbeat_sync import Heartbeat
-from heartbeat_sync._events import (
-    BACKOFF_CAP,
-    Event,
-    SSEParser,
-    backoff_delay,
-    events_enabled,
-    wants_poll,
-)
+from heartbeat_sync._events import BACKOFF_CAP, backoff_delay, events_enabled
 from heartbeat_sync._http import make_session
+from heartbeat_sync._sse import Event, SSEParser, wants_poll
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
