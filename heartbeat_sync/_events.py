@@ -215,6 +215,7 @@ class EventStream:
         # The platform sends the stream chunked: each event arrives as its own chunk. A body
         # without chunked framing is read byte by byte, so an event is never held back.
         size = 65536 if resp.raw.chunked else 1
+        dropped = 0
         try:
             for chunk in resp.iter_content(chunk_size=size):
                 for event in parser.feed(chunk):
@@ -227,6 +228,13 @@ class EventStream:
                         if kind is not None:
                             self.state_hints += 1
                             self._on_state(kind)
+                if parser.oversized + parser.dropped_events != dropped:
+                    dropped = parser.oversized + parser.dropped_events
+                    self._warn.warning(
+                        "oversized",
+                        "event stream: a line or an event over %d bytes was dropped",
+                        max(parser.max_line, parser.max_event),
+                    )
                 if self._stop.is_set():
                     return "failed"
             reason = "closed by the platform"

@@ -26,6 +26,10 @@ STATE_EVENTS = frozenset(
 
 #: A line longer than this is not the platform's: it is skipped, never buffered whole.
 MAX_LINE_BYTES = 1 << 20
+#: An event whose ``data:`` lines add up to more than this (as received, field names included,
+#: line endings not) is not the platform's either: it is dropped, and its further lines are read
+#: past up to the blank line that ends it. The platform's events are one short line each.
+MAX_EVENT_BYTES = 1 << 20
 _NEWLINE = re.compile(rb"\r\n|\r|\n")
 
 
@@ -43,18 +47,25 @@ class SSEParser:
     Feed it bytes as they arrive; it returns the events completed so far. Lines end with
     ``\\n``, ``\\r\\n`` or ``\\r``; a line starting with ``:`` is a comment (the platform's
     ``: ping``); ``data:`` lines accumulate until a blank line dispatches the event. A line
-    over ``max_line`` bytes is dropped (counted in :attr:`oversized`) and memory stays bounded.
+    over ``max_line`` bytes is dropped (counted in :attr:`oversized`); an event whose ``data:``
+    lines add up to more than ``max_event`` bytes is dropped whole (counted in
+    :attr:`dropped_events`) and the rest of it, up to its blank line, is read past. So the
+    parser never holds more than about ``max_line + max_event`` bytes, whatever it is fed.
     """
 
-    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, max_line: int = MAX_LINE_BYTES, max_event: int = MAX_EVENT_BYTES) -> None:
         self.max_line = max_line
+        self.max_event = max_event
         self.oversized = 0
+        self.dropped_events = 0
         self.comments = 0
         self.events = 0
         self._buf = bytearray()
         self._skipping = False
         self._pending_cr = False
         self._data: list[str] = []
+        self._size = 0  # the data lines' bytes held in _data
+        self._dropping = False  # the pending event went over max_event
         self._name = ""
 
     def feed(self, chunk: bytes) -> list[Event]:
@@ -88,19 +99,27 @@ class SSEParser:
     def _line(self, raw: bytes) -> Event | None:
         if not raw:
             data, name = self._data, self._name
-            self._data, self._name = [], ""
+            self._data, self._name, self._size, self._dropping = [], "", 0, False
             if not data:
                 return None
             self.events += 1
             return Event(name or "message", "\n".join(data))
-        line = raw.decode("utf-8", "replace")
-        if line.startswith(":"):
+        if raw[:1] == b":":
             self.comments += 1
             return None
+        if self._dropping:
+            return None  # the rest of an event over max_event: nothing of it is kept
+        line = raw.decode("utf-8", "replace")
         field, _, value = line.partition(":")
         if value.startswith(" "):
             value = value[1:]
         if field == "data":
+            self._size += len(raw)
+            if self._size > self.max_event:
+                # Every line of it fits, but together they would grow without end.
+                self.dropped_events += 1
+                self._data, self._name, self._size, self._dropping = [], "", 0, True
+                return None
             self._data.append(value)
         elif field == "event":
             self._name = value

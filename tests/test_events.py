@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 from heartbeat_sync import Heartbeat
 from heartbeat_sync._events import BACKOFF_CAP, backoff_delay, events_enabled
 from heartbeat_sync._http import make_session
-from heartbeat_sync._sse import Event, SSEParser, wants_poll
+from heartbeat_sync._sse import MAX_EVENT_BYTES, Event, SSEParser, wants_poll
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
@@ -73,6 +75,46 @@ def test_parser_skips_an_oversized_line_and_keeps_memory_bounded() -> None:
     assert events == [Event("message", "ok")]
     assert parser.oversized == 1
     assert len(parser._buf) == 0
+
+
+def _short_data_lines(total: int, piece: int = 65536) -> Iterator[bytes]:
+    """``total`` bytes of 64-byte ``data:`` lines, no blank line, ``piece`` bytes at a time."""
+    line = b'data: {"type":"DELEGATION_COMPLETE"' + b" " * 28 + b"\n"
+    block = line * (piece // len(line))
+    for _ in range(total // len(block)):
+        yield block
+
+
+def test_an_event_that_never_ends_is_dropped_and_memory_stays_bounded() -> None:
+    """16 MiB of short data lines and no blank line: the parser holds about one event's worth
+    (MAX_EVENT_BYTES), counts one dropped event, and delivers the next event whole."""
+    parser = SSEParser()
+    tracemalloc.start()
+    try:
+        events: list[Event] = []
+        for block in _short_data_lines(16 << 20):
+            events += parser.feed(block)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert events == []
+    assert held < 3 * MAX_EVENT_BYTES, f"{held} bytes held for a pending event"
+    assert parser.dropped_events == 1
+    assert parser.feed(b"data: more of it\n\ndata: ok\n\n") == [Event("message", "ok")]
+    assert parser.dropped_events == 1
+    assert parser.oversized == 0
+
+
+def test_an_event_at_the_limit_is_kept_and_one_over_it_is_dropped() -> None:
+    parser = SSEParser(max_line=100, max_event=20)
+    # data lines count as received (field name included): 2 x 10 bytes is the limit.
+    assert parser.feed(b"data:12345\ndata:67890\n\n") == [Event("message", "12345\n67890")]
+    assert parser.feed(b"event: big\ndata:12345\ndata:678901\n") == []
+    assert parser.dropped_events == 1
+    # What follows in the same event is skipped, its name too; the next event is whole.
+    assert parser.feed(b"data:x\nevent: other\n\ndata:y\n\n") == [Event("message", "y")]
+    assert parser.dropped_events == 1
+    assert parser.events == 2
 
 
 @pytest.mark.parametrize(
@@ -222,6 +264,23 @@ def test_beats_and_other_events_ask_for_no_poll(
     # The thread survived the garbage: a real event still brings a poll.
     platform.emit_event(ws.id, "DELEGATION_FAILED", {"delegation_id": "x"})
     assert platform.wait_for_requests("delegations", 2, timeout=1.0)
+    _bounded_stop(hb)
+
+
+def test_an_event_over_the_limit_on_the_stream_is_dropped_with_a_warning(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, logs: LogCapture
+) -> None:
+    hb = make_hb(interval_seconds=30.0)
+    hb.start_thread()
+    assert wait_until(lambda: _stream_open(platform, ws, hb))
+    assert platform.wait_for_requests("activity", 1)
+    # A DELEGATION_COMPLETE whose data never ends: 2 MiB of lines, then the blank line.
+    platform.emit_raw_event(ws.id, b"".join(_short_data_lines(2 << 20)) + b"\n")
+    platform.emit_event(ws.id, "DELEGATION_FAILED", {"delegation_id": "x"})
+    assert platform.wait_for_requests("delegations", 2, timeout=3.0)
+    stream = hb._runs.events
+    assert stream is not None and stream.connects == 1
+    assert any("event over" in m for m in logs.messages(logging.WARNING))
     _bounded_stop(hb)
 
 
