@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from ._client import PlatformClient, PlatformError, describe_error
 from ._ratelimit import RateLimitedLog
-from ._sse import SSEParser, state_change, wants_poll
+from ._sse import SSEParser, is_event_stream, state_change, wants_poll
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ _OFF = frozenset({"0", "false", "no", "off"})
 #: Reconnect waits: exponential from BACKOFF_BASE, capped, with full jitter.
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 60.0
-#: A server without the route (404, 405, 501) is asked again this rarely.
+#: A server without the route (404, 405, 501, or a 200 that is not ``text/event-stream``) is
+#: asked again this rarely.
 NO_ROUTE_RETRY = 300.0
 _NO_ROUTE = frozenset({404, 405, 501})
 #: A stream that said something and stayed up this long was healthy: after it drops, the
@@ -99,7 +100,8 @@ class EventStream:
         self.events = 0
         self.hints = 0
         self.state_hints = 0
-        #: The status of the last refused attempt (404 for a server without the route).
+        #: The status of the last refused attempt (404 for a server without the route, 200
+        #: for an answer that is not an event stream).
         self.last_refusal: int | None = None
 
     def start(self) -> None:
@@ -168,7 +170,9 @@ class EventStream:
             client.close()
 
     def _attempt(self, client: PlatformClient) -> str:
-        """One connection: "healthy" (it stayed up a while), "no-route", or "failed"."""
+        """One connection: "healthy" (it stayed up a while), "no-route" (refused as by a server
+        without the route, or answered with something else than an event stream), or
+        "failed"."""
         try:
             try:
                 resp = client.event_stream(self.idle_timeout)
@@ -183,15 +187,7 @@ class EventStream:
                 return "failed"
             self.last_refusal = exc.status
             if exc.status in _NO_ROUTE:
-                # Not a fault: an older or trimmed server. Said once, at INFO.
-                level = logging.DEBUG if self._said_no_route else logging.INFO
-                self._said_no_route = True
-                logger.log(
-                    level,
-                    "the platform has no event stream (%s); results come on the schedule",
-                    exc,
-                )
-                return "no-route"
+                return self._no_route(str(exc))
             if exc.connect_error:
                 # The platform cannot be reached: the beat thread warns about that outage
                 # already, and the stream only costs latency. Said once, at INFO.
@@ -204,10 +200,28 @@ class EventStream:
         if self._stop.is_set():
             resp.close()
             return "failed"
+        content_type = resp.headers.get("Content-Type")
+        if not is_event_stream(content_type):
+            # A 200 that is not a stream (a proxy's page, a server that routes the path
+            # elsewhere) would end at once every time: it is a server without the route.
+            resp.close()
+            self.last_refusal = resp.status_code
+            shown = (content_type or "none")[:100]
+            return self._no_route(f"it answered {resp.status_code} with Content-Type {shown!r}")
         self._said_no_route = False
         self._said_unreachable = False
         self.connects += 1
         return self._read(resp)
+
+    def _no_route(self, reason: str) -> str:
+        # Not a fault: an older or trimmed server, or something in front of it that does not
+        # pass the stream on. Said once, at INFO.
+        level = logging.DEBUG if self._said_no_route else logging.INFO
+        self._said_no_route = True
+        logger.log(
+            level, "the platform has no event stream (%s); results come on the schedule", reason
+        )
+        return "no-route"
 
     def _read(self, resp: Any) -> str:
         opened = time.monotonic()

@@ -5,6 +5,7 @@ The platform frames the stream as a ``: ping`` comment, then one
 ``data: {"type", "timestamp", "data"}`` line per event. :class:`SSEParser` reads that as it
 arrives, in bounded memory; :func:`wants_poll` says which events may mean a new result, and
 :func:`state_change` which announce a change of the workspace's state.
+:func:`is_event_stream` says whether an answer is a stream at all.
 """
 
 from __future__ import annotations
@@ -124,6 +125,16 @@ class SSEParser:
         elif field == "event":
             self._name = value
         return None  # id and retry: the loop keeps its own backoff and never replays
+
+
+def is_event_stream(content_type: str | None) -> bool:
+    """True when a ``Content-Type`` names the media type ``text/event-stream``.
+
+    Parameters (``; charset=utf-8``), case and surrounding spaces do not matter. Any other
+    type, or none, is not a stream: a proxy's page or another route answering 200.
+    """
+    media_type = (content_type or "").split(";", 1)[0]
+    return media_type.strip().lower() == "text/event-stream"
 
 
 def wants_poll(event: Event, workspace_id: str) -> bool:

@@ -20,9 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from heartbeat_sync import Heartbeat
-from heartbeat_sync._events import BACKOFF_CAP, backoff_delay, events_enabled
+from heartbeat_sync._events import BACKOFF_BASE, BACKOFF_CAP, backoff_delay, events_enabled
 from heartbeat_sync._http import make_session
-from heartbeat_sync._sse import MAX_EVENT_BYTES, Event, SSEParser, wants_poll
+from heartbeat_sync._sse import MAX_EVENT_BYTES, Event, SSEParser, is_event_stream, wants_poll
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
@@ -185,6 +185,25 @@ def test_events_can_be_turned_off(argument: bool, env: str | None, expected: boo
     assert events_enabled(argument, env) is expected
 
 
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        ("text/event-stream", True),
+        ("text/event-stream; charset=utf-8", True),
+        ("Text/Event-Stream ;charset=UTF-8", True),
+        (" text/event-stream ", True),
+        ("text/html; charset=utf-8", False),
+        ("application/json", False),
+        ("text/event-streams", False),
+        ("text/plain; x=text/event-stream", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_which_content_types_are_an_event_stream(content_type: str | None, expected: bool) -> None:
+    assert is_event_stream(content_type) is expected
+
+
 # --- the thread against FakePlatform ----------------------------------------------------------
 
 
@@ -334,6 +353,52 @@ def test_a_refused_stream_404_costs_latency_never_a_result(
     assert sorted(_delivered(tmp_path)) == sorted(ids)
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/html; charset=utf-8", "<html><body>Sign in to continue</body></html>"),
+        ("application/json", {"status": "ok"}),
+    ],
+)
+def test_a_200_that_is_not_an_event_stream_is_a_server_without_the_stream(
+    platform: FakePlatform,
+    ws: Workspace,
+    make_hb: HeartbeatFactory,
+    tmp_path: Path,
+    logs: LogCapture,
+    content_type: str,
+    body: object,
+) -> None:
+    """A proxy's page or another route's answer is not a stream that ended at once: the route is
+    not asked again within several reconnect periods, and it is said once, at INFO."""
+    platform.fault("events", status=200, headers={"Content-Type": content_type}, body=body)
+    hb = make_hb(interval_seconds=0.3)
+    hb.start_thread()
+    assert platform.wait_for_requests("events", 1)
+    # A stream that ends at once is tried again within BACKOFF_BASE, then within twice that...
+    assert not platform.wait_for_requests("events", 2, timeout=4 * BACKOFF_BASE)
+    stream = hb._runs.events
+    assert stream is not None and stream.last_refusal == 200 and stream.connects == 0
+    assert sum("no event stream" in m for m in logs.messages(logging.INFO)) == 1
+    assert not logs.messages(logging.WARNING)
+    did = platform.add_delegation(ws.id, status="completed")
+    assert wait_until(lambda: _delivered(tmp_path) == [did], timeout=3.0)
+    _bounded_stop(hb)
+
+
+def test_an_event_stream_with_parameters_in_its_content_type_is_read(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    platform.fault("events", headers={"Content-Type": "Text/Event-Stream; charset=UTF-8"})
+    hb = make_hb(interval_seconds=30.0)
+    hb.start_thread()
+    assert wait_until(lambda: _stream_open(platform, ws, hb))
+    assert platform.wait_for_requests("activity", 1)
+    did = platform.add_delegation(ws.id, status="completed")
+    assert wait_until(lambda: _delivered(tmp_path) == [did], timeout=1.0)
+    _bounded_stop(hb)
+
+
 @pytest.mark.parametrize("how", ["no answer", "silent after the headers"])
 def test_a_stream_that_never_sends_costs_latency_never_a_result(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path, how: str
@@ -440,6 +505,21 @@ def test_fake_stream_has_the_real_servers_framing(platform: FakePlatform, ws: Wo
     assert event["type"] == "DELEGATION_COMPLETE"
     assert event["data"] == {"delegation_id": did, "target_id": "peer", "response_preview": "42"}
     assert json.loads(sent[len(b"data: ") :])["type"] == "DELEGATION_SENT"
+
+
+def test_fake_stream_takes_a_header_faults_content_type(
+    platform: FakePlatform, ws: Workspace
+) -> None:
+    platform.fault("events", headers={"Content-Type": "text/plain", "X-Extra": "1"}, times=1)
+    resp = _open(platform, ws)
+    try:
+        assert resp.status_code == 200
+        assert resp.headers["Content-Type"] == "text/plain"
+        assert resp.headers["X-Extra"] == "1"
+        assert resp.raw.chunked  # the framing stays the stream's
+        assert next(resp.iter_content(chunk_size=65536)).startswith(b": ping")
+    finally:
+        resp.close()
 
 
 def test_fake_stream_refuses_like_the_real_server(platform: FakePlatform, ws: Workspace) -> None:
