@@ -278,6 +278,10 @@ def make_retry(retry_after_cap: float) -> BoundedRetry:
     return retry
 
 
+def _nothing() -> None:
+    return None
+
+
 class AbortableAdapter(HTTPAdapter):
     """An ``HTTPAdapter`` whose open connections can be shut down from another thread.
 
@@ -288,7 +292,12 @@ class AbortableAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        live: weakref.WeakSet[HTTPConnection] = weakref.WeakSet()
+        # Each connection with the socket it connected: http.client lets go of ``conn.sock``
+        # as soon as an answer will close the connection (``Connection: close``, or a body
+        # that ends with the connection, as a stream passed on by a proxy does), while the
+        # response goes on reading from that socket. It must be shut down all the same.
+        live: weakref.WeakKeyDictionary[HTTPConnection, Callable[[], Any]]
+        live = weakref.WeakKeyDictionary()
         self._live = live
         deadline = self.deadline
 
@@ -300,17 +309,23 @@ class AbortableAdapter(HTTPAdapter):
             if remaining is not None and isinstance(timeout, (int, float)):
                 conn.timeout = max(0.001, min(float(timeout), remaining))
 
+        def connected(conn: HTTPConnection) -> None:
+            try:
+                live[conn] = weakref.ref(conn.sock)
+            except TypeError:  # None, or a wrapper that cannot be referred to weakly
+                live[conn] = _nothing
+
         class _Conn(HTTPConnection):
             def connect(self) -> None:
                 bound_connect(self)
                 super().connect()
-                live.add(self)
+                connected(self)
 
         class _SConn(HTTPSConnection):
             def connect(self) -> None:
                 bound_connect(self)
                 super().connect()
-                live.add(self)
+                connected(self)
 
         class _Pool(HTTPConnectionPool):
             ConnectionCls = _Conn
@@ -338,11 +353,13 @@ class AbortableAdapter(HTTPAdapter):
         self._shutdown()
 
     def _shutdown(self) -> None:
-        for conn in list(getattr(self, "_live", ())):
-            sock = getattr(conn, "sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+        for conn, connected in list(getattr(self, "_live", {}).items()):
+            # A socket closed since is marked so by Python (never another file's number):
+            # shutting it down fails harmlessly.
+            for sock in {getattr(conn, "sock", None), connected()}:
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
 
 
 class RequestScope:
