@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ._body import read_as_it_arrives
 from ._client import PlatformClient, PlatformError, describe_error
 from ._ratelimit import RateLimitedLog
 from ._sse import SSEParser, is_event_stream, state_change, wants_poll
@@ -100,6 +101,8 @@ class EventStream:
         self.events = 0
         self.hints = 0
         self.state_hints = 0
+        #: Pieces of the streams read (each is what had arrived when it was read).
+        self.reads = 0
         #: The status of the last refused attempt (404 for a server without the route, 200
         #: for an answer that is not an event stream).
         self.last_refusal: int | None = None
@@ -226,12 +229,10 @@ class EventStream:
     def _read(self, resp: Any) -> str:
         opened = time.monotonic()
         parser = SSEParser()
-        # The platform sends the stream chunked: each event arrives as its own chunk. A body
-        # without chunked framing is read byte by byte, so an event is never held back.
-        size = 65536 if resp.raw.chunked else 1
         dropped = 0
         try:
-            for chunk in resp.iter_content(chunk_size=size):
+            for chunk in read_as_it_arrives(resp):
+                self.reads += 1
                 for event in parser.feed(chunk):
                     self.events += 1
                     if wants_poll(event, self.workspace_id):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -20,7 +21,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from heartbeat_sync import Heartbeat
-from heartbeat_sync._events import BACKOFF_BASE, BACKOFF_CAP, backoff_delay, events_enabled
+from heartbeat_sync._auth import Credentials
+from heartbeat_sync._client import PlatformClient
+from heartbeat_sync._events import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
+    EventStream,
+    backoff_delay,
+    events_enabled,
+)
 from heartbeat_sync._http import make_session
 from heartbeat_sync._sse import MAX_EVENT_BYTES, Event, SSEParser, is_event_stream, wants_poll
 from heartbeat_sync.testing import FakePlatform, Workspace
@@ -416,6 +425,69 @@ def test_a_stream_that_never_sends_costs_latency_never_a_result(
     # stop() cuts the hanging stream as it cuts any request in flight.
     _bounded_stop(hb)
     assert len(_delivered(tmp_path)) == 3
+
+
+def _accept_request(listener: socket.socket) -> socket.socket:
+    """The stream thread's connection, its request read up to the blank line."""
+    conn, _ = listener.accept()
+    conn.settimeout(5.0)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = conn.recv(4096)
+        assert data, "the connection closed before its request"
+        head += data
+    assert head.startswith(b"GET /workspaces/%s/events/stream " % WS.encode())
+    return conn
+
+
+@pytest.mark.parametrize("framing", ["until the connection closes", "with a Content-Length"])
+def test_a_stream_without_chunked_framing_is_read_as_it_arrives_not_byte_by_byte(
+    tmp_path: Path, framing: str
+) -> None:
+    """A server (or a proxy in front of it) that sends the stream without chunked framing:
+    every event is read as soon as it has arrived, while the connection stays open, in a few
+    reads per event, never one read per byte."""
+    pad = "x" * 2000
+    frames = [b": ping\n\n"] + [
+        b'data: {"type":"DELEGATION_COMPLETE","timestamp":%d,"data":{"delegation_id":"d%d",'
+        b'"response_preview":"%s"}}\n\n' % (i, i, pad.encode())
+        for i in range(20)
+    ]
+    count, length = len(frames), sum(len(f) for f in frames)
+    hints: list[int] = []
+    credentials = Credentials(tmp_path, env_token="token-1")
+
+    def client() -> PlatformClient:
+        return PlatformClient(
+            f"http://127.0.0.1:{listener.getsockname()[1]}", WS, credentials, make_session
+        )
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(5.0)
+        stream = EventStream(
+            client, WS, lambda: hints.append(1), idle_timeout=10.0, draw=lambda: 0.0
+        )
+        stream.start()
+        try:
+            with _accept_request(listener) as conn:
+                head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                head += "Cache-Control: no-cache\r\n"
+                if framing == "with a Content-Length":
+                    head += f"Content-Length: {length}\r\n"
+                conn.sendall(head.encode() + b"Connection: close\r\n\r\n")
+                for n, frame in enumerate(frames):
+                    conn.sendall(frame)
+                    # Nothing more is sent until this event has been read: a read that waited
+                    # for more bytes than had arrived would never return.
+                    assert wait_until(lambda n=n: len(hints) == n, timeout=2.0), (n, len(hints))
+                assert stream.events == count - 1
+                assert stream.reads <= 3 * count, f"{stream.reads} reads for {length} bytes"
+                # stop() cuts such a stream mid-read as it cuts a chunked one.
+                started = time.monotonic()
+                assert stream.stop(timeout=2.0)
+                assert time.monotonic() - started < 2.0
+        finally:
+            stream.stop(timeout=2.0)
 
 
 def test_a_401_on_the_stream_rereads_the_token_like_the_beat(
