@@ -11,7 +11,7 @@ their schedule. A lost event, a dropped stream or a server without the route cos
 never a result.
 
 The stream's format and what its events mean are in ``_sse`` (pure); the waits between
-attempts are pure too (:func:`backoff_delay`). The thread (:class:`EventStream`) only
+attempts are pure too (:func:`reconnect_delay`). The thread (:class:`EventStream`) only
 connects, reads, and waits.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from ._body import read_as_it_arrives
 from ._client import PlatformClient, PlatformError, describe_error
@@ -51,6 +51,11 @@ def events_enabled(argument: bool, environ_value: str | None) -> bool:
     return (environ_value or "").strip().lower() not in _OFF
 
 
+#: How an attempt at the stream ended: "healthy" (it said something and stayed up a while),
+#: "no-route" (a server without the stream), or "failed" (anything else).
+Outcome = Literal["healthy", "no-route", "failed"]
+
+
 def backoff_delay(attempt: int, draw: float, cap: float = BACKOFF_CAP) -> float:
     """Seconds before reconnect attempt ``attempt`` (0 first): full jitter over an exponential.
 
@@ -59,6 +64,21 @@ def backoff_delay(attempt: int, draw: float, cap: float = BACKOFF_CAP) -> float:
     """
     ceiling = min(cap, BACKOFF_BASE * 2.0 ** min(max(attempt, 0), 30))
     return min(1.0, max(0.0, draw)) * ceiling
+
+
+def reconnect_delay(outcome: Outcome, attempt: int, draw: float) -> float:
+    """Seconds to wait before the next attempt at the stream, after one that ended so.
+
+    ``attempt`` counts the failed attempts in a row before this one (0 after a healthy
+    stream); ``draw`` is a random number in [0, 1). After a healthy stream the next attempt
+    comes within :data:`BACKOFF_BASE`; after a failed one, see :func:`backoff_delay`; a server
+    without the stream is asked again after half to all of :data:`NO_ROUTE_RETRY`.
+    """
+    if outcome == "healthy":
+        return backoff_delay(0, draw, BACKOFF_BASE)
+    if outcome == "no-route":
+        return NO_ROUTE_RETRY * (0.5 + 0.5 * min(1.0, max(0.0, draw)))
+    return backoff_delay(attempt, draw)
 
 
 class EventStream:
@@ -154,7 +174,7 @@ class EventStream:
                     client.session  # noqa: B018
                     if self._stop.is_set():
                         return
-                    outcome = self._attempt(client)
+                    outcome: Outcome = self._attempt(client)
                 except Exception as exc:  # a bug must not end the thread: back off, go on
                     self._warn.warning("stream", "event stream failed: %s", describe_error(exc))
                     outcome = "failed"
@@ -162,17 +182,14 @@ class EventStream:
                     return
                 if outcome == "healthy":
                     attempt = 0
-                    delay = backoff_delay(0, self._draw(), BACKOFF_BASE)
-                elif outcome == "no-route":
-                    delay = NO_ROUTE_RETRY * (0.5 + 0.5 * self._draw())
-                else:
-                    delay = backoff_delay(attempt, self._draw())
+                delay = reconnect_delay(outcome, attempt, self._draw())
+                if outcome == "failed":
                     attempt += 1
                 self._stop.wait(delay)
         finally:
             client.close()
 
-    def _attempt(self, client: PlatformClient) -> str:
+    def _attempt(self, client: PlatformClient) -> Outcome:
         """One connection: "healthy" (it stayed up a while), "no-route" (refused as by a server
         without the route, or answered with something else than an event stream), or
         "failed"."""
@@ -216,7 +233,7 @@ class EventStream:
         self.connects += 1
         return self._read(resp)
 
-    def _no_route(self, reason: str) -> str:
+    def _no_route(self, reason: str) -> Outcome:
         # Not a fault: an older or trimmed server, or something in front of it that does not
         # pass the stream on. Said once, at INFO.
         level = logging.DEBUG if self._said_no_route else logging.INFO
@@ -226,7 +243,7 @@ class EventStream:
         )
         return "no-route"
 
-    def _read(self, resp: Any) -> str:
+    def _read(self, resp: Any) -> Outcome:
         opened = time.monotonic()
         parser = SSEParser()
         dropped = 0
