@@ -40,8 +40,13 @@ BACKOFF_CAP = 60.0
 NO_ROUTE_RETRY = 300.0
 _NO_ROUTE = frozenset({404, 405, 501})
 #: A stream that said something and stayed up this long was healthy: after it drops, the
-#: next attempt comes within BACKOFF_BASE. One that fails sooner backs off further each time.
+#: next attempt comes within RECONNECT_SPREAD. One that fails sooner backs off further each time.
 HEALTHY_AFTER = 1.0
+#: After a healthy stream drops, the next attempt comes at a moment drawn evenly from this many
+#: seconds: a platform redeploy drops a whole fleet's streams at once, and they must not all come
+#: back in the same half second. A few seconds without the stream cost no result (the polls keep
+#: their schedule); an event in them is delivered with the next poll.
+RECONNECT_SPREAD = 5.0
 
 
 def events_enabled(argument: bool, environ_value: str | None) -> bool:
@@ -71,11 +76,12 @@ def reconnect_delay(outcome: Outcome, attempt: int, draw: float) -> float:
 
     ``attempt`` counts the failed attempts in a row before this one (0 after a healthy
     stream); ``draw`` is a random number in [0, 1). After a healthy stream the next attempt
-    comes within :data:`BACKOFF_BASE`; after a failed one, see :func:`backoff_delay`; a server
-    without the stream is asked again after half to all of :data:`NO_ROUTE_RETRY`.
+    comes within :data:`RECONNECT_SPREAD`, uniformly spread; after a failed one, see
+    :func:`backoff_delay`; a server without the stream is asked again after half to all of
+    :data:`NO_ROUTE_RETRY`.
     """
     if outcome == "healthy":
-        return backoff_delay(0, draw, BACKOFF_BASE)
+        return min(1.0, max(0.0, draw)) * RECONNECT_SPREAD
     if outcome == "no-route":
         return NO_ROUTE_RETRY * (0.5 + 0.5 * min(1.0, max(0.0, draw)))
     return backoff_delay(attempt, draw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import socket
 import time
 import tracemalloc
@@ -26,9 +27,11 @@ from heartbeat_sync._client import PlatformClient
 from heartbeat_sync._events import (
     BACKOFF_BASE,
     BACKOFF_CAP,
+    RECONNECT_SPREAD,
     EventStream,
     backoff_delay,
     events_enabled,
+    reconnect_delay,
 )
 from heartbeat_sync._http import make_session
 from heartbeat_sync._sse import MAX_EVENT_BYTES, Event, SSEParser, is_event_stream, wants_poll
@@ -175,6 +178,27 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
     assert backoff_delay(3, 0.999) == pytest.approx(0.999 * 4.0)
     assert backoff_delay(100, 0.999) == pytest.approx(0.999 * BACKOFF_CAP)
     assert backoff_delay(100, 0.999, cap=5.0) == pytest.approx(0.999 * 5.0)
+
+
+def test_a_fleet_whose_streams_dropped_together_comes_back_spread_out() -> None:
+    """1000 healthy streams cut at one moment (a platform redeploy): their next attempts are
+    spread evenly over RECONNECT_SPREAD seconds, none later, so no half second brings back
+    much more than its share of the fleet."""
+    rng = random.Random(19)
+    fleet = 1000
+    delays = [reconnect_delay("healthy", 0, rng.random()) for _ in range(fleet)]
+    share = fleet * 0.5 / RECONNECT_SPREAD
+    starts = [i * 0.1 for i in range(round(RECONNECT_SPREAD * 10))]
+    busiest = max(sum(1 for d in delays if t <= d < t + 0.5) for t in starts)
+    assert busiest <= 1.5 * share, f"{busiest} of {fleet} come back within one half second"
+    assert all(0.0 <= d < RECONNECT_SPREAD for d in delays)
+    assert max(delays) > 0.95 * RECONNECT_SPREAD
+    # Draws out of range never leave the window.
+    assert reconnect_delay("healthy", 0, -1.0) == 0.0
+    assert reconnect_delay("healthy", 0, 2.0) <= RECONNECT_SPREAD
+    # Failures in a row still back off from BACKOFF_BASE, whatever the spread.
+    assert reconnect_delay("failed", 0, 0.999) < BACKOFF_BASE
+    assert reconnect_delay("failed", 3, 0.999) == backoff_delay(3, 0.999)
 
 
 @pytest.mark.parametrize(
@@ -501,7 +525,8 @@ def test_a_401_on_the_stream_rereads_the_token_like_the_beat(
     token = platform.rotate_token(ws.id)
     (tmp_path / "configs" / ".auth_token").write_text(token)
     platform.drop_streams(ws.id)
-    assert wait_until(lambda: platform.open_streams(ws.id) == 1, timeout=3.0)
+    # A stream that was up a while comes back within RECONNECT_SPREAD.
+    assert wait_until(lambda: platform.open_streams(ws.id) == 1, timeout=RECONNECT_SPREAD + 3.0)
     statuses = [r.status for r in platform.requests_for("events")]
     assert statuses[-2:] == [401, 200], statuses
     did = platform.add_delegation(ws.id, status="completed")
