@@ -19,15 +19,8 @@ import urllib3.exceptions as u3
 
 from . import _config, _rows, _texts
 from ._auth import Credentials
-from ._http import (
-    BodyTooLarge,
-    SessionFactory,
-    abort_session,
-    parse_json,
-    parse_retry_after,
-    read_body,
-    request_scope,
-)
+from ._body import BodyTooLarge, parse_json, read_body
+from ._http import SessionFactory, abort_session, parse_retry_after, request_scope
 
 logger = logging.getLogger(__name__)
 

@@ -10,24 +10,22 @@ produced it, so the polls and the state checks stay the only source of truth and
 their schedule. A lost event, a dropped stream or a server without the route costs latency,
 never a result.
 
-The parsing is pure (:class:`SSEParser`, :func:`wants_poll`, :func:`state_change`,
-:func:`backoff_delay`); the thread (:class:`EventStream`) only connects, reads, and waits
-between attempts.
+The stream's format and what its events mean are in ``_sse`` (pure); the waits between
+attempts are pure too (:func:`reconnect_delay`). The thread (:class:`EventStream`) only
+connects, reads, and waits.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
+from ._body import read_as_it_arrives
 from ._client import PlatformClient, PlatformError, describe_error
 from ._ratelimit import RateLimitedLog
+from ._sse import SSEParser, is_event_stream, state_change, wants_poll
 from ._status import StreamStatus
 
 logger = logging.getLogger(__name__)
@@ -35,28 +33,21 @@ logger = logging.getLogger(__name__)
 #: Values of ``$HEARTBEAT_SYNC_EVENTS`` (``_config.ENV_EVENTS``) that turn the stream off.
 _OFF = frozenset({"0", "false", "no", "off"})
 
-#: Events that can mean a new result: a delegation that ended, an activity row written.
-DELEGATION_EVENTS = frozenset({"DELEGATION_COMPLETE", "DELEGATION_FAILED"})
-ACTIVITY_EVENT = "ACTIVITY_LOGGED"
-#: Events that say the workspace's own state changed: it was paused, hibernated or removed, or
-#: it is online again (a registration, or a beat that brought it back).
-ONLINE_EVENT = "WORKSPACE_ONLINE"
-STATE_EVENTS = frozenset(
-    {"WORKSPACE_PAUSED", "WORKSPACE_HIBERNATED", "WORKSPACE_REMOVED", ONLINE_EVENT}
-)
-
-#: A line longer than this is not the platform's: it is skipped, never buffered whole.
-MAX_LINE_BYTES = 1 << 20
-_NEWLINE = re.compile(rb"\r\n|\r|\n")
 #: Reconnect waits: exponential from BACKOFF_BASE, capped, with full jitter.
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 60.0
-#: A server without the route (404, 405, 501) is asked again this rarely.
+#: A server without the route (404, 405, 501, or a 200 that is not ``text/event-stream``) is
+#: asked again this rarely.
 NO_ROUTE_RETRY = 300.0
 _NO_ROUTE = frozenset({404, 405, 501})
 #: A stream that said something and stayed up this long was healthy: after it drops, the
-#: next attempt comes within BACKOFF_BASE. One that fails sooner backs off further each time.
+#: next attempt comes within RECONNECT_SPREAD. One that fails sooner backs off further each time.
 HEALTHY_AFTER = 1.0
+#: After a healthy stream drops, the next attempt comes at a moment drawn evenly from this many
+#: seconds: a platform redeploy drops a whole fleet's streams at once, and they must not all come
+#: back in the same half second. A few seconds without the stream cost no result (the polls keep
+#: their schedule); an event in them is delivered with the next poll.
+RECONNECT_SPREAD = 5.0
 
 
 def events_enabled(argument: bool, environ_value: str | None) -> bool:
@@ -66,132 +57,9 @@ def events_enabled(argument: bool, environ_value: str | None) -> bool:
     return (environ_value or "").strip().lower() not in _OFF
 
 
-@dataclass(frozen=True)
-class Event:
-    """One Server-Sent Event: its ``event:`` name (``message`` by default) and its data."""
-
-    name: str
-    data: str
-
-
-class SSEParser:
-    """Incremental Server-Sent Events parser (the WHATWG rules for what the client needs).
-
-    Feed it bytes as they arrive; it returns the events completed so far. Lines end with
-    ``\\n``, ``\\r\\n`` or ``\\r``; a line starting with ``:`` is a comment (the platform's
-    ``: ping``); ``data:`` lines accumulate until a blank line dispatches the event. A line
-    over ``max_line`` bytes is dropped (counted in :attr:`oversized`) and memory stays bounded.
-    """
-
-    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
-        self.max_line = max_line
-        self.oversized = 0
-        self.comments = 0
-        self.events = 0
-        self._buf = bytearray()
-        self._skipping = False
-        self._pending_cr = False
-        self._data: list[str] = []
-        self._name = ""
-
-    def feed(self, chunk: bytes) -> list[Event]:
-        events: list[Event] = []
-        for line in self._lines(chunk):
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
-        return events
-
-    def _lines(self, chunk: bytes) -> Iterator[bytes]:
-        if self._pending_cr and chunk[:1] == b"\n":
-            chunk = chunk[1:]  # the \n of a \r\n split across two chunks
-        self._pending_cr = chunk[-1:] == b"\r"
-        *complete, rest = _NEWLINE.split(chunk)
-        for piece in complete:
-            if self._skipping:
-                self._skipping = False  # the end of an oversized line
-            elif len(self._buf) + len(piece) <= self.max_line:
-                yield bytes(self._buf) + piece if self._buf else piece
-            else:
-                self.oversized += 1
-            self._buf.clear()
-        if rest and not self._skipping:
-            self._buf += rest
-            if len(self._buf) > self.max_line:
-                self.oversized += 1
-                self._buf.clear()
-                self._skipping = True
-
-    def _line(self, raw: bytes) -> Event | None:
-        if not raw:
-            data, name = self._data, self._name
-            self._data, self._name = [], ""
-            if not data:
-                return None
-            self.events += 1
-            return Event(name or "message", "\n".join(data))
-        line = raw.decode("utf-8", "replace")
-        if line.startswith(":"):
-            self.comments += 1
-            return None
-        field, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if field == "data":
-            self._data.append(value)
-        elif field == "event":
-            self._name = value
-        return None  # id and retry: the loop keeps its own backoff and never replays
-
-
-def wants_poll(event: Event, workspace_id: str) -> bool:
-    """True when the event may mean a new result for this workspace, so a poll is worth it.
-
-    ``DELEGATION_COMPLETE`` and ``DELEGATION_FAILED`` always; ``ACTIVITY_LOGGED`` unless it is
-    plainly a row the activity poll skips (another type, or from the canvas or this workspace
-    itself). Heartbeat, task and status events, and anything that is not a JSON object, never.
-    """
-    if "DELEGATION_" not in event.data and ACTIVITY_EVENT not in event.data:
-        return False  # a beat's or a status event: most of what the stream carries
-    try:
-        payload = json.loads(event.data)
-    except (ValueError, RecursionError):
-        return False
-    if not isinstance(payload, dict):
-        return False
-    kind = payload.get("type")
-    if kind in DELEGATION_EVENTS:
-        return True
-    if kind != ACTIVITY_EVENT:
-        return False
-    data = payload.get("data")
-    if not isinstance(data, dict):
-        return True  # an unfamiliar shape: a poll costs little, a missed result much more
-    activity_type = data.get("activity_type")
-    if activity_type is not None and activity_type != "a2a_receive":
-        return False
-    if "source_id" in data:
-        source = data.get("source_id")
-        if source is None or source == "" or source == workspace_id:
-            return False
-    return True
-
-
-def state_change(event: Event) -> str | None:
-    """The event's type when it is one of :data:`STATE_EVENTS`, else None.
-
-    The stream is the workspace's own, so the event is about this workspace. Beats' events
-    (``WORKSPACE_HEARTBEAT``, most of what the stream carries) are passed over before any JSON
-    is parsed.
-    """
-    if not any(kind in event.data for kind in STATE_EVENTS):
-        return None
-    try:
-        payload = json.loads(event.data)
-    except (ValueError, RecursionError):
-        return None
-    kind = payload.get("type") if isinstance(payload, dict) else None
-    return kind if kind in STATE_EVENTS else None
+#: How an attempt at the stream ended: "healthy" (it said something and stayed up a while),
+#: "no-route" (a server without the stream), or "failed" (anything else).
+Outcome = Literal["healthy", "no-route", "failed"]
 
 
 def backoff_delay(attempt: int, draw: float, cap: float = BACKOFF_CAP) -> float:
@@ -202,6 +70,22 @@ def backoff_delay(attempt: int, draw: float, cap: float = BACKOFF_CAP) -> float:
     """
     ceiling = min(cap, BACKOFF_BASE * 2.0 ** min(max(attempt, 0), 30))
     return min(1.0, max(0.0, draw)) * ceiling
+
+
+def reconnect_delay(outcome: Outcome, attempt: int, draw: float) -> float:
+    """Seconds to wait before the next attempt at the stream, after one that ended so.
+
+    ``attempt`` counts the failed attempts in a row before this one (0 after a healthy
+    stream); ``draw`` is a random number in [0, 1). After a healthy stream the next attempt
+    comes within :data:`RECONNECT_SPREAD`, uniformly spread; after a failed one, see
+    :func:`backoff_delay`; a server without the stream is asked again after half to all of
+    :data:`NO_ROUTE_RETRY`.
+    """
+    if outcome == "healthy":
+        return min(1.0, max(0.0, draw)) * RECONNECT_SPREAD
+    if outcome == "no-route":
+        return NO_ROUTE_RETRY * (0.5 + 0.5 * min(1.0, max(0.0, draw)))
+    return backoff_delay(attempt, draw)
 
 
 class EventStream:
@@ -244,7 +128,10 @@ class EventStream:
         self.events = 0
         self.hints = 0
         self.state_hints = 0
-        #: The status of the last refused attempt (404 for a server without the route).
+        #: Pieces of the streams read (each is what had arrived when it was read).
+        self.reads = 0
+        #: The status of the last refused attempt (404 for a server without the route, 200
+        #: for an answer that is not an event stream).
         self.last_refusal: int | None = None
         self._connected = False
 
@@ -311,7 +198,7 @@ class EventStream:
                     client.session  # noqa: B018
                     if self._stop.is_set():
                         return
-                    outcome = self._attempt(client)
+                    outcome: Outcome = self._attempt(client)
                 except Exception as exc:  # a bug must not end the thread: back off, go on
                     self._warn.warning("stream", "event stream failed: %s", describe_error(exc))
                     outcome = "failed"
@@ -319,18 +206,17 @@ class EventStream:
                     return
                 if outcome == "healthy":
                     attempt = 0
-                    delay = backoff_delay(0, self._draw(), BACKOFF_BASE)
-                elif outcome == "no-route":
-                    delay = NO_ROUTE_RETRY * (0.5 + 0.5 * self._draw())
-                else:
-                    delay = backoff_delay(attempt, self._draw())
+                delay = reconnect_delay(outcome, attempt, self._draw())
+                if outcome == "failed":
                     attempt += 1
                 self._stop.wait(delay)
         finally:
             client.close()
 
-    def _attempt(self, client: PlatformClient) -> str:
-        """One connection: "healthy" (it stayed up a while), "no-route", or "failed"."""
+    def _attempt(self, client: PlatformClient) -> Outcome:
+        """One connection: "healthy" (it stayed up a while), "no-route" (refused as by a server
+        without the route, or answered with something else than an event stream), or
+        "failed"."""
         try:
             try:
                 resp = client.event_stream(self.idle_timeout)
@@ -345,15 +231,7 @@ class EventStream:
                 return "failed"
             self.last_refusal = exc.status
             if exc.status in _NO_ROUTE:
-                # Not a fault: an older or trimmed server. Said once, at INFO.
-                level = logging.DEBUG if self._said_no_route else logging.INFO
-                self._said_no_route = True
-                logger.log(
-                    level,
-                    "the platform has no event stream (%s); results come on the schedule",
-                    exc,
-                )
-                return "no-route"
+                return self._no_route(str(exc))
             if exc.connect_error:
                 # The platform cannot be reached: the beat thread warns about that outage
                 # already, and the stream only costs latency. Said once, at INFO.
@@ -366,26 +244,43 @@ class EventStream:
         if self._stop.is_set():
             resp.close()
             return "failed"
+        content_type = resp.headers.get("Content-Type")
+        if not is_event_stream(content_type):
+            # A 200 that is not a stream (a proxy's page, a server that routes the path
+            # elsewhere) would end at once every time: it is a server without the route.
+            resp.close()
+            self.last_refusal = resp.status_code
+            shown = (content_type or "none")[:100]
+            return self._no_route(f"it answered {resp.status_code} with Content-Type {shown!r}")
         self._said_no_route = False
         self._said_unreachable = False
         self.connects += 1
         return self._read(resp)
 
-    def _read(self, resp: Any) -> str:
+    def _no_route(self, reason: str) -> Outcome:
+        # Not a fault: an older or trimmed server, or something in front of it that does not
+        # pass the stream on. Said once, at INFO.
+        level = logging.DEBUG if self._said_no_route else logging.INFO
+        self._said_no_route = True
+        logger.log(
+            level, "the platform has no event stream (%s); results come on the schedule", reason
+        )
+        return "no-route"
+
+    def _read(self, resp: Any) -> Outcome:
         self._connected = True
         try:
             return self._read_events(resp)
         finally:
             self._connected = False
 
-    def _read_events(self, resp: Any) -> str:
+    def _read_events(self, resp: Any) -> Outcome:
         opened = time.monotonic()
         parser = SSEParser()
-        # The platform sends the stream chunked: each event arrives as its own chunk. A body
-        # without chunked framing is read byte by byte, so an event is never held back.
-        size = 65536 if resp.raw.chunked else 1
+        dropped = 0
         try:
-            for chunk in resp.iter_content(chunk_size=size):
+            for chunk in read_as_it_arrives(resp):
+                self.reads += 1
                 for event in parser.feed(chunk):
                     self.events += 1
                     if wants_poll(event, self.workspace_id):
@@ -396,6 +291,13 @@ class EventStream:
                         if kind is not None:
                             self.state_hints += 1
                             self._on_state(kind)
+                if parser.oversized + parser.dropped_events != dropped:
+                    dropped = parser.oversized + parser.dropped_events
+                    self._warn.warning(
+                        "oversized",
+                        "event stream: a line or an event over %d bytes was dropped",
+                        max(parser.max_line, parser.max_event),
+                    )
                 if self._stop.is_set():
                     return "failed"
             reason = "closed by the platform"

@@ -1,12 +1,11 @@
-"""HTTP plumbing: a ``requests.Session`` whose retries are urllib3's, bounded bodies, and a
-whole-request deadline."""
+"""HTTP plumbing: a ``requests.Session`` whose retries are urllib3's, and a whole-request
+deadline."""
 
 from __future__ import annotations
 
 import contextlib
 import heapq
 import itertools
-import json
 import logging
 import math
 import socket
@@ -27,8 +26,6 @@ from . import __about__, _fork
 
 #: Statuses a GET is retried on (inside one request, by urllib3).
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-#: A GET response body larger than this is abandoned unread: the platform never sends one.
-MAX_BODY_BYTES = 4 * 1024 * 1024
 
 SessionFactory = Callable[[], requests.Session]
 
@@ -283,6 +280,10 @@ def make_retry(retry_after_cap: float) -> BoundedRetry:
     return retry
 
 
+def _nothing() -> None:
+    return None
+
+
 class AbortableAdapter(HTTPAdapter):
     """An ``HTTPAdapter`` whose open connections can be shut down from another thread.
 
@@ -293,7 +294,12 @@ class AbortableAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        live: weakref.WeakSet[HTTPConnection] = weakref.WeakSet()
+        # Each connection with the socket it connected: http.client lets go of ``conn.sock``
+        # as soon as an answer will close the connection (``Connection: close``, or a body
+        # that ends with the connection, as a stream passed on by a proxy does), while the
+        # response goes on reading from that socket. It must be shut down all the same.
+        live: weakref.WeakKeyDictionary[HTTPConnection, Callable[[], Any]]
+        live = weakref.WeakKeyDictionary()
         self._live = live
         deadline = self.deadline
 
@@ -305,17 +311,23 @@ class AbortableAdapter(HTTPAdapter):
             if remaining is not None and isinstance(timeout, (int, float)):
                 conn.timeout = max(0.001, min(float(timeout), remaining))
 
+        def connected(conn: HTTPConnection) -> None:
+            try:
+                live[conn] = weakref.ref(conn.sock)
+            except TypeError:  # None, or a wrapper that cannot be referred to weakly
+                live[conn] = _nothing
+
         class _Conn(HTTPConnection):
             def connect(self) -> None:
                 bound_connect(self)
                 super().connect()
-                live.add(self)
+                connected(self)
 
         class _SConn(HTTPSConnection):
             def connect(self) -> None:
                 bound_connect(self)
                 super().connect()
-                live.add(self)
+                connected(self)
 
         class _Pool(HTTPConnectionPool):
             ConnectionCls = _Conn
@@ -343,11 +355,13 @@ class AbortableAdapter(HTTPAdapter):
         self._shutdown()
 
     def _shutdown(self) -> None:
-        for conn in list(getattr(self, "_live", ())):
-            sock = getattr(conn, "sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+        for conn, connected in list(getattr(self, "_live", {}).items()):
+            # A socket closed since is marked so by Python (never another file's number):
+            # shutting it down fails harmlessly.
+            for sock in {getattr(conn, "sock", None), connected()}:
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
 
 
 class RequestScope:
@@ -412,37 +426,3 @@ def make_session(retry_after_cap: float = 5.0) -> requests.Session:
     session.mount("https://", adapter)
     session.headers["User-Agent"] = f"heartbeat-sync/{__about__.__version__}"
     return session
-
-
-class BodyTooLarge(ValueError):
-    """The response body was larger than the library accepts."""
-
-
-def read_body(resp: requests.Response, limit: int = MAX_BODY_BYTES) -> bytes:
-    """Read a streamed response body, giving up past ``limit`` bytes (memory stays bounded)."""
-    try:
-        length = int(resp.headers.get("Content-Length", "-1"))
-    except ValueError:
-        length = -1
-    if length > limit:
-        resp.close()
-        raise BodyTooLarge(f"response body of {length} bytes is over the {limit}-byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in resp.iter_content(chunk_size=65536):
-        size += len(chunk)
-        if size > limit:
-            resp.close()
-            raise BodyTooLarge(f"response body is over the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_json(data: bytes) -> Any:
-    """Parse JSON, returning None for an empty or malformed body (never raises)."""
-    if not data:
-        return None
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        return None

@@ -24,8 +24,9 @@ from . import _lifecycle, _schedule, _status, _team
 from ._callbacks import Callbacks
 from ._client import PlatformClient, PlatformError
 from ._cycle import Cycle, Outcome
-from ._events import ONLINE_EVENT, EventStream
+from ._events import EventStream
 from ._schedule import Act, Slots, TokenBucket, next_step
+from ._sse import ONLINE_EVENT
 from ._status import StreamStatus
 from ._worker import SideEffectWorker
 
@@ -106,8 +107,10 @@ class Run:
     # --- from any thread ------------------------------------------------------------------
 
     def start(self) -> threading.Thread:
-        """Start the beat thread (once); it begins the run's work once the previous run's
-        threads have ended."""
+        """Start the run's threads (once) and return the beat thread. After a slow stop, the
+        beat thread starts the others once the previous run's threads have ended."""
+        if not self._previous:
+            self._begin()  # every thread runs when start_thread() returns
         thread = threading.Thread(
             target=self._main, name=f"heartbeat-sync-{self.workspace_id[:8]}", daemon=True
         )
@@ -219,9 +222,7 @@ class Run:
 
     def _main(self) -> None:
         try:
-            if self._previous and not self._await_previous():
-                return
-            if not self._begin():
+            if self._previous and not (self._await_previous() and self._begin()):
                 return
             client = self._new_client()
             with self._lock:

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import socket
 import time
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +22,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from heartbeat_sync import Heartbeat, StreamStatus
+from heartbeat_sync._auth import Credentials
+from heartbeat_sync._client import PlatformClient
 from heartbeat_sync._events import (
+    BACKOFF_BASE,
     BACKOFF_CAP,
-    Event,
-    SSEParser,
+    RECONNECT_SPREAD,
+    EventStream,
     backoff_delay,
     events_enabled,
-    wants_poll,
+    reconnect_delay,
 )
 from heartbeat_sync._http import make_session
+from heartbeat_sync._sse import MAX_EVENT_BYTES, Event, SSEParser, is_event_stream, wants_poll
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
@@ -81,6 +89,46 @@ def test_parser_skips_an_oversized_line_and_keeps_memory_bounded() -> None:
     assert len(parser._buf) == 0
 
 
+def _short_data_lines(total: int, piece: int = 65536) -> Iterator[bytes]:
+    """``total`` bytes of 64-byte ``data:`` lines, no blank line, ``piece`` bytes at a time."""
+    line = b'data: {"type":"DELEGATION_COMPLETE"' + b" " * 28 + b"\n"
+    block = line * (piece // len(line))
+    for _ in range(total // len(block)):
+        yield block
+
+
+def test_an_event_that_never_ends_is_dropped_and_memory_stays_bounded() -> None:
+    """16 MiB of short data lines and no blank line: the parser holds about one event's worth
+    (MAX_EVENT_BYTES), counts one dropped event, and delivers the next event whole."""
+    parser = SSEParser()
+    tracemalloc.start()
+    try:
+        events: list[Event] = []
+        for block in _short_data_lines(16 << 20):
+            events += parser.feed(block)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert events == []
+    assert held < 3 * MAX_EVENT_BYTES, f"{held} bytes held for a pending event"
+    assert parser.dropped_events == 1
+    assert parser.feed(b"data: more of it\n\ndata: ok\n\n") == [Event("message", "ok")]
+    assert parser.dropped_events == 1
+    assert parser.oversized == 0
+
+
+def test_an_event_at_the_limit_is_kept_and_one_over_it_is_dropped() -> None:
+    parser = SSEParser(max_line=100, max_event=20)
+    # data lines count as received (field name included): 2 x 10 bytes is the limit.
+    assert parser.feed(b"data:12345\ndata:67890\n\n") == [Event("message", "12345\n67890")]
+    assert parser.feed(b"event: big\ndata:12345\ndata:678901\n") == []
+    assert parser.dropped_events == 1
+    # What follows in the same event is skipped, its name too; the next event is whole.
+    assert parser.feed(b"data:x\nevent: other\n\ndata:y\n\n") == [Event("message", "y")]
+    assert parser.dropped_events == 1
+    assert parser.events == 2
+
+
 @pytest.mark.parametrize(
     ("payload", "expected"),
     [
@@ -132,6 +180,27 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
     assert backoff_delay(100, 0.999, cap=5.0) == pytest.approx(0.999 * 5.0)
 
 
+def test_a_fleet_whose_streams_dropped_together_comes_back_spread_out() -> None:
+    """1000 healthy streams cut at one moment (a platform redeploy): their next attempts are
+    spread evenly over RECONNECT_SPREAD seconds, none later, so no half second brings back
+    much more than its share of the fleet."""
+    rng = random.Random(19)
+    fleet = 1000
+    delays = [reconnect_delay("healthy", 0, rng.random()) for _ in range(fleet)]
+    share = fleet * 0.5 / RECONNECT_SPREAD
+    starts = [i * 0.1 for i in range(round(RECONNECT_SPREAD * 10))]
+    busiest = max(sum(1 for d in delays if t <= d < t + 0.5) for t in starts)
+    assert busiest <= 1.5 * share, f"{busiest} of {fleet} come back within one half second"
+    assert all(0.0 <= d < RECONNECT_SPREAD for d in delays)
+    assert max(delays) > 0.95 * RECONNECT_SPREAD
+    # Draws out of range never leave the window.
+    assert reconnect_delay("healthy", 0, -1.0) == 0.0
+    assert reconnect_delay("healthy", 0, 2.0) <= RECONNECT_SPREAD
+    # Failures in a row still back off from BACKOFF_BASE, whatever the spread.
+    assert reconnect_delay("failed", 0, 0.999) < BACKOFF_BASE
+    assert reconnect_delay("failed", 3, 0.999) == backoff_delay(3, 0.999)
+
+
 @pytest.mark.parametrize(
     ("argument", "env", "expected"),
     [
@@ -147,6 +216,25 @@ def test_backoff_is_jittered_exponential_and_capped() -> None:
 )
 def test_events_can_be_turned_off(argument: bool, env: str | None, expected: bool) -> None:
     assert events_enabled(argument, env) is expected
+
+
+@pytest.mark.parametrize(
+    ("content_type", "expected"),
+    [
+        ("text/event-stream", True),
+        ("text/event-stream; charset=utf-8", True),
+        ("Text/Event-Stream ;charset=UTF-8", True),
+        (" text/event-stream ", True),
+        ("text/html; charset=utf-8", False),
+        ("application/json", False),
+        ("text/event-streams", False),
+        ("text/plain; x=text/event-stream", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_which_content_types_are_an_event_stream(content_type: str | None, expected: bool) -> None:
+    assert is_event_stream(content_type) is expected
 
 
 # --- the thread against FakePlatform ----------------------------------------------------------
@@ -236,6 +324,22 @@ def test_beats_and_other_events_ask_for_no_poll(
     _bounded_stop(hb)
 
 
+def test_an_event_over_the_limit_on_the_stream_is_dropped_with_a_warning(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, logs: LogCapture
+) -> None:
+    hb = make_hb(interval_seconds=30.0)
+    hb.start_thread()
+    assert wait_until(lambda: _stream_open(platform, ws, hb))
+    assert platform.wait_for_requests("activity", 1)
+    # A DELEGATION_COMPLETE whose data never ends: 2 MiB of lines, then the blank line.
+    platform.emit_raw_event(ws.id, b"".join(_short_data_lines(2 << 20)) + b"\n")
+    platform.emit_event(ws.id, "DELEGATION_FAILED", {"delegation_id": "x"})
+    assert platform.wait_for_requests("delegations", 2, timeout=3.0)
+    assert _stream(hb).connects == 1
+    assert any("event over" in m for m in logs.messages(logging.WARNING))
+    _bounded_stop(hb)
+
+
 def test_a_dropped_stream_reconnects_and_loses_nothing(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
 ) -> None:
@@ -285,6 +389,52 @@ def test_a_refused_stream_404_costs_latency_never_a_result(
     assert sorted(_delivered(tmp_path)) == sorted(ids)
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/html; charset=utf-8", "<html><body>Sign in to continue</body></html>"),
+        ("application/json", {"status": "ok"}),
+    ],
+)
+def test_a_200_that_is_not_an_event_stream_is_a_server_without_the_stream(
+    platform: FakePlatform,
+    ws: Workspace,
+    make_hb: HeartbeatFactory,
+    tmp_path: Path,
+    logs: LogCapture,
+    content_type: str,
+    body: object,
+) -> None:
+    """A proxy's page or another route's answer is not a stream that ended at once: the route is
+    not asked again within several reconnect periods, and it is said once, at INFO."""
+    platform.fault("events", status=200, headers={"Content-Type": content_type}, body=body)
+    hb = make_hb(interval_seconds=0.3)
+    hb.start_thread()
+    assert platform.wait_for_requests("events", 1)
+    # A stream that ends at once is tried again within BACKOFF_BASE, then within twice that...
+    assert not platform.wait_for_requests("events", 2, timeout=4 * BACKOFF_BASE)
+    stream = _stream(hb)
+    assert stream.last_refusal == 200 and stream.connects == 0
+    assert sum("no event stream" in m for m in logs.messages(logging.INFO)) == 1
+    assert not logs.messages(logging.WARNING)
+    did = platform.add_delegation(ws.id, status="completed")
+    assert wait_until(lambda: _delivered(tmp_path) == [did], timeout=3.0)
+    _bounded_stop(hb)
+
+
+def test_an_event_stream_with_parameters_in_its_content_type_is_read(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    platform.fault("events", headers={"Content-Type": "Text/Event-Stream; charset=UTF-8"})
+    hb = make_hb(interval_seconds=30.0)
+    hb.start_thread()
+    assert wait_until(lambda: _stream_open(platform, ws, hb))
+    assert platform.wait_for_requests("activity", 1)
+    did = platform.add_delegation(ws.id, status="completed")
+    assert wait_until(lambda: _delivered(tmp_path) == [did], timeout=1.0)
+    _bounded_stop(hb)
+
+
 @pytest.mark.parametrize("how", ["no answer", "silent after the headers"])
 def test_a_stream_that_never_sends_costs_latency_never_a_result(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path, how: str
@@ -304,6 +454,69 @@ def test_a_stream_that_never_sends_costs_latency_never_a_result(
     assert len(_delivered(tmp_path)) == 3
 
 
+def _accept_request(listener: socket.socket) -> socket.socket:
+    """The stream thread's connection, its request read up to the blank line."""
+    conn, _ = listener.accept()
+    conn.settimeout(5.0)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = conn.recv(4096)
+        assert data, "the connection closed before its request"
+        head += data
+    assert head.startswith(b"GET /workspaces/%s/events/stream " % WS.encode())
+    return conn
+
+
+@pytest.mark.parametrize("framing", ["until the connection closes", "with a Content-Length"])
+def test_a_stream_without_chunked_framing_is_read_as_it_arrives_not_byte_by_byte(
+    tmp_path: Path, framing: str
+) -> None:
+    """A server (or a proxy in front of it) that sends the stream without chunked framing:
+    every event is read as soon as it has arrived, while the connection stays open, in a few
+    reads per event, never one read per byte."""
+    pad = "x" * 2000
+    frames = [b": ping\n\n"] + [
+        b'data: {"type":"DELEGATION_COMPLETE","timestamp":%d,"data":{"delegation_id":"d%d",'
+        b'"response_preview":"%s"}}\n\n' % (i, i, pad.encode())
+        for i in range(20)
+    ]
+    count, length = len(frames), sum(len(f) for f in frames)
+    hints: list[int] = []
+    credentials = Credentials(tmp_path, env_token="token-1")
+
+    def client() -> PlatformClient:
+        return PlatformClient(
+            f"http://127.0.0.1:{listener.getsockname()[1]}", WS, credentials, make_session
+        )
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(5.0)
+        stream = EventStream(
+            client, WS, lambda: hints.append(1), idle_timeout=10.0, draw=lambda: 0.0
+        )
+        stream.start()
+        try:
+            with _accept_request(listener) as conn:
+                head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                head += "Cache-Control: no-cache\r\n"
+                if framing == "with a Content-Length":
+                    head += f"Content-Length: {length}\r\n"
+                conn.sendall(head.encode() + b"Connection: close\r\n\r\n")
+                for n, frame in enumerate(frames):
+                    conn.sendall(frame)
+                    # Nothing more is sent until this event has been read: a read that waited
+                    # for more bytes than had arrived would never return.
+                    assert wait_until(lambda n=n: len(hints) == n, timeout=2.0), (n, len(hints))
+                assert stream.events == count - 1
+                assert stream.reads <= 3 * count, f"{stream.reads} reads for {length} bytes"
+                # stop() cuts such a stream mid-read as it cuts a chunked one.
+                started = time.monotonic()
+                assert stream.stop(timeout=2.0)
+                assert time.monotonic() - started < 2.0
+        finally:
+            stream.stop(timeout=2.0)
+
+
 def test_a_401_on_the_stream_rereads_the_token_like_the_beat(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
 ) -> None:
@@ -315,7 +528,8 @@ def test_a_401_on_the_stream_rereads_the_token_like_the_beat(
     token = platform.rotate_token(ws.id)
     (tmp_path / "configs" / ".auth_token").write_text(token)
     platform.drop_streams(ws.id)
-    assert wait_until(lambda: platform.open_streams(ws.id) == 1, timeout=3.0)
+    # A stream that was up a while comes back within RECONNECT_SPREAD.
+    assert wait_until(lambda: platform.open_streams(ws.id) == 1, timeout=RECONNECT_SPREAD + 3.0)
     statuses = [r.status for r in platform.requests_for("events")]
     assert statuses[-2:] == [401, 200], statuses
     did = platform.add_delegation(ws.id, status="completed")
@@ -391,6 +605,21 @@ def test_fake_stream_has_the_real_servers_framing(platform: FakePlatform, ws: Wo
     assert event["type"] == "DELEGATION_COMPLETE"
     assert event["data"] == {"delegation_id": did, "target_id": "peer", "response_preview": "42"}
     assert json.loads(sent[len(b"data: ") :])["type"] == "DELEGATION_SENT"
+
+
+def test_fake_stream_takes_a_header_faults_content_type(
+    platform: FakePlatform, ws: Workspace
+) -> None:
+    platform.fault("events", headers={"Content-Type": "text/plain", "X-Extra": "1"}, times=1)
+    resp = _open(platform, ws)
+    try:
+        assert resp.status_code == 200
+        assert resp.headers["Content-Type"] == "text/plain"
+        assert resp.headers["X-Extra"] == "1"
+        assert resp.raw.chunked  # the framing stays the stream's
+        assert next(resp.iter_content(chunk_size=65536)).startswith(b": ping")
+    finally:
+        resp.close()
 
 
 def test_fake_stream_refuses_like_the_real_server(platform: FakePlatform, ws: Workspace) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
+import socket
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,13 @@ import pytest
 import requests
 from urllib3.util.retry import Retry
 
-from heartbeat_sync._http import _Watchdog, make_retry, make_session, parse_retry_after
+from heartbeat_sync._http import (
+    _Watchdog,
+    abort_session,
+    make_retry,
+    make_session,
+    parse_retry_after,
+)
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
@@ -242,3 +249,43 @@ def test_stop_cuts_a_retry_after_wait_short_and_retries_nothing(
     assert hb.stop(timeout=3.0)
     assert time.monotonic() - started < 1.0
     assert not platform.wait_for_requests("delegations", 2, timeout=0.5)
+
+
+@pytest.mark.parametrize("connection_close", [True, False])
+def test_abort_cuts_a_body_that_ends_with_the_connection(connection_close: bool) -> None:
+    """A body without a length or chunked framing is read up to the connection's close;
+    http.client lets go of the connection's socket as the answer comes, yet abort_session cuts
+    the read at once, as it cuts any other."""
+    session = make_session()
+    ended: list[object] = []
+    reading = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(5.0)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+
+        def read() -> None:
+            with session.get(url, stream=True, timeout=(5, 30)) as resp:
+                resp.raw.read(3)
+                reading.set()
+                try:
+                    ended.append(resp.raw.read())
+                except Exception as exc:  # the cut, however urllib3 words it
+                    ended.append(exc)
+
+        thread = threading.Thread(target=read, daemon=True)
+        thread.start()
+        conn, _ = listener.accept()
+        with conn:  # closing it ends the read in any case: the thread never outlives the test
+            conn.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+            if connection_close:
+                head += b"Connection: close\r\n"
+            conn.sendall(head + b"\r\nabc")
+            assert reading.wait(5.0)
+            started = time.monotonic()
+            abort_session(session)
+            thread.join(2.0)
+            assert not thread.is_alive()
+            assert time.monotonic() - started < 2.0
+        assert len(ended) == 1
+    session.close()

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from heartbeat_sync import Heartbeat, StreamStatus
-from heartbeat_sync._events import Event, state_change
+from heartbeat_sync._sse import Event, state_change
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, wait_until

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from heartbeat_sync import _rows, _texts
-from heartbeat_sync._http import parse_json
+from heartbeat_sync._body import parse_json
 
 WS = "11111111-1111-4111-8111-111111111111"
 PEER = "22222222-2222-4222-8222-222222222222"

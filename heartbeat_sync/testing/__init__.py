@@ -38,7 +38,9 @@ Routes served:
   ``WORKSPACE_ONLINE`` for a registration and for a beat that brings the workspace back. Open
   streams can be dropped (:meth:`FakePlatform.drop_streams`) and stalled
   (:meth:`FakePlatform.stall_streams`);
-  ``fault("events", status=404)`` refuses the stream like a server without the route.
+  ``fault("events", status=404)`` refuses the stream like a server without the route, and a
+  header fault (``fault("events", headers={"Content-Type": "text/plain"})``) changes the
+  stream's headers.
   :meth:`FakePlatform.held` holds every request while events keep flowing (a slow poll
   during a burst of events).
 

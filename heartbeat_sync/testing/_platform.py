@@ -126,8 +126,10 @@ class FakePlatform(WorkspaceSetup):
             status: Answer with this status (body defaults to
                 ``{"error": "injected fault"}``).
             headers: Extra response headers.  On their own (no status/body/body_size)
-                they are added to the normal answer.  A ``Content-Length`` given here
-                is sent as is (and the connection is closed after the answer).
+                they are added to the normal answer; on the event stream they replace its
+                own (its ``Content-Type``, say) but not its chunked framing.  A
+                ``Content-Length`` given here is sent as is (and the connection is closed
+                after the answer).
             body: Body to answer with: ``bytes``/``str`` verbatim, anything else
                 JSON-encoded.  Without ``status`` the answer is 200.
             body_size: Stream a body of exactly this many bytes (``[`` followed by

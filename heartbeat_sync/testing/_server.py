@@ -258,7 +258,7 @@ class Serving:
                 return
             reply.headers = {**reply.headers, **extra_headers}
             if reply.events is not None:
-                self._serve_events(handler, entry, reply.events)
+                self._serve_events(handler, entry, reply.events, reply.headers)
                 return
             self._send(handler, entry, reply)
         except Exception:
@@ -273,9 +273,25 @@ class Serving:
         shutdown_socket(handler.connection)
 
     def _serve_events(
-        self, handler: _Handler, entry: RecordedRequest, sub: _events.Subscriber
+        self,
+        handler: _Handler,
+        entry: RecordedRequest,
+        sub: _events.Subscriber,
+        extra_headers: dict[str, str],
     ) -> None:
         state = self._state
+        headers = {
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+        # A header fault replaces the stream's own headers; the chunked framing stays.
+        for name, value in extra_headers.items():
+            if name.lower() in ("transfer-encoding", "content-length"):
+                continue
+            for own in [k for k in headers if k.lower() == name.lower()]:
+                del headers[own]
+            headers[name] = value
         state.answered(entry, 200, faulted=False)
         handler.close_connection = True
 
@@ -289,9 +305,8 @@ class Serving:
 
         try:
             handler.send_response(200)
-            handler.send_header("Content-Type", "text/event-stream")
-            handler.send_header("Cache-Control", "no-cache")
-            handler.send_header("X-Accel-Buffering", "no")
+            for name, value in headers.items():
+                handler.send_header(name, value)
             handler.send_header("Transfer-Encoding", "chunked")
             handler.end_headers()
             handler.wfile.flush()
