@@ -17,7 +17,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import requests
 import urllib3.exceptions as u3
 
-from . import _config, _rows, _texts
+from . import _config
 from ._auth import Credentials
 from ._body import BodyTooLarge, parse_json, read_body
 from ._http import SessionFactory, abort_session, parse_retry_after, request_scope
@@ -88,6 +88,30 @@ def describe_error(exc: BaseException) -> str:
 def _segment(value: str) -> str:
     """One path segment, quoted: nothing in an id can reach another route."""
     return quote(value, safe="")
+
+
+def inbound_secret(body: Any) -> str | None:
+    """``platform_inbound_secret`` from a heartbeat reply, when it is a non-empty string."""
+    if not isinstance(body, dict):
+        return None
+    secret = body.get("platform_inbound_secret")
+    if isinstance(secret, str) and secret and len(secret) <= 4096:
+        return secret
+    return None
+
+
+def self_message_body(text: str, message_id: str) -> dict[str, Any]:
+    """The A2A ``message/send`` body of a wake-up: role user, one ``kind: text`` part."""
+    return {
+        "method": "message/send",
+        "params": {
+            "message": {
+                "role": "user",
+                "messageId": message_id,
+                "parts": [{"kind": "text", "text": text}],
+            },
+        },
+    }
 
 
 class PlatformClient:
@@ -246,7 +270,7 @@ class PlatformClient:
             status, reply, headers = self._request("POST", "/registry/heartbeat", json_body=body)
         if not 200 <= status < 300:
             raise self._fail("heartbeat", status, reply, headers)
-        return BeatReply(_rows.inbound_secret(reply))
+        return BeatReply(inbound_secret(reply))
 
     def register(self, body: dict[str, Any]) -> dict[str, Any]:
         """POST /registry/register; returns the 2xx answer's JSON object (secrets included:
@@ -361,7 +385,7 @@ class PlatformClient:
         status, body, headers = self._request(
             "POST",
             f"/workspaces/{_segment(self.workspace_id)}/a2a",
-            json_body=_texts.self_message_body(text, message_id),
+            json_body=self_message_body(text, message_id),
             self_source=True,
             timeout=timeout,
         )

@@ -20,7 +20,7 @@ from ._client import CursorGone, PlatformClient, PlatformError
 from ._inbox import Inbox
 from ._lifecycle import Lifecycle
 from ._ratelimit import RateLimitedLog
-from ._register import PENDING, Registrar
+from ._registrar import PENDING, Registrar
 from ._rows import Result
 from ._tally import Tally
 

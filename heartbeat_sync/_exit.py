@@ -14,17 +14,30 @@ import time
 import weakref
 from typing import Protocol
 
-from ._worker import SideEffectWorker
+logger = logging.getLogger(__name__)
 
-logger = logging.getLogger("heartbeat_sync")
+
+class Pending(Protocol):
+    """What the hook needs of a side-effect worker."""
+
+    def idle(self) -> bool: ...
+
+    def flush(self, timeout: float) -> bool: ...
+
+    def pending_summary(self) -> str: ...
 
 
 class Exiting(Protocol):
     """What the hook needs of a Heartbeat."""
 
-    exit_timeout: float | None
-    _pid: int
-    _worker: SideEffectWorker
+    @property
+    def exit_timeout(self) -> float | None: ...
+
+    @property
+    def _pid(self) -> int: ...
+
+    @property
+    def _worker(self) -> Pending: ...
 
     def stop(self, timeout: float = ...) -> bool: ...
 

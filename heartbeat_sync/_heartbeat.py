@@ -21,7 +21,7 @@ from ._client import PlatformClient
 from ._cycle import Cycle
 from ._http import SessionFactory
 from ._inbox import Inbox
-from ._register import REGISTER_RETRY_FIRST, REGISTER_RETRY_MAX, Registrar
+from ._registrar import REGISTER_RETRY_FIRST, REGISTER_RETRY_MAX, Registrar
 from ._run import Run
 from ._settings import (
     MIN_CURSOR_IDS,

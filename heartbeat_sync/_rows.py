@@ -27,7 +27,6 @@ __all__ = [
     "activity_results",
     "created_ns",
     "delegation_results",
-    "inbound_secret",
     "message_text",
     "newest_first",
     "valid_id",
@@ -113,16 +112,6 @@ def _objects(rows: Iterable[Any], out: Parsed) -> Iterator[dict[str, Any]]:
             yield row
         else:
             out.malformed += 1
-
-
-def inbound_secret(body: Any) -> str | None:
-    """``platform_inbound_secret`` from a heartbeat reply, when it is a non-empty string."""
-    if not isinstance(body, dict):
-        return None
-    secret = body.get("platform_inbound_secret")
-    if isinstance(secret, str) and secret and len(secret) <= 4096:
-        return secret
-    return None
 
 
 def delegation_results(

@@ -1,8 +1,8 @@
 """Pure: the texts and bodies the library sends or hands over, built from results.
 
-The beat body, the wake-up text an agent receives, the canvas notification, the A2A body of
-a self-message, and the text a prompt gets for a batch of results (the reference runtime
-reader's format). Nothing here does I/O or keeps state.
+The beat body, the wake-up text an agent receives, the canvas notification, and the text a
+prompt gets for a batch of results (the reference runtime reader's format). Nothing here does
+I/O or keeps state.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ __all__ = [
     "build_beat_body",
     "format_delegation_results",
     "notify_text",
-    "self_message_body",
     "trigger_text",
 ]
 
@@ -118,20 +117,6 @@ def notify_text(result: Result) -> str:
     if r.get("response_preview"):
         msg += f"\nResult: {r['response_preview'][:200]}"
     return msg
-
-
-def self_message_body(text: str, message_id: str) -> dict[str, Any]:
-    """The A2A ``message/send`` body of a wake-up: role user, one ``kind: text`` part."""
-    return {
-        "method": "message/send",
-        "params": {
-            "message": {
-                "role": "user",
-                "messageId": message_id,
-                "parts": [{"kind": "text", "text": text}],
-            },
-        },
-    }
 
 
 # --------------------------------------------------------------------------------------------

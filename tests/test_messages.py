@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from heartbeat_sync import _rows, _texts
 from heartbeat_sync._body import parse_json
+from heartbeat_sync._client import inbound_secret, self_message_body
 
 WS = "11111111-1111-4111-8111-111111111111"
 PEER = "22222222-2222-4222-8222-222222222222"
@@ -83,7 +84,7 @@ def test_beat_body_table() -> None:
     ],
 )
 def test_inbound_secret(body: Any, expected: str | None) -> None:
-    assert _rows.inbound_secret(body) == expected
+    assert inbound_secret(body) == expected
 
 
 def _delegation(**kw: Any) -> dict[str, Any]:
@@ -194,7 +195,7 @@ def test_notify_and_self_message_shapes() -> None:
         _rows.ORIGIN_DELEGATION,
     )
     assert _texts.notify_text(r) == "Delegation failed: s"
-    body = _texts.self_message_body("hi", "mid")
+    body = self_message_body("hi", "mid")
     assert body["params"]["message"] == {
         "role": "user",
         "messageId": "mid",
@@ -231,7 +232,7 @@ def test_any_activity_json_is_parsed_without_exceptions(rows: list[Any]) -> None
 @settings(max_examples=200, deadline=None)
 @given(json_values)
 def test_any_json_anywhere_a_body_is_read(value: Any) -> None:
-    _rows.inbound_secret(value)
+    inbound_secret(value)
     _rows.message_text(value)
     _rows.message_text({"params": {"message": {"parts": value}}})
     _rows.newest_first(value if isinstance(value, list) else [value])
