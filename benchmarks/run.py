@@ -43,10 +43,10 @@ import requests  # noqa: E402
 from _platform import RemotePlatform  # noqa: E402
 
 from heartbeat_sync import Heartbeat  # noqa: E402
-from heartbeat_sync._activity import OVERLAP_MAX, SETTLE_SECONDS  # noqa: E402
-from heartbeat_sync._http import make_session  # noqa: E402
-from heartbeat_sync._schedule import phase_of, team_phase  # noqa: E402
 from heartbeat_sync._settings import _PhaseSequence  # noqa: E402
+from heartbeat_sync.delivery.activity import OVERLAP_MAX, SETTLE_SECONDS  # noqa: E402
+from heartbeat_sync.loop.schedule import phase_of, team_phase  # noqa: E402
+from heartbeat_sync.wire.http import make_session  # noqa: E402
 
 BENCHMARKS = ("cpu", "cadence", "bytes", "memory", "fleet", "latency", "idle")
 ENV_TO_CLEAR = (

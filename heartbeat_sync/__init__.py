@@ -11,12 +11,12 @@ The library logs to the ``heartbeat_sync`` logger tree and installs no handlers.
 from __future__ import annotations
 
 from .__about__ import __version__
-from ._files import read_delegation_results
 from ._heartbeat import Heartbeat
-from ._register import Registration, RegistrationError, register
 from ._status import Status, StreamStatus
-from ._texts import format_delegation_results
 from ._wedge import clear_wedge, is_wedged, mark_wedged, wedge_reason
+from .delivery.results import read_delegation_results
+from .effects.texts import format_delegation_results
+from .wire.registration import Registration, RegistrationError, register
 
 __all__ = [
     "Heartbeat",

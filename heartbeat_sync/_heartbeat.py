@@ -14,15 +14,7 @@ import os
 import threading
 from typing import Any
 
-from . import _exit, _fork, _lifecycle, _metadata, _settings, _status
-from ._auth import Credentials
-from ._callbacks import Callbacks
-from ._client import PlatformClient
-from ._cycle import Cycle
-from ._http import SessionFactory
-from ._inbox import Inbox
-from ._registrar import REGISTER_RETRY_FIRST, REGISTER_RETRY_MAX, Registrar
-from ._run import Run
+from . import _exit, _fork, _metadata, _settings, _status
 from ._settings import (
     MIN_CURSOR_IDS,
     MIN_SEEN_IDS,
@@ -30,8 +22,17 @@ from ._settings import (
     RandomSource,
     StateCallback,
 )
-from ._tally import Tally
-from ._worker import SideEffectWorker
+from .delivery.inbox import Inbox
+from .effects.sender import SideEffectWorker
+from .loop import lifecycle as _lifecycle
+from .loop.callbacks import Callbacks
+from .loop.cycle import Cycle
+from .loop.registrar import REGISTER_RETRY_FIRST, REGISTER_RETRY_MAX, Registrar
+from .loop.run import Run
+from .loop.tally import Tally
+from .wire.auth import Credentials
+from .wire.client import PlatformClient
+from .wire.http import SessionFactory
 
 logger = logging.getLogger(__name__)
 

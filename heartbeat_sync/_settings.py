@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from . import _config, _fork, _metadata, _validate
-from ._auth import origin_header, resolve_configs_dir, resolve_org_id
-from ._events import events_enabled
-from ._http import SessionFactory, make_session
-from ._register import registration_body
+from .wire.auth import origin_header, resolve_configs_dir, resolve_org_id
+from .wire.events import events_enabled
+from .wire.http import SessionFactory, make_session
+from .wire.registration import registration_body
 
 #: The legacy ``start_phase`` of earlier releases (the first beat within this share of the
 #: interval, then a fixed rate from there); the default schedule now spreads by itself.

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from heartbeat_sync import _files, _journal
-from heartbeat_sync._files import Record
+from heartbeat_sync.delivery import journal as _journal
+from heartbeat_sync.delivery import results as _files
+from heartbeat_sync.delivery.results import Record
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from heartbeat_sync import _config
-from heartbeat_sync._cliargs import build_parser
-from heartbeat_sync._runconfig import (
+from heartbeat_sync.cli.args import build_parser
+from heartbeat_sync.cli.config import (
     MAX_INTERVAL,
     MIN_INTERVAL,
     ConfigError,

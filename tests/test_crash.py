@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from heartbeat_sync._files import IdLog, ResultsFile, read_delegation_results
+from heartbeat_sync.delivery.results import IdLog, ResultsFile, read_delegation_results
 from heartbeat_sync.testing import FakePlatform
 
 from ._writer import kill_writer, start_writer
@@ -127,7 +127,7 @@ def test_sigkill_at_random_moments_while_results_stream_in(tmp_path: Path, write
 # delivered twice (or lost) shows up as a duplicate (or a gap) in the results file.
 _RF_WRITER = r"""
 import sys
-from heartbeat_sync._files import IdLog, ResultsFile
+from heartbeat_sync.delivery.results import IdLog, ResultsFile
 
 folder, batch, stop_at, recover_first = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 results = ResultsFile(folder + "/results.jsonl")
@@ -221,7 +221,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
 
 _PRODUCER = r"""
 import sys, time
-from heartbeat_sync._files import IdLog, ResultsFile
+from heartbeat_sync.delivery.results import IdLog, ResultsFile
 
 folder, total, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 results = ResultsFile(folder + "/results.jsonl")

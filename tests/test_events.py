@@ -22,9 +22,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from heartbeat_sync import Heartbeat, StreamStatus
-from heartbeat_sync._auth import Credentials
-from heartbeat_sync._client import PlatformClient
-from heartbeat_sync._events import (
+from heartbeat_sync.testing import FakePlatform, Workspace
+from heartbeat_sync.wire.auth import Credentials
+from heartbeat_sync.wire.client import PlatformClient
+from heartbeat_sync.wire.events import (
     BACKOFF_BASE,
     BACKOFF_CAP,
     RECONNECT_SPREAD,
@@ -33,9 +34,8 @@ from heartbeat_sync._events import (
     events_enabled,
     reconnect_delay,
 )
-from heartbeat_sync._http import make_session
-from heartbeat_sync._sse import MAX_EVENT_BYTES, Event, SSEParser, is_event_stream, wants_poll
-from heartbeat_sync.testing import FakePlatform, Workspace
+from heartbeat_sync.wire.http import make_session
+from heartbeat_sync.wire.sse import MAX_EVENT_BYTES, Event, SSEParser, is_event_stream, wants_poll
 
 from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
 

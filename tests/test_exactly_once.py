@@ -22,10 +22,10 @@ import filelock
 import pytest
 
 from heartbeat_sync import Heartbeat, read_delegation_results
-from heartbeat_sync._activity import OVERLAP_MAX, ActivityPager
-from heartbeat_sync._files import IdLog, ResultsFile
-from heartbeat_sync._rows import newest_first
 from heartbeat_sync._settings import MIN_CURSOR_IDS, MIN_SEEN_IDS
+from heartbeat_sync.delivery.activity import OVERLAP_MAX, ActivityPager
+from heartbeat_sync.delivery.results import IdLog, ResultsFile
+from heartbeat_sync.delivery.rows import newest_first
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 
 from heartbeat_sync import format_delegation_results, read_delegation_results
-from heartbeat_sync._rows import delegation_results
-from heartbeat_sync._texts import notify_text, trigger_text
+from heartbeat_sync.delivery.rows import delegation_results
+from heartbeat_sync.effects.texts import notify_text, trigger_text
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, read_lines, wait_until

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heartbeat_sync._texts import format_delegation_results
+from heartbeat_sync.effects.texts import format_delegation_results
 
 from ._results import fresh_warning_counters, line, record, warnings_of  # noqa: F401
 

@@ -170,7 +170,7 @@ def test_a_damaged_token_from_the_environment_is_refused_without_quoting_it(
 
 def test_no_exception_text_that_may_quote_a_header_is_logged_or_kept() -> None:
     """The client names such an exception by its type alone."""
-    from heartbeat_sync._client import describe_error
+    from heartbeat_sync.wire.client import describe_error
 
     secret = "Bearer s3cr3t-t0ken"
     header_error = requests.exceptions.InvalidHeader(f"bad header value: {secret!r}")

@@ -14,14 +14,14 @@ import pytest
 import requests
 from urllib3.util.retry import Retry
 
-from heartbeat_sync._http import (
+from heartbeat_sync.testing import FakePlatform, Workspace
+from heartbeat_sync.wire.http import (
     _Watchdog,
     abort_session,
     make_retry,
     make_session,
     parse_retry_after,
 )
-from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
 

@@ -1,4 +1,4 @@
-"""The id logs (heartbeat_sync._idlog): order, bounds, persistence, merging writers."""
+"""The id logs (heartbeat_sync.delivery.idlog): order, bounds, persistence, merging writers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from heartbeat_sync._files import IdLog
+from heartbeat_sync.delivery.results import IdLog
 
 from ._results import fresh_warning_counters, line, record, warnings_of  # noqa: F401
 

@@ -1,4 +1,4 @@
-"""The delivery journal (heartbeat_sync._journal): a delivery interrupted at any step is
+"""The delivery journal (heartbeat_sync.delivery.journal): a delivery interrupted at any step is
 finished exactly once, by a writer or by the reader."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from heartbeat_sync import _journal, _safefile
-from heartbeat_sync._files import IdLog, ResultsFile, read_delegation_results
+from heartbeat_sync import _safefile
+from heartbeat_sync.delivery import journal as _journal
+from heartbeat_sync.delivery.results import IdLog, ResultsFile, read_delegation_results
 
 from ._results import fresh_warning_counters, line, record, warnings_of  # noqa: F401
 

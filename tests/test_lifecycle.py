@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from heartbeat_sync import Heartbeat
-from heartbeat_sync._http import make_session
 from heartbeat_sync.testing import FakePlatform, Workspace
+from heartbeat_sync.wire.http import make_session
 
 from .conftest import HeartbeatFactory, LogCapture, wait_until
 

@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from heartbeat_sync import Heartbeat, StreamStatus
-from heartbeat_sync._sse import Event, state_change
 from heartbeat_sync.testing import FakePlatform, Workspace
+from heartbeat_sync.wire.sse import Event, state_change
 
 from .conftest import HeartbeatFactory, wait_until
 

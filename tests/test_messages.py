@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heartbeat_sync import _rows, _texts
-from heartbeat_sync._body import parse_json
-from heartbeat_sync._client import inbound_secret, self_message_body
+from heartbeat_sync.delivery import rows as _rows
+from heartbeat_sync.effects import texts as _texts
+from heartbeat_sync.wire.body import parse_json
+from heartbeat_sync.wire.client import inbound_secret, self_message_body
 
 WS = "11111111-1111-4111-8111-111111111111"
 PEER = "22222222-2222-4222-8222-222222222222"

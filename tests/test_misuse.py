@@ -24,7 +24,7 @@ from .conftest import HeartbeatFactory, wait_until
 
 
 def test_forced_cycles_burst_then_one_a_second() -> None:
-    from heartbeat_sync._schedule import TokenBucket
+    from heartbeat_sync.loop.schedule import TokenBucket
 
     bucket = TokenBucket(burst=5, rate=1.0)
     now = 100.0
@@ -48,7 +48,7 @@ def test_forced_cycles_never_exceed_the_bound_whatever_the_pattern() -> None:
     """Whatever the asks, at most burst + t / spacing cycles run in t seconds."""
     import random
 
-    from heartbeat_sync._schedule import TokenBucket
+    from heartbeat_sync.loop.schedule import TokenBucket
 
     rng = random.Random(7)
     bucket = TokenBucket(burst=5, rate=1.0)

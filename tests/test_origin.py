@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import requests
 
-from heartbeat_sync._auth import origin_of
 from heartbeat_sync.testing import FakePlatform, Workspace
+from heartbeat_sync.wire.auth import origin_of
 
 from .conftest import HeartbeatFactory, wait_until
 

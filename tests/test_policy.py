@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heartbeat_sync._policy import (
+from heartbeat_sync.effects.policy import (
     DEFAULT_RETRY_DELAY,
     MIN_RETRY_DELAY,
     NOTIFY_PAUSE_SECONDS,

@@ -1,4 +1,4 @@
-"""The results file and the public reader (heartbeat_sync._files), in one process."""
+"""The results file and the public reader (heartbeat_sync.delivery.results), in one process."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 import filelock
 import pytest
 
-from heartbeat_sync import _config, _files
-from heartbeat_sync._files import IdLog, ResultsFile, read_delegation_results
+from heartbeat_sync import _config
+from heartbeat_sync.delivery import results as _files
+from heartbeat_sync.delivery.results import IdLog, ResultsFile, read_delegation_results
 
 from ._results import fresh_warning_counters, line, record, warnings_of  # noqa: F401
 

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from heartbeat_sync._schedule import Act, Slots, Step, TokenBucket, next_step
+from heartbeat_sync.loop.schedule import Act, Slots, Step, TokenBucket, next_step
 
 
 def decide(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from heartbeat_sync import _safefile
-from heartbeat_sync._auth import Credentials, save_token
+from heartbeat_sync.wire.auth import Credentials, save_token
 
 
 def _mode(path: Path) -> int:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heartbeat_sync import _schedule
+from heartbeat_sync.loop import schedule as _schedule
 
 
 def test_phase_is_stable_and_in_range() -> None:

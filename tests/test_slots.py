@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from heartbeat_sync import _schedule
+from heartbeat_sync.loop import schedule as _schedule
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import FixedRandom, HeartbeatFactory

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from heartbeat_sync import Heartbeat, _schedule
-from heartbeat_sync._team import siblings
+from heartbeat_sync import Heartbeat
+from heartbeat_sync.loop import schedule as _schedule
+from heartbeat_sync.loop.team import siblings
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import FixedRandom, HeartbeatFactory, LogCapture, wait_until

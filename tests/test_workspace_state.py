@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from heartbeat_sync import _lifecycle as lc
+from heartbeat_sync.loop import lifecycle as lc
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import HeartbeatFactory, LogCapture, wait_until

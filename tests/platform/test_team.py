@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from heartbeat_sync import _schedule
+from heartbeat_sync.loop import schedule as _schedule
 
 from ..conftest import LogCapture
 from ..test_team import INTERVAL, SLACK, member_heartbeat

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
-from ._rows import valid_id
+from .rows import valid_id
 
 __all__ = ["OVERLAP_MAX", "SETTLE_SECONDS", "START_OVERLAP", "ActivityPager", "row_ids"]
 

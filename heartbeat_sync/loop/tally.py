@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import _status
-from ._policy import SideEffectCounts
+from .. import _status
+from ..effects.policy import SideEffectCounts
 
 
 @dataclass(frozen=True)

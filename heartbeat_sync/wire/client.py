@@ -17,10 +17,10 @@ from urllib.parse import quote, urljoin, urlsplit
 import requests
 import urllib3.exceptions as u3
 
-from . import _config
-from ._auth import Credentials
-from ._body import BodyTooLarge, parse_json, read_body
-from ._http import SessionFactory, abort_session, parse_retry_after, request_scope
+from .. import _config
+from .auth import Credentials
+from .body import BodyTooLarge, parse_json, read_body
+from .http import SessionFactory, abort_session, parse_retry_after, request_scope
 
 logger = logging.getLogger(__name__)
 

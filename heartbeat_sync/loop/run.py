@@ -20,15 +20,18 @@ import time
 from collections.abc import Sequence
 from typing import Callable
 
-from . import _lifecycle, _schedule, _status, _team
-from ._callbacks import Callbacks
-from ._client import PlatformClient, PlatformError
-from ._cycle import Cycle, Outcome
-from ._events import EventStream
-from ._schedule import Act, Slots, TokenBucket, next_step
-from ._sse import ONLINE_EVENT
-from ._status import StreamStatus
-from ._worker import SideEffectWorker
+from .. import _status
+from .._status import StreamStatus
+from ..effects.sender import SideEffectWorker
+from ..wire.client import PlatformClient, PlatformError
+from ..wire.events import EventStream
+from ..wire.sse import ONLINE_EVENT
+from . import lifecycle as _lifecycle
+from . import schedule as _schedule
+from . import team as _team
+from .callbacks import Callbacks
+from .cycle import Cycle, Outcome
+from .schedule import Act, Slots, TokenBucket, next_step
 
 logger = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ import threading
 import time
 from typing import Any, Callable, Literal
 
-from ._body import read_as_it_arrives
-from ._client import PlatformClient, PlatformError, describe_error
-from ._ratelimit import RateLimitedLog
-from ._sse import SSEParser, is_event_stream, state_change, wants_poll
-from ._status import StreamStatus
+from .._ratelimit import RateLimitedLog
+from .._status import StreamStatus
+from .body import read_as_it_arrives
+from .client import PlatformClient, PlatformError, describe_error
+from .sse import SSEParser, is_event_stream, state_change, wants_poll
 
 logger = logging.getLogger(__name__)
 

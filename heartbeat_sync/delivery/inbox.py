@@ -24,11 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import _rows
-from ._activity import ActivityPager, row_ids
-from ._files import IdLog, ResultsFile
-from ._ratelimit import RateLimitedLog
-from ._rows import Result
+from .._ratelimit import RateLimitedLog
+from . import rows as _rows
+from .activity import ActivityPager, row_ids
+from .results import IdLog, ResultsFile
+from .rows import Result
 
 logger = logging.getLogger(__name__)
 

@@ -17,15 +17,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
-from ._files import ResultsFile, read_delegation_results
-from ._heartbeat import Heartbeat
-from ._http import RETRY_STATUSES
-from ._rows import message_text
-from ._status import Status
-from ._texts import format_delegation_results
+from .._heartbeat import Heartbeat
+from .._status import Status
+from ..delivery.results import ResultsFile, read_delegation_results
+from ..delivery.rows import message_text
+from ..effects.texts import format_delegation_results
+from ..wire.http import RETRY_STATUSES
 
 if TYPE_CHECKING:
-    from .testing import FakePlatform, RecordedRequest
+    from ..testing import FakePlatform, RecordedRequest
 
 PROG = "heartbeat-sync"
 
@@ -115,7 +115,7 @@ class _Story:
     """The demo's cast on the FakePlatform, and what happened to them."""
 
     def __init__(self, fp: FakePlatform, configs_dir: Path) -> None:
-        from .testing import Response
+        from ..testing import Response
 
         self.fp = fp
         self.configs_dir = configs_dir
@@ -251,7 +251,7 @@ def run_demo(seconds: float, interval: float, stream: TextIO) -> int:
 
 
 def _play(seconds: float, interval: float, tmp: Path, console: _Console) -> int:
-    from .testing import FakePlatform
+    from ..testing import FakePlatform
 
     configs = tmp / "configs"
     configs.mkdir()

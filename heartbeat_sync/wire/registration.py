@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _validate
-from ._auth import (
+from .. import _validate
+from .._config import ENV_TOKEN
+from .auth import (
     Credentials,
     check_token_writable,
     keep_token_elsewhere,
@@ -25,9 +26,8 @@ from ._auth import (
     resolve_org_id,
     save_token,
 )
-from ._client import PlatformClient, PlatformError
-from ._config import ENV_TOKEN
-from ._http import make_session
+from .client import PlatformClient, PlatformError
+from .http import make_session
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from .__about__ import __version__
-from ._config import (
+from ..__about__ import __version__
+from .._config import (
     DEFAULT_INTERVAL,
     DEFAULT_RESULTS_FILE,
     ENV_AGENT_URL,
@@ -24,7 +24,7 @@ from ._config import (
     ENV_TOKEN,
     ENV_WORKSPACE_ID,
 )
-from ._runconfig import MAX_INTERVAL, MIN_INTERVAL
+from .config import MAX_INTERVAL, MIN_INTERVAL
 
 __all__ = ["LOG_LEVELS", "PROG", "build_parser"]
 

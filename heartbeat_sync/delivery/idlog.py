@@ -16,9 +16,9 @@ from itertools import islice
 
 import filelock
 
-from . import _fork, _safefile
-from ._ratelimit import RateLimitedLog
-from ._rows import valid_id
+from .. import _fork, _safefile
+from .._ratelimit import RateLimitedLog
+from .rows import valid_id
 
 __all__ = ["DEFAULT_LOCK_TIMEOUT", "IdLog"]
 

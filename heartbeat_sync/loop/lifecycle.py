@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ._client import PlatformClient, PlatformError
+from ..wire.client import PlatformClient, PlatformError
 
 ACTIVE = "active"
 PAUSED = "paused"

@@ -14,15 +14,17 @@ import math
 import threading
 from typing import Any, Callable, Optional
 
-from . import _lifecycle, _status, _texts, _wedge
-from ._auth import Credentials
-from ._client import CursorGone, PlatformClient, PlatformError
-from ._inbox import Inbox
-from ._lifecycle import Lifecycle
-from ._ratelimit import RateLimitedLog
-from ._registrar import PENDING, Registrar
-from ._rows import Result
-from ._tally import Tally
+from .. import _status, _wedge
+from .._ratelimit import RateLimitedLog
+from ..delivery.inbox import Inbox
+from ..delivery.rows import Result
+from ..effects import texts as _texts
+from ..wire.auth import Credentials
+from ..wire.client import CursorGone, PlatformClient, PlatformError
+from . import lifecycle as _lifecycle
+from .lifecycle import Lifecycle
+from .registrar import PENDING, Registrar
+from .tally import Tally
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Generic, TypeVar
 
-from . import _fork
-from ._policy import DROP_QUEUE_FULL, DROP_STOPPED
+from .. import _fork
+from .policy import DROP_QUEUE_FULL, DROP_STOPPED
 
 logger = logging.getLogger(__name__)
 

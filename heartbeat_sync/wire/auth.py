@@ -16,9 +16,9 @@ import filelock
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
-from . import _safefile, _validate
-from ._config import ENV_CONFIGS_DIR, ENV_ORG_ID, ENV_PLATFORM_URL, ENV_TOKEN
-from ._ratelimit import RateLimitedLog
+from .. import _safefile, _validate
+from .._config import ENV_CONFIGS_DIR, ENV_ORG_ID, ENV_PLATFORM_URL, ENV_TOKEN
+from .._ratelimit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Callable
 
-from . import _texts
-from ._client import PlatformClient, PlatformError
-from ._http import RETRY_STATUSES
-from ._policy import (
+from .._ratelimit import RateLimitedLog
+from ..delivery.rows import Result
+from ..wire.client import PlatformClient, PlatformError
+from ..wire.http import RETRY_STATUSES
+from . import texts as _texts
+from .policy import (
     DROP_QUEUE_FULL,
     DROP_STOPPED,
     NOTIFY_PAUSE_SECONDS,
@@ -30,9 +32,7 @@ from ._policy import (
     SideEffectPolicy,
     Wakeup,
 )
-from ._queueworker import Worker
-from ._ratelimit import RateLimitedLog
-from ._rows import Result
+from .queue import Worker
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ._rows import ORIGIN_ACTIVITY, Result
+from ..delivery.rows import ORIGIN_ACTIVITY, Result
 
 __all__ = [
     "TRIGGER_MAX_LINES",

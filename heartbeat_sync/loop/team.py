@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import _schedule
-from ._client import PlatformClient, PlatformError
-from ._rows import valid_id
+from ..delivery.rows import valid_id
+from ..wire.client import PlatformClient, PlatformError
+from . import schedule as _schedule
 
 logger = logging.getLogger(__name__)
 

@@ -62,11 +62,11 @@ import logging
 import os
 from collections.abc import Mapping
 
-from . import _fork, _safefile
-from ._idlog import IdLog
-from ._ratelimit import RateLimitedLog
-from ._rows import valid_id
-from ._safefile import UntrustedFile
+from .. import _fork, _safefile
+from .._ratelimit import RateLimitedLog
+from .._safefile import UntrustedFile
+from .idlog import IdLog
+from .rows import valid_id
 
 __all__ = ["VERSION", "Journal", "append_text", "read", "record_ids", "roll_back", "write"]
 

@@ -29,17 +29,17 @@ import types
 from pathlib import Path
 from typing import Any
 
-from .__about__ import __version__
-from ._auth import Credentials
-from ._cliargs import PROG, build_parser
-from ._config import DEFAULT_RESULTS_FILE, ENV_RESULTS_FILE, ENV_TOKEN, env_path
-from ._demo import run_demo
-from ._files import ResultsFile, read_delegation_results
-from ._heartbeat import Heartbeat
-from ._register import RegistrationError, register
-from ._runconfig import ConfigError, load_register_config, load_run_config
-from ._status import REMOVED
-from ._texts import format_delegation_results
+from ..__about__ import __version__
+from .._config import DEFAULT_RESULTS_FILE, ENV_RESULTS_FILE, ENV_TOKEN, env_path
+from .._heartbeat import Heartbeat
+from .._status import REMOVED
+from ..delivery.results import ResultsFile, read_delegation_results
+from ..effects.texts import format_delegation_results
+from ..wire.auth import Credentials
+from ..wire.registration import RegistrationError, register
+from .args import PROG, build_parser
+from .config import ConfigError, load_register_config, load_run_config
+from .demo import run_demo
 
 #: ``run``'s budget after a stop signal: pending side effects may use part of it, the threads
 #: the rest.

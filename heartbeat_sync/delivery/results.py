@@ -24,11 +24,12 @@ from typing import Any
 
 import filelock
 
-from . import _config, _fork, _journal, _safefile
-from ._idlog import DEFAULT_LOCK_TIMEOUT, IdLog
-from ._ratelimit import RateLimitedLog
-from ._rows import Record, valid_id
-from ._safefile import UntrustedFile
+from .. import _config, _fork, _safefile
+from .._ratelimit import RateLimitedLog
+from .._safefile import UntrustedFile
+from . import journal as _journal
+from .idlog import DEFAULT_LOCK_TIMEOUT, IdLog
+from .rows import Record, valid_id
 
 __all__ = [
     "IdLog",

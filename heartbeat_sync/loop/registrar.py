@@ -11,11 +11,11 @@ import math
 import time
 from typing import Any, Callable
 
-from ._auth import Credentials
-from ._client import PlatformClient
-from ._http import RETRY_STATUSES
-from ._ratelimit import RateLimitedLog
-from ._register import RegistrationError, register_with
+from .._ratelimit import RateLimitedLog
+from ..wire.auth import Credentials
+from ..wire.client import PlatformClient
+from ..wire.http import RETRY_STATUSES
+from ..wire.registration import RegistrationError, register_with
 
 logger = logging.getLogger(__name__)
 

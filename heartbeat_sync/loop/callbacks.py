@@ -15,7 +15,7 @@ import logging
 import threading
 from typing import Callable
 
-from . import _fork
+from .. import _fork
 
 logger = logging.getLogger(__name__)
 

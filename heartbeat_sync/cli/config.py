@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from . import _config, _validate
+from .. import _config, _validate
 
 __all__ = [
     "MAX_INTERVAL",

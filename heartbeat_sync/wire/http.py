@@ -22,7 +22,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
 from urllib3.util.retry import Retry
 
-from . import __about__, _fork
+from .. import __about__, _fork
 
 #: Statuses a GET is retried on (inside one request, by urllib3).
 RETRY_STATUSES = frozenset({429, 502, 503, 504})

@@ -1,0 +1,1 @@
+"""The delivery of heartbeat_sync."""

@@ -1,0 +1,1 @@
+"""The loop of heartbeat_sync."""

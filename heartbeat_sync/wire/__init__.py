@@ -1,0 +1,1 @@
+"""The wire of heartbeat_sync."""
