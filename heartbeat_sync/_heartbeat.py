@@ -23,7 +23,7 @@ from ._settings import (
     StateCallback,
 )
 from .delivery.inbox import Inbox
-from .effects.sender import SideEffectWorker
+from .effects.sender import side_effect_worker
 from .loop import lifecycle as _lifecycle
 from .loop.callbacks import Callbacks
 from .loop.cycle import Cycle
@@ -175,7 +175,7 @@ class Heartbeat:
             env_token=settings.env_token,
             org_id=settings.org_id,
         )
-        self._worker = SideEffectWorker(
+        self._worker = side_effect_worker(
             self._new_client,
             cooldown=settings.self_message_cooldown,
             retry_deadline=settings.wakeup_retry_deadline,
@@ -393,7 +393,8 @@ class Heartbeat:
 
     def status(self) -> _status.Status:
         """An immutable snapshot of the loop's state and counters."""
-        side = self._worker.snapshot()  # taken alone: the worker's lock is never held with ours
+        # Taken alone: the worker's lock is never held with ours.
+        side = self._worker.inspect(lambda work, queued, busy: work.counts(queued))
         with self._lock:
             run = self._run
         state: str | None

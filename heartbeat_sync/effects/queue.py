@@ -1,9 +1,10 @@
-"""A daemon thread that works through a bounded queue, with nothing of the platform in it.
+"""A daemon thread over a bounded queue, handed the work it does; nothing of the platform in it.
 
-Shaped after sentry-python's background worker: :meth:`Worker.submit` never blocks and reports
-a drop, :meth:`Worker.flush` waits on a condition to a deadline, :meth:`Worker.stop` is bounded,
-and a forked child starts afresh. :class:`~heartbeat_sync._worker.SideEffectWorker` says what
-the work is.
+Shaped after sentry-python's background worker: :meth:`QueueWorker.submit` never blocks and
+reports a drop, :meth:`QueueWorker.flush` waits on a condition to a deadline,
+:meth:`QueueWorker.stop` is bounded, and a forked child starts afresh. What the work is comes in
+by composition: the worker is handed a factory of a :class:`Work` (the side effects of
+:mod:`.sender`), made anew with the worker's condition and stop signal in every process.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from typing import Generic, TypeVar
+from typing import Any, Callable, Generic, Protocol, TypeVar
 
 from .. import _fork
 from .policy import DROP_QUEUE_FULL, DROP_STOPPED
@@ -21,23 +22,70 @@ from .policy import DROP_QUEUE_FULL, DROP_STOPPED
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+W = TypeVar("W", bound="Work[Any]")
+R = TypeVar("R")
 
 
-class Worker(Generic[T]):
-    """A daemon thread that works through a bounded queue; subclasses say what the work is.
+class Work(Protocol[T_contra]):
+    """What a :class:`QueueWorker` does with its items.
 
-    :meth:`submit` never blocks: when the queue is full or the worker is stopped the item is
-    refused (and handed to :meth:`_rejected`). The thread moves queued items into the work it
-    holds (:meth:`_accept`) and runs one :meth:`_step` whenever :meth:`_due_in` says something
-    is due. :meth:`flush` and :meth:`stop` are bounded; a forked child starts afresh with
-    nothing queued, so it never repeats the parent's work.
-
-    The hooks named ``_accept``, ``_rejected``, ``_held``, ``_due_in`` and ``_discard`` are
-    called with the worker's lock held and must not block; ``_open``, ``_step``, ``_close`` run
-    on the worker thread without it, and ``_interrupt`` on the thread calling :meth:`stop`.
+    ``accept``, ``rejected``, ``held``, ``due_in``, ``discard`` and ``describe`` are called
+    with the worker's condition held and must not block; ``open``, ``step`` and ``close`` run on
+    the worker thread without it (``step`` takes the condition itself when it reads or
+    changes what is held); ``interrupt`` runs on the thread calling :meth:`QueueWorker.stop`.
     """
 
-    def __init__(self, *, max_queue: int, name: str) -> None:
+    def accept(self, item: T_contra) -> None:
+        """Take a queued item into the work held."""
+
+    def rejected(self, item: T_contra, reason: str) -> None:
+        """``item`` will never be worked on: :data:`DROP_QUEUE_FULL` or :data:`DROP_STOPPED`."""
+
+    def held(self) -> int:
+        """Pieces of work taken from the queue and not yet done."""
+
+    def due_in(self) -> float | None:
+        """Seconds until held work is due (0 or less: now); None when nothing is held."""
+
+    def discard(self) -> None:
+        """Drop all held work: the worker is ending."""
+
+    def describe(self, queued: int, busy: bool) -> str:
+        """What is left to do, in words, with ``queued`` items not yet accepted."""
+
+    def open(self) -> None:
+        """Called first on the worker thread."""
+
+    def step(self) -> None:
+        """Do one piece of due work."""
+
+    def close(self) -> None:
+        """Called last on the worker thread."""
+
+    def interrupt(self) -> None:
+        """Cut short the step in flight: the worker is stopping."""
+
+
+class QueueWorker(Generic[T, W]):
+    """A daemon thread that works through a bounded queue with the :class:`Work` it is handed.
+
+    Args:
+        make_work: Makes the work, given the worker's condition (the lock that guards what
+            is queued and held) and its stop signal; called again in a forked child, so that
+            nothing of the parent's work is repeated there.
+        max_queue: Items queued before :meth:`submit` refuses.
+        name: The thread's name.
+    """
+
+    def __init__(
+        self,
+        make_work: Callable[[threading.Condition, threading.Event], W],
+        *,
+        max_queue: int,
+        name: str,
+    ) -> None:
+        self._make_work = make_work
         self.max_queue = max_queue
         self.name = name
         self._init_state()
@@ -46,46 +94,19 @@ class Worker(Generic[T]):
     def _init_state(self) -> None:
         self._pid = os.getpid()
         self._cond = threading.Condition(threading.Lock())
+        self._stopping = threading.Event()
         self._queue: collections.deque[T] = collections.deque()
         self._thread: threading.Thread | None = None
-        self._stopping = False
         self._busy = False
+        self._work = self._make_work(self._cond, self._stopping)
 
     def _after_fork_in_child(self) -> None:
         # The child has no worker thread, and the parent's locks may have been held at fork.
         self._init_state()
 
-    # --- hooks ----------------------------------------------------------------------------
-
-    def _accept(self, item: T) -> None:
-        """Take a queued item into the work held (lock held, worker thread)."""
-        raise NotImplementedError
-
-    def _rejected(self, item: T, reason: str) -> None:
-        """``item`` will never be worked on: the queue was full, or the worker stopped."""
-
-    def _held(self) -> int:
-        """Pieces of work taken from the queue and not yet done."""
-        return 0
-
-    def _due_in(self) -> float | None:
-        """Seconds until held work is due (0 or less: now); None when nothing is held."""
-        return None
-
-    def _discard(self) -> None:
-        """Drop all held work: the worker is ending."""
-
-    def _open(self) -> None:
-        """Called first on the worker thread."""
-
-    def _step(self) -> None:
-        """Do one piece of due work (worker thread, without the lock)."""
-
-    def _close(self) -> None:
-        """Called last on the worker thread."""
-
-    def _interrupt(self) -> None:
-        """Cut short the step in flight: :meth:`stop` was called."""
+    def _check_pid(self) -> None:
+        if os.getpid() != self._pid:
+            self._after_fork_in_child()
 
     # --- the callers' side ----------------------------------------------------------------
 
@@ -101,32 +122,40 @@ class Worker(Generic[T]):
         Raises RuntimeError when the thread of an earlier run is still ending: a new thread
         beside it would share its queue.
         """
+        self._check_pid()
         with self._cond:
             if self._thread is not None and self._thread.is_alive():
-                if self._stopping:
+                if self._stopping.is_set():
                     raise RuntimeError(f"{self.name} of the previous run is still ending")
                 return
-            self._stopping = False
+            self._stopping.clear()
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
-
-    def _check_pid(self) -> None:
-        if os.getpid() != self._pid:
-            self._after_fork_in_child()
 
     def submit(self, item: T) -> bool:
         """Queue ``item``. Never blocks; False when it was refused (queue full, or stopped)."""
         self._check_pid()
         with self._cond:
-            if self._stopping or self._thread is None:
-                self._rejected(item, DROP_STOPPED)
+            if self._stopping.is_set() or self._thread is None:
+                self._work.rejected(item, DROP_STOPPED)
                 return False
             if len(self._queue) >= self.max_queue:
-                self._rejected(item, DROP_QUEUE_FULL)
+                self._work.rejected(item, DROP_QUEUE_FULL)
                 return False
             self._queue.append(item)
             self._cond.notify_all()  # the worker, and any flush() waiting on the same condition
             return True
+
+    def inspect(self, read: Callable[[W, int, bool], R]) -> R:
+        """``read(work, queued, busy)`` under the worker's condition: a consistent view of the
+        work and of the items not yet accepted."""
+        self._check_pid()
+        with self._cond:
+            return read(self._work, len(self._queue), self._busy)
+
+    def pending_summary(self) -> str:
+        """What the worker still has to do, in words (for the exit hook's log line)."""
+        return self.inspect(lambda work, queued, busy: work.describe(queued, busy))
 
     def join(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` seconds (None: no limit) for the thread to end; True if so."""
@@ -142,7 +171,7 @@ class Worker(Generic[T]):
             return self._idle()
 
     def _idle(self) -> bool:
-        return not (self._queue or self._busy or self._held())
+        return not (self._queue or self._busy or self._work.held())
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued has been done, or ``timeout`` passes. True if idle.
@@ -157,7 +186,7 @@ class Worker(Generic[T]):
                 if remaining <= 0 or self._thread is None or not self._thread.is_alive():
                     return False
                 if not (self._queue or self._busy):
-                    due = self._due_in()
+                    due = self._work.due_in()
                     if due is not None and due > remaining:
                         return False
                 self._cond.wait(remaining)  # notified after every step and every submit
@@ -170,12 +199,12 @@ class Worker(Generic[T]):
         ends promptly even if what it waits on hangs.
         """
         with self._cond:
-            self._stopping = True
+            self._stopping.set()
             thread = self._thread
             busy = self._busy
             self._cond.notify_all()
         if busy:
-            self._interrupt()
+            self._work.interrupt()
         if thread is None:
             return True
         if thread is not threading.current_thread():
@@ -185,39 +214,40 @@ class Worker(Generic[T]):
     # --- the worker thread ----------------------------------------------------------------
 
     def _ready(self) -> bool:
-        if self._stopping or self._queue:
+        if self._stopping.is_set() or self._queue:
             return True
-        due = self._due_in()
+        due = self._work.due_in()
         return due is not None and due <= 0
 
     def _run(self) -> None:
-        self._open()
+        work = self._work
+        work.open()
         try:
             while True:
                 with self._cond:
                     while not self._ready():
-                        self._cond.wait(self._due_in())
-                    if self._stopping:
+                        self._cond.wait(work.due_in())
+                    if self._stopping.is_set():
                         self._discard_all()
                         return
                     while self._queue:
-                        self._accept(self._queue.popleft())
+                        work.accept(self._queue.popleft())
                     self._busy = True
                 try:
-                    self._step()
+                    work.step()
                 except Exception:  # the worker must outlive any bug in one step
-                    logger.exception("side-effect step failed")
+                    logger.exception("%s: a step failed", self.name)
                 finally:
                     with self._cond:
                         self._busy = False
                         self._cond.notify_all()
         finally:
-            self._close()
+            work.close()
 
     def _discard_all(self) -> None:
         # Caller holds the lock.
         for item in self._queue:
-            self._rejected(item, DROP_STOPPED)
+            self._work.rejected(item, DROP_STOPPED)
         self._queue.clear()
-        self._discard()
+        self._work.discard()
         self._cond.notify_all()

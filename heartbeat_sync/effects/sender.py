@@ -1,20 +1,18 @@
-"""The side-effect worker: wake-up self-messages and notifications, off the beat thread.
+"""The side-effect thread's work: wake-up self-messages and notifications, off the beat thread.
 
 A slow or hanging ``/a2a`` (up to 120 s) or ``/notify`` must never delay a heartbeat, so the
-beat thread only hands batches of results to this worker through a bounded queue and moves on.
-:class:`~heartbeat_sync._queueworker.Worker` is the thread and its queue, with nothing of the
-platform in it;
-:class:`SideEffectWorker` sends what the pure :class:`~heartbeat_sync._policy.SideEffectPolicy`
-says is due, on its own session.
+beat thread only hands batches of results to this thread through a bounded queue and moves on.
+:class:`~.queue.QueueWorker` is the thread and its queue, with nothing of the platform in it;
+it is handed :class:`SideEffects`, which sends what the pure :class:`~.policy.SideEffectPolicy`
+says is due, on its own session (:func:`side_effect_worker` puts the two together).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Sequence
 from typing import Callable
 
 from .._ratelimit import RateLimitedLog
@@ -32,7 +30,7 @@ from .policy import (
     SideEffectPolicy,
     Wakeup,
 )
-from .queue import Worker
+from .queue import QueueWorker
 
 logger = logging.getLogger(__name__)
 
@@ -41,35 +39,32 @@ def _refusal(exc: PlatformError) -> Refusal:
     return Refusal.read(exc.status, exc.body, exc.retry_after, exc.connect_error)
 
 
-class SideEffectWorker(Worker[list[Result]]):
-    """Sends wake-ups and notifications for batches of results, on its own daemon thread.
+#: The side-effect thread: a queue worker over batches of results, doing :class:`SideEffects`.
+SideEffectWorker = QueueWorker[list[Result], "SideEffects"]
 
-    :meth:`submit` never blocks: when the queue is full the batch's side effects are dropped
-    and counted (its results are already safe in the results file). When to send what is
-    :class:`~heartbeat_sync._policy.SideEffectPolicy`'s rule: one wake-up per ``cooldown``
-    for the results that arrived meanwhile, a busy agent's wake-up retried after
-    ``Retry-After`` until ``retry_deadline``, one notification per result.
+
+def side_effect_worker(
+    client_factory: Callable[[], PlatformClient],
+    *,
+    cooldown: float = 60.0,
+    max_queue: int = 256,
+    max_notify_backlog: int = 1000,
+    retry_deadline: float = 300.0,
+    self_message_timeout: float = 120.0,
+    name: str = "heartbeat-sync-side-effects",
+    clock: Callable[[], float] = time.monotonic,
+) -> SideEffectWorker:
+    """The side-effect thread: wake-ups and notifications for batches of results.
+
+    :meth:`~.queue.QueueWorker.submit` never blocks: when the queue is full the batch's side
+    effects are dropped and counted (its results are already safe in the results file). When to
+    send what is :class:`~.policy.SideEffectPolicy`'s rule: one wake-up per ``cooldown`` for the
+    results that arrived meanwhile, a busy agent's wake-up retried after ``Retry-After`` until
+    ``retry_deadline``, one notification per result.
     """
 
-    def __init__(
-        self,
-        client_factory: Callable[[], PlatformClient],
-        *,
-        cooldown: float = 60.0,
-        max_queue: int = 256,
-        max_notify_backlog: int = 1000,
-        retry_deadline: float = 300.0,
-        self_message_timeout: float = 120.0,
-        name: str = "heartbeat-sync-side-effects",
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._client_factory = client_factory
-        self.self_message_timeout = self_message_timeout
-        self._warn = RateLimitedLog(logger)
-        # The policy's settings; each process gets a policy of its own from them, holding
-        # nothing of its parent's (see _init_state).
-        self._new_policy = functools.partial(
-            SideEffectPolicy[Result],
+    def make(cond: threading.Condition, stopping: threading.Event) -> SideEffects:
+        policy = SideEffectPolicy[Result](
             retry_statuses=RETRY_STATUSES,
             cooldown=cooldown,
             retry_deadline=retry_deadline,
@@ -77,77 +72,93 @@ class SideEffectWorker(Worker[list[Result]]):
             max_listed=_texts.TRIGGER_MAX_LINES,
             clock=clock,
         )
-        super().__init__(max_queue=max_queue, name=name)
+        return SideEffects(
+            cond,
+            stopping,
+            policy,
+            client_factory=client_factory,
+            self_message_timeout=self_message_timeout,
+        )
 
-    def _init_state(self) -> None:
-        super()._init_state()
-        self._policy = self._new_policy()
+    return QueueWorker(make, max_queue=max_queue, name=name)
+
+
+class SideEffects:
+    """What the side-effect thread does: send the wake-ups and notifications its policy says
+    are due, on a session of its own (a :class:`~.queue.Work`).
+
+    Args:
+        cond: The worker's condition: it guards the policy.
+        stopping: The worker's stop signal: a request it interrupts is counted as dropped, not
+            failed.
+        policy: What to send when.
+        client_factory: Makes the thread's platform client.
+        self_message_timeout: Seconds for the whole wake-up request.
+    """
+
+    def __init__(
+        self,
+        cond: threading.Condition,
+        stopping: threading.Event,
+        policy: SideEffectPolicy[Result],
+        *,
+        client_factory: Callable[[], PlatformClient],
+        self_message_timeout: float,
+    ) -> None:
+        self._cond = cond
+        self._stopping = stopping
+        self._policy = policy
+        self._client_factory = client_factory
+        self.self_message_timeout = self_message_timeout
+        self._warn = RateLimitedLog(logger)
         self._client: PlatformClient | None = None
         self._parent_name: str | None = None
 
-    def _after_fork_in_child(self) -> None:
-        super()._after_fork_in_child()
-        self._warn.reinit_after_fork()
+    def counts(self, queued: int) -> SideEffectCounts:
+        """The counters and the queue depth (called under the worker's condition)."""
+        return self._policy.counts(queued=queued)
 
-    # --- the beat thread's side -----------------------------------------------------------
+    # --- the worker's condition held ------------------------------------------------------
 
-    def submit(self, results: Sequence[Result]) -> bool:
-        """Queue the side effects of one batch of new results. Never blocks.
-
-        Returns False (and counts the drop) when the queue is full or the worker is stopped.
-        """
-        if not results:
-            return True
-        return super().submit(list(results))
-
-    def snapshot(self) -> SideEffectCounts:
-        """The counters and the queue depth, taken together under the worker's lock."""
-        with self._cond:
-            return self._policy.counts(queued=len(self._queue))
-
-    def pending_summary(self) -> str:
-        """What the worker still has to do, in words (for the exit hook's log line)."""
-        with self._cond:
-            return self._policy.describe(queued=len(self._queue), busy=self._busy)
-
-    # --- hooks: the policy under the worker's lock ----------------------------------------
-
-    def _accept(self, item: list[Result]) -> None:
+    def accept(self, item: list[Result]) -> None:
         self._policy.add(item)
 
-    def _rejected(self, item: list[Result], reason: str) -> None:
+    def rejected(self, item: list[Result], reason: str) -> None:
         self._policy.drop(reason, len(item))
         if reason == DROP_QUEUE_FULL:
             self._warn.warning(
                 "queue_full", "side-effect queue full: dropped a batch of %d", len(item)
             )
 
-    def _held(self) -> int:
+    def held(self) -> int:
         return self._policy.held()
 
-    def _due_in(self) -> float | None:
+    def due_in(self) -> float | None:
         return self._policy.due_in()
 
-    def _discard(self) -> None:
+    def discard(self) -> None:
         self._policy.discard()
+
+    def describe(self, queued: int, busy: bool) -> str:
+        return self._policy.describe(queued=queued, busy=busy)
 
     # --- the worker thread ----------------------------------------------------------------
 
-    def _open(self) -> None:
+    def open(self) -> None:
         self._client = self._client_factory()
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self._client is not None:
             self._client.close()
 
-    def _interrupt(self) -> None:
+    def interrupt(self) -> None:
         client = self._client
         if client is not None:
             client.abort()  # shuts the connection down: the request in flight ends now
 
-    def _step(self) -> None:
+    def step(self) -> None:
         client = self._client
-        assert client is not None  # _open() ran first on this thread
+        assert client is not None  # open() ran first on this thread
         with self._cond:
             action = self._policy.next()
         if isinstance(action, Wakeup):
@@ -180,7 +191,7 @@ class SideEffectWorker(Worker[list[Result]]):
         try:
             client.self_message(text, str(uuid.uuid4()), timeout=self.self_message_timeout)
         except PlatformError as exc:
-            if self._stopping:
+            if self._stopping.is_set():
                 return  # interrupted by stop(); the wake-up is counted as dropped there
             error = exc
         with self._cond:
@@ -203,7 +214,7 @@ class SideEffectWorker(Worker[list[Result]]):
             client.notify(_texts.notify_text(result))
         except PlatformError as exc:
             with self._cond:
-                if self._stopping:
+                if self._stopping.is_set():
                     self._policy.drop(DROP_STOPPED, 1)
                     return
                 outcome = self._policy.notify_done(_refusal(exc))
