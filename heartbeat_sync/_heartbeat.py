@@ -22,17 +22,10 @@ from ._settings import (
     RandomSource,
     StateCallback,
 )
-from .delivery.inbox import Inbox
-from .effects.sender import side_effect_worker
-from .loop import lifecycle as _lifecycle
-from .loop.callbacks import Callbacks
-from .loop.cycle import Cycle
-from .loop.registrar import REGISTER_RETRY_FIRST, REGISTER_RETRY_MAX, Registrar
-from .loop.run import Run
-from .loop.tally import Tally
-from .wire.auth import Credentials
-from .wire.client import PlatformClient
-from .wire.http import SessionFactory
+from .delivery import Inbox
+from .effects import side_effect_worker
+from .loop import Callbacks, Cycle, Lifecycle, Registrar, Run, Tally
+from .wire import Credentials, PlatformClient, SessionFactory
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +185,7 @@ class Heartbeat:
         self._pid = os.getpid()
         self._lock = threading.Lock()  # guards which run is current
         self._tally = Tally()
-        self._life = _lifecycle.Lifecycle(settings.state_check_interval)
+        self._life = Lifecycle(settings.state_check_interval)
         self._inbox = Inbox(
             settings.workspace_id,
             settings.results_path,
@@ -225,12 +218,8 @@ class Heartbeat:
         halt = threading.Event()
         registrar = None
         if settings.registration is not None:
-            first = min(REGISTER_RETRY_FIRST, settings.interval_seconds)
-            registrar = Registrar(
-                settings.registration,
-                self._credentials,
-                first_delay=first,
-                max_delay=min(REGISTER_RETRY_MAX, max(first, settings.interval_seconds)),
+            registrar = Registrar.for_interval(
+                settings.registration, self._credentials, settings.interval_seconds
             )
         cycle = Cycle(
             workspace_id=settings.workspace_id,
@@ -338,7 +327,7 @@ class Heartbeat:
                 thread = current.thread
                 assert thread is not None
                 return thread
-            if self._life.kind == _lifecycle.REMOVED and current is not None:
+            if self._life.removed and current is not None:
                 logger.error(
                     "workspace %s was removed from the platform; not starting again",
                     self.workspace_id,
@@ -406,12 +395,12 @@ class Heartbeat:
             running, state = run.state()
             registration = run.cycle.registration()
             stream = run.stream_status()
-        if self._life.kind == _lifecycle.REMOVED:
+        if self._life.removed:
             state = _status.REMOVED
         return self._tally.status(
             state,
             running=running,
-            paused=self._life.kind == _lifecycle.PAUSED,
+            paused=self._life.paused,
             side=side,
             workspace_status=self._life.platform_status,
             registration=registration,

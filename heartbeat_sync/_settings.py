@@ -16,10 +16,15 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from . import _config, _fork, _metadata, _validate
-from .wire.auth import origin_header, resolve_configs_dir, resolve_org_id
-from .wire.events import events_enabled
-from .wire.http import SessionFactory, make_session
-from .wire.registration import registration_body
+from .wire import (
+    SessionFactory,
+    events_enabled,
+    make_session,
+    origin_header,
+    registration_body,
+    resolve_configs_dir,
+    resolve_org_id,
+)
 
 #: The legacy ``start_phase`` of earlier releases (the first beat within this share of the
 #: interval, then a fixed rate from there); the default schedule now spreads by itself.

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from heartbeat_sync import __version__, format_delegation_results
-from heartbeat_sync.cli.main import main
+from heartbeat_sync.cli.commands import main
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .conftest import CONFIG_ENV, wait_until

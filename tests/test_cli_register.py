@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from heartbeat_sync.cli.main import EXIT_REMOVED, main
+from heartbeat_sync.cli.commands import EXIT_REMOVED, main
 from heartbeat_sync.testing import FakePlatform, Workspace
 
 from .test_cli import cli, cli_env, run_env, start_cli

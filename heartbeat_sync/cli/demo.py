@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Callable, TextIO
 
 from .._heartbeat import Heartbeat
 from .._status import Status
-from ..delivery.results import ResultsFile, read_delegation_results
-from ..delivery.rows import message_text
-from ..effects.texts import format_delegation_results
-from ..wire.http import RETRY_STATUSES
+from ..delivery import ResultsFile, message_text, read_delegation_results
+from ..effects import format_delegation_results
+from ..wire import RETRY_STATUSES
 
 if TYPE_CHECKING:
     from ..testing import FakePlatform, RecordedRequest

@@ -16,9 +16,8 @@ import uuid
 from typing import Callable
 
 from .._ratelimit import RateLimitedLog
-from ..delivery.rows import Result
-from ..wire.client import PlatformClient, PlatformError
-from ..wire.http import RETRY_STATUSES
+from ..delivery import Result
+from ..wire import RETRY_STATUSES, PlatformClient, PlatformError
 from . import texts as _texts
 from .policy import (
     DROP_QUEUE_FULL,

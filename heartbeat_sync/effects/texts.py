@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+# Pure, so the pure module itself: the delivery face loads files and locks.
 from ..delivery.rows import ORIGIN_ACTIVITY, Result
 
 __all__ = [

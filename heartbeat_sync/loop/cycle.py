@@ -16,11 +16,9 @@ from typing import Any, Callable, Optional
 
 from .. import _status, _wedge
 from .._ratelimit import RateLimitedLog
-from ..delivery.inbox import Inbox
-from ..delivery.rows import Result
-from ..effects import texts as _texts
-from ..wire.auth import Credentials
-from ..wire.client import CursorGone, PlatformClient, PlatformError
+from ..delivery import Inbox, Result
+from ..effects import build_beat_body
+from ..wire import Credentials, CursorGone, PlatformClient, PlatformError
 from . import lifecycle as _lifecycle
 from .lifecycle import Lifecycle
 from .registrar import PENDING, Registrar
@@ -225,7 +223,7 @@ class Cycle:
     def _beat(self, client: PlatformClient) -> Outcome:
         report = self._tally.beat_report()
         wedged = _wedge.wedge_reason() if _wedge.is_wedged() else None
-        body = _texts.build_beat_body(
+        body = build_beat_body(
             self._workspace_id,
             error_rate=report.error_rate,
             sample_error=report.sample_error,

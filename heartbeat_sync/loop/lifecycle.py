@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..wire.client import PlatformClient, PlatformError
+from ..wire import PlatformClient, PlatformError
 
 ACTIVE = "active"
 PAUSED = "paused"
@@ -134,6 +134,16 @@ class Lifecycle:
         self.platform_status: str | None = None
         self._hinted = False
         self._last_check = clock()
+
+    @property
+    def removed(self) -> bool:
+        """The platform removed the workspace (for good)."""
+        return self.kind == REMOVED
+
+    @property
+    def paused(self) -> bool:
+        """The platform paused (or hibernated) the workspace."""
+        return self.kind == PAUSED
 
     def hint(self) -> None:
         """Something suggests the state changed: check at the next opportunity."""

@@ -12,10 +12,7 @@ import time
 from typing import Any, Callable
 
 from .._ratelimit import RateLimitedLog
-from ..wire.auth import Credentials
-from ..wire.client import PlatformClient
-from ..wire.http import RETRY_STATUSES
-from ..wire.registration import RegistrationError, register_with
+from ..wire import RETRY_STATUSES, Credentials, PlatformClient, RegistrationError, register_with
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +74,21 @@ class Registrar:
         #: clean registration.
         self.error: str | None = None
         self.renew()
+
+    @classmethod
+    def for_interval(
+        cls, body: dict[str, Any], credentials: Credentials, interval: float
+    ) -> Registrar:
+        """The registrar of a Heartbeat beating every ``interval`` seconds: its waits start at
+        :data:`REGISTER_RETRY_FIRST` (or the interval if shorter) and double up to the
+        interval, at most :data:`REGISTER_RETRY_MAX`."""
+        first = min(REGISTER_RETRY_FIRST, interval)
+        return cls(
+            body,
+            credentials,
+            first_delay=first,
+            max_delay=min(REGISTER_RETRY_MAX, max(first, interval)),
+        )
 
     def renew(self) -> None:
         """Owe the platform a registration again, due now."""

@@ -22,10 +22,8 @@ from typing import Callable
 
 from .. import _status
 from .._status import StreamStatus
-from ..effects.sender import SideEffectWorker
-from ..wire.client import PlatformClient, PlatformError
-from ..wire.events import EventStream
-from ..wire.sse import ONLINE_EVENT
+from ..effects import SideEffectWorker
+from ..wire import ONLINE_EVENT, EventStream, PlatformClient, PlatformError
 from . import lifecycle as _lifecycle
 from . import schedule as _schedule
 from . import team as _team

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import _status
-from ..effects.policy import SideEffectCounts
+from ..effects import SideEffectCounts
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..delivery.rows import valid_id
-from ..wire.client import PlatformClient, PlatformError
+from ..delivery import valid_id
+from ..wire import PlatformClient, PlatformError
 from . import schedule as _schedule
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from collections import deque
 from pathlib import Path
 from typing import TypedDict
 
-from ..wire.auth import save_token
+from ..wire import save_token
 from ._model import MISSING, Raw, Response, Workspace, entry_json, new_secret, visible
 from ._state import State, message_request
 

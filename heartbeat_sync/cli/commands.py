@@ -33,10 +33,9 @@ from ..__about__ import __version__
 from .._config import DEFAULT_RESULTS_FILE, ENV_RESULTS_FILE, ENV_TOKEN, env_path
 from .._heartbeat import Heartbeat
 from .._status import REMOVED
-from ..delivery.results import ResultsFile, read_delegation_results
-from ..effects.texts import format_delegation_results
-from ..wire.auth import Credentials
-from ..wire.registration import RegistrationError, register
+from ..delivery import ResultsFile, read_delegation_results
+from ..effects import format_delegation_results
+from ..wire import Credentials, RegistrationError, register
 from .args import PROG, build_parser
 from .config import ConfigError, load_register_config, load_run_config
 from .demo import run_demo
