@@ -1,9 +1,9 @@
 """The public Heartbeat: a workspace's heartbeat loop on threads.
 
-``Heartbeat`` is the facade: it validates its arguments (``_settings``), owns the threads and
-their lifecycle (start, stop, restart after a slow stop, wait), and answers ``status()``. The
-work of the beat thread is elsewhere: its loop in ``_runloop``, one cycle in ``_cycle``, the
-polls and delivery in ``_polls``, the counters in ``_tally``.
+``Heartbeat`` is the surface and the composition root: it validates its arguments
+(``_settings``), keeps what outlives a run (the counters, the workspace's lifecycle, the inbox,
+the side-effect and callback threads), puts each run together (a ``loop.Run`` with its
+``loop.Cycle``), and answers ``status()``. The beat thread's work is the ``loop`` package's.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The ``heartbeat-sync`` argument parser: its subcommands, their options and help.
 
 Only the shape of the command line lives here; what a setting means when given, and how it
-falls back on the environment, is :mod:`._runconfig`'s.
+falls back on the environment, is :mod:`.config`'s.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _add_env_option(
     otherwise: str | None = None,
 ) -> None:
     """An option that falls back on the environment variable ``env``, then on ``otherwise``
-    (:mod:`._runconfig` reads it so); its help says so."""
+    (:mod:`.config` reads it so); its help says so."""
     default = f"${env}" if otherwise is None else f"${env}, else {otherwise}"
     parser.add_argument(flag, metavar=metavar, help=f"{what} (default: {default})")
 

@@ -9,9 +9,9 @@
   (``POST /registry/register``) and keeps the token the platform shows once.
 * ``heartbeat-sync results`` shows (or, with ``--consume``, takes) the delegation results file.
 
-The options are declared in ``_cliargs`` and merged over the environment in ``_runconfig``;
+The options are declared in ``cli.args`` and merged over the environment in ``cli.config``;
 this module runs the commands. The library never configures logging or prints; this module
-and the demo (``_demo``) are the only places that do.
+and the demo (``cli.demo``) are the only places that do.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ DRAIN_TIMEOUT = 2.0
 #: ``run``'s exit code when the platform removed the workspace (restarting will not help).
 EXIT_REMOVED = 3
 
-logger = logging.getLogger("heartbeat_sync.cli")
+logger = logging.getLogger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from .rows import valid_id
 
 __all__ = ["DEFAULT_LOCK_TIMEOUT", "IdLog"]
 
-logger = logging.getLogger("heartbeat_sync._files")
+logger = logging.getLogger(__name__)
 
 #: Lock timeout of a file object made without one. Long enough that only a wedged peer makes
 #: it expire; the beat thread passes its own short timeout.

@@ -49,7 +49,7 @@ class Inbox:
     """The results file and the id logs of one workspace, and the rules that fill them.
 
     Runs on the beat thread only (the files themselves are safe for any number of writers and
-    readers in any process: see :mod:`._files`).
+    readers in any process: see :mod:`.results`).
 
     Args:
         workspace_id: The workspace whose rows these are.

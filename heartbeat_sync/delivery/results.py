@@ -6,9 +6,9 @@ must hold with any number of writers (processes, forked children) and readers at
 
 :class:`ResultsFile` is the JSONL results file. Every writer and reader holds
 ``FileLock(path + ".lock")``. A delivery goes through the delivery journal
-(``path + ".journal"``), whose protocol is written down in :mod:`._journal`: whoever takes the
+(``path + ".journal"``), whose protocol is written down in :mod:`.journal`: whoever takes the
 lock next after a crash finishes the delivery exactly once. Writers decide "already
-delivered?" against the id logs on disk (:mod:`._idlog`) and the journal, under the lock,
+delivered?" against the id logs on disk (:mod:`.idlog`) and the journal, under the lock,
 never against their own memory.
 
 Nothing here calls ``fsync``: the guarantees are against a killed process, not a power cut.

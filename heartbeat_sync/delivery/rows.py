@@ -2,7 +2,7 @@
 
 Nothing here does I/O or keeps state, so every rule of the reference loop about *which* rows
 become results (and which ids are remembered) can be tested with plain tables and property
-tests. The texts built from results are in :mod:`._texts`.
+tests. The texts built from results are in :mod:`heartbeat_sync.effects.texts`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The registration a Heartbeat owes the platform, tried on the beat thread between beats.
 
-:func:`~._register.register_with` is the one request (and keeping the token it may bring);
+:func:`~heartbeat_sync.wire.register_with` is the one request (and keeping the token it may bring);
 this module says when to try it, how often, and when to give up.
 """
 

@@ -7,8 +7,8 @@ of an earlier run never resumes work), the alarm that is both the beat thread's 
 its "wake now", the asks for a cycle or a poll and the token buckets that pace them, the slots,
 the beat thread's client (so that ``stop()`` can abort a request in flight), the event stream,
 the wait for the threads of a previous run that ``stop()`` could not end in time, and the end on
-removal. What one cycle does is :class:`~._cycle.Cycle`'s; when to do what is
-:func:`~._schedule.next_step`'s (pure).
+removal. What one cycle does is :class:`~.cycle.Cycle`'s; when to do what is
+:func:`~.schedule.next_step`'s (pure).
 """
 
 from __future__ import annotations

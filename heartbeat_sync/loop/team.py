@@ -1,4 +1,4 @@
-"""The workspace's team on the platform, for an evenly spread slot (:func:`_schedule.team_phase`).
+"""The workspace's team on the platform, for an evenly spread slot (:func:`.schedule.team_phase`).
 
 What the platform answers, verified on the real server: ``GET /workspaces/:id`` (an open route)
 gives the workspace's ``parent_id`` (null at the top level); ``GET /registry/:id/peers`` (the
@@ -61,7 +61,7 @@ def transient(exc: PlatformError) -> bool:
 
 
 def find_phase(client: PlatformClient) -> float | None:
-    """The workspace's :func:`~_schedule.team_phase`, or None when the platform cannot tell
+    """The workspace's :func:`~.schedule.team_phase`, or None when the platform cannot tell
     (the phase then stays hashed from the id). Raises :class:`PlatformError` when
     :func:`transient` (worth another try)."""
     workspace_id = client.workspace_id

@@ -8,7 +8,6 @@ callers handle exactly one exception type. Nothing here logs a header value.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +20,6 @@ from .. import _config
 from .auth import Credentials
 from .body import BodyTooLarge, parse_json, read_body
 from .http import SessionFactory, abort_session, parse_retry_after, request_scope
-
-logger = logging.getLogger(__name__)
 
 
 class PlatformError(Exception):

@@ -10,7 +10,7 @@ produced it, so the polls and the state checks stay the only source of truth and
 their schedule. A lost event, a dropped stream or a server without the route costs latency,
 never a result.
 
-The stream's format and what its events mean are in ``_sse`` (pure); the waits between
+The stream's format and what its events mean are in ``sse`` (pure); the waits between
 attempts are pure too (:func:`reconnect_delay`). The thread (:class:`EventStream`) only
 connects, reads, and waits.
 """
