@@ -9,9 +9,11 @@ the side-effect and callback threads), puts each run together (a ``loop.Run`` wi
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from . import _exit, _fork, _metadata, _settings, _status
@@ -116,6 +118,7 @@ class Heartbeat:
         self,
         platform_url: str,
         workspace_id: str,
+        *positional: Any,
         interval_seconds: float = 30.0,
         results_file: str | os.PathLike[str] | None = None,
         cursor_file: str | os.PathLike[str] | None = None,
@@ -123,7 +126,6 @@ class Heartbeat:
         configs_dir: str | os.PathLike[str] | None = None,
         self_message_cooldown: float = 60.0,
         runtime_metadata: _metadata.MetadataSource | None = None,
-        *,
         max_seen_ids: int = 1000,
         max_cursor_ids: int = 2000,
         request_timeout: float = 10.0,
@@ -145,23 +147,11 @@ class Heartbeat:
         # Every argument goes to _settings.settings, whose signature is this one's without
         # the defaults (a test holds the two equal): validated there, in one place.
         arguments = dict(locals())
-        del arguments["self"]
+        del arguments["self"], arguments["positional"]
+        if positional:  # the deprecated positional form of earlier releases
+            _settings.take_positional(positional, arguments, _DEFAULTS)
         settings = _settings.settings(**arguments)
         self._settings = settings
-        self.platform_url = settings.platform_url
-        self.workspace_id = settings.workspace_id
-        self.interval_seconds = settings.interval_seconds
-        self.results_path = settings.results_path
-        self.cursor_path = settings.cursor_path
-        self.seen_path = settings.seen_path
-        self.configs_dir = settings.configs_dir
-        self.self_message_cooldown = settings.self_message_cooldown
-        self.request_timeout = settings.request_timeout
-        self.exit_timeout = settings.exit_timeout
-        self.start_phase = settings.start_phase
-        self.events = settings.events
-        self.org_id = settings.org_id
-        self.state_check_interval = settings.state_check_interval
         self._credentials = Credentials(
             settings.configs_dir,
             origin=settings.origin,
@@ -256,6 +246,78 @@ class Heartbeat:
         callback = self._settings.on_state_change
         if callback is not None:
             self._callbacks.call(lambda: callback(old, new))
+
+    # --- what it was told (read-only: a Heartbeat's settings never change) ---------------
+
+    @property
+    def platform_url(self) -> str:
+        """The platform's base URL, without a trailing slash."""
+        return self._settings.platform_url
+
+    @property
+    def workspace_id(self) -> str:
+        """The workspace this Heartbeat keeps alive."""
+        return self._settings.workspace_id
+
+    @property
+    def interval_seconds(self) -> float:
+        """Seconds between beats."""
+        return self._settings.interval_seconds
+
+    @property
+    def results_path(self) -> str:
+        """The results file, resolved (``results_file``, else the environment or default)."""
+        return self._settings.results_path
+
+    @property
+    def cursor_path(self) -> str:
+        """The activity cursor file, resolved."""
+        return self._settings.cursor_path
+
+    @property
+    def seen_path(self) -> str:
+        """The seen file, resolved."""
+        return self._settings.seen_path
+
+    @property
+    def configs_dir(self) -> Path:
+        """Where ``.auth_token`` is read and ``.platform_inbound_secret`` written."""
+        return self._settings.configs_dir
+
+    @property
+    def self_message_cooldown(self) -> float:
+        """Least seconds between two wake-up self-messages."""
+        return self._settings.self_message_cooldown
+
+    @property
+    def request_timeout(self) -> float:
+        """Seconds a whole platform request may take."""
+        return self._settings.request_timeout
+
+    @property
+    def exit_timeout(self) -> float | None:
+        """Seconds the exit hook gives pending side effects (None: no hook)."""
+        return self._settings.exit_timeout
+
+    @property
+    def start_phase(self) -> float | None:
+        """The deprecated first-beat share, or None (the workspace's slots)."""
+        return self._settings.start_phase
+
+    @property
+    def events(self) -> bool:
+        """Whether the event stream is held open (the argument and the environment)."""
+        return self._settings.events
+
+    @property
+    def org_id(self) -> str | None:
+        """The tenant sent as ``X-Molecule-Org-Id``, or None."""
+        return self._settings.org_id
+
+    @property
+    def state_check_interval(self) -> float | None:
+        """Seconds between state checks without a hint (None: only on a hint)."""
+        return self._settings.state_check_interval
 
     # --- what the agent sets and reads ------------------------------------------------------
 
@@ -406,3 +468,12 @@ class Heartbeat:
             registration=registration,
             stream=stream,
         )
+
+
+#: ``Heartbeat.__init__``'s defaults by name: a deprecated positional argument given again by
+#: keyword is an error, as Python's own would be.
+_DEFAULTS = {
+    name: p.default
+    for name, p in inspect.signature(Heartbeat.__init__).parameters.items()
+    if p.default is not inspect.Parameter.empty
+}

@@ -122,9 +122,49 @@ class Settings:
         return min(5.0, max(0.05, self.interval_seconds / 4))
 
 
+#: The arguments after ``workspace_id`` that earlier releases took by position, in their order.
+POSITIONAL = (
+    "interval_seconds",
+    "results_file",
+    "cursor_file",
+    "seen_file",
+    "configs_dir",
+    "self_message_cooldown",
+    "runtime_metadata",
+)
+
+
+def take_positional(
+    positional: tuple[Any, ...], arguments: dict[str, Any], defaults: dict[str, Any]
+) -> None:
+    """Put arguments passed by position (deprecated) under their names in ``arguments``.
+
+    Warns with a ``DeprecationWarning`` naming the keywords to use, pointing at the code that
+    constructed the Heartbeat. ``TypeError`` for more than :data:`POSITIONAL` holds, or for one
+    also given by keyword.
+    """
+    if len(positional) > len(POSITIONAL):
+        raise TypeError(
+            f"Heartbeat() takes platform_url and workspace_id by position, then at most "
+            f"{len(POSITIONAL)} deprecated positional arguments ({len(positional)} given)"
+        )
+    names = POSITIONAL[: len(positional)]
+    warnings.warn(
+        "passing Heartbeat arguments after workspace_id by position is deprecated: use "
+        + ", ".join(f"{name}=..." for name in names),
+        DeprecationWarning,
+        stacklevel=3,  # this function, Heartbeat.__init__, then the caller
+    )
+    for name, value in zip(names, positional):
+        if arguments[name] is not defaults[name]:
+            raise TypeError(f"Heartbeat() got multiple values for argument {name!r}")
+        arguments[name] = value
+
+
 def settings(
     platform_url: str,
     workspace_id: str,
+    *,
     interval_seconds: float,
     results_file: str | os.PathLike[str] | None,
     cursor_file: str | os.PathLike[str] | None,
@@ -132,7 +172,6 @@ def settings(
     configs_dir: str | os.PathLike[str] | None,
     self_message_cooldown: float,
     runtime_metadata: _metadata.MetadataSource | None,
-    *,
     max_seen_ids: int,
     max_cursor_ids: int,
     request_timeout: float,

@@ -245,7 +245,7 @@ def test_the_readme_configuration_table_lists_every_argument() -> None:
     table = text[text.index("## Configuration") :]
     table = table[: table.index("\n\n", table.index("| `Heartbeat(...)` argument"))]
     listed = set(re.findall(r"`([a-z_]+)`", table))
-    arguments = [p for p in inspect.signature(Heartbeat).parameters if p != "self"]
+    arguments = [p for p in inspect.signature(Heartbeat).parameters if p not in ("positional",)]
     assert [a for a in arguments if a not in listed] == []
     for name, _, allowed in BAD_NUMBERS:
         row = next(line for line in table.splitlines() if f"`{name}`" in line)
@@ -256,7 +256,11 @@ def test_every_heartbeat_argument_reaches_the_settings_under_its_own_name() -> N
     """Heartbeat.__init__ hands its arguments whole to ``_settings.settings``: the two
     parameter lists must match (names, order, kinds, types), or an argument would be lost
     or land on another."""
-    heartbeat = list(inspect.signature(Heartbeat.__init__).parameters.values())[1:]
+    heartbeat = [
+        p
+        for p in list(inspect.signature(Heartbeat.__init__).parameters.values())[1:]
+        if p.kind is not inspect.Parameter.VAR_POSITIONAL  # the deprecated positional form
+    ]
     checked = list(inspect.signature(_settings.settings).parameters.values())
 
     def shape(params: list[inspect.Parameter]) -> list[tuple[str, Any, Any]]:
@@ -264,6 +268,50 @@ def test_every_heartbeat_argument_reaches_the_settings_under_its_own_name() -> N
 
     assert shape(heartbeat) == shape(checked)
     assert all(p.default is inspect.Parameter.empty for p in checked)  # defaults: Heartbeat's
+
+
+# --- the public surface: keyword-only arguments, read-only settings ---------------------------
+
+
+def test_every_argument_after_the_workspace_id_is_keyword_only() -> None:
+    params = list(inspect.signature(Heartbeat.__init__).parameters.values())[1:]
+    assert [p.name for p in params[:2]] == ["platform_url", "workspace_id"]
+    assert params[2].kind is inspect.Parameter.VAR_POSITIONAL  # only for the deprecation
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[3:])
+
+
+def test_a_positional_call_still_works_and_warns_naming_the_keywords(tmp_path: Path) -> None:
+    with pytest.warns(DeprecationWarning, match=r"interval_seconds=\.\.\., results_file=") as got:
+        hb = Heartbeat("http://127.0.0.1:9", "ws-1", 5.0, tmp_path / "r.jsonl")
+    assert got[0].filename == __file__  # the warning points at the caller's line
+    assert hb.interval_seconds == 5.0 and hb.results_path == str(tmp_path / "r.jsonl")
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="interval_seconds"):
+        Heartbeat("http://127.0.0.1:9", "ws-1", 5.0, interval_seconds=6.0)
+    with pytest.raises(TypeError, match="at most 7"):
+        Heartbeat("http://127.0.0.1:9", "ws-1", *range(8))
+
+
+def test_the_settings_a_heartbeat_shows_are_read_only(tmp_path: Path) -> None:
+    hb = Heartbeat("http://127.0.0.1:9/", "ws-1", results_file=tmp_path / "r.jsonl")
+    for name in (
+        "platform_url",
+        "workspace_id",
+        "interval_seconds",
+        "results_path",
+        "cursor_path",
+        "seen_path",
+        "configs_dir",
+        "self_message_cooldown",
+        "request_timeout",
+        "exit_timeout",
+        "start_phase",
+        "events",
+        "org_id",
+        "state_check_interval",
+    ):
+        with pytest.raises(AttributeError):
+            setattr(hb, name, getattr(hb, name))
+    assert hb.platform_url == "http://127.0.0.1:9" and hb.interval_seconds == 30.0
 
 
 # --- org_id: only what a header can carry -----------------------------------------------------
