@@ -260,7 +260,7 @@ def test_a_wakeup_the_platform_delivered_is_not_sent_again(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:
     """The proxy answers 502 with delivery_confirmed: true when the agent got the message but
-    its answer was lost (CONTRACT.md §8); a retry would wake the agent twice."""
+    its answer was lost (docs/platform.md §2.9); a retry would wake the agent twice."""
     platform.set_a2a_responses(
         ws.id,
         [

@@ -1,7 +1,8 @@
 """Where each activity page starts: page onward past known rows, and re-read an overlap.
 
 The platform answers ``since_id=X`` with the rows whose ``created_at`` is strictly later than
-X's, oldest first (CONTRACT.md §6, checked on the real server). Two things follow:
+X's, oldest first (``docs/platform.md`` §2.4, checked on the real server; August also orders
+rows of one instant by ``seq``). Two things follow:
 
 * The cursor file is not a position. Its newest id may be an arbitrary old row (the reference
   runtime stores its ids sorted), and a page may hold only rows already known. So the next

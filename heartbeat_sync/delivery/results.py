@@ -1,7 +1,7 @@
 """The results file and the public reader.
 
 Everything here must survive a SIGKILL at any instruction without losing or duplicating a
-result (CONTRACT.md §13 C18; the reference appends unlocked and never trims a torn tail), and
+result (the reference runtime appends unlocked and never trims a torn tail), and
 must hold with any number of writers (processes, forked children) and readers at once.
 
 :class:`ResultsFile` is the JSONL results file. Every writer and reader holds

@@ -131,7 +131,7 @@ def delegation_results(
     for row in _objects(rows, out):
         did = row.get("delegation_id")
         if did is None or did == "":
-            continue  # activity-path "Delegation failed" rows carry no id (CONTRACT.md S4)
+            continue  # activity-path "Delegation failed" rows carry no id (docs/platform.md §2.3)
         if not isinstance(did, str) or not valid_id(did):
             out.malformed += 1
             continue
@@ -169,7 +169,8 @@ def message_text(request_body: Any) -> str | None:
     """The text parts of an A2A request (``params.message.parts``), joined; None if none.
 
     A part counts when it is an object whose ``kind`` or ``type`` is ``"text"`` and whose
-    ``text`` is a non-empty string. Any other shape is ignored, never an error (CONTRACT C5).
+    ``text`` is a non-empty string. Any other shape is ignored, never an error: the reference
+    runtime lost a whole poll to one part that was not an object.
     """
     if not isinstance(request_body, dict):
         return None

@@ -1,6 +1,6 @@
 """The workspace's lifecycle on the platform: active, paused, or removed.
 
-What the platform answers, verified on the real server (CONTRACT.md §14):
+What the platform answers, verified on the real server (``docs/platform.md`` §3):
 
 * **paused** (``POST /workspaces/:id/pause``): every route the loop calls answers as before
   (heartbeat 200, polls 200, notify 200); only ``GET /workspaces/:id/state`` (``paused: true``),

@@ -1,8 +1,9 @@
 """An in-process fake of the Molecule AI platform server, for tests.
 
-:class:`FakePlatform` serves the subset of the platform HTTP API that a heartbeat
-loop talks to (see ``CONTRACT.md``) on a real loopback socket, so that agents and
-clients can be exercised end to end without the real server::
+:class:`FakePlatform` serves the subset of the platform HTTP API that a heartbeat loop talks to
+on a real loopback socket, answering as the real server does (``docs/platform.md`` in the
+repository says what that is), so that agents and clients can be exercised end to end without
+the real server::
 
     from heartbeat_sync.testing import FakePlatform
 

@@ -171,7 +171,7 @@ class Workspace:
         parent_id: Parent workspace id or ``None``.
         status: ``online``, ``offline``, ``degraded``, ``provisioning``,
             ``awaiting_agent``, ``removed``, ...  Heartbeats drive the same status
-            transitions as the real server (CONTRACT.md §3).
+            transitions as the real server (``docs/platform.md`` §2.1).
         talk_to_user_enabled: MAY only: when False ``/notify`` answers 403.
         tokens: Live (non-revoked) auth tokens, oldest first.
         inbound_secret: ``platform_inbound_secret``; minted lazily by the first

@@ -1,7 +1,7 @@
 """``POST /registry/heartbeat`` and ``POST /registry/register``, as the real server answers them.
 
 A heartbeat body is validated the way Go decodes ``HeartbeatPayload``; an accepted beat drives
-the workspace's status the way the real server does (CONTRACT.md §3).
+the workspace's status the way the real server does (``docs/platform.md`` §2.1).
 """
 
 from __future__ import annotations
