@@ -44,13 +44,13 @@ def test_under_ci_a_skipped_integration_test_is_a_failure() -> None:
     assert "the integration suite must run here" in done.stdout
 
 
-def test_ci_runs_the_integration_suite_once_against_the_shared_server() -> None:
+def test_ci_runs_the_integration_suite_once_against_both_generations() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     export = ci.index("export HEARTBEAT_SYNC_PLATFORM")
-    # CI has the server's folder beside the checkout; only .ci/run names it.
-    folder = ci[export - 1].removeprefix('HEARTBEAT_SYNC_PLATFORM="$(cd ').split(" && ")[0]
-    assert ci[export - 1] == f'HEARTBEAT_SYNC_PLATFORM="$(cd {folder} && pwd -P)"'
-    assert folder.endswith("/platform") and not folder.startswith("/")
+    # CI has the servers' folders beside the checkout; only .ci/run names them, each labelled.
+    assert ci[export - 1] == 'HEARTBEAT_SYNC_PLATFORM="2026-05=$MAY:2026-08=$AUGUST"'
+    assert 'MAY="$(cd ../shared/platform && pwd -P)"' in ci
+    assert 'AUGUST="$(cd ../shared/platform-2026-08 && pwd -P)"' in ci
     # Set before the README's test command, which runs the whole suite (tests/platform too)...
     tests = next(i for i, line in enumerate(ci) if line.endswith(".venv/bin/python -m pytest"))
     assert export < tests

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import re
+import socket
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +55,13 @@ def write_token(configs_dir: str | os.PathLike[str], token: str) -> None:
     os.replace(tmp, path)
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound and released: refused when connected to)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _expect(resp: requests.Response, *statuses: int) -> Any:
     assert resp.status_code in statuses, (
         f"{resp.request.method} {resp.request.path_url} answered {resp.status_code} "
@@ -77,14 +85,37 @@ def _timestamp(value: str | None) -> dt.datetime | None:
 class RealPlatform:
     """One running platform server: its URL, admin token and database, and scene helpers."""
 
-    def __init__(self, url: str, admin_token: str, database_url: str, state_dir: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        admin_token: str,
+        database_url: str,
+        state_dir: Path,
+        *,
+        scripts: Path | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.admin_token = admin_token
         self.database_url = database_url
         self.state_dir = state_dir
+        self.scripts = scripts
         self._session = requests.Session()
         self._session.trust_env = False
         self._lock = threading.Lock()
+        #: ``2026-08`` when the server's heartbeat answer carries ``generation``, else
+        #: ``2026-05``: what the server is, asked of the server itself.
+        self.generation = self._ask_generation()
+
+    def _ask_generation(self) -> str:
+        # A beat for an id the server does not know: answered 200, and nothing is written.
+        beat = {"workspace_id": "00000000-0000-4000-8000-000000000000", "uptime_seconds": 0}
+        reply = _expect(self.request("POST", "/registry/heartbeat", json=beat), 200)
+        return "2026-08" if isinstance(reply, dict) and "generation" in reply else "2026-05"
+
+    @property
+    def august(self) -> bool:
+        """True for the August 2026 generation."""
+        return self.generation == "2026-08"
 
     def close(self) -> None:
         self._session.close()
@@ -147,10 +178,32 @@ class RealPlatform:
         )
         return result
 
+    def failing_target(self) -> tuple[str, str]:
+        """A workspace whose delegations fail, and the platform's error for them.
+
+        May fails a delegation to a workspace that never registered at once (``workspace has
+        no URL``); August queues it instead ("target at capacity"), so there the target is
+        registered in push mode at a closed port, which both fail after about 8 s (one
+        retry): ``failed to reach workspace agent``.
+        """
+        if not self.august:
+            target, _ = self.create_workspace("never-registered")
+            return target, "workspace has no URL"
+        target, token = self.create_workspace("unreachable")
+        self.register(target, token, url=f"http://localhost:{closed_port()}")
+        return target, "failed to reach workspace agent"
+
     def delete(self, ws_id: str) -> dict[str, Any]:
-        """Delete a workspace (admin, ``?confirm=true``)."""
+        """Delete a workspace (admin, ``?confirm=true``, and the ``X-Confirm-Name`` August
+        asks for: the workspace's exact name, read first)."""
+        about = _expect(self.request("GET", f"/workspaces/{ws_id}", token=self.admin_token), 200)
         result: dict[str, Any] = _expect(
-            self.request("DELETE", f"/workspaces/{ws_id}?confirm=true", token=self.admin_token),
+            self.request(
+                "DELETE",
+                f"/workspaces/{ws_id}?confirm=true",
+                token=self.admin_token,
+                headers={"X-Confirm-Name": about["name"]},
+            ),
             200,
         )
         return result

@@ -1,14 +1,20 @@
-"""The integration suite against the real platform server.
+"""The integration suite against the real platform server, of every generation given.
 
-It runs when ``$HEARTBEAT_SYNC_PLATFORM`` names the folder that holds the server's ``start`` and
-``stop`` scripts; otherwise every test here is skipped with that reason. The server is started
-once per session into a fresh ``mktemp -d`` folder (Postgres, running as the ``postgres`` user
-when we are root, must be able to reach it) and stopped at the end.
+It runs when ``$HEARTBEAT_SYNC_PLATFORM`` names the folders that hold the servers' ``start``
+and ``stop`` scripts, separated by ``os.pathsep`` (``:``), each as ``GENERATION=FOLDER`` (e.g.
+``2026-05=/srv/platform:2026-08=/srv/platform-2026-08``) or a bare folder; otherwise every test
+here is skipped with that reason. Each test that asks for ``real_platform`` runs once per
+folder (its id: the generation, or the folder's name), unless it is marked
+``@pytest.mark.generations("2026-08")`` for behaviour one generation has: it then runs on the
+folders labelled so (on a bare folder, once the server has said what it is). Each server is
+started once per session into a fresh ``mktemp -d`` folder (Postgres, running as the
+``postgres`` user when we are root, must be able to reach it), when its first test asks for it,
+and stopped at the end; the server says its generation by its heartbeat answer, and a label
+that disagrees fails the test.
 
 The suite runs in parallel (pytest-xdist): these tests are one group, so one worker runs them
-all and only that worker starts the server, when its first test here asks for it. A test's
-timeout covers the test itself, not that start (which may install Postgres and Redis first and
-has its own bound, ``START_TIMEOUT``).
+all and only that worker starts the servers. A test's timeout covers the test itself, not a
+start (which may install Postgres and Redis first and has its own bound, ``START_TIMEOUT``).
 
 When the variable is set, or ``CI`` is, a skipped test here is reported as a failure: in CI the
 suite must have run, all of it.
@@ -22,7 +28,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -33,9 +39,27 @@ HERE = Path(__file__).resolve().parent
 START_TIMEOUT = 600
 
 
-def _scripts() -> Path | None:
+#: The generations the suite knows, by the label a folder may carry.
+GENERATIONS = ("2026-05", "2026-08")
+
+
+def _folders() -> list[tuple[str | None, Path]]:
+    """The folders of ``$HEARTBEAT_SYNC_PLATFORM``, each with its label (None: bare)."""
     value = os.environ.get(ENV_VAR, "").strip()
-    return Path(value).resolve() if value else None
+    found: list[tuple[str | None, Path]] = []
+    for part in (p.strip() for p in value.split(os.pathsep)):
+        if not part:
+            continue
+        label, sep, folder = part.partition("=")
+        if sep and label in GENERATIONS:
+            found.append((label, Path(folder).resolve()))
+        else:
+            found.append((None, Path(part).resolve()))
+    return found
+
+
+def _scripts() -> bool:
+    return bool(_folders())
 
 
 def _strict() -> bool:
@@ -58,7 +82,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             timeout = item.get_closest_marker("timeout")
             seconds = timeout.args[0] if timeout and timeout.args else config.getini("timeout")
             item.add_marker(pytest.mark.timeout(float(seconds), func_only=True), append=False)
-            if _scripts() is None:
+            if not _scripts():
                 item.add_marker(skip)
 
 
@@ -74,18 +98,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         )
 
 
-class _Server:
-    """The session's server: started once the tests to run are known, stopped at the end."""
+#: A test's generations, when it is about behaviour only some have.
+GENERATIONS_MARK = "generations"
 
-    platform: RealPlatform | None = None
-    error: str | None = None
-    scripts: Path | None = None
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{GENERATIONS_MARK}(*ids): the real-server test runs only on these generations "
+        "(2026-05, 2026-08)",
+    )
+
+
+class _Servers:
+    """The session's servers by folder: started when a test first needs one, stopped at the
+    end."""
+
+    started: ClassVar[dict[Path, RealPlatform]] = {}
+    errors: ClassVar[dict[Path, str]] = {}
 
 
 def _start(scripts: Path) -> RealPlatform:
     for name in ("start", "stop"):
         if not (scripts / name).is_file():
-            raise RuntimeError(f"{ENV_VAR}={scripts}: no {name} script there")
+            raise RuntimeError(f"{ENV_VAR}: no {name} script in {scripts}")
     state = Path(tempfile.mkdtemp(prefix="heartbeat-sync-platform-"))
     # mkdtemp makes it 0700; Postgres (the postgres user when we are root) must reach pg/ in it.
     state.chmod(0o711)
@@ -107,15 +143,17 @@ def _start(scripts: Path) -> RealPlatform:
         for line in (state / "platform.env").read_text().splitlines()
         if "=" in line
     )
-    return RealPlatform(env["PLATFORM_URL"], env["ADMIN_TOKEN"], env["DATABASE_URL"], state)
+    return RealPlatform(
+        env["PLATFORM_URL"], env["ADMIN_TOKEN"], env["DATABASE_URL"], state, scripts=scripts
+    )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    platform, _Server.platform = _Server.platform, None
-    if platform is not None and _Server.scripts is not None:
+    started, _Servers.started = _Servers.started, {}
+    for scripts, platform in started.items():
         platform.close()
         stopped = subprocess.run(
-            [str(_Server.scripts / "stop"), str(platform.state_dir)],
+            [str(scripts / "stop"), str(platform.state_dir)],
             capture_output=True,
             timeout=120,
             check=False,
@@ -124,23 +162,45 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             shutil.rmtree(platform.state_dir, ignore_errors=True)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "real_platform" not in metafunc.fixturenames:
+        return
+    folders = _folders()
+    mark = metafunc.definition.get_closest_marker(GENERATIONS_MARK)
+    wanted = frozenset(mark.args) if mark else None
+    chosen = [(label, f) for label, f in folders if wanted is None or label in (None, *wanted)]
+    if not chosen:
+        # Nothing to run it on: no folder at all, or none of the generations it is about.
+        params: list[Any] = [None]
+        ids = ["no-server" if not folders else f"not-{'-'.join(sorted(wanted or ()))}"]
+    else:
+        params = [(label, f, wanted) for label, f in chosen]
+        ids = [label or f.name for label, f in chosen]
+    metafunc.parametrize("real_platform", params, indirect=True, ids=ids)
+
+
 @pytest.fixture(scope="session")
-def real_platform() -> RealPlatform:
-    """The real server, started once per session (by the worker that runs this suite) and
-    stopped at its end."""
-    scripts = _scripts()
-    if scripts is None:
-        pytest.skip(f"{ENV_VAR} is not set")
-    if _Server.platform is None and _Server.error is None:
-        _Server.scripts = scripts
+def real_platform(request: pytest.FixtureRequest) -> RealPlatform:
+    """The real server of one generation (the test's parameter), started once per session
+    (by the worker that runs this suite) and stopped at its end."""
+    if request.param is None:
+        if not _folders():
+            pytest.skip(f"{ENV_VAR} is not set")
+        pytest.skip(f"no server of the generations this test is about in {ENV_VAR}")
+    label, scripts, wanted = request.param
+    if scripts not in _Servers.started and scripts not in _Servers.errors:
         try:
-            _Server.platform = _start(scripts)
+            _Servers.started[scripts] = _start(scripts)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            _Server.error = str(exc)
-    if _Server.error is not None:
-        pytest.fail(f"the platform server did not start: {_Server.error}")
-    assert _Server.platform is not None, "the platform server was not started"
-    return _Server.platform
+            _Servers.errors[scripts] = str(exc)
+    if scripts in _Servers.errors:
+        pytest.fail(f"the platform server did not start: {_Servers.errors[scripts]}")
+    platform = _Servers.started[scripts]
+    if label is not None and platform.generation != label:
+        pytest.fail(f"{scripts} is labelled {label}, but its server is {platform.generation}")
+    if wanted is not None and platform.generation not in wanted:
+        pytest.skip(f"a {'/'.join(sorted(wanted))} behaviour; {scripts} is {platform.generation}")
+    return platform
 
 
 @pytest.fixture

@@ -27,6 +27,12 @@ def _heartbeat(real: RealPlatform, ws_id: str, files: dict[str, Any], **kw: Any)
     return Heartbeat(real.url, ws_id, interval_seconds=INTERVAL, exit_timeout=None, **files, **kw)
 
 
+def _asked(hb: Heartbeat) -> int:
+    """State checks the event stream has asked for so far."""
+    stream = hb.status().stream
+    return 0 if stream is None else stream.state_checks_asked
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (*CONFIG_ENV, "PYTHONPATH")}
     env["PYTHONPATH"] = str(REPO)
@@ -78,6 +84,7 @@ def test_heartbeat_registers_from_nothing_and_keeps_the_issued_token(
     assert r.status_code == 200 and r.json()["status"] == "online"
 
 
+@pytest.mark.generations("2026-05")
 def test_pause_is_state_paused_and_a_registration_brings_it_back(
     real_platform: RealPlatform, hb_files: dict[str, Any]
 ) -> None:
@@ -111,10 +118,42 @@ def test_pause_is_state_paused_and_a_registration_brings_it_back(
         assert wait_until(lambda: hb.status().state == "healthy", timeout=5)
         beats = hb.status().beats_ok
         assert wait_until(lambda: hb.status().beats_ok > beats, timeout=5)
-        # The callbacks run on the side-effect thread, a moment after the state changes
-        # (stop() would drop one still pending).
+        # The callbacks run on their own thread, a moment after the state changes (stop()
+        # would drop one still pending).
         assert wait_until(lambda: ("paused", "healthy") in changes, timeout=5)
     assert ("healthy", "paused") in changes
+
+
+@pytest.mark.generations("2026-08")
+def test_august_keeps_a_paused_workspace_paused_whoever_registers(
+    real_platform: RealPlatform, hb_files: dict[str, Any]
+) -> None:
+    """August answers a paused workspace's registration 200 and writes nothing: it comes back
+    only through /resume (which re-provisions it). The Heartbeat stays paused, checking."""
+    ws_id, token = real_platform.create_workspace("ext-pause-aug")
+    write_token(hb_files["configs_dir"], token)
+    hb = _heartbeat(real_platform, ws_id, hb_files, register=True, state_check_interval=INTERVAL)
+    with hb:
+        assert wait_until(lambda: hb.status().state == "healthy", timeout=10)
+        real_platform.pause(ws_id)
+        assert wait_until(lambda: hb.status().state == "paused", timeout=5)
+        asked = _asked(hb)
+        r = real_platform.request(
+            "POST",
+            "/registry/register",
+            token=token,
+            json={"id": ws_id, "delivery_mode": "poll", "agent_card": {}},
+        )
+        assert r.status_code == 200
+        beats = hb.status().beats_ok
+        # August still announces WORKSPACE_ONLINE for it: the Heartbeat is asked to check at
+        # once, finds the workspace paused, and neither beats nor registers.
+        assert wait_until(lambda: _asked(hb) > asked, timeout=5)
+        assert not wait_until(
+            lambda: hb.status().beats_ok > beats or hb.status().state != "paused",
+            timeout=3 * INTERVAL,
+        )
+    assert real_platform.row(ws_id)["status"] == "paused"
 
 
 def test_delete_is_state_removed_threads_end_within_one_interval(

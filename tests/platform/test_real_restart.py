@@ -29,10 +29,11 @@ def delivered(path: Path) -> list[str]:
 
 
 def _scene(real_platform: RealPlatform) -> tuple[str, str, str, str, str]:
-    """A (poll mode, the Heartbeat's), B (a peer that messages A), C (never registered)."""
+    """A (poll mode, the Heartbeat's), B (a peer that messages A), C (A's delegations to it
+    fail)."""
     a, ta = real_platform.create_workspace("restarted")
     b, tb = real_platform.create_workspace("peer")
-    c, _ = real_platform.create_workspace("never-registered")
+    c, _ = real_platform.failing_target()
     real_platform.register(a, ta, delivery_mode="poll")
     return a, ta, b, tb, c
 

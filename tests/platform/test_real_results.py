@@ -59,7 +59,7 @@ def test_a_delegation_to_an_unreachable_target_arrives_once_as_failed(
     real_platform: RealPlatform, hb_files: dict[str, Any]
 ) -> None:
     a, ta = real_platform.create_workspace("caller")
-    c, _ = real_platform.create_workspace("never-registered")
+    c, error = real_platform.failing_target()
     real_platform.register(a, ta, delivery_mode="poll")
     write_token(hb_files["configs_dir"], ta)
     results = hb_files["results_file"]
@@ -70,7 +70,7 @@ def test_a_delegation_to_an_unreachable_target_arrives_once_as_failed(
         got = records(results)
         assert [r["delegation_id"] for r in got] == [did]
         assert got[0]["status"] == "failed"
-        assert "workspace has no URL" in got[0]["error"]
+        assert error in got[0]["error"]
         assert hb.status().results_delivered == 1
 
 

@@ -16,7 +16,7 @@ def test_a_rotated_token_recovers_within_two_intervals_after_the_file_changes(
     real_platform: RealPlatform, hb_files: dict[str, Any]
 ) -> None:
     a, ta = real_platform.create_workspace("rotated")
-    c, _ = real_platform.create_workspace("never-registered")
+    c, _ = real_platform.failing_target()
     real_platform.register(a, ta, delivery_mode="poll")
     write_token(hb_files["configs_dir"], ta)
     with Heartbeat(real_platform.url, a, interval_seconds=INTERVAL, **hb_files) as hb:

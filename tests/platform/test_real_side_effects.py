@@ -49,7 +49,7 @@ def test_notifications_turned_off_pause_notifications(
     real_platform: RealPlatform, hb_files: dict[str, Any]
 ) -> None:
     a, ta = real_platform.create_workspace("quiet")
-    c, _ = real_platform.create_workspace("never-registered")
+    c, _ = real_platform.failing_target()
     real_platform.register(a, ta, delivery_mode="poll")
     real_platform.abilities(a, talk_to_user_enabled=False)
     write_token(hb_files["configs_dir"], ta)
@@ -74,9 +74,10 @@ def test_a_workspace_without_an_agent_url_is_not_woken_again_and_again(
     real_platform: RealPlatform, hb_files: dict[str, Any]
 ) -> None:
     """Beats alone bring an external workspace online, with no agent URL: the platform answers
-    its wake-up ``503 workspace has no URL``, which no retry can change."""
+    its wake-up ``503 workspace has no URL`` (August too: it queues only for a workspace still
+    waiting for its agent), which no retry can change."""
     a, ta = real_platform.create_workspace("beats-only")
-    c, _ = real_platform.create_workspace("never-registered")
+    c, _ = real_platform.failing_target()
     write_token(hb_files["configs_dir"], ta)
     with Heartbeat(real_platform.url, a, interval_seconds=INTERVAL, **hb_files) as hb:
         real_platform.delegate(a, ta, c, "summarise")
