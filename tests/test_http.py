@@ -289,3 +289,31 @@ def test_abort_cuts_a_body_that_ends_with_the_connection(connection_close: bool)
             assert time.monotonic() - started < 2.0
         assert len(ended) == 1
     session.close()
+
+
+def test_a_connection_made_as_the_abort_comes_is_cut_too() -> None:
+    """abort_session shuts down the connections it finds; one still being made (a stream that
+    reconnects just as stop() comes) was missed and hung until its read timeout. A connection
+    that completes after the abort is shut down the moment it is made."""
+    session = make_session()
+    abort_session(session)  # as if it came while the connect below was under way
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(5.0)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+        failed: list[BaseException] = []
+
+        def ask() -> None:
+            try:
+                session.get(url, timeout=(5, 30))
+            except Exception as exc:  # the cut, however requests words it
+                failed.append(exc)
+
+        started = time.monotonic()
+        thread = threading.Thread(target=ask, daemon=True)
+        thread.start()
+        conn, _ = listener.accept()  # the server takes it and never answers
+        with conn:
+            thread.join(3.0)
+            assert not thread.is_alive()
+        assert time.monotonic() - started < 3.0 and len(failed) == 1
+    session.close()

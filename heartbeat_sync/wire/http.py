@@ -311,11 +311,20 @@ class AbortableAdapter(HTTPAdapter):
             if remaining is not None and isinstance(timeout, (int, float)):
                 conn.timeout = max(0.001, min(float(timeout), remaining))
 
+        aborted = getattr(self.max_retries, "aborted", None)
+
         def connected(conn: HTTPConnection) -> None:
             try:
                 live[conn] = weakref.ref(conn.sock)
             except TypeError:  # None, or a wrapper that cannot be referred to weakly
                 live[conn] = _nothing
+            # An abort (or the deadline) that came while this connection was being made shut
+            # down the others and could not see this one: it goes the same way, now.
+            remaining = deadline.remaining()
+            late = remaining is not None and remaining <= 0
+            if (aborted is not None and aborted.is_set()) or late:
+                with contextlib.suppress(OSError, AttributeError):
+                    conn.sock.shutdown(socket.SHUT_RDWR)
 
         class _Conn(HTTPConnection):
             def connect(self) -> None:
