@@ -349,6 +349,19 @@ class Heartbeat:
         self._tally.set_active_tasks(value)
 
     @property
+    def is_busy(self) -> bool:
+        """Whether the agent is busy, sent with every beat as ``is_busy``: as set, else while
+        :attr:`active_tasks` > 0. Set True or False to say so whatever the tasks; set None to
+        go back to the tasks. (The August 2026 platform reads it; the May one ignores it.)"""
+        return self._tally.is_busy()
+
+    @is_busy.setter
+    def is_busy(self, value: bool | None) -> None:
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"is_busy must be True, False or None, not {value!r}")
+        self._tally.set_busy(value)
+
+    @property
     def current_task(self) -> str:
         """What the agent is doing, sent with every beat. Setting a new value beats at once."""
         return self._tally.current_task()

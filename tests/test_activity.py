@@ -88,6 +88,26 @@ def test_asks_with_since_id_and_delivers_in_order_once(
     assert all(q["since_id"][0] in cursor for q in queries[1:])
 
 
+def test_a_restart_reads_on_from_a_row_never_from_a_message_key(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    # The cursor keeps the keys of the messages delivered beside their rows (a message logged
+    # twice is delivered once); a restart starts its first page some way back in the cursor,
+    # and that must be a row: the platform refuses a key (410, or 500 for an id that is no
+    # UUID) and the loop would lose its place.
+    peer = platform.add_workspace()
+    rows = [platform.add_activity(ws.id, source_id=peer.id, text=f"r{i}") for i in range(30)]
+    entries = [item for n, row in enumerate(rows) for item in (row, f"msg-{n:032x}")]
+    (tmp_path / "cursor").write_text(",".join(entries))
+    later = platform.add_activity(ws.id, source_id=peer.id, text="after the restart")
+    results = tmp_path / "results.jsonl"
+    with make_hb(self_message_cooldown=3600.0):
+        assert wait_until(lambda: len(read_lines(results)) == 1)
+    first = platform.requests_for("activity")[0]
+    assert first.query["since_id"][0] in rows and first.status == 200
+    assert _ids(results) == [later]
+
+
 def test_cursor_unknown_to_the_server_falls_back_to_the_window(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
 ) -> None:

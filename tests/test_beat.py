@@ -39,6 +39,28 @@ def test_body_has_the_reference_fields(
     assert "runtime_metadata" not in body
 
 
+def test_is_busy_follows_the_tasks_unless_the_agent_says_otherwise(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    hb = make_hb(interval_seconds=5.0)
+    assert hb.is_busy is False
+    with hb:
+        assert _beats(platform, ws, 1)[-1]["is_busy"] is False
+        hb.active_tasks = 1
+        hb.beat_now()
+        assert _beats(platform, ws, 2)[-1]["is_busy"] is True
+        hb.is_busy = False  # busy or not whatever the tasks, as the agent says
+        hb.beat_now()
+        assert _beats(platform, ws, 3)[-1]["is_busy"] is False
+        hb.is_busy = None  # back to the tasks
+        hb.beat_now()
+        assert _beats(platform, ws, 4)[-1]["is_busy"] is True
+    with pytest.raises(ValueError, match="is_busy"):
+        hb.is_busy = "yes"  # type: ignore[assignment]
+    # An older server (the May one) takes the field and ignores it: every beat was answered.
+    assert hb.status().beats_failed == 0
+
+
 def test_wedge_state_is_reported_and_cleared(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:

@@ -537,6 +537,31 @@ def test_a_401_on_the_stream_rereads_the_token_like_the_beat(
     _bounded_stop(hb)
 
 
+def test_a_rotation_announced_on_the_stream_has_the_next_request_read_the_new_token(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
+) -> None:
+    # The platform says EXTERNAL_CREDENTIALS_ROTATED {workspace_id} when the token is
+    # rotated: the next request carries the new one at once instead of being refused first.
+    hb = make_hb(interval_seconds=30.0)
+    hb.start_thread()
+    assert wait_until(lambda: _stream_open(platform, ws, hb))
+    # The first cycle is over (its polls, then the team's lookup): nothing is sent until asked.
+    assert platform.wait_for_requests("peers", 1)
+    token = platform.rotate_token(ws.id)
+    (tmp_path / "configs" / ".auth_token").write_text(token)
+    read = _stream(hb).events
+    sent = len(platform.requests)
+    platform.emit_event(ws.id, "EXTERNAL_CREDENTIALS_ROTATED", {"workspace_id": ws.id})
+    assert wait_until(lambda: _stream(hb).events > read)
+    hb.beat_now()
+    assert platform.wait_for(lambda: len(platform.heartbeats(ws.id)) >= 2)
+    after = platform.requests[sent:]
+    beats = [r for r in after if r.route == "heartbeat"]
+    assert beats and beats[0].headers["authorization"] == f"Bearer {token}"
+    assert all(r.status != 401 for r in after), [(r.route, r.status) for r in after]
+    _bounded_stop(hb)
+
+
 def test_events_false_or_the_environment_turns_the_stream_off(
     platform: FakePlatform,
     ws: Workspace,

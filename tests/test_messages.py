@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from heartbeat_sync.delivery import rows as _rows
 from heartbeat_sync.effects import texts as _texts
 from heartbeat_sync.wire.body import parse_json
-from heartbeat_sync.wire.client import inbound_secret, self_message_body
+from heartbeat_sync.wire.client import generation, inbound_secret, self_message_body
 
 WS = "11111111-1111-4111-8111-111111111111"
 PEER = "22222222-2222-4222-8222-222222222222"
@@ -73,6 +73,40 @@ def test_beat_body_table() -> None:
     json.dumps(wedged)
 
 
+def test_beat_body_carries_is_busy_and_the_observed_generation_when_given() -> None:
+    common: dict[str, Any] = {
+        "error_rate": 0.0,
+        "sample_error": "",
+        "active_tasks": 0,
+        "current_task": "",
+        "uptime_seconds": 1,
+    }
+    body = _texts.build_beat_body(WS, **common, is_busy=True, observed_generation=7)
+    assert body["is_busy"] is True and body["observed_generation"] == 7
+    assert "is_busy" not in _texts.build_beat_body(WS, **common)
+    assert "observed_generation" not in _texts.build_beat_body(WS, **common, is_busy=False)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"status": "ok", "generation": 0}, 0),
+        ({"generation": 3}, 3),
+        ({"generation": (1 << 63) - 1}, (1 << 63) - 1),
+        ({"generation": 1 << 63}, None),  # beyond what the platform stores
+        ({"generation": -1}, None),
+        ({"generation": True}, None),  # a bool is no generation
+        ({"generation": 1.0}, None),
+        ({"generation": "2"}, None),
+        ({"generation": None}, None),
+        ({"status": "ok"}, None),  # the May server sends none
+        ([1], None),
+    ],
+)
+def test_generation_is_read_only_when_it_is_an_integer(body: Any, expected: int | None) -> None:
+    assert generation(body) == expected
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
@@ -126,9 +160,63 @@ def test_delegation_seen_and_duplicates_in_one_response() -> None:
     assert parsed.ids == ["a"]
 
 
+def test_a_delegation_this_workspace_received_is_never_its_result() -> None:
+    # The August platform lists a delegation to this workspace beside its own, marked
+    # "received", with the caller as source: skipped quietly, not warned about as foreign.
+    sent = {"delegation_id": "d-1", "status": "completed", "source_id": WS, "direction": "sent"}
+    got = {
+        "delegation_id": "d-2",
+        "status": "completed",
+        "source_id": PEER,
+        "direction": "received",
+    }
+    mine = {"delegation_id": "d-3", "status": "completed", "source_id": WS, "direction": "received"}
+    parsed = _rows.delegation_results([sent, got, mine], WS, set(), 0.0)
+    assert [r.id for r in parsed.results] == ["d-1"]
+    assert parsed.foreign == [] and parsed.malformed == 0
+
+
 def test_foreign_rows_are_listed_for_a_warning() -> None:
     parsed = _rows.delegation_results([_delegation(source_id=PEER)], WS, set(), 1.0)
     assert parsed.foreign == [("d1", PEER)]
+
+
+def _peer_message(row_id: str, message_id: str, summary: str, source: str = PEER) -> Any:
+    return {
+        "id": row_id,
+        "source_id": source,
+        "summary": summary,
+        "request_body": {
+            "params": {
+                "message": {"messageId": message_id, "parts": [{"kind": "text", "text": "hi"}]}
+            }
+        },
+    }
+
+
+def test_a_message_logged_twice_behind_a_busy_agent_is_one_result() -> None:
+    # The August platform writes an (ingest) row and a (queued: target busy) row with the
+    # same request for a message it queued: one result, both rows past the cursor.
+    rows = [
+        _peer_message("r-1", "m-1", "message/send → me (ingest)"),
+        _peer_message("r-2", "m-1", "message/send → me (queued: target busy)"),
+        _peer_message("r-3", "m-1", "another sender's", source="33333333-3333-4333-8333-333333"),
+    ]
+    parsed = _rows.activity_results(rows, WS, set(), 0.0)
+    assert [r.id for r in parsed.results] == ["r-1", "r-3"]
+    key = _rows.message_key(rows[0])
+    assert key is not None and key == _rows.message_key(rows[1]) != _rows.message_key(rows[2])
+    assert parsed.ids[:3] == ["r-1", key, "r-2"] and parsed.aliases["r-1"] == key
+    assert all(_rows.valid_id(i) for i in parsed.ids)
+    # The second row of a later page (or poll) finds the key among what was delivered.
+    later = _rows.activity_results([rows[1]], WS, {"r-1", key}, 0.0)
+    assert later.results == [] and later.ids == ["r-2"]
+
+
+def test_a_row_without_a_message_id_has_no_message_key() -> None:
+    assert _rows.message_key({"request_body": {"params": {"message": {}}}}) is None
+    assert _rows.message_key({"request_body": "x"}) is None
+    assert _rows.message_key(_peer_message("r", "m" * 2000, "long")) is None
 
 
 def test_activity_rows() -> None:
@@ -202,6 +290,8 @@ def test_notify_and_self_message_shapes() -> None:
         "messageId": "mid",
         "parts": [{"kind": "text", "text": "hi"}],
     }
+    # The platform's own marker: the canvas files it as a notice, without the text prefix.
+    assert body["params"]["metadata"] == {"source_type": "self-delegation-result"}
 
 
 @settings(max_examples=100, deadline=None)

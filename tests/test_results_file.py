@@ -82,6 +82,20 @@ def test_deliver_writes_the_callers_pending_ids_too(tmp_path: Path) -> None:
     assert (tmp_path / "cursor").read_text() == "skipped-row,d1"
 
 
+def test_a_record_whose_alias_another_writer_recorded_is_not_appended(tmp_path: Path) -> None:
+    # Two writers of one workspace's files: each saw one of the two rows the platform wrote for
+    # one message (their ids differ, the message key is the same). The decision is taken on
+    # disk, under the lock: the second is left out.
+    first = ResultsFile(tmp_path / "r.jsonl")
+    second = ResultsFile(tmp_path / "r.jsonl")
+    cursor_a = IdLog(tmp_path / "cursor", max_ids=10, name="cursor")
+    cursor_b = IdLog(tmp_path / "cursor", max_ids=10, name="cursor")
+    assert first.deliver([record("r-1")], [(cursor_a, ["r-1", "msg-k"])], {"r-1": "msg-k"})
+    assert second.deliver([record("r-2")], [(cursor_b, ["r-2", "msg-k"])], {"r-2": "msg-k"}) == []
+    assert [r["delegation_id"] for r in first.peek()] == ["r-1"]
+    assert (tmp_path / "cursor").read_text() == "r-1,msg-k,r-2"
+
+
 def test_deliver_ids_only(tmp_path: Path) -> None:
     results = ResultsFile(tmp_path / "r.jsonl")
     cursor = IdLog(tmp_path / "cursor", max_ids=10)

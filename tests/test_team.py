@@ -48,6 +48,19 @@ def test_siblings_are_the_entries_with_the_same_parent_and_a_valid_id() -> None:
     assert siblings([], "me", "p") == []
 
 
+def test_the_platforms_root_workspace_is_no_member_of_a_team() -> None:
+    # On the August 2026 platform every top-level workspace has the root as its parent; the
+    # root is listed as the parent (parent_id null). Should it ever come with its kind and a
+    # parent of its own, it still counts for no team.
+    root = "ea3cfcf1-cb9c-53b4-90fd-c53123569c4a"
+    peers: Any = [
+        {"id": "a", "parent_id": root},
+        {"id": root, "parent_id": None, "status": "offline"},
+        {"id": "r2", "parent_id": root, "kind": "platform"},
+    ]
+    assert siblings(peers, "me", root) == ["a"]
+
+
 def _beat_phases(platform: FakePlatform, ws_id: str, wall_minus_mono: float) -> list[float]:
     """Where each beat after the first arrived, as a share of the interval on the wall clock."""
     beats = platform.requests_for("heartbeat", ws_id)[1:]

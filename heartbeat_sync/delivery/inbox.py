@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -38,11 +38,15 @@ _MAX_WARNED_FOREIGN = 1000
 
 @dataclass(frozen=True)
 class Page:
-    """What one activity page came to: the results delivered for the first time, and where
-    the next page starts (None: this poll is done, for now or because a write failed)."""
+    """What one activity page came to: the results delivered for the first time, where the
+    next page starts (None: this poll is done, for now or because ``failed``), and the highest
+    ``seq`` among its rows, all now handled for good (None: the rows carry none). ``failed``:
+    the results could not be written; the rows are left to a later poll."""
 
     fresh: list[Result] = field(default_factory=list)
     next_since: str | None = None
+    handled_seq: int | None = None
+    failed: bool = False
 
 
 class Inbox:
@@ -128,7 +132,10 @@ class Inbox:
             self._results.recover_if_pending()
         except OSError as exc:
             self._warn.warning("files", "cannot finish the delivery journal: %s", exc)
-        return self._pager.first_since(self._cursor.ids)
+        # The cursor holds the keys of the messages delivered too: never a place to read from.
+        return self._pager.first_since(
+            lambda: [i for i in self._cursor.ids() if not _rows.is_message_key(i)]
+        )
 
     def forget(self, since: str | None) -> None:
         """The platform no longer knows ``since`` (410): the next page is the newest window."""
@@ -153,11 +160,13 @@ class Inbox:
             self._warn.warning(
                 "activity-rows", "skipped %d malformed activity row(s)", parsed.malformed
             )
+        seqs = [q for q in (_rows.seq_of(r) for r in rows) if q is not None]
         fresh: list[Result] = []
         if parsed.results:
-            delivered = self._deliver(parsed.results, [(self._cursor, parsed.ids)])
+            delivered = self._deliver(parsed.results, [(self._cursor, parsed.ids)], parsed.aliases)
             if delivered is None:
-                return Page()  # the pager stays put: the next poll reads these rows again
+                # The pager stays put: the next poll reads these rows again.
+                return Page(failed=True)
             fresh = delivered
         elif parsed.ids:
             self._cursor.add(parsed.ids)
@@ -174,8 +183,8 @@ class Inbox:
                 )
             else:
                 self._warn.reset("activity-stuck")
-            return Page(fresh)
-        return Page(fresh, after)
+            return Page(fresh, None, max(seqs, default=None))
+        return Page(fresh, after, max(seqs, default=None))
 
     # --- the files --------------------------------------------------------------------------
 
@@ -196,13 +205,16 @@ class Inbox:
         return True
 
     def _deliver(
-        self, results: Sequence[Result], id_logs: list[tuple[IdLog, list[str]]]
+        self,
+        results: Sequence[Result],
+        id_logs: list[tuple[IdLog, list[str]]],
+        aliases: Mapping[str, str] | None = None,
     ) -> list[Result] | None:
         """Append ``results`` and record their ids, as one step; the ones appended (another
         writer of the same files may have delivered some already: those are its to announce),
         or None when the write failed."""
         try:
-            written = self._results.deliver([r.record for r in results], id_logs)
+            written = self._results.deliver([r.record for r in results], id_logs, aliases)
         except Exception as exc:
             # Nothing is lost: the ids were not recorded, so the next poll delivers them.
             self._stale = True

@@ -146,13 +146,15 @@ class ResultsFile:
         self,
         records: Sequence[Record],
         id_logs: Sequence[tuple[IdLog, Sequence[str]]] = (),
+        aliases: Mapping[str, str] | None = None,
     ) -> list[Record]:
         """Append the new ``records`` as JSON lines and add the ids to the id logs, as one
         crash-safe step; return the records appended.
 
-        A record is new unless its ``delegation_id`` is already in one of ``id_logs`` *on
-        disk* (or in a journal still waiting to record it): the decision is taken under the
-        lock against what every writer has recorded, so two writers never both append it.
+        A record is new unless its ``delegation_id``, or the other id ``aliases`` gives it (the
+        key of the message it carries), is already in one of ``id_logs`` *on disk* (or in a
+        journal still waiting to record it): the decision is taken under the lock against what
+        every writer has recorded, so two writers never both append it.
         After a SIGKILL at any point either nothing or everything of this call is (or will be,
         on the next recovery) on disk, never half and never twice. The ``IdLog`` objects are
         updated in memory as well.
@@ -175,7 +177,13 @@ class ResultsFile:
             for log, _ in logs:
                 known |= log.ids_on_disk()
                 known.update(pending.get(log.name, ()))
-            fresh = [r for r in records if r.get("delegation_id") not in known]
+            also = aliases or {}
+            fresh = [
+                r
+                for r in records
+                if r.get("delegation_id") not in known
+                and also.get(str(r.get("delegation_id"))) not in known
+            ]
             if len(fresh) != len(records):
                 logger.info(
                     "left out %d result(s) already delivered by another writer or run",

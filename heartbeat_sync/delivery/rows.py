@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import hashlib
 import re
 from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +28,12 @@ __all__ = [
     "activity_results",
     "created_ns",
     "delegation_results",
+    "is_message_key",
+    "message_key",
     "message_text",
     "newest_first",
+    "order_key",
+    "seq_of",
     "valid_id",
 ]
 
@@ -92,6 +97,9 @@ class Parsed:
     #: delegation ids of completed rows that name another workspace as their source.
     foreign: list[tuple[str, str]] = field(default_factory=list)
     malformed: int = 0
+    #: A result's id -> the key of the message it carries (:func:`message_key`): a result is
+    #: new only while neither is known.
+    aliases: dict[str, str] = field(default_factory=dict)
 
 
 def _text(value: Any) -> str:
@@ -120,8 +128,10 @@ def delegation_results(
     """Turn ``GET /delegations`` rows into results, as the reference does.
 
     A row becomes a result when it is an object with a ``delegation_id`` not in ``seen``, a
-    status of completed or failed, and ``source_id`` equal to this workspace. A completed row
-    from another source is listed in ``foreign`` (for a warning) and not delivered. Anything
+    status of completed or failed, and ``source_id`` equal to this workspace; a row the
+    platform marks ``direction: "received"`` (a delegation *to* this workspace) never does.
+    A completed row from another source is listed in ``foreign`` (for a warning) and not
+    delivered. Anything
     malformed is counted and skipped alone. A failed delegation's result says what happened:
     its summary is the row's ``error`` (else the row's summary), and it has no preview (the
     row's preview is the request, not an answer).
@@ -138,6 +148,8 @@ def delegation_results(
         status = row.get("status")
         if status not in FINAL_STATUSES or did in seen or did in batch:
             continue
+        if row.get("direction") == "received":
+            continue  # the August platform lists delegations to this workspace too: not ours
         source_id = _text(row.get("source_id"))
         if source_id != workspace_id:
             out.foreign.append((did, source_id))
@@ -190,6 +202,40 @@ def message_text(request_body: Any) -> str | None:
     return " ".join(texts) if texts else None
 
 
+#: What a :func:`message_key` starts with (the platform's ids are UUIDs: none does).
+_KEY_PREFIX = "msg-"
+#: The longest ``messageId`` read for :func:`message_key` (A2A ids are short).
+_MAX_MESSAGE_ID = 1024
+
+
+def message_key(row: Any) -> str | None:
+    """A key for the message an activity row carries: its sender and its A2A ``messageId``.
+
+    The August 2026 platform logs a message that waited behind a busy agent twice (an
+    ``(ingest)`` row and a ``(queued: target busy)`` row, with the same request); the key is
+    the same for both, so the message is delivered once. It fits an id log (no comma, no white
+    space); None when the row carries no ``messageId``.
+    """
+    if not isinstance(row, dict):
+        return None
+    body = row.get("request_body")
+    params = body.get("params") if isinstance(body, dict) else None
+    message = params.get("message") if isinstance(params, dict) else None
+    message_id = message.get("messageId") if isinstance(message, dict) else None
+    if not isinstance(message_id, str) or not message_id or len(message_id) > _MAX_MESSAGE_ID:
+        return None
+    source = row.get("source_id")
+    sender = source if isinstance(source, str) else ""
+    data = f"{sender}\x00{message_id}".encode("utf-8", "surrogatepass")
+    return _KEY_PREFIX + hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def is_message_key(item: str) -> bool:
+    """True for an id log entry that is a :func:`message_key`, not a row's id (never a
+    position to read from)."""
+    return item.startswith(_KEY_PREFIX)
+
+
 def activity_results(
     rows: Iterable[Any], workspace_id: str, seen: Container[str], now: float
 ) -> Parsed:
@@ -197,8 +243,10 @@ def activity_results(
 
     Every well-formed row not in ``seen`` is listed in ``ids`` (so the cursor moves past it);
     it becomes a result only when its ``source_id`` names a peer (a string, not this
-    workspace). The record has the reference's shape: the row id as ``delegation_id``, the peer
-    as ``target_id``, status completed, and the request's text (else the summary) as preview.
+    workspace) and its message (:func:`message_key`) was not delivered before: the key is
+    listed in ``ids`` after the row's id, and in ``aliases``. The record has the reference's
+    shape: the row id as ``delegation_id``, the peer as ``target_id``, status completed, and the
+    request's text (else the summary) as preview.
     """
     out = Parsed()
     batch: set[str] = set()
@@ -214,6 +262,13 @@ def activity_results(
         source_id = row.get("source_id")
         if not isinstance(source_id, str) or not source_id or source_id == workspace_id:
             continue
+        key = message_key(row)
+        if key is not None:
+            if key in seen or key in batch:
+                continue  # the same message logged again (August's busy queue)
+            batch.add(key)
+            out.ids.append(key)
+            out.aliases[activity_id] = key
         summary = _text(row.get("summary"))
         text = message_text(row.get("request_body"))
         preview = text if text is not None else summary
@@ -259,9 +314,26 @@ def created_ns(value: Any) -> int | None:
     return seconds * 1_000_000_000 + int((m.group(7) or "0").ljust(9, "0"))
 
 
+def seq_of(row: Any) -> int | None:
+    """An activity row's ``seq`` (August 2026 and later: a server-wide position, in the order
+    rows were written), when it is a non-negative JSON integer; else None."""
+    value = row.get("seq") if isinstance(row, dict) else None
+    return value if type(value) is int and value >= 0 else None
+
+
+def order_key(row: Any) -> tuple[int, int] | None:
+    """Where a row stands among the platform's: ``(created_at, seq)``, as the newer platform
+    orders rows (and compares its ``since_id``); ``seq`` counts as -1 where the row has none.
+    None without a readable ``created_at``."""
+    stamp = created_ns(row.get("created_at")) if isinstance(row, dict) else None
+    if stamp is None:
+        return None
+    seq = seq_of(row)
+    return stamp, -1 if seq is None else seq
+
+
 def newest_first(rows: Sequence[Any]) -> bool:
-    """True when rows are ordered newest first by ``created_at`` (a server that ignored
-    ``since_id``)."""
-    stamps = [created_ns(r.get("created_at")) for r in rows if isinstance(r, dict)]
-    known = [s for s in stamps if s is not None]
-    return len(known) >= 2 and known[0] > known[-1]
+    """True when rows are ordered newest first (a server that ignored ``since_id``), by
+    ``created_at`` and, for rows of one instant, by ``seq``."""
+    keys = [k for k in (order_key(r) for r in rows) if k is not None]
+    return len(keys) >= 2 and keys[0] > keys[-1]

@@ -33,6 +33,9 @@ from .queue import QueueWorker
 
 logger = logging.getLogger(__name__)
 
+#: The ``kind`` of the platform's own root workspace (August 2026 and later).
+PLATFORM_KIND = "platform"
+
 
 def _refusal(exc: PlatformError) -> Refusal:
     return Refusal.read(exc.status, exc.body, exc.retry_after, exc.connect_error)
@@ -166,7 +169,11 @@ class SideEffects:
             self._send_notify(client, action.result)
 
     def _parent(self, client: PlatformClient) -> str:
-        """The parent workspace's name ("" if none); cached only once the lookup succeeded."""
+        """The parent workspace's name ("" if none); cached only once the lookup succeeded.
+
+        The August 2026 platform gives every top-level workspace its root as the parent, a
+        workspace of ``kind: "platform"`` with no agent: that is no parent to report to.
+        """
         if self._parent_name is not None:
             return self._parent_name
         try:
@@ -176,7 +183,8 @@ class SideEffects:
             if isinstance(parent_id, str) and parent_id:
                 parent = client.workspace(parent_id)
                 raw = parent.get("name")
-                name = raw if isinstance(raw, str) else ""
+                if isinstance(raw, str) and parent.get("kind") != PLATFORM_KIND:
+                    name = raw
         except PlatformError as exc:
             self._warn.warning("parent", "parent lookup failed, will retry: %s", exc)
             return ""

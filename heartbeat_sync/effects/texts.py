@@ -36,12 +36,17 @@ def build_beat_body(
     uptime_seconds: float,
     wedge_reason: str | None = None,
     runtime_metadata: Mapping[str, Any] | None = None,
+    is_busy: bool | None = None,
+    observed_generation: int | None = None,
 ) -> dict[str, Any]:
-    """The heartbeat body, with the reference's fields and rules.
+    """The heartbeat body, with the reference's fields and rules, and the newer platform's.
 
     ``uptime_seconds`` is sent as an int (the server rejects a fraction with 400). When the
     runtime is wedged, ``runtime_state`` is ``"wedged"`` and the reason replaces
     ``sample_error``; otherwise the key is absent. ``runtime_metadata`` is absent when None.
+    ``is_busy`` (a JSON bool) and ``observed_generation`` (an integer: the last ``generation``
+    a reply carried) are read by the August 2026 platform, which refuses the beat when their
+    type is wrong, and ignored by the May one; each is absent when None.
     """
     body: dict[str, Any] = {
         "workspace_id": workspace_id,
@@ -56,6 +61,10 @@ def build_beat_body(
         body["sample_error"] = wedge_reason
     if runtime_metadata is not None:
         body["runtime_metadata"] = dict(runtime_metadata)
+    if is_busy is not None:
+        body["is_busy"] = bool(is_busy)
+    if observed_generation is not None:
+        body["observed_generation"] = int(observed_generation)
     return body
 
 

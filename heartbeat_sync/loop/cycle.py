@@ -105,6 +105,13 @@ class Cycle:
         self._halt = halt
         self._warn = RateLimitedLog(logger)
         self._announced = _status.STARTING
+        # The last generation a beat's reply carried (the August 2026 platform's).
+        self._generation: int | None = None
+        self._said_tenant = False
+        # Acknowledging activity rows: still worth it (False on a platform without the
+        # route), and the highest seq acknowledged.
+        self._acks = True
+        self._acked = -1
 
     # --- what the run calls ---------------------------------------------------------------------
 
@@ -232,6 +239,8 @@ class Cycle:
             uptime_seconds=report.uptime_seconds,
             wedge_reason=wedged,
             runtime_metadata=self._metadata(),
+            is_busy=report.is_busy,
+            observed_generation=self._generation,
         )
         try:
             reply = client.heartbeat(body)
@@ -249,13 +258,17 @@ class Cycle:
         self._warn.reset("beat")
         if reply.inbound_secret:
             self._credentials.save_inbound_secret(reply.inbound_secret)
+        if reply.generation is not None:
+            # Sent back from the next beat on: the platform then knows the agent saw it.
+            self._generation = reply.generation
         return Outcome.BEAT_OK
 
     def _beat_failed(self, client: PlatformClient, exc: Exception) -> None:
         # Never repr() a foreign exception: it may quote a request header (the token).
         error = str(exc) if isinstance(exc, PlatformError) else type(exc).__name__
         failures = self._tally.beat_failed(error)
-        self._warn.warning("beat", "heartbeat failed (%d consecutive): %s", failures, error)
+        if not self._tenant_missing(exc):
+            self._warn.warning("beat", "heartbeat failed (%d consecutive): %s", failures, error)
         if failures % MAX_CONSECUTIVE_FAILURES == 0:
             logger.info("recreating the HTTP session after %d failed beats", failures)
             client.rebuild()
@@ -263,9 +276,23 @@ class Cycle:
     # --- the polls ----------------------------------------------------------------------------
 
     def _poll_failed(self, key: str, what: str, exc: PlatformError) -> None:
-        if not self._halt.is_set():  # a poll interrupted by stop() is not a platform failure
-            self._hint(exc)
-            self._warn.warning(key, "%s poll failed: %s", what, exc)
+        if self._halt.is_set():  # a poll interrupted by stop() is not a platform failure
+            return
+        if self._tenant_missing(exc):
+            return
+        self._hint(exc)
+        self._warn.warning(key, "%s poll failed: %s", what, exc)
+
+    def _tenant_missing(self, exc: BaseException) -> bool:
+        """A refusal for want of the tenant header: one ERROR a run, ``last_error`` says it;
+        then quiet (no retry can help, and the next cycle asks no sooner than its slot)."""
+        if not (isinstance(exc, PlatformError) and exc.tenant_required):
+            return False
+        self._tally.set_last_error(str(exc))
+        if not self._said_tenant:
+            self._said_tenant = True
+            logger.error("%s", exc)
+        return True
 
     def _poll_delegations(self, client: PlatformClient) -> None:
         try:
@@ -280,6 +307,7 @@ class Cycle:
         """The ``a2a_receive`` rows past the cursor, up to :data:`ACTIVITY_MAX_PAGES` pages;
         the rest follows next poll."""
         since = self._inbox.activity_since()
+        handled: int | None = None  # the highest seq of the rows handled in this poll
         for _ in range(ACTIVITY_MAX_PAGES):
             try:
                 try:
@@ -290,14 +318,39 @@ class Cycle:
                     rows = client.activity(None, limit=ACTIVITY_PAGE)
             except PlatformError as exc:
                 self._poll_failed("activity", "activity", exc)
-                return
+                break
             self._warn.reset("activity")
             page = self._inbox.activity_page(rows, since, ACTIVITY_PAGE)
             self._delivered(page.fresh)
+            if page.failed:
+                return  # rows left to a later poll: nothing is acknowledged beyond them
+            if page.handled_seq is not None:
+                handled = max(handled or 0, page.handled_seq)
             if page.next_since is None:
-                return
+                break
             since = page.next_since
-        logger.info("read %d pages of activity; the rest follows next poll", ACTIVITY_MAX_PAGES)
+        else:
+            logger.info("read %d pages of activity; the rest follows next poll", ACTIVITY_MAX_PAGES)
+        self._acknowledge(client, handled)
+
+    def _acknowledge(self, client: PlatformClient, handled: int | None) -> None:
+        """Tell the platform the rows up to ``handled`` (a ``seq``) are safe on this side: the
+        results written, the journal committed. Once a poll at most, only past what it was
+        told before; a platform without the route (404) is not asked again this run."""
+        if handled is None or not self._acks or handled <= self._acked:
+            return
+        try:
+            self._acked = max(handled, client.ack_activity(handled))
+        except PlatformError as exc:
+            if self._halt.is_set():
+                return
+            if exc.status == 404:
+                self._acks = False
+                logger.debug("not acknowledging activity rows this run: %s", exc)
+                return
+            self._warn.warning("ack", "activity ack failed, tried again next poll: %s", exc)
+            return
+        self._warn.reset("ack")
 
     def _delivered(self, fresh: list[Result]) -> None:
         if not fresh:

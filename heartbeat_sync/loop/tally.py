@@ -25,6 +25,8 @@ class BeatReport:
     active_tasks: int
     current_task: str
     uptime_seconds: float
+    #: Busy: as the agent set it, else while tasks are in progress.
+    is_busy: bool = False
 
     @property
     def error_rate(self) -> float:
@@ -53,6 +55,7 @@ class Tally:
         self._sample_error = ""
         self._active_tasks = 0
         self._current_task = ""
+        self._busy: bool | None = None
         self._beats_ok = 0
         self._beats_failed = 0
         self._consecutive_failures = 0
@@ -94,6 +97,21 @@ class Tally:
         with self._lock:
             self._active_tasks = int(value)
 
+    def is_busy(self) -> bool:
+        """Busy as the agent set it; without a setting, while tasks are in progress."""
+        with self._lock:
+            return self._is_busy()
+
+    def _is_busy(self) -> bool:
+        # caller holds self._lock
+        return self._busy if self._busy is not None else self._active_tasks > 0
+
+    def set_busy(self, value: bool | None) -> None:
+        """Say the agent is busy (True) or not (False) whatever the tasks; None: derive it from
+        the tasks in progress again."""
+        with self._lock:
+            self._busy = None if value is None else bool(value)
+
     def current_task(self) -> str:
         """What the agent is doing, as it last said."""
         with self._lock:
@@ -118,6 +136,7 @@ class Tally:
                 active_tasks=self._active_tasks,
                 current_task=self._current_task,
                 uptime_seconds=self._clock() - self._start_time,
+                is_busy=self._is_busy(),
             )
 
     def beat_succeeded(self, sent: BeatReport) -> int:

@@ -40,6 +40,8 @@ def siblings(peers: Any, workspace_id: str, parent_id: str | None) -> list[str] 
         peer_id = peer.get("id")
         if not isinstance(peer_id, str) or not valid_id(peer_id) or peer_id == workspace_id:
             continue
+        if peer.get("kind") == "platform":
+            continue  # the platform's own root workspace: no member of any team
         if peer.get("parent_id") == parent_id:
             found.append(peer_id)
     return found

@@ -281,6 +281,12 @@ class Credentials:
                 self._token_loaded = True
             return self._token
 
+    def invalidate(self) -> None:
+        """Forget the token held: the next request reads it again (the platform said it was
+        rotated)."""
+        with self._lock:
+            self._token_loaded = False
+
     def refresh(self) -> bool:
         """Re-read the token from disk. Returns True if it changed."""
         fresh = self._load_token()

@@ -21,6 +21,9 @@ from .auth import Credentials
 from .body import BodyTooLarge, parse_json, read_body
 from .http import SessionFactory, abort_session, parse_retry_after, request_scope
 
+#: The August 2026 platform's ``code`` for a request to a tenant that lacks its org id header.
+TENANT_ORG_HEADER_REQUIRED = "TENANT_ORG_HEADER_REQUIRED"
+
 
 class PlatformError(Exception):
     """A call to the platform did not succeed.
@@ -49,6 +52,17 @@ class PlatformError(Exception):
     def transport(self) -> bool:
         return self.status is None
 
+    @property
+    def tenant_required(self) -> bool:
+        """True when a multi-tenant platform (August 2026 and later) refused the request for
+        want of the ``X-Molecule-Org-Id`` header: only ``org_id`` / ``$MOLECULE_ORG_ID`` can
+        help, no retry."""
+        return (
+            self.status == 400
+            and isinstance(self.body, dict)
+            and self.body.get("code") == TENANT_ORG_HEADER_REQUIRED
+        )
+
 
 class CursorGone(PlatformError):
     """The activity cursor (``since_id``) is unknown to the server (410): reset it."""
@@ -56,9 +70,11 @@ class CursorGone(PlatformError):
 
 @dataclass(frozen=True)
 class BeatReply:
-    """A successful (2xx) heartbeat: the inbound secret, if the server sent one."""
+    """A successful (2xx) heartbeat: the inbound secret, if the server sent one, and the
+    workspace's desired ``generation`` (August 2026 and later; None when absent)."""
 
     inbound_secret: str | None
+    generation: int | None = None
 
 
 #: Exceptions whose text names the URL and the network's reason, never a header value.
@@ -97,8 +113,31 @@ def inbound_secret(body: Any) -> str | None:
     return None
 
 
+#: The largest integer the platform stores (a Go ``int64``).
+_INT64_MAX = (1 << 63) - 1
+
+
+def generation(body: Any) -> int | None:
+    """``generation`` from a heartbeat reply: a JSON integer in [0, 2**63), else None (a bool,
+    a float, a string or an absent field is not one)."""
+    if not isinstance(body, dict):
+        return None
+    value = body.get("generation")
+    if type(value) is int and 0 <= value <= _INT64_MAX:
+        return value
+    return None
+
+
+#: The platform's marker for a self-message that announces delegation results (one of its
+#: self source types): the canvas files it as a system notice rather than a user's turn,
+#: without the text prefix it otherwise has to recognise.
+SELF_DELEGATION_RESULT = "self-delegation-result"
+
+
 def self_message_body(text: str, message_id: str) -> dict[str, Any]:
-    """The A2A ``message/send`` body of a wake-up: role user, one ``kind: text`` part."""
+    """The A2A ``message/send`` body of a wake-up: role user, one ``kind: text`` part, and
+    ``params.metadata.source_type`` saying it is the workspace's own delegation-result
+    notice."""
     return {
         "method": "message/send",
         "params": {
@@ -107,6 +146,7 @@ def self_message_body(text: str, message_id: str) -> dict[str, Any]:
                 "messageId": message_id,
                 "parts": [{"kind": "text", "text": text}],
             },
+            "metadata": {"source_type": SELF_DELEGATION_RESULT},
         },
     }
 
@@ -235,6 +275,11 @@ class PlatformClient:
         detail = f": {str(error)[:200]}" if isinstance(error, str) and error else ""
         if body is None and status in (403, 404):
             detail = _empty_refusal_hint(status, self.credentials)
+        elif isinstance(body, dict) and body.get("code") == TENANT_ORG_HEADER_REQUIRED:
+            detail = (
+                ": the platform serves several tenants and needs this one's id in "
+                "X-Molecule-Org-Id (set org_id or $MOLECULE_ORG_ID)"
+            )
         elif 300 <= status < 400:
             detail = f": a redirect to {self._redirect_host(headers.get('Location'))}, not followed"
         return PlatformError(
@@ -267,7 +312,7 @@ class PlatformClient:
             status, reply, headers = self._request("POST", "/registry/heartbeat", json_body=body)
         if not 200 <= status < 300:
             raise self._fail("heartbeat", status, reply, headers)
-        return BeatReply(inbound_secret(reply))
+        return BeatReply(inbound_secret(reply), generation(reply))
 
     def register(self, body: dict[str, Any]) -> dict[str, Any]:
         """POST /registry/register; returns the 2xx answer's JSON object (secrets included:
@@ -318,6 +363,18 @@ class PlatformClient:
                 f"{route} answered {type(body).__name__}, not a list", status=status
             )
         return body
+
+    def ack_activity(self, acked_seq: int) -> int:
+        """POST /workspaces/:id/activity/ack ``{"acked_seq": N}`` (August 2026 and later): the
+        rows up to ``seq`` N are handled, and the platform may prune them after 7 days instead
+        of 30. Returns the platform's ``last_acked_seq`` (the highest acknowledged so far). An
+        older platform answers 404 (:class:`PlatformError`)."""
+        path = f"/workspaces/{_segment(self.workspace_id)}/activity/ack"
+        status, body, headers = self._request("POST", path, json_body={"acked_seq": acked_seq})
+        if status != 200:
+            raise self._fail("activity ack", status, body, headers)
+        value = body.get("last_acked_seq") if isinstance(body, dict) else None
+        return value if type(value) is int else acked_seq
 
     def event_stream(self, read_timeout: float) -> requests.Response:
         """GET /workspaces/:id/events/stream, left open: the caller reads it and closes it.
@@ -377,29 +434,43 @@ class PlatformClient:
             raise self._fail("peers", status, body, headers)
         return body
 
+    def _post_as_self(
+        self, what: str, path: str, body: Any, *, self_source: bool, timeout: float | None = None
+    ) -> int:
+        """POST with this workspace's live bearer (and ``X-Workspace-ID``: itself, when
+        ``self_source``); returns the 2xx status. A 401 re-reads the token and sends once more,
+        as a beat does: the platform refused the request before acting on it."""
+        status, reply, headers = self._request(
+            "POST", path, json_body=body, self_source=self_source, timeout=timeout
+        )
+        if status == 401 and self.credentials.refresh():
+            status, reply, headers = self._request(
+                "POST", path, json_body=body, self_source=self_source, timeout=timeout
+            )
+        if not 200 <= status < 300:
+            raise self._fail(what, status, reply, headers)
+        return status
+
     def self_message(self, text: str, message_id: str, timeout: float = 120.0) -> int:
-        """POST /workspaces/:self/a2a with ``X-Workspace-ID: self``; returns the 2xx status."""
-        status, body, headers = self._request(
-            "POST",
+        """POST /workspaces/:self/a2a with the workspace's bearer and ``X-Workspace-ID: self``
+        (the August 2026 platform refuses a self-message without both); returns the 2xx
+        status."""
+        return self._post_as_self(
+            "self-message",
             f"/workspaces/{_segment(self.workspace_id)}/a2a",
-            json_body=self_message_body(text, message_id),
+            self_message_body(text, message_id),
             self_source=True,
             timeout=timeout,
         )
-        if not 200 <= status < 300:
-            raise self._fail("self-message", status, body, headers)
-        return status
 
     def notify(self, message: str) -> int:
         """POST /workspaces/:id/notify; returns the 2xx status."""
-        status, body, headers = self._request(
-            "POST",
+        return self._post_as_self(
+            "notify",
             f"/workspaces/{_segment(self.workspace_id)}/notify",
-            json_body={"message": message},
+            {"message": message},
+            self_source=False,
         )
-        if not 200 <= status < 300:
-            raise self._fail("notify", status, body, headers)
-        return status
 
 
 def _empty_refusal_hint(status: int, credentials: Credentials) -> str:

@@ -26,7 +26,7 @@ from .._ratelimit import RateLimitedLog
 from .._status import StreamStatus
 from .body import read_as_it_arrives
 from .client import PlatformClient, PlatformError, describe_error
-from .sse import SSEParser, is_event_stream, state_change, wants_poll
+from .sse import SSEParser, credentials_rotated, is_event_stream, state_change, wants_poll
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +232,11 @@ class EventStream:
             self.last_refusal = exc.status
             if exc.status in _NO_ROUTE:
                 return self._no_route(str(exc))
+            if exc.tenant_required:
+                # The beat thread says it once, as an ERROR; only a setting can fix it, so the
+                # stream asks again as rarely as a server without the route.
+                logger.debug("event stream could not be opened: %s", exc)
+                return "no-route"
             if exc.connect_error:
                 # The platform cannot be reached: the beat thread warns about that outage
                 # already, and the stream only costs latency. Said once, at INFO.
@@ -255,7 +260,7 @@ class EventStream:
         self._said_no_route = False
         self._said_unreachable = False
         self.connects += 1
-        return self._read(resp)
+        return self._read(resp, client)
 
     def _no_route(self, reason: str) -> Outcome:
         # Not a fault: an older or trimmed server, or something in front of it that does not
@@ -267,14 +272,14 @@ class EventStream:
         )
         return "no-route"
 
-    def _read(self, resp: Any) -> Outcome:
+    def _read(self, resp: Any, client: PlatformClient) -> Outcome:
         self._connected = True
         try:
-            return self._read_events(resp)
+            return self._read_events(resp, client)
         finally:
             self._connected = False
 
-    def _read_events(self, resp: Any) -> Outcome:
+    def _read_events(self, resp: Any, client: PlatformClient) -> Outcome:
         opened = time.monotonic()
         parser = SSEParser()
         dropped = 0
@@ -286,6 +291,10 @@ class EventStream:
                     if wants_poll(event, self.workspace_id):
                         self.hints += 1
                         self._on_hint()
+                    elif credentials_rotated(event):
+                        # Every thread's next request reads the token again, at once: the
+                        # one held is refused from now on.
+                        client.credentials.invalidate()
                     elif self._on_state is not None:
                         kind = state_change(event)
                         if kind is not None:

@@ -4,7 +4,8 @@ event asks for.
 The platform frames the stream as a ``: ping`` comment, then one
 ``data: {"type", "timestamp", "data"}`` line per event. :class:`SSEParser` reads that as it
 arrives, in bounded memory; :func:`wants_poll` says which events may mean a new result, and
-:func:`state_change` which announce a change of the workspace's state.
+:func:`state_change` which announce a change of the workspace's state, and
+:func:`credentials_rotated` which say its token was rotated.
 :func:`is_event_stream` says whether an answer is a stream at all.
 """
 
@@ -24,6 +25,8 @@ ONLINE_EVENT = "WORKSPACE_ONLINE"
 STATE_EVENTS = frozenset(
     {"WORKSPACE_PAUSED", "WORKSPACE_HIBERNATED", "WORKSPACE_REMOVED", ONLINE_EVENT}
 )
+#: The workspace's token was rotated: the one the library holds is refused from now on.
+CREDENTIALS_EVENT = "EXTERNAL_CREDENTIALS_ROTATED"
 
 #: A line longer than this is not the platform's: it is skipped, never buffered whole.
 MAX_LINE_BYTES = 1 << 20
@@ -185,3 +188,14 @@ def state_change(event: Event) -> str | None:
         return None
     kind = payload.get("type") if isinstance(payload, dict) else None
     return kind if kind in STATE_EVENTS else None
+
+
+def credentials_rotated(event: Event) -> bool:
+    """True when the event says the workspace's token was rotated."""
+    if CREDENTIALS_EVENT not in event.data:
+        return False
+    try:
+        payload = json.loads(event.data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(payload, dict) and payload.get("type") == CREDENTIALS_EVENT
