@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -133,3 +134,18 @@ def logs() -> Iterator[LogCapture]:
 
 def umask_safe_mode(path: Path) -> int:
     return os.stat(path).st_mode & 0o777
+
+
+def fork_with_threads() -> int:
+    """``os.fork()`` while threads run, as the fork-safety tests do on purpose.
+
+    Python 3.12 and later warn that the child of a multi-threaded process may deadlock: that
+    is what these tests check it does not. Only that warning is ignored, only here.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=r"This process \(pid=\d+\) is multi-threaded, use of fork\(\)",
+            category=DeprecationWarning,
+        )
+        return os.fork()

@@ -14,7 +14,6 @@ import textwrap
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from heartbeat_sync.delivery.results import IdLog, ResultsFile
 from heartbeat_sync.delivery.rows import newest_first
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
+from .conftest import HeartbeatFactory, LogCapture, fork_with_threads, read_lines, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -283,9 +282,7 @@ def test_a_forked_child_restarting_its_heartbeat_delivers_nothing_twice(
     hb = make_hb(interval_seconds=0.05, self_message_cooldown=3600)
     hb.start_thread()
     assert _beats_after(hb, 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads, on purpose
-        pid = os.fork()
+    pid = fork_with_threads()
     if pid == 0:  # the child: restart the inherited Heartbeat, run a while, leave
         code = 1
         try:

@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from heartbeat_sync import Heartbeat, clear_wedge, is_wedged, mark_wedged
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .conftest import FixedRandom, HeartbeatFactory, wait_until
+from .conftest import FixedRandom, HeartbeatFactory, fork_with_threads, wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -88,21 +87,19 @@ def test_fork_while_running(
     codes = []
     url = platform.url
     token = child_ws.token
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads, on purpose
-        for i in range(8):
-            for _ in range(20):
-                platform.add_activity(ws.id, source_id=peer.id, text=f"r{i}")
-            platform.add_delegation(ws.id, status="completed")
-            pid = os.fork()
-            if pid == 0:  # the child
-                code = 99
-                try:
-                    code = _child_checks(hb, url, child_ws.id, token, tmp_path)
-                finally:
-                    os._exit(code)
-            codes.append(_wait_child(pid, timeout=15))
-            time.sleep(0.003 * i)  # fork at different moments of the cycle
+    for i in range(8):
+        for _ in range(20):
+            platform.add_activity(ws.id, source_id=peer.id, text=f"r{i}")
+        platform.add_delegation(ws.id, status="completed")
+        pid = fork_with_threads()
+        if pid == 0:  # the child
+            code = 99
+            try:
+                code = _child_checks(hb, url, child_ws.id, token, tmp_path)
+            finally:
+                os._exit(code)
+        codes.append(_wait_child(pid, timeout=15))
+        time.sleep(0.003 * i)  # fork at different moments of the cycle
     dumps = [p.read_text() for p in tmp_path.glob("tb-*.txt") if p.stat().st_size]
     assert codes == [0] * 8, (codes, dumps)
     # The parent kept beating, and its queued wake-up was not repeated by any child.

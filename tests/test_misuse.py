@@ -18,7 +18,7 @@ import pytest
 from heartbeat_sync import Heartbeat
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .conftest import HeartbeatFactory, wait_until
+from .conftest import HeartbeatFactory, fork_with_threads, wait_until
 
 # --- 4. forced cycles are coalesced -----------------------------------------------------------
 
@@ -295,7 +295,7 @@ def test_the_one_hook_still_reinitialises_live_objects_in_the_child(
     hb = make_hb()
     hb._lock.acquire()  # as if a thread held it at the fork
     try:
-        pid = os.fork()
+        pid = fork_with_threads()
         if pid == 0:  # the child: the lock must be usable
             code = 1
             try:

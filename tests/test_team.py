@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,8 +170,7 @@ def test_the_deprecated_start_phase_never_asks_for_the_team(
     platform: FakePlatform, team: _Team
 ) -> None:
     member = team.members[2]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with pytest.warns(DeprecationWarning, match="start_phase"):
         team.start(member, start_phase=0.1)
     assert wait_until(lambda: len(platform.requests_for("heartbeat", member.id)) >= 3, 10.0)
     assert platform.requests_for("peers", member.id) == []

@@ -79,8 +79,10 @@ def test_start_phase_can_spread_over_the_whole_interval(
 
     import pytest
 
+    with pytest.warns(DeprecationWarning, match="start_phase"):
+        hb = make_hb(interval_seconds=1.0, start_phase=1.0, rng=FixedRandom(0.6))
     started = time.monotonic()
-    with make_hb(interval_seconds=1.0, start_phase=1.0, rng=FixedRandom(0.6)):
+    with hb:
         assert platform.wait_for_requests("heartbeat", 1, timeout=5)
     assert 0.55 < _beat_times(platform)[0] - started < 0.8
     for bad in (-0.1, 1.5):
