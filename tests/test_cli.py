@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,13 +75,6 @@ def cli(
         text=True,
         timeout=timeout,
     )
-
-
-@pytest.fixture(autouse=True)
-def _no_cli_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in CONFIG_ENV:
-        monkeypatch.delenv(name, raising=False)
-    yield
 
 
 # --- parser, help, version ---------------------------------------------------------------------
@@ -227,11 +219,6 @@ def test_run_beats_delivers_and_stops_on_sigterm(
     assert "received SIGTERM; stopping" in err
     assert re.search(
         r"stopped \(threads ended: yes\): [1-9]\d* beats ok, 0 failed, 1 results delivered", err
-    )
-    # Nothing beats for this workspace once the process is gone.
-    beats = len(platform.requests_for("heartbeat", ws.id))
-    assert not platform.wait_for(
-        lambda: len(platform.requests_for("heartbeat", ws.id)) > beats, timeout=0.3
     )
 
 

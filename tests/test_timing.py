@@ -72,24 +72,6 @@ def test_default_start_phases_of_a_process_are_spread_evenly(
     assert max(gaps) < 0.1
 
 
-def test_start_phase_can_spread_over_the_whole_interval(
-    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
-) -> None:
-    import time
-
-    import pytest
-
-    with pytest.warns(DeprecationWarning, match="start_phase"):
-        hb = make_hb(interval_seconds=1.0, start_phase=1.0, rng=FixedRandom(0.6))
-    started = time.monotonic()
-    with hb:
-        assert platform.wait_for_requests("heartbeat", 1, timeout=5)
-    assert 0.55 < _beat_times(platform)[0] - started < 0.8
-    for bad in (-0.1, 1.5):
-        with pytest.raises(ValueError):
-            make_hb(start_phase=bad)
-
-
 def test_beat_now_runs_a_cycle_at_once(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:
