@@ -97,6 +97,48 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float 
     return predicate()
 
 
+def wait_for_beats(
+    platform: FakePlatform, count: int, timeout: float = 10.0, workspace_id: str | None = None
+) -> bool:
+    """Wait until ``count`` more beats have reached the platform (answered or not).
+
+    That is ``count`` more cycles of a running Heartbeat however busy the machine, and, as beats
+    fall on slots an interval apart, at least ``count - 1`` intervals of time: the way to let a
+    Heartbeat run a while before asserting that something did not happen meanwhile.
+    """
+    start = len(platform.requests_for("heartbeat", workspace_id))
+    return platform.wait_for_requests(
+        "heartbeat", start + count, timeout=timeout, workspace_id=workspace_id
+    )
+
+
+def poll_once(platform: FakePlatform, hb: Heartbeat, timeout: float = 5.0) -> bool:
+    """Have the platform tell ``hb``'s open event stream of a result, and wait until the poll
+    that asks for has run (its activity request was sent).
+
+    The beat thread does what it was asked before the event first: a cycle asked for wins over
+    the poll (it polls too) and a state check that is due comes before the polls. So once this
+    returns, a beat or a state check asked for by mistake before it has been sent. Call it when
+    the last cycle's activity request has been sent (else that request may be taken for the
+    poll's).
+    """
+    stream = hb.status().stream
+    assert stream is not None, "poll_once needs the event stream"
+    asked = stream.polls_asked
+    polls = len(platform.requests_for("activity", hb.workspace_id))
+    platform.emit_event(hb.workspace_id, "DELEGATION_FAILED", {"delegation_id": "poll-once"})
+
+    def polled() -> bool:
+        now = hb.status().stream
+        return (
+            now is not None
+            and now.polls_asked > asked
+            and len(platform.requests_for("activity", hb.workspace_id)) > polls
+        )
+
+    return wait_until(polled, timeout)
+
+
 def read_lines(path: Path) -> list[str]:
     if not path.exists():
         return []

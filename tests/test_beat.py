@@ -11,7 +11,7 @@ import pytest
 from heartbeat_sync import clear_wedge, is_wedged, mark_wedged, wedge_reason
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .conftest import HeartbeatFactory, wait_until
+from .conftest import HeartbeatFactory, poll_once, wait_until
 
 
 def _beats(platform: FakePlatform, ws: Workspace, n: int) -> list[dict[str, object]]:
@@ -261,11 +261,15 @@ def test_current_task_change_beats_at_once(
     hb = make_hb(interval_seconds=30.0)
     with hb:
         n = len(_beats(platform, ws, 1))
+        assert wait_until(lambda: platform.open_streams(ws.id) == 1)
         hb.current_task = "summarising"
         body = _beats(platform, ws, n + 1)[-1]
         assert body["current_task"] == "summarising"
+        assert platform.wait_for_requests("activity", n + 1)  # that cycle's last request
         hb.current_task = "summarising"  # unchanged: no extra beat
-        assert not platform.wait_for(lambda: len(platform.heartbeats(ws.id)) > n + 1, timeout=0.3)
+        # A poll asked for after it comes alone: a cycle asked for by the change would beat.
+        assert poll_once(platform, hb)
+        assert len(platform.heartbeats(ws.id)) == n + 1
 
 
 def test_a_netrc_entry_for_the_platform_does_not_replace_the_bearer_token(

@@ -20,6 +20,7 @@ from heartbeat_sync.delivery.results import IdLog, ResultsFile, read_delegation_
 from heartbeat_sync.testing import FakePlatform
 
 from ._writer import kill_writer, start_writer
+from .conftest import wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 
@@ -74,10 +75,7 @@ def test_sigkill_at_random_moments_while_results_stream_in(tmp_path: Path, write
         first = platform.add_activity(ws.id, source_id=peer.id, text="first")
         expected.add(first)
         proc = _start(tmp_path, platform.url, ws.id)
-        for _ in range(100):
-            if first in _check_files(tmp_path):
-                break
-            pause.wait(0.05)
+        assert wait_until(lambda: first in _check_files(tmp_path), timeout=10)
         kill_writer(proc)
         kills = 0
         while kills < 22:
@@ -100,11 +98,8 @@ def test_sigkill_at_random_moments_while_results_stream_in(tmp_path: Path, write
         # A last, clean run delivers whatever the crashes left pending.
         proc = _start(tmp_path, platform.url, ws.id)
         try:
-            deadline = threading.Event()
-            for _ in range(300):
-                if set(_check_files(tmp_path)) >= expected:
-                    break
-                deadline.wait(0.1)
+            # What is missing after that, the assertions below name.
+            wait_until(lambda: set(_check_files(tmp_path)) >= expected, timeout=30)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=10)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import socket
 import threading
@@ -39,7 +40,7 @@ from heartbeat_sync.wire.events import (
 from heartbeat_sync.wire.http import make_session
 from heartbeat_sync.wire.sse import MAX_EVENT_BYTES, Event, SSEParser, is_event_stream, wants_poll
 
-from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
+from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_for_beats, wait_until
 
 WS = "11111111-2222-3333-4444-555555555555"
 REAL_FRAMES = (
@@ -316,11 +317,12 @@ def test_beats_and_other_events_ask_for_no_poll(
     for kind in ("WORKSPACE_HEARTBEAT", "TASK_UPDATED", "DELEGATION_SENT", "WORKSPACE_ONLINE"):
         platform.emit_event(ws.id, kind, {})
     platform.emit_raw_event(ws.id, b"data: {garbage\n\n: comment\n\ndata: [1,2]\n\n")
-    assert wait_until(lambda: _stream(hb).events >= 6)
-    assert not platform.wait_for_requests("delegations", 2, timeout=0.4)
-    # The thread survived the garbage: a real event still brings a poll.
+    # Then a real event: read after the six others, it asks for the one poll of the lot.
     platform.emit_event(ws.id, "DELEGATION_FAILED", {"delegation_id": "x"})
-    assert platform.wait_for_requests("delegations", 2, timeout=1.0)
+    assert wait_until(lambda: _stream(hb).polls_asked >= 1)
+    assert _stream(hb).events >= 7 and _stream(hb).polls_asked == 1
+    # The thread survived the garbage: the real event brings its poll.
+    assert platform.wait_for_requests("delegations", 2)
     _bounded_stop(hb)
 
 
@@ -359,10 +361,10 @@ def test_a_dropped_stream_reconnects_and_loses_nothing(
     # The platform counts the stream as open as it answers; the thread counts the connection
     # once it has read the answer's headers, a moment later.
     assert wait_until(lambda: _stream(hb).connects >= 2, timeout=2.0)
-    beats = len(platform.requests_for("heartbeat"))
+    asked = _stream(hb).polls_asked
     later = platform.add_delegation(ws.id, status="completed")
-    assert wait_until(lambda: _delivered(tmp_path) == [did, later], timeout=0.5)
-    assert len(platform.requests_for("heartbeat")) <= beats + 1
+    assert wait_until(lambda: _delivered(tmp_path) == [did, later])
+    assert _stream(hb).polls_asked > asked  # told on the stream that came back
     _bounded_stop(hb)
 
 
@@ -379,8 +381,10 @@ def test_a_refused_stream_404_costs_latency_never_a_result(
     assert platform.wait_for_requests("events", 1)
     ids = [platform.add_delegation(ws.id, status="completed") for _ in range(3)]
     assert wait_until(lambda: sorted(_delivered(tmp_path)) == sorted(ids), timeout=3.0)
-    # A server without the route is not asked again soon (nor warned about at every cycle).
-    assert not platform.wait_for_requests("events", 2, timeout=0.5)
+    # A server without the route is not asked again soon (nor warned about at every cycle):
+    # not within the cycles of four times BACKOFF_BASE, which brings a failed stream back twice.
+    assert wait_for_beats(platform, math.ceil(4 * BACKOFF_BASE / 0.3) + 1)
+    assert len(platform.requests_for("events")) == 1
     assert _stream(hb).last_refusal == 404
     assert sum("no event stream" in m for m in logs.messages(logging.INFO)) == 1
     assert not logs.messages(logging.WARNING)
@@ -411,7 +415,9 @@ def test_a_200_that_is_not_an_event_stream_is_a_server_without_the_stream(
     hb.start_thread()
     assert platform.wait_for_requests("events", 1)
     # A stream that ends at once is tried again within BACKOFF_BASE, then within twice that...
-    assert not platform.wait_for_requests("events", 2, timeout=4 * BACKOFF_BASE)
+    # the cycles of four times BACKOFF_BASE pass without a second attempt.
+    assert wait_for_beats(platform, math.ceil(4 * BACKOFF_BASE / 0.3) + 1)
+    assert len(platform.requests_for("events")) == 1
     stream = _stream(hb)
     assert stream.last_refusal == 200 and stream.connects == 0
     assert sum("no event stream" in m for m in logs.messages(logging.INFO)) == 1

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,14 @@ from heartbeat_sync.delivery.results import IdLog, ResultsFile
 from heartbeat_sync.delivery.rows import newest_first
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .conftest import HeartbeatFactory, LogCapture, fork_with_threads, read_lines, wait_until
+from .conftest import (
+    HeartbeatFactory,
+    LogCapture,
+    fork_with_threads,
+    read_lines,
+    wait_for_beats,
+    wait_until,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -262,9 +268,10 @@ def test_two_processes_for_one_workspace_deliver_each_result_once(
         for proc in procs:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
         made = []
-        for _ in range(5):
+        for _ in range(5):  # one result a poll, while both processes poll
+            polls = len(platform.requests_for("delegations"))
             made.append(platform.add_delegation(ws.id, status="completed"))
-            time.sleep(0.03)
+            assert platform.wait_for_requests("delegations", polls + 1)
         assert wait_until(lambda: len(read_lines(tmp_path / "results.jsonl")) >= 5)
         n = len(platform.requests_for("delegations"))
         assert platform.wait_for(lambda: len(platform.requests_for("delegations")) >= n + 10)
@@ -283,18 +290,20 @@ def test_a_forked_child_restarting_its_heartbeat_delivers_nothing_twice(
     hb.start_thread()
     assert _beats_after(hb, 1)
     pid = fork_with_threads()
-    if pid == 0:  # the child: restart the inherited Heartbeat, run a while, leave
+    if pid == 0:  # the child: restart the inherited Heartbeat, deliver beside the parent, leave
         code = 1
         try:
             hb.start_thread()
-            threading.Event().wait(2.0)
-            code = 0 if hb.stop(2.0) else 2
+            # Until the five results are in (from either process), then a few cycles more.
+            ran = wait_until(lambda: len(read_lines(results)) >= 5, 20.0) and _beats_after(hb, 3)
+            code = 2 if not hb.stop(2.0) else (0 if ran else 3)
         finally:
             os._exit(code)
     made = []
-    for _ in range(5):
+    for _ in range(5):  # one result a poll, while both processes poll
+        polls = len(platform.requests_for("delegations"))
         made.append(platform.add_delegation(ws.id, status="completed"))
-        time.sleep(0.05)
+        assert platform.wait_for_requests("delegations", polls + 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert _beats_after(hb, 3)
@@ -487,10 +496,9 @@ def test_a_consumer_holding_the_seen_lock_does_not_stall_the_beat(
     with make_hb() as hb:
         assert _beats_after(hb, 1)
         did = platform.add_delegation(ws.id, status="completed")
-        start = len(platform.heartbeats(ws.id))
-        threading.Event().wait(2.0)
-        # 0.2 s interval: 10 beats due in 2 s; a 30 s lock wait would allow one.
-        assert len(platform.heartbeats(ws.id)) - start >= 6
+        # Six beats while the lock is held: a beat thread that waited out a lock for 30 s (as
+        # long as the fixture holds it) would send none of them within the 20 s given here.
+        assert wait_for_beats(platform, 6, timeout=20.0)
         seen_lock_held.set()
         assert wait_until(lambda: _ids(results) == [did])
         assert _beats_after(hb, 3)

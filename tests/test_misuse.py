@@ -96,11 +96,19 @@ def test_a_beat_now_storm_is_coalesced(
     hb = make_hb(interval_seconds=30.0)
     with hb:
         assert platform.wait_for_requests("activity", 1, timeout=5)
-        stop_at = time.monotonic() + 1.5
-        while time.monotonic() < stop_at:
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:
             hb.beat_now()
-        assert not platform.wait_for_requests("heartbeat", 10, timeout=1.0)
-    assert 5 <= len(platform.requests_for("heartbeat")) <= 9
+        # The asks are one flag: one more, with a task of its own, shows when the cycle the
+        # storm left asked for has run.
+        hb.current_task = "after the storm"
+        assert platform.wait_for(
+            lambda: platform.heartbeats(ws.id)[-1].get("current_task") == "after the storm",
+            timeout=5,
+        )
+        done = time.monotonic()
+    beats = len(platform.heartbeats(ws.id)) - 1  # the first, regular beat
+    assert 4 <= beats <= 5 + (done - started) + 1, (beats, done - started)
 
 
 def test_a_few_task_changes_are_each_beaten_at_once(
@@ -111,9 +119,10 @@ def test_a_few_task_changes_are_each_beaten_at_once(
         assert platform.wait_for_requests("activity", 1, timeout=5)
         for n in range(3):
             hb.current_task = f"task {n}"
+            # At once: the next slot is 30 s away.
             assert platform.wait_for(
                 lambda n=n: platform.heartbeats(ws.id)[-1].get("current_task") == f"task {n}",
-                timeout=0.5,
+                timeout=5,
             )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -328,8 +327,8 @@ def test_registration_is_retried_while_unreachable_without_blocking_the_caller(
         t0 = time.monotonic()
         hb.start_thread()
         assert time.monotonic() - t0 < 0.5
-        threading.Event().wait(0.3)  # the platform stays down a while: nothing to wait on
-        # The beats are tried meanwhile (and fail: the platform is down).
+        # The platform stays down for two cycles: their beats are tried (and fail).
+        assert wait_until(lambda: hb.status().beats_failed >= 2)
         status = hb.status()
         assert status.beats_ok == 0 and status.state == "degraded"
         assert status.registration == "pending"

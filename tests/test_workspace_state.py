@@ -194,8 +194,10 @@ def test_removed_workspace_one_error_both_threads_end_nothing_more_sent(
     hb = make_hb(interval_seconds=0.2)
     hb.start_thread()
     assert wait_until(lambda: hb.status().beats_ok >= 1)
+    beats = len(platform.requests_for("heartbeat"))
     platform.delete(ws.id)
-    assert hb.wait(timeout=0.2 * 3)  # within the next cycle
+    assert hb.wait(timeout=5)
+    assert len(platform.requests_for("heartbeat")) <= beats + 1  # within the next cycle
     status = hb.status()
     assert status.state == "removed" and not status.running
     assert status.workspace_status == "removed"
@@ -218,8 +220,10 @@ def test_wait_blocks_until_stopped(
     assert hb.wait(timeout=0)  # never started: nothing to wait for
     hb.start_thread()
     assert not hb.wait(timeout=0.3)
-    threading.Timer(0.2, hb.stop).start()
+    stopper = threading.Timer(0.2, hb.stop)
+    stopper.start()
     assert hb.wait(timeout=5)
+    stopper.join(5)
     assert hb.status().state == "stopped"
 
 
