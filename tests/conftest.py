@@ -15,7 +15,7 @@ import pytest
 
 from heartbeat_sync import Heartbeat, clear_wedge
 from heartbeat_sync._config import ALL_ENV
-from heartbeat_sync.testing import FakePlatform, Workspace
+from heartbeat_sync.testing import AgentFiles, FakePlatform, Workspace
 
 
 class FixedRandom:
@@ -36,9 +36,10 @@ def platform() -> Iterator[FakePlatform]:
 
 @pytest.fixture
 def ws(platform: FakePlatform, tmp_path: Path) -> Workspace:
-    """A workspace with a live token, written where the Heartbeat reads it."""
+    """A workspace whose agent's files ``FakePlatform.agent_files`` lays out in ``tmp_path``:
+    its live token in ``configs/.auth_token``, its results in ``results.jsonl``."""
     workspace = platform.add_workspace(name="worker")
-    platform.write_token(workspace.id, tmp_path / "configs")
+    platform.agent_files(workspace.id, tmp_path)
     return workspace
 
 
@@ -60,23 +61,35 @@ HeartbeatFactory = Callable[..., Heartbeat]
 
 @pytest.fixture
 def make_hb(platform: FakePlatform, ws: Workspace, tmp_path: Path) -> Iterator[HeartbeatFactory]:
-    """Build Heartbeats on the fixture's workspace and files; all are stopped at teardown."""
-    made: list[Heartbeat] = []
+    """Build Heartbeats on the files ``FakePlatform.agent_files`` lays out in ``tmp_path``; all
+    are stopped at teardown.
 
-    def factory(**kwargs: Any) -> Heartbeat:
+    ``make_hb(**kwargs)`` takes Heartbeat's keywords, and ``workspace_id`` and ``platform_url``
+    too. The workspace is the fixture's unless ``workspace_id`` names another, whose files are
+    laid out (its token written) when a Heartbeat is first made for it; with ``on=`` another
+    FakePlatform, that one lays the workspace out and is the default URL. The fixture's
+    workspace is laid out before the test runs, so a test may change its token file first.
+    """
+    made: list[Heartbeat] = []
+    laid_out: dict[tuple[int, str], AgentFiles] = {
+        (id(platform), ws.id): platform.agent_files(ws.id, tmp_path)
+    }
+
+    def factory(*, on: FakePlatform | None = None, **kwargs: Any) -> Heartbeat:
+        fake = platform if on is None else on
+        workspace_id = kwargs.pop("workspace_id", ws.id)
+        platform_url = kwargs.pop("platform_url", fake.url)
+        key = (id(fake), workspace_id)
+        if key not in laid_out:
+            laid_out[key] = fake.agent_files(workspace_id, tmp_path)
         options: dict[str, Any] = {
             "interval_seconds": 0.2,
-            "results_file": tmp_path / "results.jsonl",
-            "cursor_file": tmp_path / "cursor",
-            "seen_file": tmp_path / "seen",
-            "configs_dir": tmp_path / "configs",
+            **laid_out[key],
             "self_message_cooldown": 0.0,
             "rng": FixedRandom(0.0),
             "exit_timeout": None,
         }
         options.update(kwargs)
-        platform_url = options.pop("platform_url", platform.url)
-        workspace_id = options.pop("workspace_id", ws.id)
         hb = Heartbeat(platform_url, workspace_id, **options)
         made.append(hb)
         return hb

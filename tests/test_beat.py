@@ -203,7 +203,7 @@ def test_401_rereads_the_token_and_retries_once_with_the_same_body(
     with hb:
         _beats(platform, ws, 1)
         new_token = platform.rotate_token(ws.id)
-        (tmp_path / "configs" / ".auth_token").write_text(new_token)
+        platform.write_token(ws.id, hb.configs_dir)
         platform.clear_requests()
         hb.beat_now()
         assert platform.wait_for_requests("heartbeat", 2, timeout=5)
@@ -248,9 +248,7 @@ def test_inbound_secret_is_saved_0600_and_only_when_changed(
 def test_no_secret_from_an_older_server(tmp_path: Path, make_hb: HeartbeatFactory) -> None:
     with FakePlatform(generation="APR") as old:
         ws = old.add_workspace()
-        assert ws.token
-        (tmp_path / "configs" / ".auth_token").write_text(ws.token)
-        with make_hb(platform_url=old.url, workspace_id=ws.id) as hb:
+        with make_hb(on=old, workspace_id=ws.id) as hb:
             assert wait_until(lambda: hb.status().beats_ok >= 2)
     assert not (tmp_path / "configs" / ".platform_inbound_secret").exists()
 

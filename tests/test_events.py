@@ -583,8 +583,8 @@ def test_a_401_on_the_stream_rereads_the_token_like_the_beat(
     assert wait_until(lambda: _stream_open(platform, ws, hb))
     # The token is rotated and the new one written where the Heartbeat reads it; the
     # connection the stream holds is then cut.
-    token = platform.rotate_token(ws.id)
-    (tmp_path / "configs" / ".auth_token").write_text(token)
+    platform.rotate_token(ws.id)
+    platform.write_token(ws.id, hb.configs_dir)
     platform.drop_streams(ws.id)
     # A stream that was up a while comes back within RECONNECT_SPREAD.
     assert wait_until(lambda: platform.open_streams(ws.id) == 1, timeout=RECONNECT_SPREAD + 3.0)

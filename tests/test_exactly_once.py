@@ -236,12 +236,11 @@ def test_an_id_with_a_lone_surrogate_is_skipped_and_blocks_nothing(
 
 WRITER = textwrap.dedent(
     """
-    import sys
+    import json, sys
     from heartbeat_sync import Heartbeat
-    url, ws, tmp = sys.argv[1], sys.argv[2], sys.argv[3]
-    hb = Heartbeat(url, ws, interval_seconds=0.05, results_file=tmp + "/results.jsonl",
-                   cursor_file=tmp + "/cursor", seen_file=tmp + "/seen",
-                   configs_dir=tmp + "/configs", exit_timeout=None, self_message_cooldown=3600)
+    url, ws, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    hb = Heartbeat(url, ws, interval_seconds=0.05, exit_timeout=None, self_message_cooldown=3600,
+                   **files)
     hb.start_thread()
     print("READY", flush=True)
     sys.stdin.read()
@@ -254,9 +253,12 @@ def test_two_processes_for_one_workspace_deliver_each_result_once(
     platform: FakePlatform, ws: Workspace, tmp_path: Path
 ) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Both processes on the one agent's files.
+    files = platform.agent_files(ws.id, tmp_path)
+    laid_out = json.dumps({name: str(path) for name, path in files.items()})
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, platform.url, ws.id, str(tmp_path)],
+            [sys.executable, "-c", WRITER, platform.url, ws.id, laid_out],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -510,6 +512,7 @@ def test_a_consumer_holding_the_seen_lock_does_not_stall_the_beat(
 )
 def test_id_log_sizes_below_one_poll_are_refused(arg: str, least: int, tmp_path: Path) -> None:
     """With ``max_seen_ids=10``, 20 delegations came back 90 times: refused at construction."""
+    # No platform and no token, never started: only the arguments are looked at.
     for bad in (10, least - 1, True, 1.5e3):
         with pytest.raises(ValueError, match=arg):
             Heartbeat("http://127.0.0.1:9", "ws", configs_dir=tmp_path, **{arg: bad})

@@ -143,7 +143,7 @@ def test_token_rotated_on_disk_recovers_at_the_next_beat(
     with make_hb(interval_seconds=0.2) as hb:
         assert wait_until(lambda: hb.status().beats_ok >= 1)
         new = platform.rotate_token(ws.id)  # the platform now rejects the old token
-        (tmp_path / "configs" / ".auth_token").write_text(new)
+        platform.write_token(ws.id, hb.configs_dir)
         bearer = f"Bearer {new}"
         assert platform.wait_for(
             lambda: any(
@@ -170,7 +170,7 @@ def test_secrets_never_reach_a_log(
         assert wait_until(lambda: hb.status().beats_ok >= 1)
         new_token = platform.rotate_token(ws.id)
         assert wait_until(lambda: hb.status().beats_failed >= 1)  # 401 with the old token
-        (tmp_path / "configs" / ".auth_token").write_text(new_token)
+        platform.write_token(ws.id, hb.configs_dir)
         secret = platform.rotate_inbound_secret(ws.id)
         platform.add_delegation(ws.id, status="completed")
         platform.add_activity(ws.id, source_id=peer.id, text="hi")

@@ -210,13 +210,9 @@ EXIT_SCRIPT = textwrap.dedent(
     hbs = []
     for i in range(10):
         ws = fp.add_workspace()
-        configs = tmp / f"configs{i}"
-        configs.mkdir()
-        (configs / ".auth_token").write_text(ws.token)
         fp.add_delegation(ws.id, status="completed")
-        hb = Heartbeat(fp.url, ws.id, interval_seconds=0.05, results_file=tmp / f"r{i}",
-                       cursor_file=tmp / f"c{i}", seen_file=tmp / f"s{i}", configs_dir=configs,
-                       self_message_cooldown=60.0, exit_timeout=float(sys.argv[3]))
+        hb = Heartbeat(fp.url, ws.id, interval_seconds=0.05, self_message_cooldown=60.0,
+                       exit_timeout=float(sys.argv[3]), **fp.agent_files(ws.id, tmp / f"agent{i}"))
         hb.start_thread()
         hbs.append((hb, ws))
     for hb, ws in hbs:
@@ -276,6 +272,7 @@ def test_constructing_heartbeats_registers_no_at_fork_callback(
     monkeypatch.setattr(os, "register_at_fork", counting)
     gc.collect()
     tracked = _tracked()
+    # Explicit files, shared: fifty workspaces the platform does not know, never started.
     for i in range(50):
         Heartbeat(
             platform.url,

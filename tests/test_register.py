@@ -247,6 +247,8 @@ def test_heartbeat_registers_on_the_beat_thread_before_the_first_beat(
 ) -> None:
     ws = platform.add_workspace(with_token=False, status="awaiting_agent", name="ext")
     configs = tmp_path / "configs"
+    # Explicit files: the workspace has no token for agent_files to write (the registration
+    # brings it).
     with Heartbeat(
         platform.url,
         ws.id,
@@ -279,7 +281,8 @@ def test_a_workspace_the_platform_does_not_know_yet_is_created_by_the_registrati
     platform: FakePlatform, tmp_path: Path
 ) -> None:
     # The first look at the state finds no such workspace (404): that is not a removal when
-    # a registration is owed, which creates it.
+    # a registration is owed, which creates it. Explicit files: the platform knows no such
+    # workspace for agent_files to lay out.
     hb = Heartbeat(
         platform.url,
         "ws-new",
@@ -311,6 +314,7 @@ def test_registration_is_retried_while_unreachable_without_blocking_the_caller(
 ) -> None:
     port = _free_port()
     fp = FakePlatform(port=port)  # not started yet: connections are refused
+    # Explicit files: the workspace does not exist yet, nor its token.
     hb = Heartbeat(
         f"http://127.0.0.1:{port}",
         "ws-1",
@@ -360,6 +364,7 @@ def test_a_heartbeat_whose_new_token_cannot_be_saved_beats_with_it_and_says_wher
     ws = platform.add_workspace(with_token=False, status="awaiting_agent")
     configs = tmp_path / "configs"
     (configs / ".auth_token.tmp").mkdir(parents=True)  # the save fails at its last step
+    # Explicit files: a configs dir where no token can be saved, and no token yet.
     hb = Heartbeat(
         platform.url,
         ws.id,

@@ -27,8 +27,6 @@ def test_wakeup_shape_and_report_to_parent(
 ) -> None:
     parent = platform.add_workspace(name="team-lead")
     ws = platform.add_workspace(name="worker", parent_id=parent.id)
-    assert ws.token
-    (tmp_path / "configs" / ".auth_token").write_text(ws.token)
     did = platform.add_delegation(ws.id, status="completed", summary="wrote the report")
     with make_hb(workspace_id=ws.id) as hb:
         assert platform.wait_for(lambda: len(_wakeups(platform, ws)) == 1, timeout=5)
@@ -66,8 +64,6 @@ def test_parent_lookup_failure_is_retried_later(
 ) -> None:
     parent = platform.add_workspace(name="lead")
     ws = platform.add_workspace(parent_id=parent.id)
-    assert ws.token
-    (tmp_path / "configs" / ".auth_token").write_text(ws.token)
     # The parent's own lookup fails once (500 is not a retried status); the workspace's
     # lookup of itself is left alone (the beat thread reads it too, for its team).
     platform.fault("workspace", status=500, times=1, workspace_id=parent.id)
@@ -163,8 +159,6 @@ def test_notifications_turned_off_are_paused_not_repeated(
     platform: FakePlatform, make_hb: HeartbeatFactory, tmp_path: Path
 ) -> None:
     ws = platform.add_workspace(talk_to_user_enabled=False)
-    assert ws.token
-    (tmp_path / "configs" / ".auth_token").write_text(ws.token)
     for _ in range(3):
         platform.add_delegation(ws.id, status="completed")
     with make_hb(workspace_id=ws.id) as hb:

@@ -146,7 +146,10 @@ def test_a_workspace_id_that_could_leave_its_path_segment_is_refused(
         "worker_2",
     ],
 )
-def test_ids_the_platform_can_issue_are_accepted(make_hb: HeartbeatFactory, good: str) -> None:
+def test_ids_the_platform_can_issue_are_accepted(
+    platform: FakePlatform, make_hb: HeartbeatFactory, good: str
+) -> None:
+    platform.add_workspace(good)
     assert make_hb(workspace_id=good).workspace_id == good
 
 
@@ -267,6 +270,7 @@ def test_every_argument_after_the_workspace_id_is_keyword_only() -> None:
 
 
 def test_a_positional_call_still_works_and_warns_naming_the_keywords(tmp_path: Path) -> None:
+    # No platform and no token: only the arguments are looked at, the results file by position.
     with pytest.warns(DeprecationWarning, match=r"interval_seconds=\.\.\., results_file=") as got:
         hb = Heartbeat("http://127.0.0.1:9", "ws-1", 5.0, tmp_path / "r.jsonl")
     assert got[0].filename == __file__  # the warning points at the caller's line
@@ -278,6 +282,7 @@ def test_a_positional_call_still_works_and_warns_naming_the_keywords(tmp_path: P
 
 
 def test_the_settings_a_heartbeat_shows_are_read_only(tmp_path: Path) -> None:
+    # No platform and no token, never started: only what it shows is looked at.
     hb = Heartbeat("http://127.0.0.1:9/", "ws-1", results_file=tmp_path / "r.jsonl")
     for name in (
         "platform_url",

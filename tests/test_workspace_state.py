@@ -410,13 +410,13 @@ def test_a_rotated_token_is_checked_but_not_taken_for_a_removal(
         assert wait_until(lambda: hb.status().beats_ok >= 1)
         assert platform.wait_for_requests("peers", 1, timeout=3)  # the team, looked up once
         looked_up = len(platform.requests_for("workspace"))
-        new = platform.rotate_token(ws.id)
+        platform.rotate_token(ws.id)
         # The state check.
         assert platform.wait_for_requests("workspace", looked_up + 1, timeout=3)
         # A poll of the cycle that beat last may be the first to meet the new token: the
         # beats are refused from the next cycle on, and the Heartbeat runs on, not removed.
         assert wait_until(lambda: hb.status().state == "degraded", timeout=3)
         assert hb.status().running
-        (tmp_path / "configs" / ".auth_token").write_text(new)
+        platform.write_token(ws.id, hb.configs_dir)
         assert wait_until(lambda: hb.status().state == "healthy", timeout=3)
         assert hb.status().workspace_status == "online"
