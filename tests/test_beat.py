@@ -253,7 +253,7 @@ def test_no_secret_from_an_older_server(tmp_path: Path, make_hb: HeartbeatFactor
     assert not (tmp_path / "configs" / ".platform_inbound_secret").exists()
 
 
-def test_current_task_change_beats_at_once(
+def test_a_changed_current_task_beats_at_once_an_unchanged_one_not_at_all(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:
     hb = make_hb(interval_seconds=30.0)

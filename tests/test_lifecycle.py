@@ -24,7 +24,7 @@ def _threads_named(prefix: str) -> list[threading.Thread]:
     ]
 
 
-def test_start_thread_starts_two_named_daemon_threads(make_hb: HeartbeatFactory) -> None:
+def test_start_thread_starts_named_daemon_threads_that_stop_ends(make_hb: HeartbeatFactory) -> None:
     hb = make_hb()
     beat = hb.start_thread()
     assert beat.daemon and beat.is_alive()
