@@ -273,6 +273,9 @@ def test_stop_from_the_state_callback_returns_promptly_with_the_truth(
     hb = make_hb(on_state_change=on_change)
     hb.start_thread()
     assert wait_until(lambda: hb.status().beats_ok >= 1)
+    # A pause is heard on the event stream (the next periodic state check is minutes away):
+    # the stream must be open to hear it.
+    assert wait_until(lambda: platform.open_streams(ws.id) == 1)
     if state == "removed":
         platform.delete(ws.id)
     else:
