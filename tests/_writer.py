@@ -2,32 +2,34 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
+from collections.abc import Mapping
 
-#: The child: a Heartbeat on the files in ``tmp`` that says READY once its threads run.
+#: The child: a Heartbeat on the files given (as JSON) that says READY once its threads run.
 SCRIPT = """
-import sys, threading
+import json, sys, threading
 from heartbeat_sync import Heartbeat
-url, ws, tmp, interval = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-hb = Heartbeat(url, ws, interval_seconds=interval, results_file=tmp + "/results.jsonl",
-               cursor_file=tmp + "/cursor", seen_file=tmp + "/seen",
-               configs_dir=tmp + "/configs", exit_timeout=None,
-               self_message_cooldown=3600)
+url, ws, files, interval = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])
+hb = Heartbeat(url, ws, interval_seconds=interval, exit_timeout=None, self_message_cooldown=3600,
+               **files)
 hb.start_thread()
 print("READY", flush=True)
 threading.Event().wait()
 """
 
 
-def start_writer(tmp: Path, url: str, workspace_id: str, interval: float) -> subprocess.Popen[str]:
-    """Start a child Heartbeat on ``tmp``'s files (token in ``tmp/configs``); return once it
-    runs."""
+def start_writer(
+    files: Mapping[str, object], url: str, workspace_id: str, interval: float
+) -> subprocess.Popen[str]:
+    """Start a child Heartbeat on ``files`` (Heartbeat's file keywords, as
+    ``FakePlatform.agent_files`` returns them); return once it runs."""
+    laid_out = json.dumps({name: str(path) for name, path in files.items()})
     proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, url, workspace_id, str(tmp), str(interval)],
+        [sys.executable, "-c", SCRIPT, url, workspace_id, laid_out, str(interval)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -129,12 +129,10 @@ def test_cursor_unknown_to_the_server_falls_back_to_the_window(
 def test_an_older_server_that_ignores_since_id(make_hb: HeartbeatFactory, tmp_path: Path) -> None:
     with FakePlatform(generation="APR") as old:
         ws = old.add_workspace()
-        assert ws.token
-        (tmp_path / "configs" / ".auth_token").write_text(ws.token)
         peer = old.add_workspace()
         first = [old.add_activity(ws.id, source_id=peer.id, text=f"a{i}") for i in range(3)]
         results = tmp_path / "results.jsonl"
-        with make_hb(platform_url=old.url, workspace_id=ws.id) as hb:
+        with make_hb(on=old, workspace_id=ws.id) as hb:
             assert wait_until(lambda: len(read_lines(results)) == 3)
             more = [old.add_activity(ws.id, source_id=peer.id, text=f"b{i}") for i in range(2)]
             assert wait_until(lambda: len(read_lines(results)) == 5)

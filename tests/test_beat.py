@@ -11,7 +11,7 @@ import pytest
 from heartbeat_sync import clear_wedge, is_wedged, mark_wedged, wedge_reason
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .conftest import HeartbeatFactory, wait_until
+from .conftest import HeartbeatFactory, poll_once, wait_until
 
 
 def _beats(platform: FakePlatform, ws: Workspace, n: int) -> list[dict[str, object]]:
@@ -225,7 +225,7 @@ def test_401_rereads_the_token_and_retries_once_with_the_same_body(
     with hb:
         _beats(platform, ws, 1)
         new_token = platform.rotate_token(ws.id)
-        (tmp_path / "configs" / ".auth_token").write_text(new_token)
+        platform.write_token(ws.id, hb.configs_dir)
         platform.clear_requests()
         hb.beat_now()
         assert platform.wait_for_requests("heartbeat", 2, timeout=5)
@@ -270,28 +270,26 @@ def test_inbound_secret_is_saved_0600_and_only_when_changed(
 def test_no_secret_from_an_older_server(tmp_path: Path, make_hb: HeartbeatFactory) -> None:
     with FakePlatform(generation="APR") as old:
         ws = old.add_workspace()
-        assert ws.token
-        (tmp_path / "configs" / ".auth_token").write_text(ws.token)
-        with make_hb(platform_url=old.url, workspace_id=ws.id) as hb:
+        with make_hb(on=old, workspace_id=ws.id) as hb:
             assert wait_until(lambda: hb.status().beats_ok >= 2)
     assert not (tmp_path / "configs" / ".platform_inbound_secret").exists()
 
 
-def test_current_task_change_beats_at_once(
+def test_a_changed_current_task_beats_at_once_an_unchanged_one_not_at_all(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:
-    with make_hb(interval_seconds=30.0):
-        _beats(platform, ws, 1)
-        hb_task = platform.heartbeats(ws.id)
-        assert hb_task[0]["current_task"] == ""
     hb = make_hb(interval_seconds=30.0)
     with hb:
-        n = len(_beats(platform, ws, 2))
+        n = len(_beats(platform, ws, 1))
+        assert wait_until(lambda: platform.open_streams(ws.id) == 1)
         hb.current_task = "summarising"
         body = _beats(platform, ws, n + 1)[-1]
         assert body["current_task"] == "summarising"
+        assert platform.wait_for_requests("activity", n + 1)  # that cycle's last request
         hb.current_task = "summarising"  # unchanged: no extra beat
-        assert not platform.wait_for(lambda: len(platform.heartbeats(ws.id)) > n + 1, timeout=0.3)
+        # A poll asked for after it comes alone: a cycle asked for by the change would beat.
+        assert poll_once(platform, hb)
+        assert len(platform.heartbeats(ws.id)) == n + 1
 
 
 def test_a_netrc_entry_for_the_platform_does_not_replace_the_bearer_token(

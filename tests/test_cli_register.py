@@ -127,9 +127,8 @@ def test_register_refuses_an_org_id_a_header_cannot_carry_with_exit_2_naming_its
 def test_run_refuses_an_org_id_from_the_environment_a_header_cannot_carry_with_exit_2(
     platform: FakePlatform, ws: Workspace, tmp_path: Path
 ) -> None:
-    env = run_env(
-        platform.url, ws.id, tmp_path, tmp_path / "configs", "30", MOLECULE_ORG_ID="acme\u2013prod"
-    )
+    files = platform.agent_files(ws.id, tmp_path)
+    env = run_env(platform.url, ws.id, files, "30", MOLECULE_ORG_ID="acme\u2013prod")
     done = cli("run", env=env, timeout=10)
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.splitlines()
@@ -178,7 +177,7 @@ def test_run_refuses_a_platform_url_with_user_info_and_never_prints_the_password
 ) -> None:
     """run used to start with such a URL, and its first INFO line printed the password."""
     url = _with_user_info(platform.url)
-    env = run_env(url, ws.id, tmp_path, tmp_path / "configs", "30")
+    env = run_env(url, ws.id, platform.agent_files(ws.id, tmp_path), "30")
     argv = ["run"]
     if source == "flag":
         env["PLATFORM_URL"] = "http://platform.example"
@@ -200,8 +199,8 @@ def test_run_refuses_a_platform_url_with_user_info_and_never_prints_the_password
 def test_run_exits_with_its_own_code_and_one_line_when_the_workspace_is_removed(
     platform: FakePlatform, ws: Workspace, tmp_path: Path
 ) -> None:
-    configs = tmp_path / "configs"
-    proc = start_cli("run", env=run_env(platform.url, ws.id, tmp_path, configs, "5"))
+    files = platform.agent_files(ws.id, tmp_path)
+    proc = start_cli("run", env=run_env(platform.url, ws.id, files, "5"))
     try:
         assert platform.wait_for(lambda: len(platform.heartbeats(ws.id)) >= 1, timeout=10)
         platform.delete(ws.id)

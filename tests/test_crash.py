@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from heartbeat_sync.delivery.results import IdLog, ResultsFile, read_delegation_results
-from heartbeat_sync.testing import FakePlatform
+from heartbeat_sync.testing import AgentFiles, FakePlatform
 
 from ._writer import kill_writer, start_writer
+from .conftest import wait_until
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 
@@ -44,8 +45,8 @@ def _check_files(tmp: Path) -> list[str]:
     return ids
 
 
-def _start(tmp: Path, url: str, ws: str) -> subprocess.Popen[str]:
-    return start_writer(tmp, url, ws, INTERVAL)
+def _start(files: AgentFiles, url: str, ws: str) -> subprocess.Popen[str]:
+    return start_writer(files, url, ws, INTERVAL)
 
 
 def _kill(procs: list[subprocess.Popen[str]]) -> None:
@@ -65,23 +66,18 @@ def test_sigkill_at_random_moments_while_results_stream_in(tmp_path: Path, write
     with FakePlatform() as platform:
         ws = platform.add_workspace()
         peer = platform.add_workspace()
-        assert ws.token
-        (tmp_path / "configs").mkdir()
-        (tmp_path / "configs" / ".auth_token").write_text(ws.token)
-        (tmp_path / "configs" / ".auth_token").chmod(0o600)
+        # One agent's files, shared by the writers: results, cursor and seen in tmp_path.
+        files = platform.agent_files(ws.id, tmp_path)
         # A first run sets the activity cursor: with none, the loop reads only the newest
         # window (as the reference does), and rows older than that were never the loop's.
         first = platform.add_activity(ws.id, source_id=peer.id, text="first")
         expected.add(first)
-        proc = _start(tmp_path, platform.url, ws.id)
-        for _ in range(100):
-            if first in _check_files(tmp_path):
-                break
-            pause.wait(0.05)
+        proc = _start(files, platform.url, ws.id)
+        assert wait_until(lambda: first in _check_files(tmp_path), timeout=10)
         kill_writer(proc)
         kills = 0
         while kills < 22:
-            procs = [_start(tmp_path, platform.url, ws.id) for _ in range(writers)]
+            procs = [_start(files, platform.url, ws.id) for _ in range(writers)]
             # Hundreds of results per cycle: whole pages of peer rows, plus delegations
             # (kept under the platform's 50-row delegations window).
             for _ in range(rng.randint(1, 3)):
@@ -98,13 +94,10 @@ def test_sigkill_at_random_moments_while_results_stream_in(tmp_path: Path, write
             ids = _check_files(tmp_path)
             assert len(ids) == len(set(ids)), "a result was delivered twice"
         # A last, clean run delivers whatever the crashes left pending.
-        proc = _start(tmp_path, platform.url, ws.id)
+        proc = _start(files, platform.url, ws.id)
         try:
-            deadline = threading.Event()
-            for _ in range(300):
-                if set(_check_files(tmp_path)) >= expected:
-                    break
-                deadline.wait(0.1)
+            # What is missing after that, the assertions below name.
+            wait_until(lambda: set(_check_files(tmp_path)) >= expected, timeout=30)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=10)

@@ -9,7 +9,7 @@ from heartbeat_sync import read_delegation_results
 from heartbeat_sync._settings import MIN_SEEN_IDS
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .conftest import HeartbeatFactory, read_lines, wait_until
+from .conftest import HeartbeatFactory, read_lines, wait_for_beats, wait_until
 
 
 def _records(path: Path) -> list[dict[str, object]]:
@@ -145,8 +145,9 @@ def test_a_consumer_holding_the_lock_delays_delivery_not_beats(
         assert wait_until(lambda: hb.status().beats_ok >= 1)
         with filelock.FileLock(str(results) + ".lock"):
             did = platform.add_delegation(ws.id, status="completed")
-            n = len(platform.heartbeats(ws.id))
-            assert platform.wait_for(lambda: len(platform.heartbeats(ws.id)) >= n + 8, timeout=2)
+            # Eight beats while the lock is held: a beat thread that waited for it would send
+            # none of them before the block ends.
+            assert wait_for_beats(platform, 8, timeout=10)
             assert read_lines(results) == []
         assert wait_until(lambda: len(read_lines(results)) == 1, timeout=5)
         m = hb.status().beats_ok

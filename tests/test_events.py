@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import socket
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -37,7 +40,7 @@ from heartbeat_sync.wire.events import (
 from heartbeat_sync.wire.http import make_session
 from heartbeat_sync.wire.sse import MAX_EVENT_BYTES, Event, SSEParser, is_event_stream, wants_poll
 
-from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
+from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_for_beats, wait_until
 
 WS = "11111111-2222-3333-4444-555555555555"
 REAL_FRAMES = (
@@ -294,7 +297,6 @@ def test_a_burst_of_events_is_one_poll_and_each_result_once(
     hb.start_thread()
     assert wait_until(lambda: _stream_open(platform, ws, hb))
     assert platform.wait_for_requests("activity", 1)
-    assert hb.status().stream is not None
     polls = len(platform.requests_for("delegations"))
     with platform.held():
         ids = [platform.add_delegation(ws.id, status="completed") for _ in range(30)]
@@ -315,12 +317,12 @@ def test_beats_and_other_events_ask_for_no_poll(
     for kind in ("WORKSPACE_HEARTBEAT", "TASK_UPDATED", "DELEGATION_SENT", "WORKSPACE_ONLINE"):
         platform.emit_event(ws.id, kind, {})
     platform.emit_raw_event(ws.id, b"data: {garbage\n\n: comment\n\ndata: [1,2]\n\n")
-    assert hb.status().stream is not None
-    assert wait_until(lambda: _stream(hb).events >= 6)
-    assert not platform.wait_for_requests("delegations", 2, timeout=0.4)
-    # The thread survived the garbage: a real event still brings a poll.
+    # Then a real event: read after the six others, it asks for the one poll of the lot.
     platform.emit_event(ws.id, "DELEGATION_FAILED", {"delegation_id": "x"})
-    assert platform.wait_for_requests("delegations", 2, timeout=1.0)
+    assert wait_until(lambda: _stream(hb).polls_asked >= 1)
+    assert _stream(hb).events >= 7 and _stream(hb).polls_asked == 1
+    # The thread survived the garbage: the real event brings its poll.
+    assert platform.wait_for_requests("delegations", 2)
     _bounded_stop(hb)
 
 
@@ -346,7 +348,6 @@ def test_a_dropped_stream_reconnects_and_loses_nothing(
     hb = make_hb(interval_seconds=1.0)
     hb.start_thread()
     assert wait_until(lambda: _stream_open(platform, ws, hb))
-    assert hb.status().stream is not None
     # Every reconnect is cut too: what completes meanwhile comes with the schedule.
     platform.fault("events", drop=True)
     assert platform.drop_streams(ws.id) == 1
@@ -360,10 +361,10 @@ def test_a_dropped_stream_reconnects_and_loses_nothing(
     # The platform counts the stream as open as it answers; the thread counts the connection
     # once it has read the answer's headers, a moment later.
     assert wait_until(lambda: _stream(hb).connects >= 2, timeout=2.0)
-    beats = len(platform.requests_for("heartbeat"))
+    asked = _stream(hb).polls_asked
     later = platform.add_delegation(ws.id, status="completed")
-    assert wait_until(lambda: _delivered(tmp_path) == [did, later], timeout=0.5)
-    assert len(platform.requests_for("heartbeat")) <= beats + 1
+    assert wait_until(lambda: _delivered(tmp_path) == [did, later])
+    assert _stream(hb).polls_asked > asked  # told on the stream that came back
     _bounded_stop(hb)
 
 
@@ -380,8 +381,10 @@ def test_a_refused_stream_404_costs_latency_never_a_result(
     assert platform.wait_for_requests("events", 1)
     ids = [platform.add_delegation(ws.id, status="completed") for _ in range(3)]
     assert wait_until(lambda: sorted(_delivered(tmp_path)) == sorted(ids), timeout=3.0)
-    # A server without the route is not asked again soon (nor warned about at every cycle).
-    assert not platform.wait_for_requests("events", 2, timeout=0.5)
+    # A server without the route is not asked again soon (nor warned about at every cycle):
+    # not within the cycles of four times BACKOFF_BASE, which brings a failed stream back twice.
+    assert wait_for_beats(platform, math.ceil(4 * BACKOFF_BASE / 0.3) + 1)
+    assert len(platform.requests_for("events")) == 1
     assert _stream(hb).last_refusal == 404
     assert sum("no event stream" in m for m in logs.messages(logging.INFO)) == 1
     assert not logs.messages(logging.WARNING)
@@ -412,7 +415,9 @@ def test_a_200_that_is_not_an_event_stream_is_a_server_without_the_stream(
     hb.start_thread()
     assert platform.wait_for_requests("events", 1)
     # A stream that ends at once is tried again within BACKOFF_BASE, then within twice that...
-    assert not platform.wait_for_requests("events", 2, timeout=4 * BACKOFF_BASE)
+    # the cycles of four times BACKOFF_BASE pass without a second attempt.
+    assert wait_for_beats(platform, math.ceil(4 * BACKOFF_BASE / 0.3) + 1)
+    assert len(platform.requests_for("events")) == 1
     stream = _stream(hb)
     assert stream.last_refusal == 200 and stream.connects == 0
     assert sum("no event stream" in m for m in logs.messages(logging.INFO)) == 1
@@ -500,7 +505,9 @@ def test_a_stream_without_chunked_framing_is_read_as_it_arrives_not_byte_by_byte
                 head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                 head += "Cache-Control: no-cache\r\n"
                 if framing == "with a Content-Length":
-                    head += f"Content-Length: {length}\r\n"
+                    # More than is sent: the body is still being read when stop() comes (a
+                    # body that ended would have the thread reconnecting instead).
+                    head += f"Content-Length: {2 * length}\r\n"
                 conn.sendall(head.encode() + b"Connection: close\r\n\r\n")
                 for n, frame in enumerate(frames):
                     conn.sendall(frame)
@@ -517,6 +524,57 @@ def test_a_stream_without_chunked_framing_is_read_as_it_arrives_not_byte_by_byte
             stream.stop(timeout=2.0)
 
 
+class _GatedSessions:
+    """A session factory whose first event-stream request waits, just before it connects,
+    until ``stop()`` has aborted that session: the moment a busy machine may preempt the
+    stream thread, between its look at the stop flag and its new connection."""
+
+    def __init__(self) -> None:
+        self.held = threading.Event()
+
+    def __call__(self) -> requests.Session:
+        session = make_session()
+        request = session.request
+
+        def gated(method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+            if url.endswith("/events/stream") and not self.held.is_set():
+                self.held.set()
+                session.get_adapter(url).max_retries.aborted.wait(5.0)
+            return request(method, url, *args, **kwargs)
+
+        session.request = gated  # type: ignore[method-assign]
+        return session
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="library bug: a stop() that comes while the stream thread opens a connection aborts "
+    "the session before that connection exists; the thread then waits for an answer until the "
+    "request's timeout (Heartbeat.stop() aborts the stream twice, which narrows the window)",
+)
+def test_stop_is_bounded_when_it_comes_as_the_stream_opens_its_connection(tmp_path: Path) -> None:
+    gate = _GatedSessions()
+    credentials = Credentials(tmp_path, env_token="token-1")
+    listener = socket.create_server(("127.0.0.1", 0))  # its connections are never answered
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stream = EventStream(
+        lambda: PlatformClient(url, WS, credentials, gate, timeout=30.0),
+        WS,
+        lambda: None,
+        idle_timeout=30.0,
+        draw=lambda: 0.0,
+    )
+    stream.start()
+    try:
+        assert gate.held.wait(5.0)
+        started = time.monotonic()
+        assert stream.stop(timeout=2.0)
+        assert time.monotonic() - started < 2.0
+    finally:
+        listener.close()  # resets the unanswered connection: the thread ends at once
+        stream.stop(timeout=5.0)
+
+
 def test_a_401_on_the_stream_rereads_the_token_like_the_beat(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
 ) -> None:
@@ -525,8 +583,8 @@ def test_a_401_on_the_stream_rereads_the_token_like_the_beat(
     assert wait_until(lambda: _stream_open(platform, ws, hb))
     # The token is rotated and the new one written where the Heartbeat reads it; the
     # connection the stream holds is then cut.
-    token = platform.rotate_token(ws.id)
-    (tmp_path / "configs" / ".auth_token").write_text(token)
+    platform.rotate_token(ws.id)
+    platform.write_token(ws.id, hb.configs_dir)
     platform.drop_streams(ws.id)
     # A stream that was up a while comes back within RECONNECT_SPREAD.
     assert wait_until(lambda: platform.open_streams(ws.id) == 1, timeout=RECONNECT_SPREAD + 3.0)

@@ -12,9 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +26,14 @@ from heartbeat_sync.delivery.results import IdLog, ResultsFile
 from heartbeat_sync.delivery.rows import newest_first
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .conftest import HeartbeatFactory, LogCapture, read_lines, wait_until
+from .conftest import (
+    HeartbeatFactory,
+    LogCapture,
+    fork_with_threads,
+    read_lines,
+    wait_for_beats,
+    wait_until,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534
@@ -231,12 +236,11 @@ def test_an_id_with_a_lone_surrogate_is_skipped_and_blocks_nothing(
 
 WRITER = textwrap.dedent(
     """
-    import sys
+    import json, sys
     from heartbeat_sync import Heartbeat
-    url, ws, tmp = sys.argv[1], sys.argv[2], sys.argv[3]
-    hb = Heartbeat(url, ws, interval_seconds=0.05, results_file=tmp + "/results.jsonl",
-                   cursor_file=tmp + "/cursor", seen_file=tmp + "/seen",
-                   configs_dir=tmp + "/configs", exit_timeout=None, self_message_cooldown=3600)
+    url, ws, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    hb = Heartbeat(url, ws, interval_seconds=0.05, exit_timeout=None, self_message_cooldown=3600,
+                   **files)
     hb.start_thread()
     print("READY", flush=True)
     sys.stdin.read()
@@ -249,9 +253,12 @@ def test_two_processes_for_one_workspace_deliver_each_result_once(
     platform: FakePlatform, ws: Workspace, tmp_path: Path
 ) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Both processes on the one agent's files.
+    files = platform.agent_files(ws.id, tmp_path)
+    laid_out = json.dumps({name: str(path) for name, path in files.items()})
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, platform.url, ws.id, str(tmp_path)],
+            [sys.executable, "-c", WRITER, platform.url, ws.id, laid_out],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -263,9 +270,10 @@ def test_two_processes_for_one_workspace_deliver_each_result_once(
         for proc in procs:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
         made = []
-        for _ in range(5):
+        for _ in range(5):  # one result a poll, while both processes poll
+            polls = len(platform.requests_for("delegations"))
             made.append(platform.add_delegation(ws.id, status="completed"))
-            time.sleep(0.03)
+            assert platform.wait_for_requests("delegations", polls + 1)
         assert wait_until(lambda: len(read_lines(tmp_path / "results.jsonl")) >= 5)
         n = len(platform.requests_for("delegations"))
         assert platform.wait_for(lambda: len(platform.requests_for("delegations")) >= n + 10)
@@ -283,21 +291,21 @@ def test_a_forked_child_restarting_its_heartbeat_delivers_nothing_twice(
     hb = make_hb(interval_seconds=0.05, self_message_cooldown=3600)
     hb.start_thread()
     assert _beats_after(hb, 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads, on purpose
-        pid = os.fork()
-    if pid == 0:  # the child: restart the inherited Heartbeat, run a while, leave
+    pid = fork_with_threads()
+    if pid == 0:  # the child: restart the inherited Heartbeat, deliver beside the parent, leave
         code = 1
         try:
             hb.start_thread()
-            threading.Event().wait(2.0)
-            code = 0 if hb.stop(2.0) else 2
+            # Until the five results are in (from either process), then a few cycles more.
+            ran = wait_until(lambda: len(read_lines(results)) >= 5, 20.0) and _beats_after(hb, 3)
+            code = 2 if not hb.stop(2.0) else (0 if ran else 3)
         finally:
             os._exit(code)
     made = []
-    for _ in range(5):
+    for _ in range(5):  # one result a poll, while both processes poll
+        polls = len(platform.requests_for("delegations"))
         made.append(platform.add_delegation(ws.id, status="completed"))
-        time.sleep(0.05)
+        assert platform.wait_for_requests("delegations", polls + 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert _beats_after(hb, 3)
@@ -490,10 +498,9 @@ def test_a_consumer_holding_the_seen_lock_does_not_stall_the_beat(
     with make_hb() as hb:
         assert _beats_after(hb, 1)
         did = platform.add_delegation(ws.id, status="completed")
-        start = len(platform.heartbeats(ws.id))
-        threading.Event().wait(2.0)
-        # 0.2 s interval: 10 beats due in 2 s; a 30 s lock wait would allow one.
-        assert len(platform.heartbeats(ws.id)) - start >= 6
+        # Six beats while the lock is held: a beat thread that waited out a lock for 30 s (as
+        # long as the fixture holds it) would send none of them within the 20 s given here.
+        assert wait_for_beats(platform, 6, timeout=20.0)
         seen_lock_held.set()
         assert wait_until(lambda: _ids(results) == [did])
         assert _beats_after(hb, 3)
@@ -505,6 +512,7 @@ def test_a_consumer_holding_the_seen_lock_does_not_stall_the_beat(
 )
 def test_id_log_sizes_below_one_poll_are_refused(arg: str, least: int, tmp_path: Path) -> None:
     """With ``max_seen_ids=10``, 20 delegations came back 90 times: refused at construction."""
+    # No platform and no token, never started: only the arguments are looked at.
     for bad in (10, least - 1, True, 1.5e3):
         with pytest.raises(ValueError, match=arg):
             Heartbeat("http://127.0.0.1:9", "ws", configs_dir=tmp_path, **{arg: bad})

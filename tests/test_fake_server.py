@@ -94,10 +94,12 @@ def test_request_log_and_waiting(fp: FakePlatform) -> None:
         beat(fp, ws.id, ws.token)
         beat(fp, ws.id, ws.token)
 
-    threading.Thread(target=later, daemon=True).start()
+    beater = threading.Thread(target=later)
+    beater.start()
     assert fp.wait_for_requests("heartbeat", 2, timeout=3.0, workspace_id=ws.id)
     assert fp.wait_for(lambda: len(fp.heartbeats(ws.id)) == 2, timeout=3.0)
-    assert not fp.wait_for_requests("heartbeat", 3, timeout=0.1)
+    beater.join(T)
+    assert not fp.wait_for_requests("heartbeat", 3, timeout=0.1)  # False once the time is up
     get(fp, f"/workspaces/{ws.id}/activity", ws.token, type="a2a_receive", limit="5")
     entry = fp.requests[-1]
     assert entry.route == "activity" and entry.workspace_id == ws.id
@@ -184,8 +186,6 @@ def test_held_platform_keeps_requests_waiting_while_events_flow(fp: FakePlatform
     stream = requests.get(
         f"{fp.url}/workspaces/{ws.id}/events/stream", headers=headers, stream=True, timeout=T
     )
-    lines = (line for line in stream.iter_lines() if line)
-    assert next(lines) == b": ping"
     answered = threading.Event()
     seen: list[int] = []
 
@@ -195,14 +195,16 @@ def test_held_platform_keeps_requests_waiting_while_events_flow(fp: FakePlatform
         answered.set()
 
     reader = threading.Thread(target=poll)
-    with fp.held():
-        did = fp.add_delegation(ws.id, status="completed")
-        reader.start()
-        frames = [next(lines) for _ in range(2)]
-        assert b"DELEGATION_SENT" in frames[0]
-        assert did.encode() in frames[1] and b"DELEGATION_COMPLETE" in frames[1]
-        assert not answered.wait(0.2)
-    assert answered.wait(T)
-    reader.join(T)
+    with stream:
+        lines = (line for line in stream.iter_lines() if line)
+        assert next(lines) == b": ping"
+        with fp.held():
+            did = fp.add_delegation(ws.id, status="completed")
+            reader.start()
+            frames = [next(lines) for _ in range(2)]
+            assert b"DELEGATION_SENT" in frames[0]
+            assert did.encode() in frames[1] and b"DELEGATION_COMPLETE" in frames[1]
+            assert not answered.wait(0.2)  # what held() is for: the request waits
+        assert answered.wait(T)
+        reader.join(T)
     assert seen == [1]
-    stream.close()

@@ -7,15 +7,14 @@ import os
 import signal
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import pytest
 
 from heartbeat_sync import Heartbeat, clear_wedge, is_wedged, mark_wedged
-from heartbeat_sync.testing import FakePlatform, Workspace
+from heartbeat_sync.testing import AgentFiles, FakePlatform, Workspace
 
-from .conftest import FixedRandom, HeartbeatFactory, wait_until
+from .conftest import FixedRandom, HeartbeatFactory, fork_with_threads, wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
@@ -34,8 +33,11 @@ def _wait_child(pid: int, timeout: float) -> int | None:
     return None
 
 
-def _child_checks(hb: Heartbeat, platform_url: str, child_ws: str, token: str, tmp: Path) -> int:
-    """Run in the child; return an exit code naming the first check that failed."""
+def _child_checks(
+    hb: Heartbeat, platform_url: str, child_ws: str, files: AgentFiles, tmp: Path
+) -> int:
+    """Run in the child (a Heartbeat of its own goes on ``files``); return an exit code naming
+    the first check that failed."""
     # A child that deadlocks writes where it is stuck, for the failure message.
     dump = open(tmp / f"tb-{os.getpid()}.txt", "w")  # noqa: SIM115 - lives until os._exit
     faulthandler.dump_traceback_later(8, exit=True, file=dump)
@@ -51,20 +53,13 @@ def _child_checks(hb: Heartbeat, platform_url: str, child_ws: str, token: str, t
         if not is_wedged():
             return 12
         clear_wedge()
-        configs = tmp / f"child-configs-{os.getpid()}"
-        configs.mkdir()
-        (configs / ".auth_token").write_text(token)
-        (configs / ".auth_token").chmod(0o600)
         child = Heartbeat(
             platform_url,
             child_ws,
             interval_seconds=0.05,
-            results_file=tmp / f"child-{os.getpid()}.jsonl",
-            cursor_file=tmp / f"child-cursor-{os.getpid()}",
-            seen_file=tmp / f"child-seen-{os.getpid()}",
-            configs_dir=configs,
             exit_timeout=None,
             rng=FixedRandom(0.0),
+            **files,
         )
         child.start_thread()
         ok = wait_until(lambda: child.status().beats_ok >= 2, timeout=5)
@@ -79,7 +74,6 @@ def test_fork_while_running(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory, tmp_path: Path
 ) -> None:
     child_ws = platform.add_workspace(name="child")
-    assert child_ws.token
     peer = platform.add_workspace()
     # Keep the side-effect thread busy and its queue full, and the results lock in use.
     platform.fault("a2a", delay=30)
@@ -87,22 +81,22 @@ def test_fork_while_running(
     hb.start_thread()
     codes = []
     url = platform.url
-    token = child_ws.token
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads, on purpose
-        for i in range(8):
-            for _ in range(20):
-                platform.add_activity(ws.id, source_id=peer.id, text=f"r{i}")
-            platform.add_delegation(ws.id, status="completed")
-            pid = os.fork()
-            if pid == 0:  # the child
-                code = 99
-                try:
-                    code = _child_checks(hb, url, child_ws.id, token, tmp_path)
-                finally:
-                    os._exit(code)
-            codes.append(_wait_child(pid, timeout=15))
-            time.sleep(0.003 * i)  # fork at different moments of the cycle
+    for i in range(8):
+        for _ in range(20):
+            platform.add_activity(ws.id, source_id=peer.id, text=f"r{i}")
+        platform.add_delegation(ws.id, status="completed")
+        # Laid out here: the child must not touch the platform's lock, which a server thread
+        # may hold at the fork.
+        child_files = platform.agent_files(child_ws.id, tmp_path / f"child-{i}")
+        pid = fork_with_threads()
+        if pid == 0:  # the child
+            code = 99
+            try:
+                code = _child_checks(hb, url, child_ws.id, child_files, tmp_path)
+            finally:
+                os._exit(code)
+        codes.append(_wait_child(pid, timeout=15))
+        time.sleep(0.003 * i)  # fork at different moments of the cycle
     dumps = [p.read_text() for p in tmp_path.glob("tb-*.txt") if p.stat().st_size]
     assert codes == [0] * 8, (codes, dumps)
     # The parent kept beating, and its queued wake-up was not repeated by any child.

@@ -19,7 +19,7 @@ from heartbeat_sync import Heartbeat, StreamStatus
 from heartbeat_sync.testing import FakePlatform, Workspace
 from heartbeat_sync.wire.sse import Event, state_change
 
-from .conftest import HeartbeatFactory, wait_until
+from .conftest import HeartbeatFactory, poll_once, wait_until
 
 T = 5.0
 #: Long enough that nothing found within a second came from the schedule.
@@ -186,13 +186,13 @@ def test_a_workspace_already_online_costs_no_check_when_announced_online(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:
     hb = _running(platform, ws, make_hb)
-    assert hb.status().stream is not None
     counts = {route: len(platform.requests_for(route)) for route in ("state", "heartbeat")}
     _register(platform, ws)  # announced WORKSPACE_ONLINE: the Heartbeat knows already
     assert wait_until(lambda: _stream(hb).state_checks_asked == 1)
-    assert not platform.wait_for(
-        lambda: any(len(platform.requests_for(r)) > n for r, n in counts.items()), timeout=0.3
-    )
+    # A poll asked for after it comes alone: a check the announcement asked for would come
+    # first.
+    assert poll_once(platform, hb)
+    assert {route: len(platform.requests_for(route)) for route in counts} == counts
     assert hb.status().state == "healthy"
     assert hb.stop()
 
@@ -204,7 +204,14 @@ def test_without_the_stream_a_pause_waits_for_the_state_check(
     hb.start_thread()
     assert wait_until(lambda: hb.status().state == "healthy")
     platform.pause(ws.id)
-    assert not wait_until(lambda: hb.status().state != "healthy", timeout=0.5)
+    # Two more cycles (asked for: the interval is long): each beats and polls, and a paused
+    # workspace answers them as ever, so none of them checks the state.
+    for _ in range(2):
+        cycles = len(platform.requests_for("activity"))
+        hb.beat_now()
+        assert platform.wait_for_requests("activity", cycles + 1)
+    assert hb.status().state == "healthy"
+    assert len(platform.requests_for("state")) == 1  # the look as the run began
     assert hb.stop()
 
 

@@ -18,7 +18,7 @@ import pytest
 from heartbeat_sync import Heartbeat
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .conftest import HeartbeatFactory, wait_until
+from .conftest import HeartbeatFactory, fork_with_threads, wait_until
 
 # --- 4. forced cycles are coalesced -----------------------------------------------------------
 
@@ -96,11 +96,19 @@ def test_a_beat_now_storm_is_coalesced(
     hb = make_hb(interval_seconds=30.0)
     with hb:
         assert platform.wait_for_requests("activity", 1, timeout=5)
-        stop_at = time.monotonic() + 1.5
-        while time.monotonic() < stop_at:
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:
             hb.beat_now()
-        assert not platform.wait_for_requests("heartbeat", 10, timeout=1.0)
-    assert 5 <= len(platform.requests_for("heartbeat")) <= 9
+        # The asks are one flag: one more, with a task of its own, shows when the cycle the
+        # storm left asked for has run.
+        hb.current_task = "after the storm"
+        assert platform.wait_for(
+            lambda: platform.heartbeats(ws.id)[-1].get("current_task") == "after the storm",
+            timeout=5,
+        )
+        done = time.monotonic()
+    beats = len(platform.heartbeats(ws.id)) - 1  # the first, regular beat
+    assert 4 <= beats <= 5 + (done - started) + 1, (beats, done - started)
 
 
 def test_a_few_task_changes_are_each_beaten_at_once(
@@ -111,9 +119,10 @@ def test_a_few_task_changes_are_each_beaten_at_once(
         assert platform.wait_for_requests("activity", 1, timeout=5)
         for n in range(3):
             hb.current_task = f"task {n}"
+            # At once: the next slot is 30 s away.
             assert platform.wait_for(
                 lambda n=n: platform.heartbeats(ws.id)[-1].get("current_task") == f"task {n}",
-                timeout=0.5,
+                timeout=5,
             )
 
 
@@ -180,8 +189,8 @@ def test_stop_ends_a_restart_that_is_still_waiting(
     gate.hold.clear()
     gate.release.set()
     assert wait_until(lambda: not first.is_alive())
-    beats = hb.status().beats_ok
-    assert not wait_until(lambda: hb.status().beats_ok > beats, timeout=0.5)
+    # No thread of the Heartbeat is left that could beat.
+    assert not [t for t in threading.enumerate() if ws.id[:8] in t.name]
     assert hb.status().state == "stopped"
 
 
@@ -201,13 +210,9 @@ EXIT_SCRIPT = textwrap.dedent(
     hbs = []
     for i in range(10):
         ws = fp.add_workspace()
-        configs = tmp / f"configs{i}"
-        configs.mkdir()
-        (configs / ".auth_token").write_text(ws.token)
         fp.add_delegation(ws.id, status="completed")
-        hb = Heartbeat(fp.url, ws.id, interval_seconds=0.05, results_file=tmp / f"r{i}",
-                       cursor_file=tmp / f"c{i}", seen_file=tmp / f"s{i}", configs_dir=configs,
-                       self_message_cooldown=60.0, exit_timeout=float(sys.argv[3]))
+        hb = Heartbeat(fp.url, ws.id, interval_seconds=0.05, self_message_cooldown=60.0,
+                       exit_timeout=float(sys.argv[3]), **fp.agent_files(ws.id, tmp / f"agent{i}"))
         hb.start_thread()
         hbs.append((hb, ws))
     for hb, ws in hbs:
@@ -267,6 +272,7 @@ def test_constructing_heartbeats_registers_no_at_fork_callback(
     monkeypatch.setattr(os, "register_at_fork", counting)
     gc.collect()
     tracked = _tracked()
+    # Explicit files, shared: fifty workspaces the platform does not know, never started.
     for i in range(50):
         Heartbeat(
             platform.url,
@@ -295,7 +301,7 @@ def test_the_one_hook_still_reinitialises_live_objects_in_the_child(
     hb = make_hb()
     hb._lock.acquire()  # as if a thread held it at the fork
     try:
-        pid = os.fork()
+        pid = fork_with_threads()
         if pid == 0:  # the child: the lock must be usable
             code = 1
             try:

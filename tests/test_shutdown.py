@@ -21,12 +21,9 @@ SCRIPT = textwrap.dedent(
     tmp = Path(sys.argv[1]); delay = float(sys.argv[2]); exit_timeout = sys.argv[3]
     fp = FakePlatform().start()
     ws = fp.add_workspace()
-    (tmp / "configs").mkdir()
-    (tmp / "configs" / ".auth_token").write_text(ws.token)
     fp.fault("a2a", delay=delay)
     fp.add_delegation(ws.id, status="completed")
-    hb = Heartbeat(fp.url, ws.id, interval_seconds=0.05, results_file=tmp / "r.jsonl",
-                   cursor_file=tmp / "c", seen_file=tmp / "s", configs_dir=tmp / "configs",
+    hb = Heartbeat(fp.url, ws.id, interval_seconds=0.05, **fp.agent_files(ws.id, tmp),
                    exit_timeout=None if exit_timeout == "none" else float(exit_timeout))
     def report():
         print("A2A_ANSWERED=%d" % len(fp.a2a_messages(ws.id)), flush=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from heartbeat_sync.testing import FakePlatform, Response, Workspace
 
-from .conftest import HeartbeatFactory, read_lines, wait_until
+from .conftest import HeartbeatFactory, read_lines, wait_for_beats, wait_until
 
 
 def _wakeups(platform: FakePlatform, ws: Workspace) -> list[dict[str, object]]:
@@ -27,8 +27,6 @@ def test_wakeup_shape_and_report_to_parent(
 ) -> None:
     parent = platform.add_workspace(name="team-lead")
     ws = platform.add_workspace(name="worker", parent_id=parent.id)
-    assert ws.token
-    (tmp_path / "configs" / ".auth_token").write_text(ws.token)
     did = platform.add_delegation(ws.id, status="completed", summary="wrote the report")
     with make_hb(workspace_id=ws.id) as hb:
         assert platform.wait_for(lambda: len(_wakeups(platform, ws)) == 1, timeout=5)
@@ -66,8 +64,6 @@ def test_parent_lookup_failure_is_retried_later(
 ) -> None:
     parent = platform.add_workspace(name="lead")
     ws = platform.add_workspace(parent_id=parent.id)
-    assert ws.token
-    (tmp_path / "configs" / ".auth_token").write_text(ws.token)
     # The parent's own lookup fails once (500 is not a retried status); the workspace's
     # lookup of itself is left alone (the beat thread reads it too, for its team).
     platform.fault("workspace", status=500, times=1, workspace_id=parent.id)
@@ -93,7 +89,9 @@ def test_cooldown_coalesces_results_into_one_wakeup(
         assert wait_until(lambda: len(read_lines(results)) == 4)
         assert len(_wakeups(platform, ws)) == 1  # still inside the cooldown
         assert platform.wait_for(lambda: len(_wakeups(platform, ws)) == 2, timeout=5)
-        assert not platform.wait_for(lambda: len(_wakeups(platform, ws)) > 2, timeout=0.3)
+        # No third: none in the cycles of more than a cooldown (0.2 s apart).
+        assert wait_for_beats(platform, 10)
+        assert len(_wakeups(platform, ws)) == 2
         assert hb.status().wakeups_sent == 2
     second = _text(_wakeups(platform, ws)[1])
     assert first[:8] in _text(_wakeups(platform, ws)[0])
@@ -131,7 +129,9 @@ def test_wakeup_retries_stop_at_the_deadline(
         assert wait_until(lambda: hb.status().drops.get("wakeup_failed") == 1, timeout=5)
         n = len(platform.requests_for("a2a", ws.id))
         assert n >= 2
-        assert not platform.wait_for(lambda: len(platform.requests_for("a2a")) > n, timeout=0.3)
+        # No more attempts (with Retry-After: 0 one would come at once): none in three cycles.
+        assert wait_for_beats(platform, 3)
+        assert len(platform.requests_for("a2a", ws.id)) == n
 
 
 def test_one_notification_per_result_in_the_reference_wording(
@@ -159,8 +159,6 @@ def test_notifications_turned_off_are_paused_not_repeated(
     platform: FakePlatform, make_hb: HeartbeatFactory, tmp_path: Path
 ) -> None:
     ws = platform.add_workspace(talk_to_user_enabled=False)
-    assert ws.token
-    (tmp_path / "configs" / ".auth_token").write_text(ws.token)
     for _ in range(3):
         platform.add_delegation(ws.id, status="completed")
     with make_hb(workspace_id=ws.id) as hb:
@@ -177,13 +175,13 @@ def test_notifications_turned_off_are_paused_not_repeated(
 def test_a_hanging_a2a_never_delays_a_beat(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:
-    platform.fault("a2a", delay=3.0)
+    platform.fault("a2a", delay=30.0)
     platform.fault("notify", delay=1.0)
     platform.add_delegation(ws.id, status="completed")
     with make_hb(interval_seconds=0.1) as hb:
         assert platform.wait_for_requests("a2a", 1, timeout=5)
-        start = len(platform.heartbeats(ws.id))
-        assert platform.wait_for(lambda: len(platform.heartbeats(ws.id)) >= start + 8, timeout=1.5)
+        # Eight beats while the wake-up hangs (a beat behind it would wait 30 s).
+        assert wait_for_beats(platform, 8, timeout=10)
         assert hb.status().wakeups_sent == 0  # the wake-up is still hanging
         platform.stop()
 
@@ -219,6 +217,6 @@ def test_wakeups_do_not_starve_notifications(
         for i in range(12):
             platform.add_delegation(ws.id, status="completed")
             assert wait_until(lambda i=i: len(read_lines(results)) == i + 1, timeout=5)
-            platform.wait_for(lambda: False, timeout=0.1)
+            assert wait_for_beats(platform, 2)  # the next result a couple of cycles later
         assert hb.status().wakeups_sent >= 2
         assert hb.status().notifications_sent >= 2  # while results were still arriving

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,18 +71,21 @@ def _near(phase: float, expected: float) -> bool:
     return min(off, 1.0 - off) <= SLACK
 
 
+#: A team member's Heartbeat: at :data:`INTERVAL`, no event stream.
+MEMBER: dict[str, Any] = {"interval_seconds": INTERVAL, "events": False, "exit_timeout": None}
+
+
 def member_heartbeat(url: str, workspace_id: str, home: Path, **options: Any) -> Heartbeat:
-    """A team member's Heartbeat at :data:`INTERVAL`, its files in ``home``, no event stream."""
+    """A member's Heartbeat on the real platform (tests/platform), its files in ``home``: laid
+    out by hand, the real server's token being no FakePlatform's to write."""
     return Heartbeat(
         url,
         workspace_id,
-        interval_seconds=INTERVAL,
         results_file=home / "results.jsonl",
         cursor_file=home / "cursor",
         seen_file=home / "seen",
         configs_dir=home / "configs",
-        events=False,
-        exit_timeout=None,
+        **MEMBER,
         **options,
     )
 
@@ -102,9 +104,10 @@ class _Team:
         self.running: list[Heartbeat] = []
 
     def start(self, member: Workspace, **options: Any) -> Heartbeat:
-        home = self.root / member.id
-        self.platform.write_token(member.id, home / "configs")
-        hb = member_heartbeat(self.platform.url, member.id, home, rng=FixedRandom(0.0), **options)
+        files = self.platform.agent_files(member.id, self.root / member.id)
+        hb = Heartbeat(
+            self.platform.url, member.id, **files, **MEMBER, rng=FixedRandom(0.0), **options
+        )
         self.running.append(hb)
         hb.start_thread()
         return hb
@@ -184,8 +187,7 @@ def test_the_deprecated_start_phase_never_asks_for_the_team(
     platform: FakePlatform, team: _Team
 ) -> None:
     member = team.members[2]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with pytest.warns(DeprecationWarning, match="start_phase"):
         team.start(member, start_phase=0.1)
     assert wait_until(lambda: len(platform.requests_for("heartbeat", member.id)) >= 3, 10.0)
     assert platform.requests_for("peers", member.id) == []

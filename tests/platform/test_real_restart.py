@@ -75,9 +75,15 @@ def test_a_killed_process_and_its_successor_deliver_each_result_once(
     (tmp_path / "configs").mkdir()
     write_token(tmp_path / "configs", ta)
     results = tmp_path / "results.jsonl"
+    files = {
+        "results_file": results,
+        "cursor_file": tmp_path / "cursor",
+        "seen_file": tmp_path / "seen",
+        "configs_dir": tmp_path / "configs",
+    }
 
     def start() -> subprocess.Popen[str]:
-        return start_writer(tmp_path, real_platform.url, a, 0.05)
+        return start_writer(files, real_platform.url, a, 0.05)
 
     expected = 0
     for _ in range(3):
