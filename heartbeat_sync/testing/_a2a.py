@@ -36,7 +36,7 @@ def a2a(state: State, entry: RecordedRequest) -> Reply:
         return error(400, "invalid JSON")
     caller = entry.headers.get("x-workspace-id", "").strip()
     token = bearer(entry.headers)
-    if not caller and token is not None and state.generation == "MAY":
+    if not caller and token is not None and state.modern:
         owner = state.token_owner(token)
         if owner is not None and owner.status != "removed":
             caller = owner.id
@@ -61,7 +61,7 @@ def a2a(state: State, entry: RecordedRequest) -> Reply:
         return json_reply(503, {"error": "workspace has no URL", "status": ws.status})
 
     normalized = _normalize_jsonrpc(body)
-    if ws.delivery_mode == "poll" and state.generation == "MAY":
+    if ws.delivery_mode == "poll" and state.modern:
         queued_method = normalized.get("method")
         queued = queued_method if isinstance(queued_method, str) else None
         state.activity[target_id].append(

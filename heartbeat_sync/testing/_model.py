@@ -15,6 +15,9 @@ from typing import Any, Callable, Union
 
 from ._events import Subscriber
 
+#: The August 2026 generation's name.
+AUGUST = "2026-08"
+
 #: Route names accepted by :meth:`FakePlatform.fault` and used in :class:`RecordedRequest`.
 ROUTES: tuple[str, ...] = (
     "heartbeat",
@@ -172,7 +175,7 @@ class Workspace:
         status: ``online``, ``offline``, ``degraded``, ``provisioning``,
             ``awaiting_agent``, ``removed``, ...  Heartbeats drive the same status
             transitions as the real server (``docs/platform.md`` §2.1).
-        talk_to_user_enabled: MAY only: when False ``/notify`` answers 403.
+        talk_to_user_enabled: MAY and 2026-08: when False ``/notify`` answers 403.
         tokens: Live (non-revoked) auth tokens, oldest first.
         inbound_secret: ``platform_inbound_secret``; minted lazily by the first
             heartbeat/register that needs it (MAY) or by
@@ -189,7 +192,15 @@ class Workspace:
         current_task: ``current_task`` of the last beat.
         url: Agent URL set by ``/registry/register``.
         agent_card: Agent card set by ``/registry/register``.
-        delivery_mode: ``"push"`` or ``"poll"`` (set by register, MAY).
+        delivery_mode: ``"push"`` or ``"poll"`` (set by register, MAY and 2026-08).
+        last_heartbeat_at: ``created_at``-style time of the last accepted beat, or ``None``
+            (``GET /workspaces/:id`` shows it on 2026-08 only).
+        is_busy: 2026-08 only: what the last accepted beat stored, as the real server does:
+            its ``is_busy`` when it sent a JSON bool, else ``active_tasks > 0``.
+        observed_generation: 2026-08 only: the largest ``observed_generation`` any accepted
+            beat sent (a beat without it, or with ``null``, leaves it).
+        desired_generation: The generation the 2026-08 heartbeat reply carries
+            (``"generation"``); raised with :meth:`FakePlatform.set_desired_generation`.
     """
 
     id: str
@@ -210,6 +221,10 @@ class Workspace:
     url: str = ""
     agent_card: object = None
     delivery_mode: str = "push"
+    last_heartbeat_at: str | None = None
+    is_busy: bool = False
+    observed_generation: int = 0
+    desired_generation: int = 0
 
     @property
     def token(self) -> str | None:
@@ -271,8 +286,9 @@ class Delegation:
     updated_at: str
 
     def to_json(self, generation: str) -> dict[str, object]:
+        ledger = generation != "APR"
         row: dict[str, object]
-        if generation == "MAY":
+        if ledger:
             row = {
                 "delegation_id": self.delegation_id,
                 "source_id": self.source_id,
@@ -295,7 +311,7 @@ class Delegation:
         if self.error:
             row["error"] = self.error
         row["created_at"] = self.created_at
-        if generation == "MAY":
+        if ledger:
             row["updated_at"] = self.updated_at
             row["_ledger"] = True
         return row

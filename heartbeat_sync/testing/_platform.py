@@ -22,7 +22,9 @@ class FakePlatform(WorkspaceSetup):
     """An in-process fake of the platform server on a real loopback socket.
 
     Args:
-        generation: ``"MAY"`` (newer server) or ``"APR"`` (older server).
+        generation: ``"MAY"`` (the May 2026 server, the default; ``"2026-05"`` is another
+            name for it), ``"2026-08"`` (the August 2026 server) or ``"APR"`` (an older
+            server).  :attr:`generation` reports ``"MAY"`` for ``"2026-05"``.
         host: Interface to bind (default ``127.0.0.1``).
         port: Port to bind; 0 picks an ephemeral port.
         max_request_log: Number of requests kept in the log (oldest are dropped).
@@ -55,7 +57,8 @@ class FakePlatform(WorkspaceSetup):
 
     @property
     def generation(self) -> str:
-        """The server generation being emulated (``"MAY"`` or ``"APR"``)."""
+        """The server generation being emulated: ``"MAY"`` (also for ``"2026-05"``),
+        ``"2026-08"`` or ``"APR"``."""
         return self._state.generation
 
     @property

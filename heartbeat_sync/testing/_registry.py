@@ -71,6 +71,14 @@ def _valid_runtime_metadata(value: object) -> bool:
     return idle is None or _is_int(idle)
 
 
+def _valid_august_fields(body: dict[str, Any]) -> bool:
+    """2026-08 decodes ``is_busy`` into a ``*bool`` and ``observed_generation`` into an
+    ``*int64``: another type fails the whole beat (May has neither field and ignores them)."""
+    busy = body.get("is_busy")
+    observed = body.get("observed_generation")
+    return (busy is None or isinstance(busy, bool)) and (observed is None or _is_int(observed))
+
+
 def heartbeat(state: State, entry: RecordedRequest) -> Reply:
     try:
         body = loads(entry.body)
@@ -79,17 +87,34 @@ def heartbeat(state: State, entry: RecordedRequest) -> Reply:
     if not _valid_heartbeat(body):
         return error(400, "invalid request body")
     assert isinstance(body, dict)
+    if state.aug and not _valid_august_fields(body):
+        return error(400, "invalid request body")
     ws_id: str = body["workspace_id"]
     denied = registry_auth(state, entry, ws_id)
     if denied is not None:
         return denied
     ws = state.workspaces.get(ws_id)
     if ws is None:
+        if state.aug:
+            return json_reply(
+                200, {"status": "ok", "generation": 0, "platform_inbound_secret": new_secret()}
+            )
         if state.generation == "MAY":
             return json_reply(200, {"status": "ok", "platform_inbound_secret": new_secret()})
         return json_reply(200, {"status": "ok"})
     if ws.status != "removed":
         _apply_heartbeat(state, ws, body)
+    if state.aug:
+        # The desired generation goes out on every beat, a removed workspace's included.
+        secret = state.secret_for(ws)
+        return json_reply(
+            200,
+            {
+                "status": "ok",
+                "generation": ws.desired_generation,
+                "platform_inbound_secret": secret,
+            },
+        )
     if state.generation == "MAY":
         secret = state.secret_for(ws)
         return json_reply(200, {"status": "ok", "platform_inbound_secret": secret})
@@ -112,15 +137,20 @@ def _apply_heartbeat(state: State, ws: Workspace, body: dict[str, Any]) -> None:
     elif ws.status == "offline":
         ws.status = "online"
         state.hub.emit(ws.id, "WORKSPACE_ONLINE", {})
-    elif ws.status == "provisioning" or (
-        ws.status == "awaiting_agent" and state.generation == "MAY"
-    ):
+    elif ws.status == "provisioning" or (ws.status == "awaiting_agent" and state.modern):
         state.hub.emit(ws.id, "WORKSPACE_ONLINE", {"recovered_from": ws.status})
         ws.status = "online"
     ws.last_heartbeat = body
+    ws.last_heartbeat_at = state.now()
     ws.heartbeat_count += 1
     ws.error_rate = error_rate
     ws.active_tasks = body.get("active_tasks") or 0
+    if state.aug:
+        busy = body.get("is_busy")
+        ws.is_busy = busy if isinstance(busy, bool) else ws.active_tasks > 0
+        observed = body.get("observed_generation")
+        if observed is not None:
+            ws.observed_generation = max(ws.observed_generation, observed)
     ws.uptime_seconds = body.get("uptime_seconds") or 0
     ws.sample_error = body.get("sample_error") or ""
     task = body.get("current_task") or ""
@@ -153,7 +183,7 @@ def register(state: State, entry: RecordedRequest) -> Reply:
     known = state.workspaces.get(ws_id)
     # The real server keeps the mode a workspace has when the body names none.
     mode = known.delivery_mode if known is not None else "push"
-    if state.generation == "APR":
+    if not state.modern:
         if not url:
             return error(400, "invalid request body")
     else:
@@ -186,13 +216,13 @@ def register(state: State, entry: RecordedRequest) -> Reply:
         ws.id, "WORKSPACE_ONLINE", {"url": url, "agent_card": card, "delivery_mode": mode}
     )
     out: dict[str, object] = {"status": "registered"}
-    if state.generation == "MAY":
+    if state.modern:
         out["delivery_mode"] = mode
     if not ws.tokens:
         token = new_secret()
         ws.tokens = [token]
         out["auth_token"] = token
-    if state.generation == "MAY":
+    if state.modern:
         out["platform_inbound_secret"] = state.secret_for(ws)
     return json_reply(200, out)
 

@@ -125,7 +125,7 @@ def _workspace(state: State, entry: RecordedRequest) -> Reply:
     if ws is None:
         return error(404, "workspace not found")
     include_removed = entry.query.get("include_removed", [""])[0] == "true"
-    if state.generation == "MAY" and ws.status == "removed" and not include_removed:
+    if state.modern and ws.status == "removed" and not include_removed:
         return error(410, "workspace removed", id=ws.id, hint=_REMOVED_HINT, removed_at=None)
     out: dict[str, object] = {
         "id": ws.id,
@@ -146,7 +146,7 @@ def _workspace(state: State, entry: RecordedRequest) -> Reply:
         "agent_card": ws.agent_card,
         "last_outbound_at": None,
     }
-    if state.generation == "MAY":
+    if state.modern:
         out["broadcast_enabled"] = False
         out["talk_to_user_enabled"] = ws.talk_to_user_enabled
     return json_reply(200, out)
@@ -212,7 +212,7 @@ def _activity(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
     activity_type = param("type")
     # The log is in created_at order; a row not yet committed is invisible.
     entries = [e for e in state.activity[ws_id] if visible(e)]
-    since_id = param("since_id") if state.generation == "MAY" else ""
+    since_id = param("since_id") if state.modern else ""
     start = 0
     if since_id:
         pos = next(
@@ -265,7 +265,7 @@ def _notify(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
     ws = state.workspaces[ws_id]
     if ws.status == "removed":
         return error(404, "workspace not found")
-    if state.generation == "MAY" and not ws.talk_to_user_enabled:
+    if state.modern and not ws.talk_to_user_enabled:
         return error(403, "talk_to_user_disabled", hint=_TALK_TO_USER_HINT)
     preview = message if len(message) <= 80 else message[:80] + "…"
     row = Activity(

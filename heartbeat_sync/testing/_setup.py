@@ -153,6 +153,22 @@ class WorkspaceSetup:
         """
         self._state.delete(workspace_id)
 
+    def set_desired_generation(self, workspace_id: str, generation: int) -> None:
+        """Raise the workspace's desired generation: the ``generation`` every 2026-08 beat
+        reply carries (the real server raises it when it mints a wake intent, e.g. its stall
+        watchdog).  It only grows: ``ValueError`` for a lower value or a non-integer,
+        ``KeyError`` for an unknown workspace."""
+        if type(generation) is not int or generation < 0:
+            raise ValueError(f"generation must be an integer >= 0, not {generation!r}")
+        with self._state.lock:
+            ws = self._state.ws(workspace_id)
+            if generation < ws.desired_generation:
+                raise ValueError(
+                    f"the desired generation only grows: {generation} < {ws.desired_generation}"
+                )
+            ws.desired_generation = generation
+            self._state.changed()
+
     def revoke_tokens(self, workspace_id: str) -> None:
         """Revoke all live tokens (registry routes then accept unauthenticated calls)."""
         self._state.set_tokens(workspace_id, [])

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from ._events import EventHub
 from ._model import (
+    AUGUST,
     Activity,
     ActivityEntry,
     Delegation,
@@ -27,19 +28,36 @@ from ._model import (
     new_secret,
 )
 
-#: Server generations modelled: ``MAY`` (newer) and ``APR`` (older).
-GENERATIONS = ("MAY", "APR")
+#: Server generations modelled: ``MAY`` (May 2026, the default), ``2026-08`` (August 2026) and
+#: ``APR`` (an older server).
+GENERATIONS = ("MAY", AUGUST, "APR")
+#: Other names a generation may be given by; ``generation`` reports the canonical one.
+ALIASES = {"2026-05": "MAY"}
+
+
+def canonical_generation(generation: object) -> str:
+    """The generation's canonical name; ``ValueError`` for one not modelled."""
+    name = ALIASES.get(generation, generation) if isinstance(generation, str) else None
+    if name not in GENERATIONS:
+        raise ValueError(
+            f"generation must be 'MAY' (or '2026-05'), '2026-08' or 'APR', not {generation!r}"
+        )
+    assert isinstance(name, str)
+    return name
 
 
 class State:
     """The platform's data, behind one lock (``RLock``: every method may be called with it held)."""
 
     def __init__(self, generation: str, max_request_log: int) -> None:
-        if generation not in GENERATIONS:
-            raise ValueError(f"generation must be 'MAY' or 'APR', not {generation!r}")
+        generation = canonical_generation(generation)
         if max_request_log < 1:
             raise ValueError("max_request_log must be >= 1")
         self.generation = generation
+        #: The August 2026 generation.
+        self.aug = generation == AUGUST
+        #: MAY or 2026-08: the answers both newer generations share (APR has not them).
+        self.modern = generation != "APR"
         self.lock = threading.RLock()
         self._cond = threading.Condition(self.lock)
         self._version = 0

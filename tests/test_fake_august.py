@@ -1,0 +1,260 @@
+"""FakePlatform(generation="2026-08"): the August 2026 server, and May's answers where they differ.
+
+Every fact here is one ``docs/platform.md`` records for the real servers; each test speaks HTTP
+to the fake as a client of the real one would.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from heartbeat_sync.testing import FakePlatform, Workspace
+
+from ._fake import T, auth, beat, get
+
+AUGUST = "2026-08"
+ROOT = "ea3cfcf1-cb9c-53b4-90fd-c53123569c4a"
+BUSY = "workspace agent busy — request queued, will dispatch when capacity available"
+
+
+@pytest.fixture
+def aug() -> Iterator[FakePlatform]:
+    with FakePlatform(generation=AUGUST) as platform:
+        yield platform
+
+
+@pytest.fixture
+def may() -> Iterator[FakePlatform]:
+    with FakePlatform() as platform:
+        yield platform
+
+
+@pytest.fixture(params=["MAY", AUGUST])
+def both(request: pytest.FixtureRequest) -> Iterator[FakePlatform]:
+    with FakePlatform(generation=request.param) as platform:
+        yield platform
+
+
+class Events:
+    """A workspace's event stream, read on a thread; :meth:`next` returns the next event."""
+
+    def __init__(self, fp: FakePlatform, ws: Workspace) -> None:
+        self._fp, self._ws_id = fp, ws.id
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._resp = requests.get(
+            f"{fp.url}/workspaces/{ws.id}/events/stream",
+            headers=auth(ws.token),
+            stream=True,
+            timeout=T,
+        )
+        assert self._resp.status_code == 200
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        assert fp.wait_for(lambda: fp.open_streams(ws.id) >= 1)
+
+    def _read(self) -> None:
+        try:
+            for line in self._resp.iter_lines():
+                if line.startswith(b"data: "):
+                    self._queue.put(json.loads(line[len(b"data: ") :]))
+        except Exception:  # closed by the test
+            return
+
+    def next(self) -> dict[str, Any]:
+        """The next event as ``{"type", "data"}``."""
+        event = self._queue.get(timeout=T)
+        return {"type": event["type"], "data": event["data"]}
+
+    def types_until(self, kind: str) -> list[str]:
+        """The types of the events up to and including the next one of ``kind``."""
+        seen: list[str] = []
+        while not seen or seen[-1] != kind:
+            seen.append(self.next()["type"])
+        return seen
+
+    def close(self) -> None:
+        # The server cuts it: a read blocked on the socket ends at once.
+        if self._fp.running:
+            self._fp.drop_streams(self._ws_id)
+        self._thread.join(T)
+        self._resp.close()
+
+
+@pytest.fixture
+def streams() -> Iterator[list[Events]]:
+    opened: list[Events] = []
+    yield opened
+    for stream in opened:
+        stream.close()
+
+
+def listen(streams: list[Events], fp: FakePlatform, ws: Workspace) -> Events:
+    stream = Events(fp, ws)
+    streams.append(stream)
+    return stream
+
+
+def send(
+    fp: FakePlatform,
+    target: str,
+    text: str,
+    *,
+    token: str | None = None,
+    caller: str | None = None,
+    message_id: str = "m-1",
+) -> requests.Response:
+    """``POST /workspaces/<target>/a2a`` with a ``message/send`` carrying ``text``."""
+    body = {
+        "jsonrpc": "2.0",
+        "id": "1",
+        "method": "message/send",
+        "params": {
+            "message": {
+                "role": "user",
+                "messageId": message_id,
+                "parts": [{"kind": "text", "text": text}],
+            }
+        },
+    }
+    headers = auth(token)
+    if caller is not None:
+        headers["X-Workspace-ID"] = caller
+    return requests.post(f"{fp.url}/workspaces/{target}/a2a", json=body, headers=headers, timeout=T)
+
+
+def rows(fp: FakePlatform, ws: Workspace, **params: str) -> list[dict[str, Any]]:
+    r = get(fp, f"/workspaces/{ws.id}/activity", ws.token, **params)
+    assert r.status_code == 200, r.text
+    out: list[dict[str, Any]] = r.json()
+    return out
+
+
+# ----------------------------------------------------------------------------- the switch
+
+
+def test_generation_2026_08_is_accepted_and_2026_05_is_another_name_for_may() -> None:
+    assert FakePlatform(generation=AUGUST).generation == AUGUST
+    assert FakePlatform(generation="2026-05").generation == "MAY"
+    assert FakePlatform().generation == "MAY"
+    for wrong in ("AUG", "2026-06", "may", ""):
+        with pytest.raises(ValueError, match="2026-08"):
+            FakePlatform(generation=wrong)
+
+
+def test_2026_05_answers_as_may() -> None:
+    with FakePlatform(generation="2026-05") as fp:
+        ws = fp.add_workspace()
+        assert set(beat(fp, ws.id, ws.token).json()) == {"status", "platform_inbound_secret"}
+        assert ws.parent_id is None
+
+
+# ----------------------------------------------------------------------------- heartbeat
+
+
+def test_august_heartbeat_reply_carries_the_desired_generation(aug: FakePlatform) -> None:
+    ws = aug.add_workspace()
+    r = beat(aug, ws.id, ws.token)
+    assert r.status_code == 200
+    body = r.json()
+    assert body == {
+        "status": "ok",
+        "generation": 0,
+        "platform_inbound_secret": ws.inbound_secret,
+    }
+    aug.set_desired_generation(ws.id, 3)
+    assert beat(aug, ws.id, ws.token).json()["generation"] == 3
+    assert ws.desired_generation == 3
+    with pytest.raises(ValueError, match="only grows"):
+        aug.set_desired_generation(ws.id, 2)
+    for wrong in (-1, True, 1.0):
+        with pytest.raises(ValueError):
+            aug.set_desired_generation(ws.id, wrong)  # type: ignore[arg-type]
+    with pytest.raises(KeyError):
+        aug.set_desired_generation("missing", 4)
+
+
+def test_may_heartbeat_reply_has_no_generation(may: FakePlatform) -> None:
+    ws = may.add_workspace()
+    may.set_desired_generation(ws.id, 2)
+    assert set(beat(may, ws.id, ws.token).json()) == {"status", "platform_inbound_secret"}
+
+
+def test_august_heartbeat_stores_is_busy_and_the_largest_observed_generation(
+    aug: FakePlatform,
+) -> None:
+    ws = aug.add_workspace()
+    assert (ws.is_busy, ws.observed_generation) == (False, 0)
+    beat(aug, ws.id, ws.token, is_busy=True, active_tasks=0)
+    assert ws.is_busy is True
+    beat(aug, ws.id, ws.token, is_busy=False, active_tasks=2)
+    assert ws.is_busy is False
+    beat(aug, ws.id, ws.token, active_tasks=3)  # absent: active_tasks > 0, as the server
+    assert ws.is_busy is True
+    beat(aug, ws.id, ws.token, is_busy=None, active_tasks=0)
+    assert ws.is_busy is False
+    beat(aug, ws.id, ws.token, observed_generation=5)
+    beat(aug, ws.id, ws.token, observed_generation=2)
+    assert ws.observed_generation == 5
+    beat(aug, ws.id, ws.token, observed_generation=None)
+    assert ws.observed_generation == 5
+    assert beat(aug, ws.id, ws.token, schema_version="1").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"is_busy": "yes"},
+        {"is_busy": 1},
+        {"is_busy": []},
+        {"observed_generation": "3"},
+        {"observed_generation": 1.5},
+        {"observed_generation": 2.0},
+        {"observed_generation": True},
+    ],
+)
+def test_august_heartbeat_refuses_is_busy_or_observed_generation_of_the_wrong_type(
+    aug: FakePlatform, field: dict[str, object]
+) -> None:
+    ws = aug.add_workspace()
+    r = beat(aug, ws.id, ws.token, **field)
+    assert (r.status_code, r.json()) == (400, {"error": "invalid request body"})
+    assert ws.heartbeat_count == 0
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"is_busy": "yes", "observed_generation": "3"},
+        {"is_busy": 1},
+        {"observed_generation": 1.5},
+        {"is_busy": True, "observed_generation": 4},
+    ],
+)
+def test_may_heartbeat_ignores_is_busy_and_observed_generation_whatever_their_type(
+    may: FakePlatform, fields: dict[str, object]
+) -> None:
+    ws = may.add_workspace()
+    r = beat(may, ws.id, ws.token, **fields)
+    assert r.status_code == 200 and "generation" not in r.json()
+    assert ws.heartbeat_count == 1
+    assert (ws.is_busy, ws.observed_generation) == (False, 0)
+
+
+def test_august_heartbeat_sends_generation_for_removed_and_unknown_workspaces(
+    aug: FakePlatform,
+) -> None:
+    ws = aug.add_workspace()
+    aug.set_desired_generation(ws.id, 1)
+    aug.delete(ws.id)
+    r = beat(aug, ws.id, observed_generation=7)
+    assert r.status_code == 200 and r.json()["generation"] == 1
+    assert ws.observed_generation == 0 and ws.heartbeat_count == 0  # nothing written
+    r = beat(aug, "11111111-1111-1111-1111-111111111111")
+    assert r.json()["generation"] == 0 and len(r.json()["platform_inbound_secret"]) == 43
