@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -258,3 +259,167 @@ def test_august_heartbeat_sends_generation_for_removed_and_unknown_workspaces(
     assert ws.observed_generation == 0 and ws.heartbeat_count == 0  # nothing written
     r = beat(aug, "11111111-1111-1111-1111-111111111111")
     assert r.json()["generation"] == 0 and len(r.json()["platform_inbound_secret"]) == 43
+
+
+# ----------------------------------------------------------------------------- activity: seq
+
+
+def test_august_activity_rows_carry_one_server_wide_increasing_seq(aug: FakePlatform) -> None:
+    a, c = aug.add_workspace(), aug.add_workspace()
+    for i in range(3):
+        aug.add_activity(a.id, source_id="p", text=f"a{i}")
+        aug.add_activity(c.id, source_id="p", text=f"c{i}")
+    seq_a = [r["seq"] for r in rows(aug, a)][::-1]
+    seq_c = [r["seq"] for r in rows(aug, c)][::-1]
+    assert all(type(s) is int for s in seq_a + seq_c)
+    assert seq_a == sorted(seq_a) and seq_c == sorted(seq_c)
+    # One counter: the workspaces' rows interleave, none shares a value.
+    assert sorted(seq_a + seq_c) == [s for pair in zip(seq_a, seq_c) for s in pair]
+    assert len(set(seq_a + seq_c)) == 6
+
+
+def test_may_activity_rows_have_no_seq(may: FakePlatform) -> None:
+    ws = may.add_workspace()
+    may.add_activity(ws.id, source_id="p", text="x")
+    assert "seq" not in rows(may, ws)[0]
+
+
+def test_august_created_at_drops_trailing_zeros_as_the_real_server(aug: FakePlatform) -> None:
+    ws = aug.add_workspace()
+    for _ in range(20):
+        aug.add_activity(ws.id, source_id="p")
+    for row in rows(aug, ws):
+        stamp = row["created_at"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{0,5}[1-9])?Z", stamp), stamp
+
+
+def test_august_since_id_returns_the_rows_of_the_cursors_instant_after_it(
+    aug: FakePlatform, may: FakePlatform
+) -> None:
+    """Three rows of one instant, ``since_id`` = the first: 2026-08 (``created_at``, ``seq``)
+    returns the other two, May (``created_at`` alone) none of them."""
+    for fp, expected in ((aug, [1, 2, 3]), (may, [3])):
+        ws = fp.add_workspace()
+        ids = [fp.add_activity(ws.id, source_id="p", summary="tie-0")]
+        ids += [
+            fp.add_activity(ws.id, source_id="p", summary=f"tie-{i}", same_instant_as=ids[0])
+            for i in (1, 2)
+        ]
+        ids.append(fp.add_activity(ws.id, source_id="p", summary="later"))
+        stamps = {r["created_at"] for r in rows(fp, ws)[1:]}
+        assert len(stamps) == 1  # the three share their created_at
+        after = rows(fp, ws, since_id=ids[0])
+        assert [r["id"] for r in after] == [ids[i] for i in expected], fp.generation
+        # Without a cursor: newest first, the instant's rows by seq.
+        assert [r["id"] for r in rows(fp, ws)] == ids[::-1]
+        with pytest.raises(KeyError):
+            fp.add_activity(ws.id, source_id="p", same_instant_as="nope")
+
+
+def test_august_since_id_never_returns_a_row_committed_late_after_a_newer_one(
+    aug: FakePlatform,
+) -> None:
+    ws = aug.add_workspace()
+    first = aug.add_activity(ws.id, source_id="p", text="first")
+    late = aug.add_activity(ws.id, source_id="p", text="late", committed=False)
+    newer = aug.add_activity(ws.id, source_id="p", text="newer")
+    assert [r["id"] for r in rows(aug, ws, since_id=first)] == [newer]
+    aug.commit_activity(ws.id, late)
+    assert [r["id"] for r in rows(aug, ws, since_id=newer)] == []
+    assert [r["id"] for r in rows(aug, ws, since_id=first)] == [late, newer]
+
+
+def test_august_cursor_errors_are_the_real_servers(aug: FakePlatform) -> None:
+    ws, other = aug.add_workspace(), aug.add_workspace()
+    foreign = aug.add_activity(other.id, source_id="p")
+    for cursor in ("00000000-0000-0000-0000-000000000000", foreign):
+        r = get(aug, f"/workspaces/{ws.id}/activity", ws.token, since_id=cursor)
+        assert (r.status_code, r.json()["error"]) == (
+            410,
+            "since_id cursor not found (row may have been pruned or belongs to a different "
+            "workspace); omit since_id to reset",
+        )
+    r = get(aug, f"/workspaces/{ws.id}/activity", ws.token, since_id="not-a-uuid")
+    assert (r.status_code, r.json()) == (500, {"error": "cursor lookup failed"})
+
+
+# ----------------------------------------------------------------------------- activity/ack
+
+
+def ack(fp: FakePlatform, ws_id: str, body: Any, token: str | None) -> requests.Response:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return requests.post(
+        f"{fp.url}/workspaces/{ws_id}/activity/ack", data=data, headers=auth(token), timeout=T
+    )
+
+
+def test_august_ack_keeps_the_largest_acked_seq(aug: FakePlatform) -> None:
+    ws = aug.add_workspace()
+    aug.add_activity(ws.id, source_id="p", text="x")
+    top = rows(aug, ws)[0]["seq"]
+    for sent, kept in ((top, top), (0, top), (999999, 999999), (1, 999999)):
+        r = ack(aug, ws.id, {"acked_seq": sent}, ws.token)
+        assert (r.status_code, r.json()) == (200, {"last_acked_seq": kept})
+    assert ws.last_acked_seq == 999999
+    assert len(rows(aug, ws)) == 1  # acking hides nothing
+    assert aug.requests_for("ack", ws.id)[0].status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"acked_seq": -1}, "acked_seq must be >= 0"),
+        ({"acked_seq": "5"}, "acked_seq is required"),
+        ({"acked_seq": 5.5}, "acked_seq is required"),
+        ({"acked_seq": 5.0}, "acked_seq is required"),
+        ({"acked_seq": True}, "acked_seq is required"),
+        ({"acked_seq": None}, "acked_seq is required"),
+        ({"acked_seq": 1 << 64}, "acked_seq is required"),
+        ({}, "acked_seq is required"),
+        ([5], "acked_seq is required"),
+        (b"not json", "acked_seq is required"),
+        (b"", "acked_seq is required"),
+    ],
+)
+def test_august_ack_refuses_what_is_not_a_non_negative_integer(
+    aug: FakePlatform, body: Any, message: str
+) -> None:
+    ws = aug.add_workspace()
+    r = ack(aug, ws.id, body, ws.token)
+    assert (r.status_code, r.json()) == (400, {"error": message})
+    assert ws.last_acked_seq == 0
+
+
+def test_august_ack_needs_the_workspaces_bearer(aug: FakePlatform) -> None:
+    ws, other = aug.add_workspace(), aug.add_workspace()
+    r = ack(aug, ws.id, {"acked_seq": 1}, None)
+    assert (r.status_code, r.json()) == (401, {"error": "missing workspace auth token"})
+    r = ack(aug, ws.id, {"acked_seq": 1}, other.token)
+    assert (r.status_code, r.json()) == (401, {"error": "invalid workspace auth token"})
+    aug.delete(other.id)
+    assert ack(aug, other.id, {"acked_seq": 1}, ws.token).status_code == 401
+
+
+@pytest.mark.parametrize("generation", ["MAY", "APR"])
+def test_before_august_there_is_no_ack_route(generation: str) -> None:
+    with FakePlatform(generation=generation) as fp:
+        ws = fp.add_workspace()
+        for token in (ws.token, None):
+            r = ack(fp, ws.id, {"acked_seq": 1}, token)
+            assert (r.status_code, r.text) == (404, "404 page not found")
+            assert r.headers["Content-Type"] == "text/plain"
+        assert fp.requests[-1].route == "ack"
+        assert ws.last_acked_seq == 0
+
+
+# ----------------------------------------------------------------------------- the router
+
+
+def test_august_unknown_route_is_the_routers_plain_404(aug: FakePlatform) -> None:
+    r = requests.get(f"{aug.url}/nope", timeout=T)
+    assert (r.status_code, r.text, r.headers["Content-Type"]) == (
+        404,
+        "404 page not found",
+        "text/plain",
+    )
+    assert aug.requests[-1].route == "unknown"

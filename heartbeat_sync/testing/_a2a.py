@@ -13,7 +13,6 @@ from typing import Any
 
 from ._auth import bearer
 from ._model import (
-    Activity,
     RecordedRequest,
     Reply,
     Response,
@@ -65,15 +64,13 @@ def a2a(state: State, entry: RecordedRequest) -> Reply:
         queued_method = normalized.get("method")
         queued = queued_method if isinstance(queued_method, str) else None
         state.activity[target_id].append(
-            Activity(
-                id=str(uuid.uuid4()),
-                workspace_id=target_id,
+            state.new_row(
+                target_id,
                 activity_type="a2a_receive",
                 status="ok",
                 source_id=caller or None,
                 method=queued,
                 summary=f"{queued or ''} → {ws.name} (queued for poll)",
-                created_at=state.now(),
                 request_body=normalized,
             )
         )
@@ -107,15 +104,13 @@ def a2a(state: State, entry: RecordedRequest) -> Reply:
     method_str = method if isinstance(method, str) else None
 
     def commit() -> None:
-        row = Activity(
-            id=str(uuid.uuid4()),
-            workspace_id=target_id,
+        row = state.new_row(
+            target_id,
             activity_type="a2a_receive",
             status="ok" if status < 400 else "error",
             source_id=caller or None,
             method=method_str,
             summary=f"{method_str or ''} → {ws.name}",
-            created_at=state.now(),
             request_body=normalized,
         )
         state.activity[target_id].append(row)

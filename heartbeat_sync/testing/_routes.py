@@ -7,7 +7,6 @@ the registry routes are in ``_registry``, the A2A proxy in ``_a2a``.
 from __future__ import annotations
 
 import re
-import uuid
 from urllib.parse import unquote
 
 from ._a2a import a2a
@@ -23,6 +22,7 @@ from ._model import (
     is_uuid,
     json_object,
     json_reply,
+    text_reply,
     visible,
 )
 from ._registry import heartbeat, register
@@ -37,6 +37,13 @@ _TALK_TO_USER_HINT = (
     "to let the agent message the user"
 )
 _REMOVED_HINT = "this workspace was removed; pass ?include_removed=true to read it anyway"
+_CURSOR_GONE = "cursor not found — reset cursor"
+_AUGUST_CURSOR_GONE = (
+    "since_id cursor not found (row may have been pruned or belongs to a different workspace); "
+    "omit since_id to reset"
+)
+_NOT_FOUND_PAGE = "404 page not found"
+_INT64_MAX = (1 << 63) - 1
 
 
 def classify(method: str, path: str) -> tuple[str, str | None]:
@@ -54,6 +61,8 @@ def classify(method: str, path: str) -> tuple[str, str | None]:
     rest = segments[3:]
     if not rest:
         return ("workspace" if method == "GET" else "unknown"), ws_id
+    if rest == ["activity", "ack"] and method == "POST":
+        return "ack", ws_id
     if len(rest) == 1:
         sub = rest[0]
         if sub == "delegations" and method == "GET":
@@ -86,7 +95,9 @@ def route(state: State, entry: RecordedRequest) -> Reply:
         return a2a(state, entry)
     if route == "peers":
         return _peers(state, entry)
-    if route in ("delegations", "activity", "notify", "state", "events"):
+    if route == "ack" and not state.aug:
+        return text_reply(404, _NOT_FOUND_PAGE)  # no such route before 2026-08
+    if route in ("delegations", "activity", "notify", "state", "events", "ack"):
         ws_id = entry.workspace_id or ""
         denied = workspace_auth(state, entry, ws_id)
         if denied is not None:
@@ -101,7 +112,11 @@ def route(state: State, entry: RecordedRequest) -> Reply:
             return _activity(state, entry, ws_id)
         if route == "state":
             return _workspace_state(state, entry, ws_id)
+        if route == "ack":
+            return _ack(state, entry, ws_id)
         return _notify(state, entry, ws_id)
+    if state.aug:
+        return text_reply(404, _NOT_FOUND_PAGE)
     return error(404, "not found")
 
 
@@ -210,23 +225,26 @@ def _activity(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
         if n > 0:
             limit = min(n, _ACTIVITY_MAX_LIMIT)
     activity_type = param("type")
-    # The log is in created_at order; a row not yet committed is invisible.
-    entries = [e for e in state.activity[ws_id] if visible(e)]
+    # In (created_at, seq) order; a row not yet committed is invisible.
+    entries = sorted((e for e in state.activity[ws_id] if visible(e)), key=lambda e: e.key)
     since_id = param("since_id") if state.modern else ""
-    start = 0
     if since_id:
-        pos = next(
-            (i for i, e in enumerate(entries) if isinstance(e, Activity) and e.id == since_id),
+        cursor = next(
+            (e for e in entries if isinstance(e, Activity) and e.id == since_id),
             None,
         )
-        if pos is None:
+        if cursor is None:
             if not is_uuid(since_id):
                 return error(500, "cursor lookup failed")
-            return error(410, "cursor not found — reset cursor")
-        # Rows with a created_at strictly later than the cursor row's, oldest first (as
-        # the real server): a row that committed late with an older created_at is never
-        # returned after a newer row's id, however long ago it became visible.
-        start = pos + 1
+            return error(410, _AUGUST_CURSOR_GONE if state.aug else _CURSOR_GONE)
+        # The rows after the cursor row, oldest first (as the real server): May compares
+        # created_at alone (so rows of the cursor's instant are skipped), 2026-08 the pair
+        # (created_at, seq). Either way a row that committed late with an older created_at
+        # is never returned after a newer row's id, however long ago it became visible.
+        if state.aug:
+            entries = [e for e in entries if e.key > cursor.key]
+        else:
+            entries = [e for e in entries if e.key[0] > cursor.created_us]
 
     def keep(e: ActivityEntry) -> bool:
         if isinstance(e, Raw):
@@ -237,9 +255,23 @@ def _activity(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
             return False
         return not (source == "agent" and e.source_id is None)
 
-    selected = [e for e in entries[start:] if keep(e)]
+    selected = [e for e in entries if keep(e)]
     ordered = selected if since_id else selected[::-1]
-    return json_reply(200, [entry_json(e) for e in ordered[:limit]])
+    return json_reply(200, [entry_json(e, state.generation) for e in ordered[:limit]])
+
+
+def _ack(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
+    """2026-08's ``POST /workspaces/:id/activity/ack``: the largest ``acked_seq`` is kept
+    (nothing checks that such a row exists; acked rows are still listed)."""
+    body = json_object(entry.body)
+    value = body.get("acked_seq") if body is not None else None
+    if type(value) is not int or value > _INT64_MAX or value < -_INT64_MAX - 1:
+        return error(400, "acked_seq is required")
+    if value < 0:
+        return error(400, "acked_seq must be >= 0")
+    ws = state.workspaces[ws_id]
+    ws.last_acked_seq = max(ws.last_acked_seq, value)
+    return json_reply(200, {"last_acked_seq": ws.last_acked_seq})
 
 
 def _notify(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
@@ -268,15 +300,13 @@ def _notify(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
     if state.modern and not ws.talk_to_user_enabled:
         return error(403, "talk_to_user_disabled", hint=_TALK_TO_USER_HINT)
     preview = message if len(message) <= 80 else message[:80] + "…"
-    row = Activity(
-        id=str(uuid.uuid4()),
-        workspace_id=ws_id,
+    row = state.new_row(
+        ws_id,
         activity_type="a2a_receive",
         status="ok",
         source_id=None,
         method="notify",
         summary=f"Agent message: {preview}",
-        created_at=state.now(),
         response_body={"result": message},
     )
     state.activity[ws_id].append(row)

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import TypedDict
 
 from ..wire import save_token
-from ._model import MISSING, Raw, Response, Workspace, entry_json, new_secret, visible
+from ._model import (
+    MISSING,
+    ActivityEntry,
+    Raw,
+    Response,
+    Workspace,
+    entry_json,
+    new_secret,
+    visible,
+)
 from ._state import State, message_request
 
 
@@ -252,13 +261,18 @@ class WorkspaceSetup:
         request_body: object = MISSING,
         activity_id: str | None = None,
         committed: bool = True,
+        same_instant_as: str | None = None,
     ) -> str:
         """Append an activity row to the workspace's log; returns the row id.
 
         When ``request_body`` is not given and ``text`` is, the row's request body is
         a JSON-RPC ``message/send`` request carrying ``text`` as one ``kind: text``
         part.  With neither, the row has no ``request_body`` key.  ``created_at`` is
-        strictly increasing across all rows of the platform.
+        strictly increasing across all rows of the platform, unless ``same_instant_as``
+        names a row of the workspace whose ``created_at`` it then shares (rows written in
+        one instant: a ``since_id`` of the first skips the others on MAY, returns them on
+        2026-08, which also compares ``seq``).  Every row draws the next ``seq`` of one
+        server-wide counter (shown on 2026-08).
 
         ``committed=False`` makes a row that commits late, as the platform's background
         inserts can: it gets its ``created_at`` now but no read returns it (nor knows its
@@ -270,6 +284,7 @@ class WorkspaceSetup:
         return self._state.add_activity(
             workspace_id,
             activity_id,
+            same_instant_as=same_instant_as,
             activity_type=activity_type,
             status=status,
             source_id=source_id,
@@ -287,14 +302,17 @@ class WorkspaceSetup:
         """Append any JSON value verbatim to the activity log (never filtered)."""
         with self._state.lock:
             self._state.ws(workspace_id)
-            self._state.activity[workspace_id].append(Raw(row))
+            entry = Raw(row, key=(self._state.now_us(), 0))
+            self._state.activity[workspace_id].append(entry)
             self._state.changed()
 
     def activity_rows(self, workspace_id: str) -> list[object]:
         """The workspace's committed activity rows as JSON, oldest first (raw rows verbatim)."""
-        with self._state.lock:
-            self._state.ws(workspace_id)
-            return [entry_json(e) for e in self._state.activity[workspace_id] if visible(e)]
+        state = self._state
+        with state.lock:
+            state.ws(workspace_id)
+            entries = sorted((e for e in state.activity[workspace_id] if visible(e)), key=_key)
+            return [entry_json(e, state.generation) for e in entries]
 
     def set_a2a_responses(self, workspace_id: str, responses: list[Response]) -> None:
         """Script the answers of ``POST /workspaces/:id/a2a`` (replaces any script).
@@ -307,3 +325,7 @@ class WorkspaceSetup:
             self._state.ws(workspace_id)
             self._state.a2a_script[workspace_id] = deque(responses)
             self._state.changed()
+
+
+def _key(entry: ActivityEntry) -> tuple[int, int]:
+    return entry.key

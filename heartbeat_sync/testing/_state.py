@@ -70,6 +70,8 @@ class State:
         # database: events flow while requests wait (see FakePlatform.held).
         self.hub = EventHub(threading.RLock())
         self._last_us = 0
+        # One counter for the whole server, as activity_logs.seq on the real one.
+        self._seq = 0
 
     # ------------------------------------------------------------------ change tracking
 
@@ -115,11 +117,20 @@ class State:
         except KeyError:
             raise KeyError(f"unknown workspace {workspace_id!r}") from None
 
-    def now(self) -> str:
-        """A ``created_at`` timestamp, strictly later than every earlier one (lock held)."""
+    def now_us(self) -> int:
+        """Microseconds since the epoch, strictly later than every earlier value (lock held)."""
         micros = max(time.time_ns() // 1000, self._last_us + 1)
         self._last_us = micros
-        return format_ts(micros)
+        return micros
+
+    def now(self) -> str:
+        """A ``created_at`` timestamp, strictly later than every earlier one (lock held)."""
+        return format_ts(self.now_us(), trim=self.aug)
+
+    def next_seq(self) -> int:
+        """The next value of the server-wide activity sequence (lock held)."""
+        self._seq += 1
+        return self._seq
 
     def create_workspace(self, workspace_id: str, **fields: Any) -> Workspace:
         """A new workspace with empty logs (lock held; the id is not checked)."""
@@ -204,15 +215,15 @@ class State:
         """Store a delegation (``source_id`` defaults to the workspace); returns its id."""
         with self.lock:
             self.ws(workspace_id)
-            now = self.now()
+            now = self.now_us()
             source_id = fields.pop("source_id")
             delegation_id = fields.pop("delegation_id")
             deleg = Delegation(
                 delegation_id=delegation_id if delegation_id is not None else str(uuid.uuid4()),
                 row_id=str(uuid.uuid4()),
                 source_id=source_id if source_id is not None else workspace_id,
-                created_at=now,
-                updated_at=now,
+                created_us=now,
+                updated_us=now,
                 **fields,
             )
             self.delegations[workspace_id].append(deleg)
@@ -231,7 +242,7 @@ class State:
                     for name, value in fields.items():
                         if value is not None:
                             setattr(entry, name, value)
-                    entry.updated_at = self.now()
+                    entry.updated_us = self.now_us()
                     if changed:
                         self._emit_delegation(workspace_id, entry, sent=False)
                     self.changed()
@@ -253,38 +264,57 @@ class State:
 
     # ------------------------------------------------------------------ activity
 
-    def add_activity(self, workspace_id: str, activity_id: str | None, **fields: Any) -> str:
+    def new_row(
+        self, workspace_id: str, *, same_instant_as: str | None = None, **fields: Any
+    ) -> Activity:
+        """A row for the workspace's log, its time and ``seq`` drawn (not stored; lock held).
+
+        ``same_instant_as`` gives it the ``created_at`` of that row of the workspace."""
+        created_us = self.now_us()
+        if same_instant_as is not None:
+            created_us = self.find_row(workspace_id, same_instant_as).created_us
+        if fields.get("id") is None:
+            fields["id"] = str(uuid.uuid4())
+        return Activity(
+            workspace_id=workspace_id, created_us=created_us, seq=self.next_seq(), **fields
+        )
+
+    def find_row(self, workspace_id: str, activity_id: str) -> Activity:
+        """The workspace's row with that id (committed or not); ``KeyError`` if none."""
+        for entry in self.activity[workspace_id]:
+            if isinstance(entry, Activity) and entry.id == activity_id:
+                return entry
+        raise KeyError(f"no activity row {activity_id!r} in {workspace_id!r}")
+
+    def add_activity(
+        self,
+        workspace_id: str,
+        activity_id: str | None,
+        *,
+        same_instant_as: str | None = None,
+        **fields: Any,
+    ) -> str:
         """Append a row to the workspace's log, announce it on the event stream; its id."""
         with self.lock:
             self.ws(workspace_id)
-            row = Activity(
-                id=activity_id if activity_id is not None else str(uuid.uuid4()),
-                workspace_id=workspace_id,
-                created_at=self.now(),
-                **fields,
+            row = self.new_row(
+                workspace_id, same_instant_as=same_instant_as, id=activity_id, **fields
             )
             self.activity[workspace_id].append(row)
             self.emit_activity(row)
             self.changed()
             return row.id
 
-    def emit_activity(self, row: Activity) -> None:
+    def emit_activity(self, row: Activity, summary: str | None = None) -> None:
         """``ACTIVITY_LOGGED`` for the row, as the real server sends it (lock held)."""
-        data: dict[str, Any] = {
-            k: v for k, v in row.to_json().items() if k not in ("id", "workspace_id", "created_at")
-        }
-        self.hub.emit(row.workspace_id, "ACTIVITY_LOGGED", data)
+        self.hub.emit(row.workspace_id, "ACTIVITY_LOGGED", row.event_data(self.generation, summary))
 
     def commit_activity(self, workspace_id: str, activity_id: str) -> None:
         """Make a late row visible, with its original ``created_at``."""
         with self.lock:
             self.ws(workspace_id)
-            for entry in self.activity[workspace_id]:
-                if isinstance(entry, Activity) and entry.id == activity_id:
-                    entry.committed = True
-                    self.changed()
-                    return
-            raise KeyError(f"no activity row {activity_id!r} in {workspace_id!r}")
+            self.find_row(workspace_id, activity_id).committed = True
+            self.changed()
 
 
 def message_request(text: str, method: str) -> dict[str, Any]:
