@@ -412,6 +412,86 @@ def test_before_august_there_is_no_ack_route(generation: str) -> None:
         assert ws.last_acked_seq == 0
 
 
+# ----------------------------------------------------------------------------- tenant guard
+
+ORG = "11111111-2222-3333-4444-555555555555"
+TENANT_400 = {
+    "code": "TENANT_ORG_HEADER_REQUIRED",
+    "detail": "SaaS tenant API requests must include X-Molecule-Org-Id matching the organization"
+    " UUID.",
+    "error": "missing tenant routing header",
+    "required_header": "X-Molecule-Org-Id",
+}
+
+
+def _guarded_requests(fp: FakePlatform, ws: Workspace) -> list[tuple[str, str, Any]]:
+    return [
+        ("GET", f"/workspaces/{ws.id}", None),
+        ("GET", f"/workspaces/{ws.id}/activity", None),
+        ("GET", f"/workspaces/{ws.id}/delegations", None),
+        ("GET", f"/workspaces/{ws.id}/state", None),
+        ("POST", f"/workspaces/{ws.id}/notify", {"message": "hi"}),
+        ("POST", f"/workspaces/{ws.id}/a2a", {"method": "message/send", "params": {}}),
+        ("GET", f"/registry/{ws.id}/peers", None),
+        ("GET", "/nonexistent-route", None),
+    ]
+
+
+def test_tenant_guard_is_off_by_default(both: FakePlatform) -> None:
+    ws = both.add_workspace()
+    assert both.org_id is None
+    assert get(both, f"/workspaces/{ws.id}/activity", ws.token).status_code == 200
+
+
+@pytest.mark.parametrize("generation", ["MAY", AUGUST])
+def test_tenant_guard_wants_the_org_header_on_every_route_but_register_and_heartbeat(
+    generation: str,
+) -> None:
+    with FakePlatform(generation=generation, org_id=ORG) as fp:
+        assert fp.org_id == ORG
+        ws = fp.add_workspace(name="w")
+        for method, path, body in _guarded_requests(fp, ws):
+            for header in ({}, {"X-Molecule-Org-Id": ""}):
+                r = requests.request(
+                    method,
+                    fp.url + path,
+                    json=body,
+                    timeout=T,
+                    headers={**auth(ws.token), **header},
+                )
+                if generation == AUGUST:
+                    assert (r.status_code, r.json()) == (400, TENANT_400), path
+                else:
+                    assert (r.status_code, r.content) == (404, b""), path
+                    assert "Content-Type" not in r.headers
+            wrong = {**auth(ws.token), "X-Molecule-Org-Id": "nope"}
+            r = requests.request(method, fp.url + path, json=body, headers=wrong, timeout=T)
+            assert (r.status_code, r.content) == (404, b""), path
+            assert "Content-Type" not in r.headers
+        for name in ("X-Molecule-Org-Id", "x-molecule-org-id"):
+            headers = {**auth(ws.token), name: ORG}
+            r = requests.get(f"{fp.url}/workspaces/{ws.id}/activity", headers=headers, timeout=T)
+            assert r.status_code == 200
+        replay = {**auth(ws.token), "Fly-Replay-Src": f"instance=1;region=ord;state={ORG}"}
+        assert requests.get(f"{fp.url}/workspaces/{ws.id}", headers=replay, timeout=T).ok
+        replay["Fly-Replay-Src"] = "instance=1;state=nope"
+        r = requests.get(f"{fp.url}/workspaces/{ws.id}", headers=replay, timeout=T)
+        assert (r.status_code, r.content) == (404, b"")
+        # Exempt: registration and heartbeat, without the header.
+        assert beat(fp, ws.id, ws.token).status_code == 200
+        body = {"id": ws.id, "url": "http://localhost:9", "agent_card": {}}
+        r = requests.post(
+            f"{fp.url}/registry/register", json=body, headers=auth(ws.token), timeout=T
+        )
+        assert r.status_code == 200
+
+
+def test_tenant_guard_refuses_a_bad_org_id() -> None:
+    for wrong in ("", " x", 5):
+        with pytest.raises(ValueError, match="org_id"):
+            FakePlatform(org_id=wrong)  # type: ignore[arg-type]
+
+
 # ----------------------------------------------------------------------------- the router
 
 

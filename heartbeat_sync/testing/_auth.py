@@ -1,11 +1,11 @@
-"""The real server's request checks: CORS origins and workspace bearer tokens.
+"""The real server's request checks: CORS origins, the tenant guard and bearer tokens.
 
 Each check returns ``None`` when the request may proceed, else the answer that refuses it.
 """
 
 from __future__ import annotations
 
-from ._model import RecordedRequest, Reply, error
+from ._model import RecordedRequest, Reply, error, json_reply
 from ._state import State
 
 _MISSING_TOKEN = "missing workspace auth token"
@@ -14,6 +14,18 @@ _INVALID_TOKEN = "invalid workspace auth token"
 
 #: The real server's default ``CORS_ORIGINS``.
 _CORS_ORIGINS = ("http://localhost:3000", "http://localhost:3001")
+
+#: Paths the tenant guard lets through (and every ``/cp/`` path).
+_TENANT_EXEMPT = ("/health", "/buildinfo", "/metrics", "/registry/register", "/registry/heartbeat")
+#: 2026-08's answer to a guarded request that names no organisation.
+TENANT_HEADER_REQUIRED = {
+    "code": "TENANT_ORG_HEADER_REQUIRED",
+    "detail": (
+        "SaaS tenant API requests must include X-Molecule-Org-Id matching the organization UUID."
+    ),
+    "error": "missing tenant routing header",
+    "required_header": "X-Molecule-Org-Id",
+}
 
 
 def origin_allowed(headers: dict[str, str]) -> bool:
@@ -24,6 +36,24 @@ def origin_allowed(headers: dict[str, str]) -> bool:
         return True
     host = headers.get("host", "")
     return origin in (f"http://{host}", f"https://{host}", *_CORS_ORIGINS)
+
+
+def tenant_guard(state: State, entry: RecordedRequest) -> Reply | None:
+    """``MOLECULE_ORG_ID``'s guard: every route but the exempt ones needs
+    ``X-Molecule-Org-Id: <org id>`` (or a ``Fly-Replay-Src`` with ``state=<org id>``).
+
+    Nothing at all: May answers 404 with an empty body (no ``Content-Type``), 2026-08 a JSON
+    400. A wrong organisation: the empty 404 on both."""
+    org = state.org_id
+    if org is None or entry.path in _TENANT_EXEMPT or entry.path.startswith("/cp/"):
+        return None
+    header = entry.headers.get("x-molecule-org-id", "").strip()
+    replay = entry.headers.get("fly-replay-src", "").strip()
+    if header == org or f"state={org}" in (part.strip() for part in replay.split(";")):
+        return None
+    if state.aug and not header and not replay:
+        return json_reply(400, TENANT_HEADER_REQUIRED)
+    return Reply(status=404, bare=True)
 
 
 def bearer(headers: dict[str, str]) -> str | None:

@@ -392,6 +392,8 @@ class Reply:
     commit: Callable[[], None] | None = None
     stream_size: int | None = None
     events: Subscriber | None = None
+    # No Content-Type header at all (the tenant guard's empty 404).
+    bare: bool = False
 
 
 def json_reply(status: int, body: object, headers: dict[str, str] | None = None) -> Reply:

@@ -28,6 +28,9 @@ class FakePlatform(WorkspaceSetup):
         host: Interface to bind (default ``127.0.0.1``).
         port: Port to bind; 0 picks an ephemeral port.
         max_request_log: Number of requests kept in the log (oldest are dropped).
+        org_id: The server's ``MOLECULE_ORG_ID``: when given, the SaaS tenant guard is on
+            and every route but ``/registry/register`` and ``/registry/heartbeat`` wants
+            ``X-Molecule-Org-Id: <org_id>`` (see the :mod:`heartbeat_sync.testing` docs).
 
     Use it as a context manager (``with FakePlatform() as fp:``) or call
     :meth:`start` and :meth:`stop`.  After :meth:`stop`, :meth:`start` serves again on
@@ -46,8 +49,9 @@ class FakePlatform(WorkspaceSetup):
         host: str = "127.0.0.1",
         port: int = 0,
         max_request_log: int = 100_000,
+        org_id: str | None = None,
     ) -> None:
-        self._state = State(generation, max_request_log)
+        self._state = State(generation, max_request_log, org_id)
         self._faults = FaultTable(self._state.lock, self._state.changed)
         self._host = host
         self._port = port
@@ -60,6 +64,11 @@ class FakePlatform(WorkspaceSetup):
         """The server generation being emulated: ``"MAY"`` (also for ``"2026-05"``),
         ``"2026-08"`` or ``"APR"``."""
         return self._state.generation
+
+    @property
+    def org_id(self) -> str | None:
+        """The ``MOLECULE_ORG_ID`` the tenant guard checks, or ``None`` (no guard)."""
+        return self._state.org_id
 
     @property
     def url(self) -> str:

@@ -1,7 +1,8 @@
 """Which route a request is, and the ``/workspaces/:id`` routes other than ``a2a``.
 
 :func:`route` runs with the platform lock held and returns the answer as a :class:`Reply`;
-the registry routes are in ``_registry``, the A2A proxy in ``_a2a``.
+the registry routes are in ``_registry``, the A2A proxy in ``_a2a``. The checks that come
+before any route (CORS, the tenant guard) run first, as the real server's middleware does.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import re
 from urllib.parse import unquote
 
 from ._a2a import a2a
-from ._auth import origin_allowed, registry_auth, workspace_auth
+from ._auth import origin_allowed, registry_auth, tenant_guard, workspace_auth
 from ._model import (
     Activity,
     ActivityEntry,
@@ -84,6 +85,9 @@ def route(state: State, entry: RecordedRequest) -> Reply:
     if not origin_allowed(entry.headers):
         # The real server's CORS middleware: 403 with an empty body, before any route.
         return Reply(status=403, headers={"Content-Type": "text/plain; charset=utf-8"})
+    guarded = tenant_guard(state, entry)
+    if guarded is not None:
+        return guarded
     route = entry.route
     if route == "heartbeat":
         return heartbeat(state, entry)

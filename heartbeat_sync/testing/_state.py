@@ -49,15 +49,21 @@ def canonical_generation(generation: object) -> str:
 class State:
     """The platform's data, behind one lock (``RLock``: every method may be called with it held)."""
 
-    def __init__(self, generation: str, max_request_log: int) -> None:
+    def __init__(self, generation: str, max_request_log: int, org_id: str | None = None) -> None:
         generation = canonical_generation(generation)
         if max_request_log < 1:
             raise ValueError("max_request_log must be >= 1")
+        if org_id is not None and (
+            not isinstance(org_id, str) or not org_id or org_id != org_id.strip()
+        ):
+            raise ValueError("org_id must be a non-empty string without surrounding spaces")
         self.generation = generation
         #: The August 2026 generation.
         self.aug = generation == AUGUST
         #: MAY or 2026-08: the answers both newer generations share (APR has not them).
         self.modern = generation != "APR"
+        #: MOLECULE_ORG_ID: the tenant guard is on when set.
+        self.org_id = org_id
         self.lock = threading.RLock()
         self._cond = threading.Condition(self.lock)
         self._version = 0
