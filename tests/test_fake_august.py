@@ -361,6 +361,8 @@ def test_august_ack_keeps_the_largest_acked_seq(aug: FakePlatform) -> None:
         r = ack(aug, ws.id, {"acked_seq": sent}, ws.token)
         assert (r.status_code, r.json()) == (200, {"last_acked_seq": kept})
     assert ws.last_acked_seq == 999999
+    r = ack(aug, ws.id, {"acked_seq": 5}, aug.admin_token)
+    assert (r.status_code, r.json()) == (200, {"last_acked_seq": 999999})
     assert len(rows(aug, ws)) == 1  # acking hides nothing
     assert aug.requests_for("ack", ws.id)[0].status == 200
 
@@ -490,6 +492,117 @@ def test_tenant_guard_refuses_a_bad_org_id() -> None:
     for wrong in ("", " x", 5):
         with pytest.raises(ValueError, match="org_id"):
             FakePlatform(org_id=wrong)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- delete
+
+
+def delete(
+    fp: FakePlatform, ws_id: str, token: str | None, name: str | None = None, **params: str
+) -> requests.Response:
+    headers = auth(token)
+    if name is not None:
+        headers["X-Confirm-Name"] = name
+    return requests.delete(
+        f"{fp.url}/workspaces/{ws_id}", headers=headers, params=params, timeout=T
+    )
+
+
+def test_august_delete_needs_the_exact_name_and_a_repeat_is_gone(
+    aug: FakePlatform, streams: list[Events]
+) -> None:
+    ws = aug.add_workspace(name="pr-alpha")
+    stream = listen(streams, aug, ws)
+    refusal = {
+        "error": "destructive_action_requires_confirmation",
+        "hint": "Re-send the same request with header X-Confirm-Name: pr-alpha",
+        "workspace_name": "pr-alpha",
+        "active_tasks": 0,
+        "child_count": 0,
+    }
+    for name in (None, "PR-ALPHA", "wrong"):
+        r = delete(aug, ws.id, aug.admin_token, name)
+        assert (r.status_code, r.json()) == (400, refusal)
+    r = delete(aug, ws.id, aug.admin_token, None, confirm="true")
+    assert r.status_code == 400  # ?confirm=true is no name
+    assert ws.status == "online"
+    r = delete(aug, ws.id, aug.admin_token, "pr-alpha")
+    assert (r.status_code, r.json()) == (200, {"cascade_deleted": 0, "status": "removed"})
+    assert ws.status == "removed" and ws.tokens == []
+    for name in ("pr-alpha", None):
+        r = delete(aug, ws.id, aug.admin_token, name)
+        assert (r.status_code, r.json()) == (410, {"error": "workspace removed", "id": ws.id})
+    assert stream.next() == {"type": "WORKSPACE_REMOVED", "data": {"cascade_deleted": 0}}
+    aug.delete(ws.id)  # a repeat announces nothing on 2026-08
+    r = delete(aug, "00000000-0000-0000-0000-000000000000", aug.admin_token, "x")
+    assert (r.status_code, r.json()) == (404, {"error": "workspace not found"})
+
+
+def test_delete_is_an_admin_route(both: FakePlatform) -> None:
+    ws = both.add_workspace(name="w")
+    r = delete(both, ws.id, None, "w")
+    assert (r.status_code, r.json()) == (401, {"error": "admin auth required"})
+    r = delete(both, ws.id, ws.token, "w")
+    assert (r.status_code, r.json()) == (401, {"error": "invalid admin auth token"})
+    assert ws.status == "online" and len(both.admin_token) == 43
+    assert both.requests[-1].route == "delete"
+
+
+def test_workspace_routes_accept_the_admin_bearer(both: FakePlatform) -> None:
+    """As the real server's WorkspaceAuth: the admin may read any workspace's routes, and its
+    ``/state`` of a removed workspace says so."""
+    ws = both.add_workspace()
+    for suffix in ("activity", "delegations", "state"):
+        assert get(both, f"/workspaces/{ws.id}/{suffix}", both.admin_token).status_code == 200
+    both.delete(ws.id)
+    r = get(both, f"/workspaces/{ws.id}/state", both.admin_token)
+    assert (r.status_code, r.json()) == (
+        404,
+        {"workspace_id": ws.id, "status": "removed", "deleted": True},
+    )
+    r = get(both, f"/workspaces/{ws.id}/state", "not-the-admin")
+    assert (r.status_code, r.json()) == (401, {"error": "invalid workspace auth token"})
+
+
+def test_may_delete_needs_no_name_and_answers_200_again(
+    may: FakePlatform, streams: list[Events]
+) -> None:
+    ws = may.add_workspace(name="w")
+    stream = listen(streams, may, ws)
+    for _ in range(2):
+        r = delete(may, ws.id, may.admin_token)
+        assert (r.status_code, r.json()) == (200, {"cascade_deleted": 0, "status": "removed"})
+        assert stream.next()["type"] == "WORKSPACE_REMOVED"  # every call announces it
+    r = delete(may, "00000000-0000-0000-0000-000000000000", may.admin_token)
+    assert r.status_code == 200
+    r = get(may, f"/workspaces/{ws.id}")
+    assert r.status_code == 410
+
+
+def test_delete_with_children_wants_confirm_and_removes_them_all(both: FakePlatform) -> None:
+    parent = both.add_workspace(name="pa")
+    child = both.add_workspace(name="ch", parent_id=parent.id)
+    grandchild = both.add_workspace(name="gc", parent_id=child.id)
+    r = delete(both, parent.id, both.admin_token, "pa")
+    assert (r.status_code, r.json()) == (
+        409,
+        {
+            "children": [{"id": child.id, "name": "ch"}],
+            "children_count": 1,
+            "message": "This workspace has sub-workspaces. Delete with ?confirm=true to cascade "
+            "delete.",
+            "status": "confirmation_required",
+        },
+    )
+    if both.generation == AUGUST:
+        assert (
+            delete(both, parent.id, both.admin_token, None, confirm="true").json()["child_count"]
+            == 1
+        )
+    r = delete(both, parent.id, both.admin_token, "pa", confirm="true")
+    assert (r.status_code, r.json()) == (200, {"cascade_deleted": 2, "status": "removed"})
+    assert {w.status for w in (parent, child, grandchild)} == {"removed"}
+    assert child.tokens == [] and grandchild.tokens == []
 
 
 # ----------------------------------------------------------------------------- the router

@@ -65,19 +65,36 @@ def bearer(headers: dict[str, str]) -> str | None:
     return token or None
 
 
-def registry_auth(state: State, entry: RecordedRequest, ws_id: str) -> Reply | None:
+def registry_auth(
+    state: State, entry: RecordedRequest, ws_id: str, *, admin_ok: bool = False
+) -> Reply | None:
     """The registry routes' check: a workspace without live tokens is grandfathered."""
     ws = state.workspaces.get(ws_id)
     if ws is None or not ws.tokens:
         return None  # grandfathered
-    return workspace_auth(state, entry, ws_id)
+    return workspace_auth(state, entry, ws_id, admin_ok=admin_ok)
 
 
-def workspace_auth(state: State, entry: RecordedRequest, ws_id: str) -> Reply | None:
-    """The ``/workspaces/:id/*`` check: a live token of that very workspace, always."""
+def workspace_auth(
+    state: State, entry: RecordedRequest, ws_id: str, *, admin_ok: bool = True
+) -> Reply | None:
+    """The ``/workspaces/:id/*`` check (WorkspaceAuth): a live token of that very workspace,
+    always, or the server's admin token."""
     token = bearer(entry.headers)
     if token is None:
         return error(401, _MISSING_TOKEN)
+    if admin_ok and token == state.admin_token:
+        return None
     if not state.token_valid_for(token, ws_id):
         return error(401, _INVALID_TOKEN)
+    return None
+
+
+def admin_auth(state: State, entry: RecordedRequest) -> Reply | None:
+    """The admin routes' check (AdminAuth): the server's admin token."""
+    token = bearer(entry.headers)
+    if token is None:
+        return error(401, "admin auth required")
+    if token != state.admin_token:
+        return error(401, "invalid admin auth token")
     return None

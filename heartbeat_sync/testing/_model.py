@@ -31,6 +31,7 @@ ROUTES: tuple[str, ...] = (
     "events",
     "peers",
     "ack",
+    "delete",
 )
 
 

@@ -66,6 +66,12 @@ class FakePlatform(WorkspaceSetup):
         return self._state.generation
 
     @property
+    def admin_token(self) -> str:
+        """The server's ``ADMIN_TOKEN``: the bearer of ``DELETE /workspaces/:id`` and of a
+        canvas message on 2026-08; the workspace routes accept it too."""
+        return self._state.admin_token
+
+    @property
     def org_id(self) -> str | None:
         """The ``MOLECULE_ORG_ID`` the tenant guard checks, or ``None`` (no guard)."""
         return self._state.org_id

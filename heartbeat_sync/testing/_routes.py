@@ -11,7 +11,7 @@ import re
 from urllib.parse import unquote
 
 from ._a2a import a2a
-from ._auth import origin_allowed, registry_auth, tenant_guard, workspace_auth
+from ._auth import admin_auth, origin_allowed, registry_auth, tenant_guard, workspace_auth
 from ._model import (
     Activity,
     ActivityEntry,
@@ -61,6 +61,8 @@ def classify(method: str, path: str) -> tuple[str, str | None]:
     ws_id = unquote(segments[2])
     rest = segments[3:]
     if not rest:
+        if method == "DELETE":
+            return "delete", ws_id
         return ("workspace" if method == "GET" else "unknown"), ws_id
     if rest == ["activity", "ack"] and method == "POST":
         return "ack", ws_id
@@ -99,6 +101,8 @@ def route(state: State, entry: RecordedRequest) -> Reply:
         return a2a(state, entry)
     if route == "peers":
         return _peers(state, entry)
+    if route == "delete":
+        return _delete(state, entry)
     if route == "ack" and not state.aug:
         return text_reply(404, _NOT_FOUND_PAGE)  # no such route before 2026-08
     if route in ("delegations", "activity", "notify", "state", "events", "ack"):
@@ -107,6 +111,8 @@ def route(state: State, entry: RecordedRequest) -> Reply:
         if denied is not None:
             return denied
         if ws_id not in state.workspaces:
+            if route == "ack":
+                return error(500, "failed to record ack")  # the admin's ack of no workspace
             return error(404, "workspace not found")
         if route == "events":
             return Reply(status=200, events=state.hub.subscribe(ws_id))
@@ -175,7 +181,7 @@ def _peers(state: State, entry: RecordedRequest) -> Reply:
     """``GET /registry/:id/peers``: siblings, children, then the parent, never a removed one;
     ``?q=`` keeps those whose name holds it (any case)."""
     ws_id = entry.workspace_id or ""
-    denied = registry_auth(state, entry, ws_id)
+    denied = registry_auth(state, entry, ws_id, admin_ok=state.aug)
     if denied is not None:
         return denied
     ws = state.workspaces.get(ws_id)
@@ -276,6 +282,45 @@ def _ack(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
     ws = state.workspaces[ws_id]
     ws.last_acked_seq = max(ws.last_acked_seq, value)
     return json_reply(200, {"last_acked_seq": ws.last_acked_seq})
+
+
+def _delete(state: State, entry: RecordedRequest) -> Reply:
+    """The admin's ``DELETE /workspaces/:id``; 2026-08 wants the name in ``X-Confirm-Name``."""
+    denied = admin_auth(state, entry)
+    if denied is not None:
+        return denied
+    ws = state.workspaces.get(entry.workspace_id or "")
+    if ws is None:
+        if state.aug:
+            return error(404, "workspace not found")
+        return json_reply(200, {"cascade_deleted": 0, "status": "removed"})
+    if state.aug and ws.status == "removed":
+        return error(410, "workspace removed", id=ws.id)
+    children = state.children(ws.id)
+    if state.aug and entry.headers.get("x-confirm-name") != ws.name:
+        return error(
+            400,
+            "destructive_action_requires_confirmation",
+            hint=f"Re-send the same request with header X-Confirm-Name: {ws.name}",
+            workspace_name=ws.name,
+            active_tasks=ws.active_tasks,
+            child_count=len(children),
+        )
+    if children and entry.query.get("confirm", [""])[0] != "true":
+        return json_reply(
+            409,
+            {
+                "children": [{"id": c.id, "name": c.name} for c in children],
+                "children_count": len(children),
+                "message": (
+                    "This workspace has sub-workspaces. Delete with ?confirm=true to cascade "
+                    "delete."
+                ),
+                "status": "confirmation_required",
+            },
+        )
+    cascaded = state.delete(ws.id, cascade=True)
+    return json_reply(200, {"cascade_deleted": cascaded, "status": "removed"})
 
 
 def _notify(state: State, entry: RecordedRequest, ws_id: str) -> Reply:

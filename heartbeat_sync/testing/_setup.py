@@ -158,7 +158,9 @@ class WorkspaceSetup:
         As on the real server: beats pass unauthenticated and are answered 200 (nothing is
         written); ``/workspaces/:id/*`` answers 401 to the old token; ``GET /workspaces/:id``
         answers 410; a registration answers 200 with a fresh token but the status stays
-        ``removed``.
+        ``removed``.  ``WORKSPACE_REMOVED`` goes to its stream (on 2026-08 only the first
+        time).  No name to confirm, no descendants removed: the HTTP route (with
+        :attr:`FakePlatform.admin_token`) asks for those.
         """
         self._state.delete(workspace_id)
 

@@ -62,6 +62,8 @@ class State:
         self.aug = generation == AUGUST
         #: MAY or 2026-08: the answers both newer generations share (APR has not them).
         self.modern = generation != "APR"
+        #: The server's ADMIN_TOKEN.
+        self.admin_token = new_secret()
         #: MOLECULE_ORG_ID: the tenant guard is on when set.
         self.org_id = org_id
         self.lock = threading.RLock()
@@ -205,15 +207,43 @@ class State:
             self.hub.emit(ws.id, "WORKSPACE_HIBERNATED", {"name": ws.name})
             self.changed()
 
-    def delete(self, workspace_id: str) -> None:
-        """Remove the workspace and revoke its tokens."""
+    def delete(self, workspace_id: str, *, cascade: bool = False) -> int:
+        """Remove the workspace (and, with ``cascade``, its descendants) and revoke their
+        tokens; how many descendants were removed."""
         with self.lock:
             ws = self.ws(workspace_id)
-            ws.status = "removed"
-            ws.tokens = []
-            # An open stream stays open and hears of it (this fake deletes no descendants).
-            self.hub.emit(ws.id, "WORKSPACE_REMOVED", {"cascade_deleted": 0})
+            descendants = self.descendants(ws.id) if cascade else []
+            for child in descendants:
+                self._remove(child, 0)
+            self._remove(ws, len(descendants))
             self.changed()
+            return len(descendants)
+
+    def _remove(self, ws: Workspace, cascade_deleted: int) -> None:
+        # An open stream stays open and hears of it; May announces every DELETE, even a repeat.
+        again = ws.status == "removed"
+        ws.status = "removed"
+        ws.tokens = []
+        if not (again and self.aug):
+            self.hub.emit(ws.id, "WORKSPACE_REMOVED", {"cascade_deleted": cascade_deleted})
+
+    def children(self, workspace_id: str) -> list[Workspace]:
+        """The workspace's children that are not removed, in creation order."""
+        return [
+            w
+            for w in self.workspaces.values()
+            if w.parent_id == workspace_id and w.status != "removed"
+        ]
+
+    def descendants(self, workspace_id: str) -> list[Workspace]:
+        """Every descendant that is not removed, parents before their children."""
+        out: list[Workspace] = []
+        todo = self.children(workspace_id)
+        while todo:
+            current = todo.pop(0)
+            out.append(current)
+            todo.extend(self.children(current.id))
+        return out
 
     # ------------------------------------------------------------------ delegations
 
