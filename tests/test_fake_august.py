@@ -494,6 +494,43 @@ def test_tenant_guard_refuses_a_bad_org_id() -> None:
             FakePlatform(org_id=wrong)  # type: ignore[arg-type]
 
 
+# ----------------------------------------------------------------------------- delegations
+
+
+def test_august_delegation_rows_say_sent_or_received(aug: FakePlatform, may: FakePlatform) -> None:
+    for fp in (aug, may):
+        caller, me = fp.add_workspace(), fp.add_workspace()
+        sent = fp.add_delegation(me.id, target_id=caller.id, summary="mine")
+        got = fp.add_delegation(
+            me.id, direction="received", source_id=caller.id, summary="theirs", status="queued"
+        )
+        listed = get(fp, f"/workspaces/{me.id}/delegations", me.token).json()
+        if fp.generation == AUGUST:
+            assert [(r["delegation_id"], r["direction"]) for r in listed] == [
+                (got, "received"),
+                (sent, "sent"),
+            ]
+            assert (listed[0]["source_id"], listed[0]["target_id"]) == (caller.id, me.id)
+            assert (listed[1]["source_id"], listed[1]["target_id"]) == (me.id, caller.id)
+            assert listed[0]["_ledger"] is True and listed[0]["deadline"] > listed[0]["created_at"]
+        else:
+            assert [r["delegation_id"] for r in listed] == [sent]  # May asks caller_id only
+            assert "direction" not in listed[0]
+        with pytest.raises(ValueError, match="source_id"):
+            fp.add_delegation(me.id, direction="received")
+        with pytest.raises(ValueError, match="direction"):
+            fp.add_delegation(me.id, direction="both")
+
+
+def test_a_received_delegation_sends_no_event(aug: FakePlatform, streams: list[Events]) -> None:
+    caller, me = aug.add_workspace(), aug.add_workspace()
+    stream = listen(streams, aug, me)
+    did = aug.add_delegation(me.id, direction="received", source_id=caller.id)
+    aug.set_delegation(me.id, did, status="completed")
+    aug.add_delegation(me.id, target_id=caller.id, status="completed")
+    assert stream.next()["type"] == "DELEGATION_SENT"
+
+
 # ----------------------------------------------------------------------------- delete
 
 

@@ -319,6 +319,10 @@ class Activity:
         return data
 
 
+#: A ledger row's deadline: six hours after it was written.
+_LEDGER_DEADLINE_US = 6 * 3600 * 1_000_000
+
+
 @dataclass
 class Delegation:
     delegation_id: str
@@ -331,6 +335,8 @@ class Delegation:
     error: str
     created_us: int
     updated_us: int
+    # "sent" (the workspace delegated) or "received" (it is the callee; 2026-08 lists it).
+    direction: str = "sent"
 
     def to_json(self, generation: str) -> dict[str, object]:
         ledger = generation != "APR"
@@ -362,6 +368,9 @@ class Delegation:
         if ledger:
             row["updated_at"] = format_ts(self.updated_us, trim=aug)
             row["_ledger"] = True
+        if aug:
+            row["deadline"] = format_ts(self.created_us + _LEDGER_DEADLINE_US, trim=True)
+            row["direction"] = self.direction
         return row
 
 

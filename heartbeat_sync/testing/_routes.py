@@ -216,7 +216,11 @@ def _delegations(state: State, ws_id: str) -> Reply:
     for e in reversed(entries):
         if len(rows) >= _DELEGATIONS_CAP:
             break
-        rows.append(e.value if isinstance(e, Raw) else e.to_json(state.generation))
+        if isinstance(e, Raw):
+            rows.append(e.value)
+        elif e.direction == "sent" or state.aug:
+            # Only 2026-08 asks the ledger for the rows where the workspace is the callee.
+            rows.append(e.to_json(state.generation))
     return json_reply(200, rows)
 
 

@@ -203,10 +203,15 @@ class WorkspaceSetup:
         summary: str = "",
         response_preview: str = "",
         error: str = "",
+        direction: str = "sent",
     ) -> str:
         """Add a delegation to the workspace's ``/delegations`` list; returns its id.
 
         ``source_id`` defaults to the workspace itself, ``delegation_id`` to a uuid4.
+        ``direction="received"`` adds the ledger row of a delegation this workspace
+        *received*: ``source_id`` (required) is the workspace that delegated, ``target_id``
+        defaults to this one, no event is sent; only 2026-08 lists it (with
+        ``"direction": "received"``; its other rows say ``"sent"``), MAY and APR never do.
         """
         return self._state.add_delegation(
             workspace_id,
@@ -217,6 +222,7 @@ class WorkspaceSetup:
             summary=summary,
             response_preview=response_preview,
             error=error,
+            direction=direction,
         )
 
     def set_delegation(

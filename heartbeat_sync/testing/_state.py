@@ -248,12 +248,24 @@ class State:
     # ------------------------------------------------------------------ delegations
 
     def add_delegation(self, workspace_id: str, **fields: Any) -> str:
-        """Store a delegation (``source_id`` defaults to the workspace); returns its id."""
+        """Store a delegation (``source_id`` defaults to the workspace); returns its id.
+
+        A ``direction="received"`` row is the callee's view of another workspace's delegation:
+        it needs the delegating ``source_id``, its ``target_id`` defaults to the workspace, and
+        it sends no event (the real server tells only the delegating workspace)."""
         with self.lock:
             self.ws(workspace_id)
             now = self.now_us()
             source_id = fields.pop("source_id")
             delegation_id = fields.pop("delegation_id")
+            direction = fields.get("direction", "sent")
+            if direction not in ("sent", "received"):
+                raise ValueError(f"direction must be 'sent' or 'received', not {direction!r}")
+            if direction == "received":
+                if source_id is None:
+                    raise ValueError("a received delegation needs source_id: who delegated")
+                if not fields.get("target_id"):
+                    fields["target_id"] = workspace_id
             deleg = Delegation(
                 delegation_id=delegation_id if delegation_id is not None else str(uuid.uuid4()),
                 row_id=str(uuid.uuid4()),
@@ -287,6 +299,8 @@ class State:
 
     def _emit_delegation(self, workspace_id: str, deleg: Delegation, *, sent: bool) -> None:
         # Lock held; the events the real server sends the delegating workspace.
+        if deleg.direction != "sent":
+            return
         ids = {"delegation_id": deleg.delegation_id, "target_id": deleg.target_id}
         if sent:
             self.hub.emit(workspace_id, "DELEGATION_SENT", {**ids, "task_preview": deleg.summary})
