@@ -18,7 +18,7 @@ import requests
 
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from ._fake import T, auth, beat, get
+from ._fake import T, auth, beat, get, notify
 
 AUGUST = "2026-08"
 ROOT = "ea3cfcf1-cb9c-53b4-90fd-c53123569c4a"
@@ -640,6 +640,48 @@ def test_delete_with_children_wants_confirm_and_removes_them_all(both: FakePlatf
     assert (r.status_code, r.json()) == (200, {"cascade_deleted": 2, "status": "removed"})
     assert {w.status for w in (parent, child, grandchild)} == {"removed"}
     assert child.tokens == [] and grandchild.tokens == []
+
+
+# ----------------------------------------------------------------------------- token rotation
+
+
+def test_rotate_token_announces_external_credentials_rotated(
+    both: FakePlatform, streams: list[Events]
+) -> None:
+    ws = both.add_workspace()
+    stream = listen(streams, both, ws)
+    old = ws.token
+    new = both.rotate_token(ws.id)
+    assert stream.next() == {
+        "type": "EXTERNAL_CREDENTIALS_ROTATED",
+        "data": {"workspace_id": ws.id},
+    }
+    assert ws.tokens == [new] and beat(both, ws.id, old).status_code == 401
+
+
+# ----------------------------------------------------------------------------- notify
+
+
+def test_notify_writes_its_row_and_sends_agent_message_only(
+    both: FakePlatform, streams: list[Events]
+) -> None:
+    ws = both.add_workspace(name="sn-alpha")
+    stream = listen(streams, both, ws)
+    r = notify(both, ws, {"message": "Here is my answer."})
+    assert (r.status_code, r.json()) == (200, {"status": "sent"})
+    [row] = rows(both, ws, type="a2a_receive", source="canvas")
+    assert (row["method"], row["source_id"], row["target_id"]) == ("notify", None, None)
+    assert row["summary"] == "Agent message: Here is my answer."
+    assert row["response_body"] == {"result": "Here is my answer."}
+    assert "request_body" not in row
+    assert ("seq" in row) == (both.generation == AUGUST)
+    assert rows(both, ws, source="agent") == []
+    assert stream.next() == {
+        "type": "AGENT_MESSAGE",
+        "data": {"message": "Here is my answer.", "name": "sn-alpha", "workspace_id": ws.id},
+    }
+    beat(both, ws.id, ws.token)
+    assert stream.next()["type"] == "WORKSPACE_HEARTBEAT"  # no ACTIVITY_LOGGED came between
 
 
 # ----------------------------------------------------------------------------- the router

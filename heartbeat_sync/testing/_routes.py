@@ -363,5 +363,8 @@ def _notify(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
         response_body={"result": message},
     )
     state.activity[ws_id].append(row)
-    state.emit_activity(row)
+    # The agent's message to its user: the chat hears of it, no ACTIVITY_LOGGED is sent.
+    state.hub.emit(
+        ws_id, "AGENT_MESSAGE", {"message": message, "name": ws.name, "workspace_id": ws_id}
+    )
     return json_reply(200, {"status": "sent"})

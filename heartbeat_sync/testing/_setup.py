@@ -127,10 +127,10 @@ class WorkspaceSetup:
             return token
 
     def rotate_token(self, workspace_id: str) -> str:
-        """Revoke all live tokens, mint a new one and return it (old ones get 401)."""
-        token = new_secret()
-        self._state.set_tokens(workspace_id, [token])
-        return token
+        """``POST /workspaces/:id/external/rotate``: revoke all live tokens, mint a new one and
+        return it (old ones get 401); ``EXTERNAL_CREDENTIALS_ROTATED {workspace_id}`` goes to
+        the workspace's stream."""
+        return self._state.rotate_token(workspace_id)
 
     def pause(self, workspace_id: str) -> int:
         """``POST /workspaces/:id/pause``: pause the workspace and its descendants.

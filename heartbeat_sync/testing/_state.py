@@ -173,6 +173,16 @@ class State:
             self.ws(workspace_id).tokens = tokens
             self.changed()
 
+    def rotate_token(self, workspace_id: str) -> str:
+        """Revoke every live token, mint one, announce it (as ``/external/rotate``)."""
+        with self.lock:
+            token = new_secret()
+            self.set_tokens(workspace_id, [token])
+            self.hub.emit(
+                workspace_id, "EXTERNAL_CREDENTIALS_ROTATED", {"workspace_id": workspace_id}
+            )
+            return token
+
     # ------------------------------------------------------------------ admin states
 
     def pause(self, workspace_id: str) -> int:
