@@ -659,6 +659,77 @@ def test_rotate_token_announces_external_credentials_rotated(
     assert ws.tokens == [new] and beat(both, ws.id, old).status_code == 401
 
 
+# ----------------------------------------------------------------------------- the platform root
+
+
+def test_august_platform_root_exists_and_parents_top_level_workspaces(aug: FakePlatform) -> None:
+    root = aug.workspaces()[0]
+    assert (root.id, root.name, root.kind, root.status, root.url) == (
+        ROOT,
+        "Org Concierge",
+        "platform",
+        "offline",
+        "",
+    )
+    body = get(aug, f"/workspaces/{ROOT}").json()
+    assert (body["kind"], body["status"], body["parent_id"], body["url"]) == (
+        "platform",
+        "offline",
+        None,
+        "",
+    )
+    assert (body["runtime"], body["tier"]) == ("hermes", 0)
+    ws = aug.add_workspace(name="top")
+    sib = aug.add_workspace(name="sib")
+    child = aug.add_workspace(name="child", parent_id=ws.id)
+    assert ws.parent_id == ROOT and child.parent_id == ws.id
+    body = get(aug, f"/workspaces/{ws.id}").json()
+    assert (body["kind"], body["parent_id"]) == ("workspace", ROOT)
+    assert get(aug, f"/workspaces/{ROOT}").json()["name"] == "Org Concierge"
+    peers = get(aug, f"/registry/{ws.id}/peers", ws.token).json()
+    assert [p["id"] for p in peers] == [sib.id, child.id, ROOT]
+    assert peers[-1] == {
+        "active_tasks": 0,
+        "agent_card": None,
+        "id": ROOT,
+        "name": "Org Concierge",
+        "parent_id": None,
+        "role": None,
+        "status": "offline",
+        "tier": 0,
+        "url": "",
+    }
+    assert all("kind" not in p for p in peers)
+    # The admin may list peers on 2026-08 (May: 401).
+    assert get(aug, f"/registry/{ws.id}/peers", aug.admin_token).status_code == 200
+
+
+def test_may_has_no_platform_root(may: FakePlatform) -> None:
+    assert may.workspaces() == []
+    ws = may.add_workspace()
+    body = get(may, f"/workspaces/{ws.id}").json()
+    assert body["parent_id"] is None and "kind" not in body
+    assert get(may, f"/workspaces/{ROOT}").status_code == 404
+    r = get(may, f"/registry/{ws.id}/peers", may.admin_token)
+    assert (r.status_code, r.json()) == (401, {"error": "invalid workspace auth token"})
+
+
+def test_august_get_workspace_shows_its_new_keys(aug: FakePlatform) -> None:
+    ws = aug.add_workspace(name="w")
+    body = get(aug, f"/workspaces/{ws.id}").json()
+    assert body["last_heartbeat_at"] is None
+    beat(aug, ws.id, ws.token, sample_error="boom", runtime_state="wedged")
+    body = get(aug, f"/workspaces/{ws.id}").json()
+    assert body["last_heartbeat_at"] == ws.last_heartbeat_at and body["last_heartbeat_at"]
+    assert (body["last_sample_error"], body["wedged"]) == ("boom", True)
+    assert {"compute", "mcp_surface", "loaded_mcp_tools", "talk_to_user_enabled"} <= set(body)
+    aug.delete(ws.id)
+    r = get(aug, f"/workspaces/{ws.id}")
+    assert r.status_code == 410 and r.json()["error"] == "workspace removed"
+    assert r.json()["hint"].startswith("Create a replacement workspace in Canvas")
+    assert get(aug, f"/workspaces/{ws.id}", include_removed="true").json()["status"] == "removed"
+
+
 # ----------------------------------------------------------------------------- notify
 
 

@@ -200,6 +200,8 @@ class Workspace:
         url: Agent URL set by ``/registry/register``.
         agent_card: Agent card set by ``/registry/register``.
         delivery_mode: ``"push"`` or ``"poll"`` (set by register, MAY and 2026-08).
+        kind: ``"workspace"``, or ``"platform"`` for the 2026-08 root workspace
+            (``Org Concierge``); shown by ``GET /workspaces/:id`` on 2026-08 only.
         last_heartbeat_at: ``created_at``-style time of the last accepted beat, or ``None``
             (``GET /workspaces/:id`` shows it on 2026-08 only).
         is_busy: 2026-08 only: what the last accepted beat stored, as the real server does:
@@ -230,6 +232,7 @@ class Workspace:
     url: str = ""
     agent_card: object = None
     delivery_mode: str = "push"
+    kind: str = "workspace"
     last_heartbeat_at: str | None = None
     is_busy: bool = False
     observed_generation: int = 0

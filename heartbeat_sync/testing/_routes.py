@@ -38,6 +38,9 @@ _TALK_TO_USER_HINT = (
     "to let the agent message the user"
 )
 _REMOVED_HINT = "this workspace was removed; pass ?include_removed=true to read it anyway"
+_AUGUST_REMOVED_HINT = (
+    "Create a replacement workspace in Canvas, then open Settings → Workspace Tokens → + New Token"
+)
 _CURSOR_GONE = "cursor not found — reset cursor"
 _AUGUST_CURSOR_GONE = (
     "since_id cursor not found (row may have been pruned or belongs to a different workspace); "
@@ -151,12 +154,14 @@ def _workspace(state: State, entry: RecordedRequest) -> Reply:
         return error(404, "workspace not found")
     include_removed = entry.query.get("include_removed", [""])[0] == "true"
     if state.modern and ws.status == "removed" and not include_removed:
-        return error(410, "workspace removed", id=ws.id, hint=_REMOVED_HINT, removed_at=None)
+        hint = _AUGUST_REMOVED_HINT if state.aug else _REMOVED_HINT
+        return error(410, "workspace removed", id=ws.id, hint=hint, removed_at=None)
+    root = ws.kind == "platform"
     out: dict[str, object] = {
         "id": ws.id,
         "name": ws.name,
         "role": None,
-        "tier": 1,
+        "tier": 0 if root else 1,
         "status": ws.status,
         "url": ws.url,
         "parent_id": ws.parent_id,
@@ -164,7 +169,7 @@ def _workspace(state: State, entry: RecordedRequest) -> Reply:
         "max_concurrent_tasks": 1,
         "last_error_rate": ws.error_rate,
         "uptime_seconds": ws.uptime_seconds,
-        "runtime": "",
+        "runtime": "hermes" if root else "",
         "x": 0,
         "y": 0,
         "collapsed": False,
@@ -172,8 +177,19 @@ def _workspace(state: State, entry: RecordedRequest) -> Reply:
         "last_outbound_at": None,
     }
     if state.modern:
-        out["broadcast_enabled"] = False
+        out["broadcast_enabled"] = root
         out["talk_to_user_enabled"] = ws.talk_to_user_enabled
+    if state.aug:
+        last = ws.last_heartbeat or {}
+        out.update(
+            kind=ws.kind,
+            last_heartbeat_at=ws.last_heartbeat_at,
+            last_sample_error=ws.sample_error,
+            wedged=last.get("runtime_state") == "wedged",
+            compute={},
+            mcp_surface=None,
+            loaded_mcp_tools=[],
+        )
     return json_reply(200, out)
 
 
@@ -187,6 +203,7 @@ def _peers(state: State, entry: RecordedRequest) -> Reply:
     ws = state.workspaces.get(ws_id)
     if ws is None:
         return error(404, "workspace not found")
+    # No "kind" here, the 2026-08 root included: it is listed as any parent is.
     live = [w for w in state.workspaces.values() if w.status != "removed"]
     peers = [w for w in live if w.parent_id == ws.parent_id and w.id != ws.id]
     peers += [w for w in live if w.parent_id == ws.id]
@@ -197,7 +214,7 @@ def _peers(state: State, entry: RecordedRequest) -> Reply:
             "id": w.id,
             "name": w.name,
             "role": None,
-            "tier": 1,
+            "tier": 0 if w.kind == "platform" else 1,
             "status": w.status,
             "agent_card": w.agent_card,
             "url": w.url or "",

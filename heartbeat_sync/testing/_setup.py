@@ -23,7 +23,7 @@ from ._model import (
     new_secret,
     visible,
 )
-from ._state import State, message_request
+from ._state import ROOT_ID, State, message_request
 
 
 class AgentFiles(TypedDict):
@@ -54,14 +54,17 @@ class WorkspaceSetup:
 
         ``workspace_id`` defaults to a fresh ``uuid4``.  With ``with_token`` (the
         default) one live auth token is minted (``ws.token``); without it the
-        registry routes accept unauthenticated calls ("grandfathered").  Raises
-        ``ValueError`` if the id exists already.
+        registry routes accept unauthenticated calls ("grandfathered").  On 2026-08 a
+        workspace without ``parent_id`` is a child of the platform root (``Org Concierge``),
+        as there.  Raises ``ValueError`` if the id exists already.
         """
         ws_id = workspace_id if workspace_id is not None else str(uuid.uuid4())
         state = self._state
         with state.lock:
             if ws_id in state.workspaces:
                 raise ValueError(f"workspace {ws_id!r} already exists")
+            if parent_id is None and state.aug:
+                parent_id = ROOT_ID
             ws = state.create_workspace(
                 ws_id,
                 name=name,
@@ -115,7 +118,7 @@ class WorkspaceSetup:
             return self._state.ws(workspace_id)
 
     def workspaces(self) -> list[Workspace]:
-        """All workspaces, in creation order."""
+        """All workspaces, in creation order (on 2026-08 the platform root comes first)."""
         with self._state.lock:
             return list(self._state.workspaces.values())
 

@@ -33,6 +33,9 @@ from ._model import (
 GENERATIONS = ("MAY", AUGUST, "APR")
 #: Other names a generation may be given by; ``generation`` reports the canonical one.
 ALIASES = {"2026-05": "MAY"}
+#: The 2026-08 platform root, created with every fresh database.
+ROOT_ID = "ea3cfcf1-cb9c-53b4-90fd-c53123569c4a"
+ROOT_NAME = "Org Concierge"
 
 
 def canonical_generation(generation: object) -> str:
@@ -80,6 +83,10 @@ class State:
         self._last_us = 0
         # One counter for the whole server, as activity_logs.seq on the real one.
         self._seq = 0
+        if self.aug:
+            self.create_workspace(
+                ROOT_ID, name=ROOT_NAME, status="offline", kind="platform", delivery_mode="push"
+            )
 
     # ------------------------------------------------------------------ change tracking
 
