@@ -531,6 +531,255 @@ def test_a_received_delegation_sends_no_event(aug: FakePlatform, streams: list[E
     assert stream.next()["type"] == "DELEGATION_SENT"
 
 
+# ----------------------------------------------------------------------------- poll-mode messages
+
+
+def test_august_poll_message_is_one_ingest_row_and_two_events_with_message_id(
+    aug: FakePlatform, streams: list[Events]
+) -> None:
+    target = aug.add_workspace(name="in-alpha", delivery_mode="poll")
+    sender = aug.add_workspace()
+    stream = listen(streams, aug, target)
+    r = send(aug, target.id, "report ready", token=sender.token, caller=sender.id, message_id="p-1")
+    assert (r.status_code, r.json()) == (
+        200,
+        {"delivery_mode": "poll", "method": "message/send", "status": "queued"},
+    )
+    [row] = rows(aug, target, type="a2a_receive")
+    assert row["summary"] == "message/send → in-alpha (ingest)"
+    assert (row["source_id"], row["target_id"], row["status"]) == (sender.id, target.id, "ok")
+    assert row["duration_ms"] is None and "response_body" not in row
+    assert row["request_body"]["params"]["message"]["messageId"] == "p-1"
+    first, second = stream.next(), stream.next()
+    assert (first["type"], second["type"]) == ("ACTIVITY_LOGGED", "ACTIVITY_LOGGED")
+    assert first["data"]["summary"] == "message/send → in-alpha (ingest)"
+    assert second["data"]["summary"] == "message/send → in-alpha (queued for poll)"
+    for event in (first, second):
+        assert event["data"]["message_id"] == "p-1"
+        assert event["data"]["source_id"] == sender.id
+        assert event["data"]["request_body"] == row["request_body"]
+
+
+def test_may_poll_message_is_one_queued_for_poll_row_and_one_event_without_message_id(
+    may: FakePlatform, streams: list[Events]
+) -> None:
+    target = may.add_workspace(name="in-alpha", delivery_mode="poll")
+    sender = may.add_workspace()
+    stream = listen(streams, may, target)
+    r = send(may, target.id, "report ready", token=sender.token, caller=sender.id)
+    assert r.json()["status"] == "queued"
+    [row] = rows(may, target, type="a2a_receive")
+    assert row["summary"] == "message/send → in-alpha (queued for poll)"
+    event = stream.next()
+    assert event["type"] == "ACTIVITY_LOGGED" and "message_id" not in event["data"]
+    assert event["data"]["summary"] == row["summary"]
+    beat(may, target.id, target.token)
+    assert stream.next()["type"] == "WORKSPACE_HEARTBEAT"  # no second ACTIVITY_LOGGED
+
+
+def test_queue_poll_message_logs_as_the_proxy_does(
+    both: FakePlatform, streams: list[Events]
+) -> None:
+    target = both.add_workspace(name="t", delivery_mode="poll")
+    sender = both.add_workspace()
+    stream = listen(streams, both, target)
+    row_id = both.queue_poll_message(target.id, "hello", sender_id=sender.id, message_id="q-1")
+    [row] = rows(both, target)
+    assert row["id"] == row_id and row["source_id"] == sender.id
+    assert row["request_body"]["params"]["message"] == {
+        "role": "user",
+        "messageId": "q-1",
+        "parts": [{"kind": "text", "text": "hello"}],
+    }
+    summaries = [stream.next()["data"] for _ in range(2 if both.generation == AUGUST else 1)]
+    if both.generation == AUGUST:
+        assert row["summary"] == "message/send → t (ingest)"
+        assert [d["summary"] for d in summaries] == [
+            "message/send → t (ingest)",
+            "message/send → t (queued for poll)",
+        ]
+        assert {d["message_id"] for d in summaries} == {"q-1"}
+    else:
+        assert row["summary"] == "message/send → t (queued for poll)"
+        assert "message_id" not in summaries[0]
+    with FakePlatform(generation="APR") as apr, pytest.raises(ValueError, match="APR"):
+        apr.queue_poll_message(apr.add_workspace().id, "x")
+
+
+def test_august_canvas_message_comes_from_the_admin_and_is_marked(
+    aug: FakePlatform, streams: list[Events]
+) -> None:
+    target = aug.add_workspace(name="t", delivery_mode="poll")
+    stream = listen(streams, aug, target)
+    r = send(aug, target.id, "hi agent")
+    assert (r.status_code, r.json()) == (401, {"error": "missing caller auth token"})
+    r = send(aug, target.id, "hi agent", token="junk")
+    assert (r.status_code, r.json()) == (401, {"error": "invalid caller auth token"})
+    assert send(aug, target.id, "hi agent", token=aug.admin_token, message_id="c-1").ok
+    [row] = rows(aug, target)
+    assert row["source_id"] is None
+    params = row["request_body"]["params"]
+    assert params["metadata"] == {
+        "source": "canvas_user",
+        "user_identity_status": "UNAUTHENTICATED",
+    }
+    assert params["message"]["contextId"] == f"canvas-{target.id}"
+    types = [stream.next() for _ in range(3)]
+    assert [e["type"] for e in types] == ["ACTIVITY_LOGGED", "USER_MESSAGE", "ACTIVITY_LOGGED"]
+    assert types[1]["data"] == {
+        "content": "hi agent",
+        "message_id": "c-1",
+        "workspace_id": target.id,
+    }
+    # The admin may claim a caller: the row is then that caller's.
+    peer = aug.add_workspace()
+    assert send(aug, target.id, "as peer", token=aug.admin_token, caller=peer.id).ok
+    assert rows(aug, target)[0]["source_id"] == peer.id
+
+
+# ----------------------------------------------------------------------------- busy rows
+
+
+def test_august_queue_busy_message_writes_the_ingest_and_the_queued_busy_rows(
+    aug: FakePlatform, streams: list[Events]
+) -> None:
+    target = aug.add_workspace(name="busy-one", url="http://localhost:9")
+    sender = aug.add_workspace()
+    stream = listen(streams, aug, target)
+    ingest_id, busy_id = aug.queue_busy_message(
+        target.id, "wait behind busy agent", sender_id=sender.id, message_id="b-1"
+    )
+    busy, ingest = rows(aug, target, type="a2a_receive")
+    assert (ingest["id"], busy["id"]) == (ingest_id, busy_id)
+    assert ingest["summary"] == "message/send → busy-one (ingest)"
+    assert busy["summary"] == "message/send → busy-one (queued: target busy)"
+    assert json.dumps(busy["request_body"]) == json.dumps(ingest["request_body"])
+    assert busy["seq"] > ingest["seq"] and busy["created_at"] != ingest["created_at"]
+    assert ingest["duration_ms"] is None and isinstance(busy["duration_ms"], int)
+    assert busy["source_id"] == ingest["source_id"] == sender.id
+    assert busy["method"] == ingest["method"] == "message/send"
+    first, second = stream.next(), stream.next()
+    assert first["data"]["summary"] == ingest["summary"] and first["data"]["message_id"] == "b-1"
+    assert second["data"]["summary"] == busy["summary"] and "message_id" not in second["data"]
+
+
+def test_may_queue_busy_message_writes_one_error_row(may: FakePlatform) -> None:
+    target = may.add_workspace(name="busy-one", url="http://localhost:9")
+    [row_id] = may.queue_busy_message(target.id, "wait", sender_id="p")
+    [row] = rows(may, target)
+    assert row["id"] == row_id and row["status"] == "error"
+    assert row["summary"] == 'A2A request to busy-one failed: Post "http://localhost:9": EOF'
+
+
+def test_august_message_to_a_workspace_that_never_registered_is_queued_as_busy(
+    aug: FakePlatform,
+) -> None:
+    never = aug.add_workspace(name="in-never", status="awaiting_agent")
+    sender = aug.add_workspace()
+    depths = []
+    for i in range(2):
+        r = send(aug, never.id, "are you there", token=sender.token, message_id=f"n-{i}")
+        assert r.status_code == 202
+        body = r.json()
+        assert (body["message"], body["queued"]) == (BUSY, True)
+        assert isinstance(body["queue_id"], str) and body["queue_id"]
+        depths.append(body["queue_depth"])
+    assert depths == [1, 2]
+    summaries = [r["summary"] for r in rows(aug, never)]
+    assert (
+        summaries
+        == [
+            "message/send → in-never (queued: target busy)",
+            "message/send → in-never (ingest)",
+        ]
+        * 2
+    )
+    # Delivered by beats with spare capacity, one per beat; delivery writes no row.
+    beat(aug, never.id, never.token, active_tasks=1)
+    beat(aug, never.id, never.token, active_tasks=0)
+    never.status, never.url = "awaiting_agent", ""
+    assert send(aug, never.id, "again", token=sender.token).json()["queue_depth"] == 2
+    assert len(rows(aug, never)) == 6
+
+
+def test_may_message_to_a_workspace_that_never_registered_is_503_without_a_row(
+    may: FakePlatform,
+) -> None:
+    never = may.add_workspace(status="awaiting_agent")
+    sender = may.add_workspace()
+    r = send(may, never.id, "are you there", token=sender.token, caller=sender.id)
+    assert (r.status_code, r.json()) == (
+        503,
+        {"error": "workspace has no URL", "status": "awaiting_agent"},
+    )
+    assert rows(may, never) == []
+
+
+def test_august_message_to_a_workspace_without_url_is_503_unless_it_waits_for_its_agent(
+    aug: FakePlatform,
+) -> None:
+    online = aug.add_workspace()
+    r = send(aug, online.id, "wake", token=online.token, caller=online.id)
+    assert (r.status_code, r.json()) == (503, {"error": "workspace has no URL", "status": "online"})
+    online.url = "http://localhost:9"
+    r = send(aug, online.id, "wake", token=online.token, caller=online.id)
+    assert r.status_code == 200 and r.json()["result"]["parts"][0]["text"] == "ok"
+
+
+def test_august_push_message_completes_its_ingest_row(
+    aug: FakePlatform, streams: list[Events]
+) -> None:
+    target = aug.add_workspace(name="pushy", url="http://localhost:9")
+    sender = aug.add_workspace()
+    stream = listen(streams, aug, target)
+    r = send(aug, target.id, "hi", token=sender.token, message_id="x-1")
+    assert r.status_code == 200
+    [row] = rows(aug, target)
+    assert row["summary"] == "message/send → pushy (ingest)"
+    assert row["response_body"] == r.json() and isinstance(row["duration_ms"], int)
+    first, second = stream.next(), stream.next()
+    assert first["data"]["summary"] == "message/send → pushy (ingest)"
+    assert second["data"]["summary"] == "message/send → pushy"
+    assert second["data"]["response_body"] == r.json()
+    assert first["data"]["message_id"] == second["data"]["message_id"] == "x-1"
+
+
+# ----------------------------------------------------------------------------- self-messages
+
+
+def test_august_self_message_needs_the_workspaces_own_bearer(aug: FakePlatform) -> None:
+    me = aug.add_workspace(delivery_mode="poll")
+    other = aug.add_workspace()
+    cases = [
+        (None, me.id, "missing caller auth token"),
+        (other.token, me.id, "caller ID does not match workspace auth token"),
+        ("junk", me.id, "invalid caller auth token"),
+        (me.token, other.id, "caller ID does not match workspace auth token"),
+        (me.token, me.id.upper(), "caller ID does not match workspace auth token"),
+    ]
+    for token, caller, message in cases:
+        r = send(aug, me.id, "wake", token=token, caller=caller)
+        assert (r.status_code, r.json()) == (401, {"error": message}), message
+    assert rows(aug, me) == []
+    assert send(aug, me.id, "wake", token=me.token, caller=me.id).ok
+    assert send(aug, me.id, "wake", token=me.token).ok  # the bearer's workspace is the caller
+    assert [r["source_id"] for r in rows(aug, me)] == [me.id, me.id]
+    r = send(aug, me.id, "wake", token=me.token, caller="system:cron")
+    assert (r.status_code, r.json()) == (403, {"error": "invalid caller ID"})
+    old_token = other.token
+    aug.delete(other.id)
+    r = send(aug, me.id, "from the grave", token=old_token)
+    assert (r.status_code, r.json()) == (401, {"error": "invalid caller auth token"})
+
+
+def test_may_self_message_is_not_checked(may: FakePlatform) -> None:
+    me = may.add_workspace(delivery_mode="poll")
+    other = may.add_workspace()
+    for token in (None, other.token, "junk"):
+        assert send(may, me.id, "wake", token=token, caller=me.id).status_code == 200
+    assert [r["source_id"] for r in rows(may, me)] == [me.id] * 3
+
+
 # ----------------------------------------------------------------------------- delete
 
 
@@ -700,6 +949,11 @@ def test_august_platform_root_exists_and_parents_top_level_workspaces(aug: FakeP
         "url": "",
     }
     assert all("kind" not in p for p in peers)
+    r = send(aug, ROOT, "hello root", token=ws.token)
+    assert (r.status_code, r.json()) == (
+        503,
+        {"error": "workspace has no URL", "status": "offline"},
+    )
     # The admin may list peers on 2026-08 (May: 401).
     assert get(aug, f"/registry/{ws.id}/peers", aug.admin_token).status_code == 200
 

@@ -166,6 +166,11 @@ def _apply_heartbeat(state: State, ws: Workspace, body: dict[str, Any]) -> None:
     )
     metadata = body.get("runtime_metadata")
     ws.runtime_metadata = metadata if isinstance(metadata, dict) else None
+    # A beat with spare capacity (max_concurrent_tasks is 1) delivers one queued message;
+    # delivery writes no row.
+    queue = state.a2a_queue[ws.id]
+    if queue and ws.active_tasks < 1:
+        queue.popleft()
 
 
 def register(state: State, entry: RecordedRequest) -> Reply:

@@ -10,7 +10,7 @@ import os
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from ..wire import save_token
 from ._model import (
@@ -23,7 +23,7 @@ from ._model import (
     new_secret,
     visible,
 )
-from ._state import ROOT_ID, State, message_request
+from ._state import ROOT_ID, State, canvas_marked, message_request
 
 
 class AgentFiles(TypedDict):
@@ -49,16 +49,23 @@ class WorkspaceSetup:
         with_token: bool = True,
         talk_to_user_enabled: bool = True,
         status: str = "online",
+        url: str = "",
+        delivery_mode: str = "push",
     ) -> Workspace:
         """Create a workspace and return its (live) :class:`Workspace`.
 
         ``workspace_id`` defaults to a fresh ``uuid4``.  With ``with_token`` (the
         default) one live auth token is minted (``ws.token``); without it the
-        registry routes accept unauthenticated calls ("grandfathered").  On 2026-08 a
-        workspace without ``parent_id`` is a child of the platform root (``Org Concierge``),
-        as there.  Raises ``ValueError`` if the id exists already.
+        registry routes accept unauthenticated calls ("grandfathered").  ``url`` and
+        ``delivery_mode`` are what a registration would have stored (2026-08 answers a
+        push-mode message to a workspace without a URL with 503, as the real server).
+        On 2026-08 a workspace without ``parent_id`` is a child of the platform root
+        (``Org Concierge``), as there.  Raises ``ValueError`` if the id exists already
+        or ``delivery_mode`` is neither ``"push"`` nor ``"poll"``.
         """
         ws_id = workspace_id if workspace_id is not None else str(uuid.uuid4())
+        if delivery_mode not in ("push", "poll"):
+            raise ValueError(f"delivery_mode must be 'push' or 'poll', not {delivery_mode!r}")
         state = self._state
         with state.lock:
             if ws_id in state.workspaces:
@@ -72,6 +79,8 @@ class WorkspaceSetup:
                 status=status,
                 talk_to_user_enabled=talk_to_user_enabled,
                 tokens=[new_secret()] if with_token else [],
+                url=url,
+                delivery_mode=delivery_mode,
             )
             state.changed()
             return ws
@@ -304,6 +313,69 @@ class WorkspaceSetup:
             request_body=request_body,
             committed=committed,
         )
+
+    def queue_poll_message(
+        self,
+        target_id: str,
+        text: str,
+        *,
+        sender_id: str | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """A ``message/send`` carrying ``text`` to the workspace, logged as the proxy logs a
+        message to a poll-mode workspace (as if ``POST /workspaces/:id/a2a`` had sent it);
+        the id of its row.
+
+        ``sender_id`` is the caller (``None``: a canvas message, which 2026-08 marks in
+        ``params.metadata``); ``message_id`` is ``params.message.messageId`` (a uuid4
+        otherwise).  MAY: one row ``message/send → <name> (queued for poll)`` and one
+        ``ACTIVITY_LOGGED``.  2026-08: one row ``… (ingest)`` and two ``ACTIVITY_LOGGED``
+        (``(ingest)``, then ``(queued for poll)``), both with ``message_id``.  The workspace's
+        delivery mode is not checked.  ``ValueError`` on APR (no poll mode).
+        """
+        state = self._state
+        with state.lock:
+            ws = state.ws(target_id)
+            if not state.modern:
+                raise ValueError("the APR server has no poll mode")
+            request = self._request(text, message_id, sender_id, target_id)
+            return state.queue_for_poll(ws, request, sender_id)
+
+    def queue_busy_message(
+        self,
+        target_id: str,
+        text: str,
+        *,
+        sender_id: str | None = None,
+        message_id: str | None = None,
+    ) -> list[str]:
+        """A ``message/send`` carrying ``text`` that the proxy queued behind the workspace's
+        busy agent (its call ended in a timeout, EOF or reset); the ids of the rows written,
+        oldest first.
+
+        2026-08: two rows, ``message/send → <name> (ingest)`` and ``… (queued: target busy)``,
+        with a byte-identical ``request_body``, each its own id and ``seq``; the second has a
+        numeric ``duration_ms`` and its event no ``message_id``.  MAY: one ``status: "error"``
+        row ``A2A request to <name> failed: Post "<url>": EOF``.  Either way the message waits
+        in the workspace's queue until a beat with ``active_tasks`` 0.  ``sender_id`` and
+        ``message_id`` as for :meth:`queue_poll_message`; ``ValueError`` on APR.
+        """
+        state = self._state
+        with state.lock:
+            ws = state.ws(target_id)
+            if not state.modern:
+                raise ValueError("the APR server queues no message")
+            request = self._request(text, message_id, sender_id, target_id)
+            ids, _ = state.queue_busy(ws, request, sender_id)
+            return ids
+
+    def _request(
+        self, text: str, message_id: str | None, sender_id: str | None, target_id: str
+    ) -> dict[str, Any]:
+        request = message_request(text, "message/send", message_id)
+        if self._state.aug and sender_id is None:
+            return canvas_marked(request, target_id)
+        return request
 
     def commit_activity(self, workspace_id: str, activity_id: str) -> None:
         """Make a row added with ``committed=False`` visible, with its original ``created_at``."""

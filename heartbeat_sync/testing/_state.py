@@ -3,7 +3,9 @@
 One re-entrant lock guards it all, so that tests and the server's handler threads can use it at
 once; every change bumps a version and wakes :meth:`State.wait_for`. The admin operations
 (pause, hibernate, delete) change statuses the way the real server's admin routes do; the
-routes in ``_routes`` read and change this state with the lock held.
+routes in ``_routes`` read and change this state with the lock held. How a message to a
+workspace is logged (the proxy's rows and events, per generation) is here too, shared by the
+A2A route and the set-up methods that stand for one.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ ALIASES = {"2026-05": "MAY"}
 #: The 2026-08 platform root, created with every fresh database.
 ROOT_ID = "ea3cfcf1-cb9c-53b4-90fd-c53123569c4a"
 ROOT_NAME = "Org Concierge"
+#: The 202 of a message the proxy queued instead of delivering.
+BUSY_QUEUED = "workspace agent busy — request queued, will dispatch when capacity available"
 
 
 def canonical_generation(generation: object) -> str:
@@ -83,6 +87,8 @@ class State:
         self._last_us = 0
         # One counter for the whole server, as activity_logs.seq on the real one.
         self._seq = 0
+        # Messages the proxy queued (a2a_queue), by workspace: delivered by idle beats.
+        self.a2a_queue: dict[str, deque[str]] = {}
         if self.aug:
             self.create_workspace(
                 ROOT_ID, name=ROOT_NAME, status="offline", kind="platform", delivery_mode="push"
@@ -154,6 +160,7 @@ class State:
         self.activity[workspace_id] = []
         self.delegations[workspace_id] = []
         self.a2a_script[workspace_id] = deque()
+        self.a2a_queue[workspace_id] = deque()
         return ws
 
     def token_owner(self, token: str) -> Workspace | None:
@@ -383,8 +390,157 @@ class State:
             self.find_row(workspace_id, activity_id).committed = True
             self.changed()
 
+    # ------------------------------------------------------------------ messages (the proxy's rows)
 
-def message_request(text: str, method: str) -> dict[str, Any]:
+    def ingest(self, ws: Workspace, request: dict[str, Any], caller: str | None) -> Activity:
+        """2026-08: the ``(ingest)`` row every message gets before it is delivered or queued,
+        and its first ``ACTIVITY_LOGGED`` (with ``message_id``); lock held."""
+        method = _method(request)
+        row = self.new_row(
+            ws.id,
+            activity_type="a2a_receive",
+            status="ok",
+            source_id=caller,
+            target_id=ws.id,
+            method=method,
+            summary=f"{method or ''} → {ws.name} (ingest)",
+            request_body=request,
+            message_id=_message_id(request),
+        )
+        self.activity[ws.id].append(row)
+        self.emit_activity(row)
+        if caller is None:
+            # A canvas message: the chat view hears of it between the row's two events.
+            self.hub.emit(
+                ws.id,
+                "USER_MESSAGE",
+                {"content": _text(request), "message_id": row.message_id, "workspace_id": ws.id},
+            )
+        self.changed()
+        return row
+
+    def queue_for_poll(self, ws: Workspace, request: dict[str, Any], caller: str | None) -> str:
+        """A message to a poll-mode workspace, logged as the real server logs it; the row id.
+
+        MAY: one ``(queued for poll)`` row and its event. 2026-08: one ``(ingest)`` row and
+        two events, ``(ingest)`` then ``(queued for poll)``, both with ``message_id`` (the
+        upsert that sends the second draws a ``seq`` it throws away)."""
+        method = _method(request)
+        summary = f"{method or ''} → {ws.name} (queued for poll)"
+        if self.aug:
+            row = self.ingest(ws, request, caller)
+            self.next_seq()
+            self.emit_activity(row, summary=summary)
+        else:
+            row = self.new_row(
+                ws.id,
+                activity_type="a2a_receive",
+                status="ok",
+                source_id=caller,
+                method=method,
+                summary=summary,
+                request_body=request,
+            )
+            self.activity[ws.id].append(row)
+            self.emit_activity(row)
+        self.changed()
+        return row.id
+
+    def queue_busy(
+        self, ws: Workspace, request: dict[str, Any], caller: str | None, *, ingested: bool = False
+    ) -> tuple[list[str], int]:
+        """A message the proxy queued behind a busy (or not yet registered) agent: the ids of
+        the rows written and the workspace's queue depth. Lock held.
+
+        2026-08: the ``(ingest)`` row (unless ``ingested``: already written) and a
+        ``(queued: target busy)`` row with the same ``request_body``, another id and ``seq``, a
+        numeric ``duration_ms`` and no ``message_id``. MAY: one ``status: error`` row
+        ``A2A request to <name> failed: …``, as when the agent call ends in EOF."""
+        method = _method(request)
+        ids: list[str] = []
+        if self.aug:
+            if not ingested:
+                ids.append(self.ingest(ws, request, caller).id)
+            row = self.new_row(
+                ws.id,
+                activity_type="a2a_receive",
+                status="ok",
+                source_id=caller,
+                target_id=ws.id,
+                method=method,
+                summary=f"{method or ''} → {ws.name} (queued: target busy)",
+                request_body=request,
+                duration_ms=0,
+            )
+        else:
+            detail = f'Post "{ws.url or "http://localhost"}": EOF'
+            row = self.new_row(
+                ws.id,
+                activity_type="a2a_receive",
+                status="error",
+                source_id=caller,
+                method=method,
+                summary=f"A2A request to {ws.name} failed: {detail}",
+                request_body=request,
+            )
+        self.activity[ws.id].append(row)
+        self.emit_activity(row)
+        ids.append(row.id)
+        queue = self.a2a_queue[ws.id]
+        queue.append(_message_id(request) or row.id)
+        self.changed()
+        return ids, len(queue)
+
+
+def canvas_marked(request: dict[str, Any], workspace_id: str) -> dict[str, Any]:
+    """2026-08: the request as the proxy stores a canvas-class message (the admin's): with
+    ``params.metadata`` marking the user and ``params.message.contextId``."""
+    params = request.get("params")
+    if not isinstance(params, dict):
+        return request
+    out = dict(params)
+    metadata = out.get("metadata")
+    out["metadata"] = {
+        **(metadata if isinstance(metadata, dict) else {}),
+        "source": "canvas_user",
+        "user_identity_status": "UNAUTHENTICATED",
+    }
+    message = out.get("message")
+    if isinstance(message, dict) and "contextId" not in message:
+        out["message"] = {**message, "contextId": f"canvas-{workspace_id}"}
+    return {**request, "params": out}
+
+
+def _method(request: dict[str, Any]) -> str | None:
+    method = request.get("method")
+    return method if isinstance(method, str) else None
+
+
+def _message(request: dict[str, Any]) -> dict[str, Any]:
+    params = request.get("params")
+    message = params.get("message") if isinstance(params, dict) else None
+    return message if isinstance(message, dict) else {}
+
+
+def _message_id(request: dict[str, Any]) -> str | None:
+    value = _message(request).get("messageId")
+    return value if isinstance(value, str) else None
+
+
+def _text(request: dict[str, Any]) -> str:
+    parts = _message(request).get("parts")
+    if not isinstance(parts, list):
+        return ""
+    return "".join(
+        p["text"]
+        for p in parts
+        if isinstance(p, dict)
+        and (p.get("kind") == "text" or p.get("type") == "text")
+        and isinstance(p.get("text"), str)
+    )
+
+
+def message_request(text: str, method: str, message_id: str | None = None) -> dict[str, Any]:
     """A JSON-RPC request carrying ``text`` as one ``kind: text`` part."""
     return {
         "jsonrpc": "2.0",
@@ -393,7 +549,7 @@ def message_request(text: str, method: str) -> dict[str, Any]:
         "params": {
             "message": {
                 "role": "user",
-                "messageId": str(uuid.uuid4()),
+                "messageId": message_id if message_id is not None else str(uuid.uuid4()),
                 "parts": [{"kind": "text", "text": text}],
             }
         },
