@@ -1009,6 +1009,66 @@ def test_notify_writes_its_row_and_sends_agent_message_only(
     assert stream.next()["type"] == "WORKSPACE_HEARTBEAT"  # no ACTIVITY_LOGGED came between
 
 
+# ----------------------------------------------------------------------------- registration
+
+
+def register(fp: FakePlatform, ws: Workspace, **body: Any) -> requests.Response:
+    payload = {"id": ws.id, "agent_card": {}, **body}
+    return requests.post(
+        f"{fp.url}/registry/register", json=payload, headers=auth(ws.token), timeout=T
+    )
+
+
+def test_august_register_accepts_a_loopback_address_and_keeps_a_local_url(
+    aug: FakePlatform,
+) -> None:
+    ws = aug.add_workspace()
+    assert register(aug, ws, url="http://127.0.0.1:7001", delivery_mode="push").ok
+    assert ws.url == "http://127.0.0.1:7001"
+    assert register(aug, ws, url="http://localhost:7002", delivery_mode="push").ok
+    assert ws.url == "http://127.0.0.1:7001"  # a local URL off port 8000 is never replaced
+    r = register(aug, ws, delivery_mode="poll")
+    assert r.json()["delivery_mode"] == "poll" and ws.url == "http://127.0.0.1:7001"
+    r = register(aug, ws, url="http://169.254.169.254/", delivery_mode="push")
+    assert r.json() == {
+        "error": "url targets a blocked address: link-local address (cloud metadata endpoint)"
+    }
+    other = aug.add_workspace()
+    card = {"url": "http://169.254.169.254/latest"}
+    r = register(aug, other, url="http://localhost:7003", delivery_mode="push", agent_card=card)
+    assert (r.status_code, r.json()) == (400, {"error": "workspace agent_card URL not allowed"})
+
+
+def test_may_register_refuses_a_loopback_address(may: FakePlatform) -> None:
+    ws = may.add_workspace()
+    r = register(may, ws, url="http://127.0.0.1:7001", delivery_mode="push")
+    assert r.json() == {"error": "url targets a blocked address: loopback address"}
+
+
+def test_august_register_while_paused_writes_nothing_but_is_announced(
+    aug: FakePlatform, streams: list[Events]
+) -> None:
+    ws = aug.add_workspace(url="http://localhost:7001")
+    aug.pause(ws.id)
+    stream = listen(streams, aug, ws)
+    r = register(aug, ws, url="http://localhost:8000", delivery_mode="poll")
+    assert r.status_code == 200 and r.json()["delivery_mode"] == "poll"
+    assert (ws.status, ws.url, ws.delivery_mode) == ("paused", "", "push")
+    assert stream.next()["type"] == "WORKSPACE_ONLINE"
+
+
+def test_august_register_names_an_unknown_workspace_by_its_id(aug: FakePlatform) -> None:
+    new_id = "22222222-2222-2222-2222-222222222222"
+    r = requests.post(
+        f"{aug.url}/registry/register",
+        json={"id": new_id, "delivery_mode": "poll", "agent_card": {}},
+        timeout=T,
+    )
+    assert r.status_code == 200 and "auth_token" in r.json()
+    ws = aug.workspace(new_id)
+    assert (ws.name, ws.parent_id, ws.status) == (new_id, None, "online")
+
+
 # ----------------------------------------------------------------------------- the router
 
 

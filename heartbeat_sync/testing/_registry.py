@@ -188,7 +188,7 @@ def register(state: State, entry: RecordedRequest) -> Reply:
     known = state.workspaces.get(ws_id)
     # The real server keeps the mode a workspace has when the body names none.
     mode = known.delivery_mode if known is not None else "push"
-    if not state.modern:
+    if state.generation == "APR":
         if not url:
             return error(400, "invalid request body")
     else:
@@ -202,20 +202,33 @@ def register(state: State, entry: RecordedRequest) -> Reply:
         if mode == "push" and not url:
             return error(400, "url is required for push-mode workspaces")
         if mode == "push":
-            refused = _refused_agent_url(url)
+            refused = _refused_agent_url(url, loopback_ok=state.aug)
             if refused:
                 return error(400, refused)
+            if state.aug and _card_url_refused(card):
+                return error(400, "workspace agent_card URL not allowed")
     denied = registry_auth(state, entry, ws_id)
     if denied is not None:
         return denied
     ws = state.workspaces.get(ws_id)
     if ws is None:
-        ws = state.create_workspace(ws_id)
-    if ws.status != "removed":
-        ws.status = "online"
-    ws.url = url
-    ws.agent_card = card
-    ws.delivery_mode = mode
+        # 2026-08 names it by its id, as the real server (this fake's May leaves it blank).
+        ws = state.create_workspace(ws_id, name=ws_id if state.aug else "")
+    if state.aug:
+        if ws.status not in ("removed", "paused", "hibernated"):
+            # Nothing is written for a paused or hibernated workspace (yet it is announced).
+            ws.status = "online"
+            ws.url = _august_url(ws.url, url)
+            ws.agent_card = card
+            ws.delivery_mode = mode
+        elif ws.status == "removed":
+            mode = "poll"
+    else:
+        if ws.status != "removed":
+            ws.status = "online"
+        ws.url = url
+        ws.agent_card = card
+        ws.delivery_mode = mode
     # Announced even when the workspace stays removed, as the real server does.
     state.hub.emit(
         ws.id, "WORKSPACE_ONLINE", {"url": url, "agent_card": card, "delivery_mode": mode}
@@ -232,17 +245,52 @@ def register(state: State, entry: RecordedRequest) -> Reply:
     return json_reply(200, out)
 
 
-def _refused_agent_url(url: str) -> str | None:
+def _refused_agent_url(url: str, *, loopback_ok: bool) -> str | None:
     """The real server's refusal of a push URL, or None: http(s) only, no loopback IP
-    (``localhost`` by name is accepted)."""
+    (``localhost`` by name is accepted) unless ``loopback_ok`` (2026-08 in development mode,
+    which also refuses the link-local cloud metadata range)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         return f'url scheme must be http or https, got "{parts.scheme}"'
-    host = parts.hostname or ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = _ip(parts.hostname)
+    if address is None:
+        return None
+    if loopback_ok:
+        if address.is_link_local:
+            return "url targets a blocked address: link-local address (cloud metadata endpoint)"
         return None
     if address.is_loopback:
         return "url targets a blocked address: loopback address"
     return None
+
+
+def _ip(host: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host or "")
+    except ValueError:
+        return None
+
+
+def _card_url_refused(card: object) -> bool:
+    """2026-08: a push registration whose ``agent_card.url`` is a link-local (metadata) address."""
+    url = card.get("url") if isinstance(card, dict) else None
+    if not isinstance(url, str):
+        return False
+    address = _ip(urlsplit(url).hostname)
+    return address is not None and address.is_link_local
+
+
+def _august_url(stored: str, sent: str) -> str:
+    """2026-08's upsert: a registration without a URL keeps the stored one, and a stored
+    loopback URL (``127.0.0.1`` or ``localhost``) on a port other than 8000 is never replaced."""
+    if not sent:
+        return stored
+    if stored:
+        parts = urlsplit(stored)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.hostname in ("127.0.0.1", "localhost") and port != 8000:
+            return stored
+    return sent
