@@ -2,7 +2,10 @@
 
 Like the real proxy it wraps a bare body into JSON-RPC, adds a ``messageId``, checks the
 caller's token, refuses paused and hibernated push-mode targets, queues messages for a
-poll-mode target, and logs an ``a2a_receive`` row once the answer is decided.
+poll-mode target, and logs ``a2a_receive`` rows as the generation does (``_state`` writes
+them): May logs a delivered message once its answer is decided; 2026-08 logs every message at
+ingest, then completes that row, or adds a ``(queued: target busy)`` row for a message it
+queued behind an agent that is not there yet.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from typing import Any
 
 from ._auth import bearer
 from ._model import (
-    Activity,
     RecordedRequest,
     Reply,
     Response,
@@ -21,12 +23,15 @@ from ._model import (
     error,
     json_object,
     json_reply,
+    loads,
 )
-from ._state import State
+from ._state import BUSY_QUEUED, State, canvas_marked
 
 _BAD_CALLER_PREFIXES = ("webhook:", "system:", "test:", "channel:")
 _PAUSED_STATUSES = ("paused", "hibernating", "hibernated")
 _WAKING = "workspace is waking from hibernation — retry in ~15 seconds"
+#: Statuses of a workspace still waiting for its agent: 2026-08 queues a message to it.
+_SETTLING = ("awaiting_agent", "provisioning")
 
 
 def a2a(state: State, entry: RecordedRequest) -> Reply:
@@ -34,21 +39,17 @@ def a2a(state: State, entry: RecordedRequest) -> Reply:
     body = json_object(entry.body)
     if body is None:
         return error(400, "invalid JSON")
-    caller = entry.headers.get("x-workspace-id", "").strip()
     token = bearer(entry.headers)
-    if not caller and token is not None and state.generation == "MAY":
-        owner = state.token_owner(token)
-        if owner is not None and owner.status != "removed":
-            caller = owner.id
-    if caller.startswith(_BAD_CALLER_PREFIXES):
-        return error(403, "invalid caller ID")
-    if caller and caller != target_id:
-        caller_ws = state.workspaces.get(caller)
-        if caller_ws is not None and caller_ws.tokens:
-            if token is None:
-                return error(401, "missing caller auth token")
-            if not state.token_valid_for(token, caller):
-                return error(401, "invalid caller auth token")
+    admin = False
+    if state.aug:
+        resolved = _august_caller(state, entry, token)
+        if isinstance(resolved, Reply):
+            return resolved
+        caller, admin = resolved
+    else:
+        refused, caller = _may_caller(state, entry, token, target_id)
+        if refused is not None:
+            return refused
     ws = state.workspaces.get(target_id)
     if ws is None:
         return error(404, "workspace not found")
@@ -61,23 +62,86 @@ def a2a(state: State, entry: RecordedRequest) -> Reply:
         return json_reply(503, {"error": "workspace has no URL", "status": ws.status})
 
     normalized = _normalize_jsonrpc(body)
-    if ws.delivery_mode == "poll" and state.generation == "MAY":
-        queued_method = normalized.get("method")
-        queued = queued_method if isinstance(queued_method, str) else None
-        state.activity[target_id].append(
-            Activity(
-                id=str(uuid.uuid4()),
-                workspace_id=target_id,
-                activity_type="a2a_receive",
-                status="ok",
-                source_id=caller or None,
-                method=queued,
-                summary=f"{queued or ''} → {ws.name} (queued for poll)",
-                created_at=state.now(),
-                request_body=normalized,
-            )
+    if admin:
+        normalized = canvas_marked(normalized, target_id)
+    source = caller or None
+    if ws.delivery_mode == "poll" and state.modern:
+        state.queue_for_poll(ws, normalized, source)
+        return json_reply(
+            200, {"status": "queued", "delivery_mode": "poll", "method": _method(normalized)}
         )
-        return json_reply(200, {"status": "queued", "delivery_mode": "poll", "method": queued})
+    if ws.delivery_mode != "poll" and not ws.url and state.modern:
+        if state.aug and ws.status in _SETTLING:
+            # No agent yet: the proxy queues the message (delivered by a later idle beat).
+            _, depth = state.queue_busy(ws, normalized, source)
+            return json_reply(
+                202,
+                {
+                    "message": BUSY_QUEUED,
+                    "queue_depth": depth,
+                    "queue_id": str(uuid.uuid4()),
+                    "queued": True,
+                },
+            )
+        if state.aug or ws.status in _SETTLING:
+            # This fake's May answers any other push target from the script, URL or not.
+            return json_reply(503, {"error": "workspace has no URL", "status": ws.status})
+    return _scripted(state, entry, ws.id, normalized, source, admin)
+
+
+def _may_caller(
+    state: State, entry: RecordedRequest, token: str | None, target_id: str
+) -> tuple[Reply | None, str]:
+    """May (and APR): the caller is ``X-Workspace-ID``, else (May) the bearer's workspace;
+    a message to oneself is not checked at all."""
+    caller = entry.headers.get("x-workspace-id", "").strip()
+    if not caller and token is not None and state.generation == "MAY":
+        owner = state.token_owner(token)
+        if owner is not None and owner.status != "removed":
+            caller = owner.id
+    if caller.startswith(_BAD_CALLER_PREFIXES):
+        return error(403, "invalid caller ID"), caller
+    if caller and caller != target_id:
+        caller_ws = state.workspaces.get(caller)
+        if caller_ws is not None and caller_ws.tokens:
+            if token is None:
+                return error(401, "missing caller auth token"), caller
+            if not state.token_valid_for(token, caller):
+                return error(401, "invalid caller auth token"), caller
+    return None, caller
+
+
+def _august_caller(
+    state: State, entry: RecordedRequest, token: str | None
+) -> Reply | tuple[str, bool]:
+    """2026-08: every caller proves itself, a message to oneself included: the caller
+    (``X-Workspace-ID``, else the bearer's workspace) and whether the admin sent it (a canvas
+    message, which may claim any caller), or the refusal."""
+    claimed = entry.headers.get("x-workspace-id", "").strip()
+    if claimed.startswith(_BAD_CALLER_PREFIXES):
+        return error(403, "invalid caller ID")
+    if token is None:
+        return error(401, "missing caller auth token")
+    if token == state.admin_token:
+        return claimed, True
+    owner = state.token_owner(token)
+    if owner is None or owner.status == "removed":
+        return error(401, "invalid caller auth token")
+    if claimed and claimed != owner.id:
+        return error(401, "caller ID does not match workspace auth token")
+    return owner.id, False
+
+
+def _scripted(
+    state: State,
+    entry: RecordedRequest,
+    target_id: str,
+    normalized: dict[str, Any],
+    source: str | None,
+    admin: bool,
+) -> Reply:
+    """A push target's answer, from the script; the row is written when it is decided."""
+    ws = state.workspaces[target_id]
     script = state.a2a_script[target_id]
     scripted = script.popleft() if script else None
     if scripted is None:
@@ -103,19 +167,40 @@ def a2a(state: State, entry: RecordedRequest) -> Reply:
         except ValueError:
             phrase = "error"
         payload = encode_body({"error": phrase})
-    method = normalized.get("method")
-    method_str = method if isinstance(method, str) else None
+    method_str = _method(normalized)
+    summary = f"{method_str or ''} → {ws.name}"
+    outcome = "ok" if status < 400 else "error"
+    ingested = state.ingest(ws, normalized, source) if state.aug else None
 
     def commit() -> None:
-        row = Activity(
-            id=str(uuid.uuid4()),
-            workspace_id=target_id,
+        if ingested is not None:
+            # 2026-08 completes the ingest row (its summary stays "(ingest)") and says so.
+            ingested.status = outcome
+            ingested.duration_ms = 1
+            try:
+                ingested.response_body = loads(payload)
+            except ValueError:
+                ingested.response_body = payload.decode("utf-8", "replace")
+            state.emit_activity(ingested, summary=summary)
+            if admin:
+                state.hub.emit(
+                    target_id,
+                    "A2A_RESPONSE",
+                    {
+                        "duration_ms": ingested.duration_ms,
+                        "message_id": ingested.message_id,
+                        "method": method_str,
+                        "response_body": ingested.response_body,
+                    },
+                )
+            return
+        row = state.new_row(
+            target_id,
             activity_type="a2a_receive",
-            status="ok" if status < 400 else "error",
-            source_id=caller or None,
+            status=outcome,
+            source_id=source,
             method=method_str,
-            summary=f"{method_str or ''} → {ws.name}",
-            created_at=state.now(),
+            summary=summary,
             request_body=normalized,
         )
         state.activity[target_id].append(row)
@@ -128,6 +213,11 @@ def a2a(state: State, entry: RecordedRequest) -> Reply:
         delay=scripted.delay,
         commit=commit,
     )
+
+
+def _method(request: dict[str, Any]) -> str | None:
+    method = request.get("method")
+    return method if isinstance(method, str) else None
 
 
 def _normalize_jsonrpc(body: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,9 @@ from typing import Any, Callable, Union
 
 from ._events import Subscriber
 
+#: The August 2026 generation's name.
+AUGUST = "2026-08"
+
 #: Route names accepted by :meth:`FakePlatform.fault` and used in :class:`RecordedRequest`.
 ROUTES: tuple[str, ...] = (
     "heartbeat",
@@ -27,6 +30,8 @@ ROUTES: tuple[str, ...] = (
     "notify",
     "events",
     "peers",
+    "ack",
+    "delete",
 )
 
 
@@ -78,10 +83,15 @@ def json_object(data: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def format_ts(micros: int) -> str:
+def format_ts(micros: int, *, trim: bool = False) -> str:
+    """RFC 3339 UTC with microseconds; ``trim`` drops trailing zeros of the fraction (and a
+    fraction of zero), as Go's ``RFC3339Nano`` does on the real server."""
     epoch = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
     moment = epoch + _dt.timedelta(microseconds=micros)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    if trim:
+        text = text.rstrip("0").rstrip(".")
+    return text + "Z"
 
 
 # --------------------------------------------------------------------------- public types
@@ -172,7 +182,7 @@ class Workspace:
         status: ``online``, ``offline``, ``degraded``, ``provisioning``,
             ``awaiting_agent``, ``removed``, ...  Heartbeats drive the same status
             transitions as the real server (``docs/platform.md`` §2.1).
-        talk_to_user_enabled: MAY only: when False ``/notify`` answers 403.
+        talk_to_user_enabled: MAY and 2026-08: when False ``/notify`` answers 403.
         tokens: Live (non-revoked) auth tokens, oldest first.
         inbound_secret: ``platform_inbound_secret``; minted lazily by the first
             heartbeat/register that needs it (MAY) or by
@@ -189,7 +199,19 @@ class Workspace:
         current_task: ``current_task`` of the last beat.
         url: Agent URL set by ``/registry/register``.
         agent_card: Agent card set by ``/registry/register``.
-        delivery_mode: ``"push"`` or ``"poll"`` (set by register, MAY).
+        delivery_mode: ``"push"`` or ``"poll"`` (set by register, MAY and 2026-08).
+        kind: ``"workspace"``, or ``"platform"`` for the 2026-08 root workspace
+            (``Org Concierge``); shown by ``GET /workspaces/:id`` on 2026-08 only.
+        last_heartbeat_at: ``created_at``-style time of the last accepted beat, or ``None``
+            (``GET /workspaces/:id`` shows it on 2026-08 only).
+        is_busy: 2026-08 only: what the last accepted beat stored, as the real server does:
+            its ``is_busy`` when it sent a JSON bool, else ``active_tasks > 0``.
+        observed_generation: 2026-08 only: the largest ``observed_generation`` any accepted
+            beat sent (a beat without it, or with ``null``, leaves it).
+        desired_generation: The generation the 2026-08 heartbeat reply carries
+            (``"generation"``); raised with :meth:`FakePlatform.set_desired_generation`.
+        last_acked_seq: 2026-08 only: the largest ``acked_seq`` that
+            ``POST /workspaces/:id/activity/ack`` accepted (0 before any).
     """
 
     id: str
@@ -210,6 +232,12 @@ class Workspace:
     url: str = ""
     agent_card: object = None
     delivery_mode: str = "push"
+    kind: str = "workspace"
+    last_heartbeat_at: str | None = None
+    is_busy: bool = False
+    observed_generation: int = 0
+    desired_generation: int = 0
+    last_acked_seq: int = 0
 
     @property
     def token(self) -> str | None:
@@ -230,31 +258,72 @@ class Activity:
     source_id: str | None
     method: str | None
     summary: str | None
-    created_at: str
+    # When the row was written (microseconds since the epoch) and the server-wide sequence
+    # number drawn for it; together they order a workspace's log, as on the real server.
+    created_us: int
+    seq: int
     request_body: object = MISSING
     response_body: object = MISSING
+    target_id: str | None = None
+    duration_ms: int | None = None
+    # 2026-08: the request's messageId, which the row's ACTIVITY_LOGGED events carry.
+    message_id: str | None = None
     # False until a late commit: the row has its created_at but no reader sees it yet.
     committed: bool = True
 
-    def to_json(self) -> dict[str, object]:
+    @property
+    def key(self) -> tuple[int, int]:
+        """The order of rows: ``(created_at, seq)``."""
+        return (self.created_us, self.seq)
+
+    def to_json(self, generation: str) -> dict[str, object]:
+        aug = generation == AUGUST
         row: dict[str, object] = {
             "id": self.id,
             "workspace_id": self.workspace_id,
             "activity_type": self.activity_type,
             "status": self.status,
             "source_id": self.source_id,
-            "target_id": None,
+            "target_id": self.target_id,
             "method": self.method,
             "summary": self.summary,
             "error_detail": None,
-            "duration_ms": None,
-            "created_at": self.created_at,
+            "duration_ms": self.duration_ms,
+            "created_at": format_ts(self.created_us, trim=aug),
         }
+        if aug:
+            row["seq"] = self.seq
         if self.request_body is not MISSING:
             row["request_body"] = self.request_body
         if self.response_body is not MISSING:
             row["response_body"] = self.response_body
         return row
+
+    def event_data(self, generation: str, summary: str | None = None) -> dict[str, object]:
+        """The ``ACTIVITY_LOGGED`` data for the row (``summary`` overrides the row's)."""
+        if generation != AUGUST:
+            row = self.to_json(generation)
+            return {k: v for k, v in row.items() if k not in ("id", "workspace_id", "created_at")}
+        data: dict[str, object] = {
+            "activity_type": self.activity_type,
+            "method": self.method,
+            "source_id": self.source_id,
+            "target_id": self.target_id,
+            "status": self.status,
+            "summary": self.summary if summary is None else summary,
+            "duration_ms": self.duration_ms,
+        }
+        if self.request_body is not MISSING:
+            data["request_body"] = self.request_body
+        if self.response_body is not MISSING:
+            data["response_body"] = self.response_body
+        if self.message_id is not None:
+            data["message_id"] = self.message_id
+        return data
+
+
+#: A ledger row's deadline: six hours after it was written.
+_LEDGER_DEADLINE_US = 6 * 3600 * 1_000_000
 
 
 @dataclass
@@ -267,12 +336,16 @@ class Delegation:
     summary: str
     response_preview: str
     error: str
-    created_at: str
-    updated_at: str
+    created_us: int
+    updated_us: int
+    # "sent" (the workspace delegated) or "received" (it is the callee; 2026-08 lists it).
+    direction: str = "sent"
 
     def to_json(self, generation: str) -> dict[str, object]:
+        ledger = generation != "APR"
+        aug = generation == AUGUST
         row: dict[str, object]
-        if generation == "MAY":
+        if ledger:
             row = {
                 "delegation_id": self.delegation_id,
                 "source_id": self.source_id,
@@ -294,20 +367,26 @@ class Delegation:
             row["response_preview"] = self.response_preview
         if self.error:
             row["error"] = self.error
-        row["created_at"] = self.created_at
-        if generation == "MAY":
-            row["updated_at"] = self.updated_at
+        row["created_at"] = format_ts(self.created_us, trim=aug)
+        if ledger:
+            row["updated_at"] = format_ts(self.updated_us, trim=aug)
             row["_ledger"] = True
+        if aug:
+            row["deadline"] = format_ts(self.created_us + _LEDGER_DEADLINE_US, trim=True)
+            row["direction"] = self.direction
         return row
 
 
 class Raw:
-    """A verbatim row (hostile-data tests): served as it is, never filtered."""
+    """A verbatim row (hostile-data tests): served as it is, never filtered.
 
-    __slots__ = ("value",)
+    ``key`` places it among the activity rows (``(time it was added, 0)``)."""
 
-    def __init__(self, value: object) -> None:
+    __slots__ = ("key", "value")
+
+    def __init__(self, value: object, key: tuple[int, int] = (0, 0)) -> None:
         self.value = value
+        self.key = key
 
 
 ActivityEntry = Union[Activity, Raw]
@@ -326,6 +405,8 @@ class Reply:
     commit: Callable[[], None] | None = None
     stream_size: int | None = None
     events: Subscriber | None = None
+    # No Content-Type header at all (the tenant guard's empty 404).
+    bare: bool = False
 
 
 def json_reply(status: int, body: object, headers: dict[str, str] | None = None) -> Reply:
@@ -345,6 +426,11 @@ def visible(entry: ActivityEntry) -> bool:
     return isinstance(entry, Raw) or entry.committed
 
 
-def entry_json(entry: ActivityEntry) -> object:
+def entry_json(entry: ActivityEntry, generation: str) -> object:
     """A row as the activity route returns it (a raw row verbatim)."""
-    return entry.value if isinstance(entry, Raw) else entry.to_json()
+    return entry.value if isinstance(entry, Raw) else entry.to_json(generation)
+
+
+def text_reply(status: int, text: str) -> Reply:
+    """A ``text/plain`` answer, as Go's router sends ``404 page not found``."""
+    return Reply(status=status, body=text.encode("utf-8"), headers={"Content-Type": "text/plain"})

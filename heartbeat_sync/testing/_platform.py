@@ -22,10 +22,15 @@ class FakePlatform(WorkspaceSetup):
     """An in-process fake of the platform server on a real loopback socket.
 
     Args:
-        generation: ``"MAY"`` (newer server) or ``"APR"`` (older server).
+        generation: ``"MAY"`` (the May 2026 server, the default; ``"2026-05"`` is another
+            name for it), ``"2026-08"`` (the August 2026 server) or ``"APR"`` (an older
+            server).  :attr:`generation` reports ``"MAY"`` for ``"2026-05"``.
         host: Interface to bind (default ``127.0.0.1``).
         port: Port to bind; 0 picks an ephemeral port.
         max_request_log: Number of requests kept in the log (oldest are dropped).
+        org_id: The server's ``MOLECULE_ORG_ID``: when given, the SaaS tenant guard is on
+            and every route but ``/registry/register`` and ``/registry/heartbeat`` wants
+            ``X-Molecule-Org-Id: <org_id>`` (see the :mod:`heartbeat_sync.testing` docs).
 
     Use it as a context manager (``with FakePlatform() as fp:``) or call
     :meth:`start` and :meth:`stop`.  After :meth:`stop`, :meth:`start` serves again on
@@ -44,8 +49,9 @@ class FakePlatform(WorkspaceSetup):
         host: str = "127.0.0.1",
         port: int = 0,
         max_request_log: int = 100_000,
+        org_id: str | None = None,
     ) -> None:
-        self._state = State(generation, max_request_log)
+        self._state = State(generation, max_request_log, org_id)
         self._faults = FaultTable(self._state.lock, self._state.changed)
         self._host = host
         self._port = port
@@ -55,8 +61,20 @@ class FakePlatform(WorkspaceSetup):
 
     @property
     def generation(self) -> str:
-        """The server generation being emulated (``"MAY"`` or ``"APR"``)."""
+        """The server generation being emulated: ``"MAY"`` (also for ``"2026-05"``),
+        ``"2026-08"`` or ``"APR"``."""
         return self._state.generation
+
+    @property
+    def admin_token(self) -> str:
+        """The server's ``ADMIN_TOKEN``: the bearer of ``DELETE /workspaces/:id`` and of a
+        canvas message on 2026-08; the workspace routes accept it too."""
+        return self._state.admin_token
+
+    @property
+    def org_id(self) -> str | None:
+        """The ``MOLECULE_ORG_ID`` the tenant guard checks, or ``None`` (no guard)."""
+        return self._state.org_id
 
     @property
     def url(self) -> str:

@@ -71,6 +71,14 @@ def _valid_runtime_metadata(value: object) -> bool:
     return idle is None or _is_int(idle)
 
 
+def _valid_august_fields(body: dict[str, Any]) -> bool:
+    """2026-08 decodes ``is_busy`` into a ``*bool`` and ``observed_generation`` into an
+    ``*int64``: another type fails the whole beat (May has neither field and ignores them)."""
+    busy = body.get("is_busy")
+    observed = body.get("observed_generation")
+    return (busy is None or isinstance(busy, bool)) and (observed is None or _is_int(observed))
+
+
 def heartbeat(state: State, entry: RecordedRequest) -> Reply:
     try:
         body = loads(entry.body)
@@ -79,17 +87,34 @@ def heartbeat(state: State, entry: RecordedRequest) -> Reply:
     if not _valid_heartbeat(body):
         return error(400, "invalid request body")
     assert isinstance(body, dict)
+    if state.aug and not _valid_august_fields(body):
+        return error(400, "invalid request body")
     ws_id: str = body["workspace_id"]
     denied = registry_auth(state, entry, ws_id)
     if denied is not None:
         return denied
     ws = state.workspaces.get(ws_id)
     if ws is None:
+        if state.aug:
+            return json_reply(
+                200, {"status": "ok", "generation": 0, "platform_inbound_secret": new_secret()}
+            )
         if state.generation == "MAY":
             return json_reply(200, {"status": "ok", "platform_inbound_secret": new_secret()})
         return json_reply(200, {"status": "ok"})
     if ws.status != "removed":
         _apply_heartbeat(state, ws, body)
+    if state.aug:
+        # The desired generation goes out on every beat, a removed workspace's included.
+        secret = state.secret_for(ws)
+        return json_reply(
+            200,
+            {
+                "status": "ok",
+                "generation": ws.desired_generation,
+                "platform_inbound_secret": secret,
+            },
+        )
     if state.generation == "MAY":
         secret = state.secret_for(ws)
         return json_reply(200, {"status": "ok", "platform_inbound_secret": secret})
@@ -112,15 +137,20 @@ def _apply_heartbeat(state: State, ws: Workspace, body: dict[str, Any]) -> None:
     elif ws.status == "offline":
         ws.status = "online"
         state.hub.emit(ws.id, "WORKSPACE_ONLINE", {})
-    elif ws.status == "provisioning" or (
-        ws.status == "awaiting_agent" and state.generation == "MAY"
-    ):
+    elif ws.status == "provisioning" or (ws.status == "awaiting_agent" and state.modern):
         state.hub.emit(ws.id, "WORKSPACE_ONLINE", {"recovered_from": ws.status})
         ws.status = "online"
     ws.last_heartbeat = body
+    ws.last_heartbeat_at = state.now()
     ws.heartbeat_count += 1
     ws.error_rate = error_rate
     ws.active_tasks = body.get("active_tasks") or 0
+    if state.aug:
+        busy = body.get("is_busy")
+        ws.is_busy = busy if isinstance(busy, bool) else ws.active_tasks > 0
+        observed = body.get("observed_generation")
+        if observed is not None:
+            ws.observed_generation = max(ws.observed_generation, observed)
     ws.uptime_seconds = body.get("uptime_seconds") or 0
     ws.sample_error = body.get("sample_error") or ""
     task = body.get("current_task") or ""
@@ -136,6 +166,11 @@ def _apply_heartbeat(state: State, ws: Workspace, body: dict[str, Any]) -> None:
     )
     metadata = body.get("runtime_metadata")
     ws.runtime_metadata = metadata if isinstance(metadata, dict) else None
+    # A beat with spare capacity (max_concurrent_tasks is 1) delivers one queued message;
+    # delivery writes no row.
+    queue = state.a2a_queue[ws.id]
+    if queue and ws.active_tasks < 1:
+        queue.popleft()
 
 
 def register(state: State, entry: RecordedRequest) -> Reply:
@@ -167,47 +202,95 @@ def register(state: State, entry: RecordedRequest) -> Reply:
         if mode == "push" and not url:
             return error(400, "url is required for push-mode workspaces")
         if mode == "push":
-            refused = _refused_agent_url(url)
+            refused = _refused_agent_url(url, loopback_ok=state.aug)
             if refused:
                 return error(400, refused)
+            if state.aug and _card_url_refused(card):
+                return error(400, "workspace agent_card URL not allowed")
     denied = registry_auth(state, entry, ws_id)
     if denied is not None:
         return denied
     ws = state.workspaces.get(ws_id)
     if ws is None:
-        ws = state.create_workspace(ws_id)
-    if ws.status != "removed":
-        ws.status = "online"
-    ws.url = url
-    ws.agent_card = card
-    ws.delivery_mode = mode
+        # 2026-08 names it by its id, as the real server (this fake's May leaves it blank).
+        ws = state.create_workspace(ws_id, name=ws_id if state.aug else "")
+    if state.aug:
+        if ws.status not in ("removed", "paused", "hibernated"):
+            # Nothing is written for a paused or hibernated workspace (yet it is announced).
+            ws.status = "online"
+            ws.url = _august_url(ws.url, url)
+            ws.agent_card = card
+            ws.delivery_mode = mode
+        elif ws.status == "removed":
+            mode = "poll"
+    else:
+        if ws.status != "removed":
+            ws.status = "online"
+        ws.url = url
+        ws.agent_card = card
+        ws.delivery_mode = mode
     # Announced even when the workspace stays removed, as the real server does.
     state.hub.emit(
         ws.id, "WORKSPACE_ONLINE", {"url": url, "agent_card": card, "delivery_mode": mode}
     )
     out: dict[str, object] = {"status": "registered"}
-    if state.generation == "MAY":
+    if state.modern:
         out["delivery_mode"] = mode
     if not ws.tokens:
         token = new_secret()
         ws.tokens = [token]
         out["auth_token"] = token
-    if state.generation == "MAY":
+    if state.modern:
         out["platform_inbound_secret"] = state.secret_for(ws)
     return json_reply(200, out)
 
 
-def _refused_agent_url(url: str) -> str | None:
+def _refused_agent_url(url: str, *, loopback_ok: bool) -> str | None:
     """The real server's refusal of a push URL, or None: http(s) only, no loopback IP
-    (``localhost`` by name is accepted)."""
+    (``localhost`` by name is accepted) unless ``loopback_ok`` (2026-08 in development mode,
+    which also refuses the link-local cloud metadata range)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         return f'url scheme must be http or https, got "{parts.scheme}"'
-    host = parts.hostname or ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    address = _ip(parts.hostname)
+    if address is None:
+        return None
+    if loopback_ok:
+        if address.is_link_local:
+            return "url targets a blocked address: link-local address (cloud metadata endpoint)"
         return None
     if address.is_loopback:
         return "url targets a blocked address: loopback address"
     return None
+
+
+def _ip(host: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host or "")
+    except ValueError:
+        return None
+
+
+def _card_url_refused(card: object) -> bool:
+    """2026-08: a push registration whose ``agent_card.url`` is a link-local (metadata) address."""
+    url = card.get("url") if isinstance(card, dict) else None
+    if not isinstance(url, str):
+        return False
+    address = _ip(urlsplit(url).hostname)
+    return address is not None and address.is_link_local
+
+
+def _august_url(stored: str, sent: str) -> str:
+    """2026-08's upsert: a registration without a URL keeps the stored one, and a stored
+    loopback URL (``127.0.0.1`` or ``localhost``) on a port other than 8000 is never replaced."""
+    if not sent:
+        return stored
+    if stored:
+        parts = urlsplit(stored)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.hostname in ("127.0.0.1", "localhost") and port != 8000:
+            return stored
+    return sent

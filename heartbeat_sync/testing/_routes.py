@@ -1,17 +1,17 @@
 """Which route a request is, and the ``/workspaces/:id`` routes other than ``a2a``.
 
 :func:`route` runs with the platform lock held and returns the answer as a :class:`Reply`;
-the registry routes are in ``_registry``, the A2A proxy in ``_a2a``.
+the registry routes are in ``_registry``, the A2A proxy in ``_a2a``. The checks that come
+before any route (CORS, the tenant guard) run first, as the real server's middleware does.
 """
 
 from __future__ import annotations
 
 import re
-import uuid
 from urllib.parse import unquote
 
 from ._a2a import a2a
-from ._auth import origin_allowed, registry_auth, workspace_auth
+from ._auth import admin_auth, origin_allowed, registry_auth, tenant_guard, workspace_auth
 from ._model import (
     Activity,
     ActivityEntry,
@@ -23,6 +23,7 @@ from ._model import (
     is_uuid,
     json_object,
     json_reply,
+    text_reply,
     visible,
 )
 from ._registry import heartbeat, register
@@ -37,6 +38,16 @@ _TALK_TO_USER_HINT = (
     "to let the agent message the user"
 )
 _REMOVED_HINT = "this workspace was removed; pass ?include_removed=true to read it anyway"
+_AUGUST_REMOVED_HINT = (
+    "Create a replacement workspace in Canvas, then open Settings → Workspace Tokens → + New Token"
+)
+_CURSOR_GONE = "cursor not found — reset cursor"
+_AUGUST_CURSOR_GONE = (
+    "since_id cursor not found (row may have been pruned or belongs to a different workspace); "
+    "omit since_id to reset"
+)
+_NOT_FOUND_PAGE = "404 page not found"
+_INT64_MAX = (1 << 63) - 1
 
 
 def classify(method: str, path: str) -> tuple[str, str | None]:
@@ -53,7 +64,11 @@ def classify(method: str, path: str) -> tuple[str, str | None]:
     ws_id = unquote(segments[2])
     rest = segments[3:]
     if not rest:
+        if method == "DELETE":
+            return "delete", ws_id
         return ("workspace" if method == "GET" else "unknown"), ws_id
+    if rest == ["activity", "ack"] and method == "POST":
+        return "ack", ws_id
     if len(rest) == 1:
         sub = rest[0]
         if sub == "delegations" and method == "GET":
@@ -75,6 +90,9 @@ def route(state: State, entry: RecordedRequest) -> Reply:
     if not origin_allowed(entry.headers):
         # The real server's CORS middleware: 403 with an empty body, before any route.
         return Reply(status=403, headers={"Content-Type": "text/plain; charset=utf-8"})
+    guarded = tenant_guard(state, entry)
+    if guarded is not None:
+        return guarded
     route = entry.route
     if route == "heartbeat":
         return heartbeat(state, entry)
@@ -86,12 +104,18 @@ def route(state: State, entry: RecordedRequest) -> Reply:
         return a2a(state, entry)
     if route == "peers":
         return _peers(state, entry)
-    if route in ("delegations", "activity", "notify", "state", "events"):
+    if route == "delete":
+        return _delete(state, entry)
+    if route == "ack" and not state.aug:
+        return text_reply(404, _NOT_FOUND_PAGE)  # no such route before 2026-08
+    if route in ("delegations", "activity", "notify", "state", "events", "ack"):
         ws_id = entry.workspace_id or ""
         denied = workspace_auth(state, entry, ws_id)
         if denied is not None:
             return denied
         if ws_id not in state.workspaces:
+            if route == "ack":
+                return error(500, "failed to record ack")  # the admin's ack of no workspace
             return error(404, "workspace not found")
         if route == "events":
             return Reply(status=200, events=state.hub.subscribe(ws_id))
@@ -101,7 +125,11 @@ def route(state: State, entry: RecordedRequest) -> Reply:
             return _activity(state, entry, ws_id)
         if route == "state":
             return _workspace_state(state, entry, ws_id)
+        if route == "ack":
+            return _ack(state, entry, ws_id)
         return _notify(state, entry, ws_id)
+    if state.aug:
+        return text_reply(404, _NOT_FOUND_PAGE)
     return error(404, "not found")
 
 
@@ -125,13 +153,15 @@ def _workspace(state: State, entry: RecordedRequest) -> Reply:
     if ws is None:
         return error(404, "workspace not found")
     include_removed = entry.query.get("include_removed", [""])[0] == "true"
-    if state.generation == "MAY" and ws.status == "removed" and not include_removed:
-        return error(410, "workspace removed", id=ws.id, hint=_REMOVED_HINT, removed_at=None)
+    if state.modern and ws.status == "removed" and not include_removed:
+        hint = _AUGUST_REMOVED_HINT if state.aug else _REMOVED_HINT
+        return error(410, "workspace removed", id=ws.id, hint=hint, removed_at=None)
+    root = ws.kind == "platform"
     out: dict[str, object] = {
         "id": ws.id,
         "name": ws.name,
         "role": None,
-        "tier": 1,
+        "tier": 0 if root else 1,
         "status": ws.status,
         "url": ws.url,
         "parent_id": ws.parent_id,
@@ -139,16 +169,27 @@ def _workspace(state: State, entry: RecordedRequest) -> Reply:
         "max_concurrent_tasks": 1,
         "last_error_rate": ws.error_rate,
         "uptime_seconds": ws.uptime_seconds,
-        "runtime": "",
+        "runtime": "hermes" if root else "",
         "x": 0,
         "y": 0,
         "collapsed": False,
         "agent_card": ws.agent_card,
         "last_outbound_at": None,
     }
-    if state.generation == "MAY":
-        out["broadcast_enabled"] = False
+    if state.modern:
+        out["broadcast_enabled"] = root
         out["talk_to_user_enabled"] = ws.talk_to_user_enabled
+    if state.aug:
+        last = ws.last_heartbeat or {}
+        out.update(
+            kind=ws.kind,
+            last_heartbeat_at=ws.last_heartbeat_at,
+            last_sample_error=ws.sample_error,
+            wedged=last.get("runtime_state") == "wedged",
+            compute={},
+            mcp_surface=None,
+            loaded_mcp_tools=[],
+        )
     return json_reply(200, out)
 
 
@@ -156,12 +197,13 @@ def _peers(state: State, entry: RecordedRequest) -> Reply:
     """``GET /registry/:id/peers``: siblings, children, then the parent, never a removed one;
     ``?q=`` keeps those whose name holds it (any case)."""
     ws_id = entry.workspace_id or ""
-    denied = registry_auth(state, entry, ws_id)
+    denied = registry_auth(state, entry, ws_id, admin_ok=state.aug)
     if denied is not None:
         return denied
     ws = state.workspaces.get(ws_id)
     if ws is None:
         return error(404, "workspace not found")
+    # No "kind" here, the 2026-08 root included: it is listed as any parent is.
     live = [w for w in state.workspaces.values() if w.status != "removed"]
     peers = [w for w in live if w.parent_id == ws.parent_id and w.id != ws.id]
     peers += [w for w in live if w.parent_id == ws.id]
@@ -172,7 +214,7 @@ def _peers(state: State, entry: RecordedRequest) -> Reply:
             "id": w.id,
             "name": w.name,
             "role": None,
-            "tier": 1,
+            "tier": 0 if w.kind == "platform" else 1,
             "status": w.status,
             "agent_card": w.agent_card,
             "url": w.url or "",
@@ -191,7 +233,11 @@ def _delegations(state: State, ws_id: str) -> Reply:
     for e in reversed(entries):
         if len(rows) >= _DELEGATIONS_CAP:
             break
-        rows.append(e.value if isinstance(e, Raw) else e.to_json(state.generation))
+        if isinstance(e, Raw):
+            rows.append(e.value)
+        elif e.direction == "sent" or state.aug:
+            # Only 2026-08 asks the ledger for the rows where the workspace is the callee.
+            rows.append(e.to_json(state.generation))
     return json_reply(200, rows)
 
 
@@ -210,23 +256,26 @@ def _activity(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
         if n > 0:
             limit = min(n, _ACTIVITY_MAX_LIMIT)
     activity_type = param("type")
-    # The log is in created_at order; a row not yet committed is invisible.
-    entries = [e for e in state.activity[ws_id] if visible(e)]
-    since_id = param("since_id") if state.generation == "MAY" else ""
-    start = 0
+    # In (created_at, seq) order; a row not yet committed is invisible.
+    entries = sorted((e for e in state.activity[ws_id] if visible(e)), key=lambda e: e.key)
+    since_id = param("since_id") if state.modern else ""
     if since_id:
-        pos = next(
-            (i for i, e in enumerate(entries) if isinstance(e, Activity) and e.id == since_id),
+        cursor = next(
+            (e for e in entries if isinstance(e, Activity) and e.id == since_id),
             None,
         )
-        if pos is None:
+        if cursor is None:
             if not is_uuid(since_id):
                 return error(500, "cursor lookup failed")
-            return error(410, "cursor not found — reset cursor")
-        # Rows with a created_at strictly later than the cursor row's, oldest first (as
-        # the real server): a row that committed late with an older created_at is never
-        # returned after a newer row's id, however long ago it became visible.
-        start = pos + 1
+            return error(410, _AUGUST_CURSOR_GONE if state.aug else _CURSOR_GONE)
+        # The rows after the cursor row, oldest first (as the real server): May compares
+        # created_at alone (so rows of the cursor's instant are skipped), 2026-08 the pair
+        # (created_at, seq). Either way a row that committed late with an older created_at
+        # is never returned after a newer row's id, however long ago it became visible.
+        if state.aug:
+            entries = [e for e in entries if e.key > cursor.key]
+        else:
+            entries = [e for e in entries if e.key[0] > cursor.created_us]
 
     def keep(e: ActivityEntry) -> bool:
         if isinstance(e, Raw):
@@ -237,9 +286,62 @@ def _activity(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
             return False
         return not (source == "agent" and e.source_id is None)
 
-    selected = [e for e in entries[start:] if keep(e)]
+    selected = [e for e in entries if keep(e)]
     ordered = selected if since_id else selected[::-1]
-    return json_reply(200, [entry_json(e) for e in ordered[:limit]])
+    return json_reply(200, [entry_json(e, state.generation) for e in ordered[:limit]])
+
+
+def _ack(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
+    """2026-08's ``POST /workspaces/:id/activity/ack``: the largest ``acked_seq`` is kept
+    (nothing checks that such a row exists; acked rows are still listed)."""
+    body = json_object(entry.body)
+    value = body.get("acked_seq") if body is not None else None
+    if type(value) is not int or value > _INT64_MAX or value < -_INT64_MAX - 1:
+        return error(400, "acked_seq is required")
+    if value < 0:
+        return error(400, "acked_seq must be >= 0")
+    ws = state.workspaces[ws_id]
+    ws.last_acked_seq = max(ws.last_acked_seq, value)
+    return json_reply(200, {"last_acked_seq": ws.last_acked_seq})
+
+
+def _delete(state: State, entry: RecordedRequest) -> Reply:
+    """The admin's ``DELETE /workspaces/:id``; 2026-08 wants the name in ``X-Confirm-Name``."""
+    denied = admin_auth(state, entry)
+    if denied is not None:
+        return denied
+    ws = state.workspaces.get(entry.workspace_id or "")
+    if ws is None:
+        if state.aug:
+            return error(404, "workspace not found")
+        return json_reply(200, {"cascade_deleted": 0, "status": "removed"})
+    if state.aug and ws.status == "removed":
+        return error(410, "workspace removed", id=ws.id)
+    children = state.children(ws.id)
+    if state.aug and entry.headers.get("x-confirm-name") != ws.name:
+        return error(
+            400,
+            "destructive_action_requires_confirmation",
+            hint=f"Re-send the same request with header X-Confirm-Name: {ws.name}",
+            workspace_name=ws.name,
+            active_tasks=ws.active_tasks,
+            child_count=len(children),
+        )
+    if children and entry.query.get("confirm", [""])[0] != "true":
+        return json_reply(
+            409,
+            {
+                "children": [{"id": c.id, "name": c.name} for c in children],
+                "children_count": len(children),
+                "message": (
+                    "This workspace has sub-workspaces. Delete with ?confirm=true to cascade "
+                    "delete."
+                ),
+                "status": "confirmation_required",
+            },
+        )
+    cascaded = state.delete(ws.id, cascade=True)
+    return json_reply(200, {"cascade_deleted": cascaded, "status": "removed"})
 
 
 def _notify(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
@@ -265,20 +367,21 @@ def _notify(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
     ws = state.workspaces[ws_id]
     if ws.status == "removed":
         return error(404, "workspace not found")
-    if state.generation == "MAY" and not ws.talk_to_user_enabled:
+    if state.modern and not ws.talk_to_user_enabled:
         return error(403, "talk_to_user_disabled", hint=_TALK_TO_USER_HINT)
     preview = message if len(message) <= 80 else message[:80] + "…"
-    row = Activity(
-        id=str(uuid.uuid4()),
-        workspace_id=ws_id,
+    row = state.new_row(
+        ws_id,
         activity_type="a2a_receive",
         status="ok",
         source_id=None,
         method="notify",
         summary=f"Agent message: {preview}",
-        created_at=state.now(),
         response_body={"result": message},
     )
     state.activity[ws_id].append(row)
-    state.emit_activity(row)
+    # The agent's message to its user: the chat hears of it, no ACTIVITY_LOGGED is sent.
+    state.hub.emit(
+        ws_id, "AGENT_MESSAGE", {"message": message, "name": ws.name, "workspace_id": ws_id}
+    )
     return json_reply(200, {"status": "sent"})

@@ -343,7 +343,7 @@ class Serving:
             handler.close_connection = True
         try:
             handler.send_response(reply.status)
-            if "content-type" not in lower:
+            if "content-type" not in lower and not reply.bare:
                 handler.send_header("Content-Type", "application/json")
             if "content-length" not in lower:
                 handler.send_header("Content-Length", str(size))

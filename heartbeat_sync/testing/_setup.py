@@ -10,11 +10,20 @@ import os
 import uuid
 from collections import deque
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from ..wire import save_token
-from ._model import MISSING, Raw, Response, Workspace, entry_json, new_secret, visible
-from ._state import State, message_request
+from ._model import (
+    MISSING,
+    ActivityEntry,
+    Raw,
+    Response,
+    Workspace,
+    entry_json,
+    new_secret,
+    visible,
+)
+from ._state import ROOT_ID, State, canvas_marked, message_request
 
 
 class AgentFiles(TypedDict):
@@ -40,19 +49,29 @@ class WorkspaceSetup:
         with_token: bool = True,
         talk_to_user_enabled: bool = True,
         status: str = "online",
+        url: str = "",
+        delivery_mode: str = "push",
     ) -> Workspace:
         """Create a workspace and return its (live) :class:`Workspace`.
 
         ``workspace_id`` defaults to a fresh ``uuid4``.  With ``with_token`` (the
         default) one live auth token is minted (``ws.token``); without it the
-        registry routes accept unauthenticated calls ("grandfathered").  Raises
-        ``ValueError`` if the id exists already.
+        registry routes accept unauthenticated calls ("grandfathered").  ``url`` and
+        ``delivery_mode`` are what a registration would have stored (2026-08 answers a
+        push-mode message to a workspace without a URL with 503, as the real server).
+        On 2026-08 a workspace without ``parent_id`` is a child of the platform root
+        (``Org Concierge``), as there.  Raises ``ValueError`` if the id exists already
+        or ``delivery_mode`` is neither ``"push"`` nor ``"poll"``.
         """
         ws_id = workspace_id if workspace_id is not None else str(uuid.uuid4())
+        if delivery_mode not in ("push", "poll"):
+            raise ValueError(f"delivery_mode must be 'push' or 'poll', not {delivery_mode!r}")
         state = self._state
         with state.lock:
             if ws_id in state.workspaces:
                 raise ValueError(f"workspace {ws_id!r} already exists")
+            if parent_id is None and state.aug:
+                parent_id = ROOT_ID
             ws = state.create_workspace(
                 ws_id,
                 name=name,
@@ -60,6 +79,8 @@ class WorkspaceSetup:
                 status=status,
                 talk_to_user_enabled=talk_to_user_enabled,
                 tokens=[new_secret()] if with_token else [],
+                url=url,
+                delivery_mode=delivery_mode,
             )
             state.changed()
             return ws
@@ -106,7 +127,7 @@ class WorkspaceSetup:
             return self._state.ws(workspace_id)
 
     def workspaces(self) -> list[Workspace]:
-        """All workspaces, in creation order."""
+        """All workspaces, in creation order (on 2026-08 the platform root comes first)."""
         with self._state.lock:
             return list(self._state.workspaces.values())
 
@@ -118,10 +139,10 @@ class WorkspaceSetup:
             return token
 
     def rotate_token(self, workspace_id: str) -> str:
-        """Revoke all live tokens, mint a new one and return it (old ones get 401)."""
-        token = new_secret()
-        self._state.set_tokens(workspace_id, [token])
-        return token
+        """``POST /workspaces/:id/external/rotate``: revoke all live tokens, mint a new one and
+        return it (old ones get 401); ``EXTERNAL_CREDENTIALS_ROTATED {workspace_id}`` goes to
+        the workspace's stream."""
+        return self._state.rotate_token(workspace_id)
 
     def pause(self, workspace_id: str) -> int:
         """``POST /workspaces/:id/pause``: pause the workspace and its descendants.
@@ -149,9 +170,27 @@ class WorkspaceSetup:
         As on the real server: beats pass unauthenticated and are answered 200 (nothing is
         written); ``/workspaces/:id/*`` answers 401 to the old token; ``GET /workspaces/:id``
         answers 410; a registration answers 200 with a fresh token but the status stays
-        ``removed``.
+        ``removed``.  ``WORKSPACE_REMOVED`` goes to its stream (on 2026-08 only the first
+        time).  No name to confirm, no descendants removed: the HTTP route (with
+        :attr:`FakePlatform.admin_token`) asks for those.
         """
         self._state.delete(workspace_id)
+
+    def set_desired_generation(self, workspace_id: str, generation: int) -> None:
+        """Raise the workspace's desired generation: the ``generation`` every 2026-08 beat
+        reply carries (the real server raises it when it mints a wake intent, e.g. its stall
+        watchdog).  It only grows: ``ValueError`` for a lower value or a non-integer,
+        ``KeyError`` for an unknown workspace."""
+        if type(generation) is not int or generation < 0:
+            raise ValueError(f"generation must be an integer >= 0, not {generation!r}")
+        with self._state.lock:
+            ws = self._state.ws(workspace_id)
+            if generation < ws.desired_generation:
+                raise ValueError(
+                    f"the desired generation only grows: {generation} < {ws.desired_generation}"
+                )
+            ws.desired_generation = generation
+            self._state.changed()
 
     def revoke_tokens(self, workspace_id: str) -> None:
         """Revoke all live tokens (registry routes then accept unauthenticated calls)."""
@@ -176,10 +215,15 @@ class WorkspaceSetup:
         summary: str = "",
         response_preview: str = "",
         error: str = "",
+        direction: str = "sent",
     ) -> str:
         """Add a delegation to the workspace's ``/delegations`` list; returns its id.
 
         ``source_id`` defaults to the workspace itself, ``delegation_id`` to a uuid4.
+        ``direction="received"`` adds the ledger row of a delegation this workspace
+        *received*: ``source_id`` (required) is the workspace that delegated, ``target_id``
+        defaults to this one, no event is sent; only 2026-08 lists it (with
+        ``"direction": "received"``; its other rows say ``"sent"``), MAY and APR never do.
         """
         return self._state.add_delegation(
             workspace_id,
@@ -190,6 +234,7 @@ class WorkspaceSetup:
             summary=summary,
             response_preview=response_preview,
             error=error,
+            direction=direction,
         )
 
     def set_delegation(
@@ -236,13 +281,18 @@ class WorkspaceSetup:
         request_body: object = MISSING,
         activity_id: str | None = None,
         committed: bool = True,
+        same_instant_as: str | None = None,
     ) -> str:
         """Append an activity row to the workspace's log; returns the row id.
 
         When ``request_body`` is not given and ``text`` is, the row's request body is
         a JSON-RPC ``message/send`` request carrying ``text`` as one ``kind: text``
         part.  With neither, the row has no ``request_body`` key.  ``created_at`` is
-        strictly increasing across all rows of the platform.
+        strictly increasing across all rows of the platform, unless ``same_instant_as``
+        names a row of the workspace whose ``created_at`` it then shares (rows written in
+        one instant: a ``since_id`` of the first skips the others on MAY, returns them on
+        2026-08, which also compares ``seq``).  Every row draws the next ``seq`` of one
+        server-wide counter (shown on 2026-08).
 
         ``committed=False`` makes a row that commits late, as the platform's background
         inserts can: it gets its ``created_at`` now but no read returns it (nor knows its
@@ -254,6 +304,7 @@ class WorkspaceSetup:
         return self._state.add_activity(
             workspace_id,
             activity_id,
+            same_instant_as=same_instant_as,
             activity_type=activity_type,
             status=status,
             source_id=source_id,
@@ -263,6 +314,69 @@ class WorkspaceSetup:
             committed=committed,
         )
 
+    def queue_poll_message(
+        self,
+        target_id: str,
+        text: str,
+        *,
+        sender_id: str | None = None,
+        message_id: str | None = None,
+    ) -> str:
+        """A ``message/send`` carrying ``text`` to the workspace, logged as the proxy logs a
+        message to a poll-mode workspace (as if ``POST /workspaces/:id/a2a`` had sent it);
+        the id of its row.
+
+        ``sender_id`` is the caller (``None``: a canvas message, which 2026-08 marks in
+        ``params.metadata``); ``message_id`` is ``params.message.messageId`` (a uuid4
+        otherwise).  MAY: one row ``message/send → <name> (queued for poll)`` and one
+        ``ACTIVITY_LOGGED``.  2026-08: one row ``… (ingest)`` and two ``ACTIVITY_LOGGED``
+        (``(ingest)``, then ``(queued for poll)``), both with ``message_id``.  The workspace's
+        delivery mode is not checked.  ``ValueError`` on APR (no poll mode).
+        """
+        state = self._state
+        with state.lock:
+            ws = state.ws(target_id)
+            if not state.modern:
+                raise ValueError("the APR server has no poll mode")
+            request = self._request(text, message_id, sender_id, target_id)
+            return state.queue_for_poll(ws, request, sender_id)
+
+    def queue_busy_message(
+        self,
+        target_id: str,
+        text: str,
+        *,
+        sender_id: str | None = None,
+        message_id: str | None = None,
+    ) -> list[str]:
+        """A ``message/send`` carrying ``text`` that the proxy queued behind the workspace's
+        busy agent (its call ended in a timeout, EOF or reset); the ids of the rows written,
+        oldest first.
+
+        2026-08: two rows, ``message/send → <name> (ingest)`` and ``… (queued: target busy)``,
+        with a byte-identical ``request_body``, each its own id and ``seq``; the second has a
+        numeric ``duration_ms`` and its event no ``message_id``.  MAY: one ``status: "error"``
+        row ``A2A request to <name> failed: Post "<url>": EOF``.  Either way the message waits
+        in the workspace's queue until a beat with ``active_tasks`` 0.  ``sender_id`` and
+        ``message_id`` as for :meth:`queue_poll_message`; ``ValueError`` on APR.
+        """
+        state = self._state
+        with state.lock:
+            ws = state.ws(target_id)
+            if not state.modern:
+                raise ValueError("the APR server queues no message")
+            request = self._request(text, message_id, sender_id, target_id)
+            ids, _ = state.queue_busy(ws, request, sender_id)
+            return ids
+
+    def _request(
+        self, text: str, message_id: str | None, sender_id: str | None, target_id: str
+    ) -> dict[str, Any]:
+        request = message_request(text, "message/send", message_id)
+        if self._state.aug and sender_id is None:
+            return canvas_marked(request, target_id)
+        return request
+
     def commit_activity(self, workspace_id: str, activity_id: str) -> None:
         """Make a row added with ``committed=False`` visible, with its original ``created_at``."""
         self._state.commit_activity(workspace_id, activity_id)
@@ -271,14 +385,17 @@ class WorkspaceSetup:
         """Append any JSON value verbatim to the activity log (never filtered)."""
         with self._state.lock:
             self._state.ws(workspace_id)
-            self._state.activity[workspace_id].append(Raw(row))
+            entry = Raw(row, key=(self._state.now_us(), 0))
+            self._state.activity[workspace_id].append(entry)
             self._state.changed()
 
     def activity_rows(self, workspace_id: str) -> list[object]:
         """The workspace's committed activity rows as JSON, oldest first (raw rows verbatim)."""
-        with self._state.lock:
-            self._state.ws(workspace_id)
-            return [entry_json(e) for e in self._state.activity[workspace_id] if visible(e)]
+        state = self._state
+        with state.lock:
+            state.ws(workspace_id)
+            entries = sorted((e for e in state.activity[workspace_id] if visible(e)), key=_key)
+            return [entry_json(e, state.generation) for e in entries]
 
     def set_a2a_responses(self, workspace_id: str, responses: list[Response]) -> None:
         """Script the answers of ``POST /workspaces/:id/a2a`` (replaces any script).
@@ -291,3 +408,7 @@ class WorkspaceSetup:
             self._state.ws(workspace_id)
             self._state.a2a_script[workspace_id] = deque(responses)
             self._state.changed()
+
+
+def _key(entry: ActivityEntry) -> tuple[int, int]:
+    return entry.key
