@@ -577,9 +577,11 @@ def test_a_401_on_the_stream_rereads_the_token_like_the_beat(
     hb = make_hb(interval_seconds=30.0)
     hb.start_thread()
     assert wait_until(lambda: _stream_open(platform, ws, hb))
-    # The token is rotated and the new one written where the Heartbeat reads it; the
-    # connection the stream holds is then cut.
-    platform.rotate_token(ws.id)
+    # The token is replaced without an announcement (a re-provision revokes every token and
+    # writes a new one where the Heartbeat reads it); the connection the stream holds is then
+    # cut.
+    platform.revoke_tokens(ws.id)
+    platform.issue_token(ws.id)
     platform.write_token(ws.id, hb.configs_dir)
     platform.drop_streams(ws.id)
     # A stream that was up a while comes back within RECONNECT_SPREAD.
