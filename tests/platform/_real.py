@@ -99,6 +99,8 @@ class RealPlatform:
         self.database_url = database_url
         self.state_dir = state_dir
         self.scripts = scripts
+        #: Sent as ``X-Molecule-Org-Id`` by the helpers, when set (a server with a tenant guard).
+        self.org_id: str | None = None
         self._session = requests.Session()
         self._session.trust_env = False
         self._lock = threading.Lock()
@@ -136,6 +138,8 @@ class RealPlatform:
         sent = dict(headers or {})
         if token:
             sent["Authorization"] = f"Bearer {token}"
+        if self.org_id:
+            sent.setdefault("X-Molecule-Org-Id", self.org_id)
         with self._lock:  # one Session, used from the tests' threads too
             return self._session.request(
                 method,
@@ -283,6 +287,18 @@ class RealPlatform:
             200,
         )
         return rows
+
+    def sql(self, query: str) -> str:
+        """One SQL query's result, as ``psql -A -t`` prints it (for what no route shows)."""
+        out = subprocess.run(
+            ["psql", self.database_url, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", query],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+        assert out.returncode == 0, f"psql failed: {out.stderr}"
+        return out.stdout.strip()
 
     def row(self, ws_id: str) -> dict[str, Any]:
         """The workspace's row from Postgres: status, last_heartbeat_at (aware datetime or

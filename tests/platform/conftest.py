@@ -114,18 +114,34 @@ class _Servers:
     """The session's servers by folder: started when a test first needs one, stopped at the
     end."""
 
-    started: ClassVar[dict[Path, RealPlatform]] = {}
-    errors: ClassVar[dict[Path, str]] = {}
+    started: ClassVar[dict[tuple[Path, str], RealPlatform]] = {}
+    errors: ClassVar[dict[tuple[Path, str], str]] = {}
 
 
-def _start(scripts: Path) -> RealPlatform:
+#: The organisation of the variant servers (``tenant_platform``): a tenant guard on, and the
+#: delegation ledger written (where August lists a delegation a workspace received).
+TENANT_ORG_ID = "11111111-2222-3333-4444-555555555555"
+_VARIANT_ENV = (
+    f"MOLECULE_ORG_ID={TENANT_ORG_ID}",
+    "DELEGATION_LEDGER_WRITE=1",
+    # An August server with an org id thinks itself a managed tenant and asks its control
+    # plane for these for 90 s, then exits: any values do for a test (May ignores them).
+    "MOLECULE_CP_URL=http://127.0.0.1:9",
+    "MOLECULE_LLM_USAGE_TOKEN=test",
+    "MOLECULE_LLM_USAGE_URL=http://127.0.0.1:9/usage",
+    "MOLECULE_LLM_BASE_URL=http://127.0.0.1:9/llm",
+    "MOLECULE_LLM_ANTHROPIC_BASE_URL=http://127.0.0.1:9/anthropic",
+)
+
+
+def _start(scripts: Path, extra: tuple[str, ...] = ()) -> RealPlatform:
     for name in ("start", "stop"):
         if not (scripts / name).is_file():
             raise RuntimeError(f"{ENV_VAR}: no {name} script in {scripts}")
     state = Path(tempfile.mkdtemp(prefix="heartbeat-sync-platform-"))
     # mkdtemp makes it 0700; Postgres (the postgres user when we are root) must reach pg/ in it.
     state.chmod(0o711)
-    (state / "server.extra.env").write_text("RATE_LIMIT=100000\n")
+    (state / "server.extra.env").write_text("\n".join(("RATE_LIMIT=100000", *extra)) + "\n")
     started = subprocess.run(
         [str(scripts / "start"), str(state)],
         capture_output=True,
@@ -150,7 +166,7 @@ def _start(scripts: Path) -> RealPlatform:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     started, _Servers.started = _Servers.started, {}
-    for scripts, platform in started.items():
+    for (scripts, _), platform in started.items():
         platform.close()
         stopped = subprocess.run(
             [str(scripts / "stop"), str(platform.state_dir)],
@@ -188,18 +204,37 @@ def real_platform(request: pytest.FixtureRequest) -> RealPlatform:
             pytest.skip(f"{ENV_VAR} is not set")
         pytest.skip(f"no server of the generations this test is about in {ENV_VAR}")
     label, scripts, wanted = request.param
-    if scripts not in _Servers.started and scripts not in _Servers.errors:
-        try:
-            _Servers.started[scripts] = _start(scripts)
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            _Servers.errors[scripts] = str(exc)
-    if scripts in _Servers.errors:
-        pytest.fail(f"the platform server did not start: {_Servers.errors[scripts]}")
-    platform = _Servers.started[scripts]
+    platform = _server(scripts, "plain")
     if label is not None and platform.generation != label:
         pytest.fail(f"{scripts} is labelled {label}, but its server is {platform.generation}")
     if wanted is not None and platform.generation not in wanted:
         pytest.skip(f"a {'/'.join(sorted(wanted))} behaviour; {scripts} is {platform.generation}")
+    return platform
+
+
+def _server(scripts: Path, variant: str) -> RealPlatform:
+    """The session's server of ``scripts`` in ``variant`` (``plain``, or ``tenant``: see
+    :data:`TENANT_ORG_ID`), started the first time it is asked for."""
+    key = (scripts, variant)
+    if key not in _Servers.started and key not in _Servers.errors:
+        extra = _VARIANT_ENV if variant == "tenant" else ()
+        try:
+            _Servers.started[key] = _start(scripts, extra)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            _Servers.errors[key] = str(exc)
+    if key in _Servers.errors:
+        pytest.fail(f"the platform server did not start: {_Servers.errors[key]}")
+    return _Servers.started[key]
+
+
+@pytest.fixture
+def tenant_platform(real_platform: RealPlatform) -> RealPlatform:
+    """A second server of ``real_platform``'s generation, with a tenant guard (org id
+    :data:`TENANT_ORG_ID`) and the delegation ledger written; started once per session.
+    Its helpers send the org id."""
+    assert real_platform.scripts is not None
+    platform = _server(real_platform.scripts, "tenant")
+    platform.org_id = TENANT_ORG_ID
     return platform
 
 

@@ -29,7 +29,12 @@ def test_the_wakeup_and_the_notification_are_accepted(
     assert wakeup["params"]["message"]["parts"][0]["text"].startswith(
         "Delegation results are ready"
     )
-    assert f"Peer response from {b[:8]}" in wakeup["params"]["message"]["parts"][0]["text"]
+    text = wakeup["params"]["message"]["parts"][0]["text"]
+    assert f"Peer response from {b[:8]}" in text
+    # The platform's marker for it, and no parent to report to: a top-level workspace's
+    # parent on August is the platform's own root ("Org Concierge"), no agent to report to.
+    assert wakeup["params"]["metadata"] == {"source_type": "self-delegation-result"}
+    assert "Org Concierge" not in text and "send_message_to_user" in text
 
     def rows(kind: str) -> list[dict[str, Any]]:
         every = real_platform.activity(a, ta)
