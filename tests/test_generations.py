@@ -246,3 +246,28 @@ def test_the_platforms_root_is_no_parent_to_report_to(august: FakePlatform, tmp_
     text = sent.json()["params"]["message"]["parts"][0]["text"]
     assert "Org Concierge" not in text
     assert "Report results using send_message_to_user" in text
+
+
+def test_a_tenant_refusal_stays_in_last_error_after_the_beats_that_pass() -> None:
+    """The tenant refusal is a standing condition: the beats pass (the registry routes are
+    open) between the refused polls, and a passing beat must not hide why nothing arrives."""
+    from heartbeat_sync.effects import SideEffectCounts
+    from heartbeat_sync.loop.tally import Tally
+
+    tally = Tally()
+    tally.set_standing_error("tenant", "activity poll answered 400: set org_id or $MOLECULE_ORG_ID")
+    tally.beat_succeeded(tally.beat_report())
+    side = SideEffectCounts(wakeups_sent=0, notifications_sent=0, drops={}, queue_depth=0)
+    status = tally.status(None, running=True, paused=False, side=side, workspace_status="online")
+    assert status.last_error is not None and "MOLECULE_ORG_ID" in status.last_error
+    # A beat that fails says its own error first; once beats pass again, the standing one.
+    tally.beat_failed("heartbeat answered 502")
+    assert "502" in (
+        tally.status(
+            None, running=True, paused=False, side=side, workspace_status="online"
+        ).last_error
+        or ""
+    )
+    tally.beat_succeeded(tally.beat_report())
+    status = tally.status(None, running=True, paused=False, side=side, workspace_status="online")
+    assert status.last_error is not None and "MOLECULE_ORG_ID" in status.last_error

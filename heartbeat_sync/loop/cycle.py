@@ -157,8 +157,7 @@ class Cycle:
             logger.exception("registration failed")
             registrar.renew()
             return False
-        if registrar.error is not None:
-            self._tally.set_last_error(registrar.error)
+        self._tally.set_standing_error("registration", registrar.error)
         return state != PENDING
 
     def registration(self) -> tuple[str | None, str | None]:
@@ -288,7 +287,7 @@ class Cycle:
         then quiet (no retry can help, and the next cycle asks no sooner than its slot)."""
         if not (isinstance(exc, PlatformError) and exc.tenant_required):
             return False
-        self._tally.set_last_error(str(exc))
+        self._tally.set_standing_error("tenant", str(exc))
         if not self._said_tenant:
             self._said_tenant = True
             logger.error("%s", exc)

@@ -61,6 +61,7 @@ class Tally:
         self._consecutive_failures = 0
         self._last_success: float | None = None
         self._last_error: str | None = None
+        self._standing: dict[str, str] = {}
         self._results_delivered = 0
 
     # --- what the agent reports -------------------------------------------------------------
@@ -163,10 +164,22 @@ class Tally:
             self._last_error = error
             return self._consecutive_failures
 
-    def set_last_error(self, error: str) -> None:
-        """Record a failure that is not a beat's (a registration refused)."""
+    def _latest_standing(self) -> str | None:
+        return next(reversed(self._standing.values()), None) if self._standing else None
+
+    def set_standing_error(self, key: str, error: str | None) -> None:
+        """Record (or, with None, clear) a failure that is not a beat's and lasts until its
+        cause is gone: a registration refused, polls refused for want of the tenant header.
+
+        A passing beat does not clear it; ``last_error`` shows it whenever the last beat
+        passed.
+        """
         with self._lock:
-            self._last_error = error
+            if error is None:
+                self._standing.pop(key, None)
+            else:
+                self._standing.pop(key, None)
+                self._standing[key] = error  # the most recent last
 
     def delivered(self, count: int) -> None:
         """Count results written to the results file."""
@@ -199,7 +212,7 @@ class Tally:
                 beats_failed=self._beats_failed,
                 consecutive_failures=self._consecutive_failures,
                 last_success=self._last_success,
-                last_error=self._last_error,
+                last_error=self._last_error or self._latest_standing(),
                 results_delivered=self._results_delivered,
                 wakeups_sent=side.wakeups_sent,
                 notifications_sent=side.notifications_sent,
