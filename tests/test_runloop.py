@@ -21,6 +21,7 @@ def decide(
     forced: TokenBucket | None = None,
     pacer: TokenBucket | None = None,
     register: float = math.inf,
+    poll_cost: float = 0.0,
 ) -> Step:
     return next_step(
         now,
@@ -30,6 +31,7 @@ def decide(
         forced=forced or TokenBucket(5, 1.0),
         pacer=pacer or TokenBucket(10, 4.0),
         register_at=register,
+        poll_cost=poll_cost,
     )
 
 
@@ -80,6 +82,17 @@ def spent_pacer(now: float) -> TokenBucket:
             "an event's poll with the pacer spent: wait for it",
             decide(10.0, 12.0, poll=True, pacer=spent_pacer(10.0)),
             Step(Act.WAIT, until=10.25),
+        ),
+        (
+            "an event's poll that would still run at the slot: wait for the cycle (it polls "
+            "too), so that the beat is not late",
+            decide(11.95, 12.0, poll=True, poll_cost=0.1),
+            Step(Act.WAIT, until=12.0),
+        ),
+        (
+            "an event's poll that ends before the slot: at once",
+            decide(11.85, 12.0, poll=True, poll_cost=0.1),
+            Step(Act.POLL),
         ),
         (
             "a poll and a cycle both due: the cycle (it polls too)",

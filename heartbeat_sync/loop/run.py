@@ -33,6 +33,13 @@ from .schedule import Act, Slots, TokenBucket, next_step
 
 logger = logging.getLogger(__name__)
 
+#: An event's poll due within twice the polls' usual time of the slot is left to the cycle
+#: (it polls too), so that the beat is never late for it; never more than this share of the
+#: interval, so that a slow platform does not hold the events' polls back for long.
+POLL_COST_SHARE = 0.25
+#: The weight of the last poll's time in the smoothed figure.
+POLL_COST_WEIGHT = 0.3
+
 
 class Run:
     """One run of the beat, side-effect, event-stream and callback threads.
@@ -95,6 +102,7 @@ class Run:
         self._poll_asked = False
         self._forced = TokenBucket(_schedule.FORCED_BURST, _schedule.FORCED_RATE)
         self._pacer = TokenBucket(_schedule.POLL_BURST, _schedule.POLL_RATE)
+        self._poll_cost = 0.0  # seconds the event's polls take, smoothed
         self._slots = Slots(interval, workspace_id, start_phase, draw, clock(), wall_clock())
         # Lookups of the team left to try; none with the deprecated start_phase.
         self._team_tries = _team.MAX_TRIES if start_phase is None else 0
@@ -312,6 +320,7 @@ class Run:
                 forced=self._forced,
                 pacer=self._pacer,
                 register_at=cycle.registration_due(),
+                poll_cost=min(2.0 * self._poll_cost, POLL_COST_SHARE * self.interval),
             )
             if step.act is Act.WAIT:
                 self._sleep(step.until - now)
@@ -328,6 +337,9 @@ class Run:
             if step.act is Act.POLL:
                 self._pacer.take(now)
                 outcome = cycle.poll(client)
+                # How long polls take, smoothed: one due to end after the slot waits for it.
+                took = self._clock() - now
+                self._poll_cost += POLL_COST_WEIGHT * (took - self._poll_cost)
             else:
                 self._cycle_asked = False
                 if step.forced:

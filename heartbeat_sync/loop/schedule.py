@@ -183,6 +183,7 @@ def next_step(
     forced: TokenBucket,
     pacer: TokenBucket,
     register_at: float = math.inf,
+    poll_cost: float = 0.0,
 ) -> Step:
     """Decide what to do at ``now`` (pure; the buckets are only read, never spent).
 
@@ -190,12 +191,15 @@ def next_step(
     the token it may bring); nothing the caller asks for makes it come sooner. A cycle is due
     at its slot, or sooner when one was asked for and the forced-cycle bucket has credit; the
     polls alone when the event stream asked and the pacer allows. A due cycle wins over the
-    polls (it polls too).
+    polls (it polls too), and so does one due within ``poll_cost`` seconds (how long the polls
+    may take): polls that would still run at the slot would make the beat late.
     """
     if now >= register_at:
         return Step(Act.REGISTER)
     beat_due = min(next_slot, forced.ready_at(now)) if beat_asked else next_slot
     poll_due = pacer.ready_at(now) if poll_asked else math.inf
+    if poll_due + poll_cost >= beat_due:
+        poll_due = math.inf  # the cycle at the slot polls
     if now < beat_due and now < poll_due:
         return Step(Act.WAIT, until=min(beat_due, poll_due, register_at))
     if now < beat_due:
