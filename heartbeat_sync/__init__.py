@@ -14,12 +14,13 @@ from .__about__ import __version__
 from ._heartbeat import Heartbeat
 from ._status import Status, StreamStatus
 from ._wedge import clear_wedge, is_wedged, mark_wedged, wedge_reason
-from .delivery import read_delegation_results
+from .delivery import InboundMessage, read_delegation_results
 from .effects import format_delegation_results
 from .wire import Registration, RegistrationError, register
 
 __all__ = [
     "Heartbeat",
+    "InboundMessage",
     "Registration",
     "RegistrationError",
     "Status",

@@ -18,15 +18,16 @@ from typing import Any
 
 from . import _exit, _fork, _metadata, _settings, _status
 from ._settings import (
+    MESSAGE_BACKLOG,
     MIN_CURSOR_IDS,
     MIN_SEEN_IDS,
     STATE_CHECK_INTERVAL,
     RandomSource,
     StateCallback,
 )
-from .delivery import Inbox
-from .effects import side_effect_worker
-from .loop import Callbacks, Cycle, Lifecycle, Registrar, Run, Tally
+from .delivery import InboundMessage, Inbox, Owner
+from .effects import HandlerPool, MessageHandler, side_effect_worker
+from .loop import Callbacks, Cycle, Inbound, Lifecycle, Registrar, Run, Tally
 from .wire import Credentials, PlatformClient, SessionFactory
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,17 @@ class Heartbeat:
             number in (0, 86400] (None: only on a hint: a suspicious answer, or an event). A
             pause changes no answer of an ordinary cycle. The environment is read here, at
             construction, never at import time.
+        on_message: Called as ``on_message(message)`` with each message to the workspace (an
+            :class:`~heartbeat_sync.InboundMessage`: from a user on the canvas or from a peer)
+            on a pool of its own, once, ever; a returned string is the reply, sent back the
+            way the message came. Every ``a2a_receive`` row then goes to it, none to the
+            results file (delegation results still do). A workspace no agent has registered
+            yet is registered in poll mode; one in push mode is left so, with a warning (its
+            messages go to its URL). See the README's "Receiving messages".
+        max_concurrent: Handlers running at once, in [1, 64]; while all run, the messages
+            wait on the platform.
+        message_backlog: At a first start (no activity cursor yet), messages older than this
+            many seconds are history and not handed over; in [0, 2592000].
     """
 
     def __init__(
@@ -143,6 +155,9 @@ class Heartbeat:
         on_state_change: StateCallback | None = None,
         state_check_interval: float | None = STATE_CHECK_INTERVAL,
         events: bool = True,
+        on_message: MessageHandler | None = None,
+        max_concurrent: int = 1,
+        message_backlog: float = MESSAGE_BACKLOG,
     ) -> None:
         # Every argument goes to _settings.settings, whose signature is this one's without
         # the defaults (a test holds the two equal): validated there, in one place.
@@ -166,6 +181,14 @@ class Heartbeat:
             name=f"heartbeat-sync-side-effects-{workspace_id[:8]}",
         )
         self._callbacks = Callbacks(f"heartbeat-sync-callbacks-{workspace_id[:8]}")
+        self._pool: HandlerPool | None = None
+        if settings.on_message is not None:
+            self._pool = HandlerPool(
+                settings.on_message,
+                max_concurrent=settings.max_concurrent,
+                finished=self._message_finished,
+                name=f"heartbeat-sync-handler-{workspace_id[:8]}",
+            )
         self._init_state()
         _fork.track(self)
 
@@ -203,6 +226,13 @@ class Heartbeat:
             timeout=settings.request_timeout,
         )
 
+    def _message_finished(self, message: InboundMessage, answer: str | None, failed: bool) -> None:
+        # On the handler's thread: the message is out of its hands (recorded first, so that
+        # nothing offers it again), then its answer goes back.
+        self._inbox.finished(message.id)
+        if answer:
+            message.reply(answer)
+
     def _new_run(self, previous: list[threading.Thread]) -> Run:
         settings = self._settings
         halt = threading.Event()
@@ -210,6 +240,15 @@ class Heartbeat:
         if settings.registration is not None:
             registrar = Registrar.for_interval(
                 settings.registration, self._credentials, settings.interval_seconds
+            )
+        inbound = None
+        if self._pool is not None:
+            inbound = Inbound(
+                inbox=self._inbox,
+                pool=self._pool,
+                send=self._worker.submit,
+                owner=Owner.new_run(),
+                backlog=settings.message_backlog,
             )
         cycle = Cycle(
             workspace_id=settings.workspace_id,
@@ -224,6 +263,8 @@ class Heartbeat:
             on_state=self._announce,
             registrar=registrar,
             halt=halt,
+            inbound=inbound,
+            register_if_waiting=settings.register_only_if_waiting,
         )
         return Run(
             workspace_id=settings.workspace_id,
@@ -240,6 +281,7 @@ class Heartbeat:
             registers=registrar is not None,
             request_timeout=settings.request_timeout,
             previous=previous,
+            inbound=inbound,
         )
 
     def _announce(self, old: str, new: str) -> None:
@@ -480,6 +522,7 @@ class Heartbeat:
             workspace_status=self._life.platform_status,
             registration=registration,
             stream=stream,
+            handlers=None if self._pool is None else self._pool.counts(),
         )
 
 

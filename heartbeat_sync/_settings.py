@@ -7,6 +7,7 @@ import time.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from . import _config, _fork, _metadata, _validate
+from .effects import MessageHandler
 from .wire import (
     SessionFactory,
     events_enabled,
@@ -25,6 +27,8 @@ from .wire import (
     resolve_configs_dir,
     resolve_org_id,
 )
+
+logger = logging.getLogger(__name__)
 
 #: The legacy ``start_phase`` of earlier releases (the first beat within this share of the
 #: interval, then a fixed rate from there); the default schedule now spreads by itself.
@@ -40,6 +44,10 @@ MIN_CURSOR_IDS = 2 * ACTIVITY_PAGE * ACTIVITY_MAX_PAGES
 #: Seconds between state checks when nothing suggests a change (a pause shows in no answer of
 #: an ordinary cycle): one cycle in ten at the default interval.
 STATE_CHECK_INTERVAL = 300.0
+#: The most message handlers that may run at once.
+MAX_CONCURRENT = 64
+#: At a first start, messages older than this many seconds are history, not handed over.
+MESSAGE_BACKLOG = 600.0
 _GOLDEN = 0.6180339887498949
 
 StateCallback = Callable[[str, str], None]
@@ -109,6 +117,12 @@ class Settings:
     on_state_change: StateCallback | None
     state_check_interval: float | None
     events: bool
+    on_message: MessageHandler | None
+    max_concurrent: int
+    message_backlog: float
+    #: The registration is owed only if the workspace waits for its agent (``on_message``
+    #: without ``register``).
+    register_only_if_waiting: bool
     #: ``$MOLECULE_WORKSPACE_TOKEN``: kept out of ``repr``, like every secret.
     env_token: str | None = field(default=None, repr=False)
 
@@ -189,6 +203,9 @@ def settings(
     on_state_change: StateCallback | None,
     state_check_interval: float | None,
     events: bool,
+    on_message: MessageHandler | None,
+    max_concurrent: int,
+    message_backlog: float,
 ) -> Settings:
     """Check a Heartbeat's arguments (``ValueError`` naming the first bad one) and read the
     environment for those left to it.
@@ -238,6 +255,33 @@ def settings(
     tenant = resolve_org_id(org_id)
     if on_state_change is not None and not callable(on_state_change):
         raise ValueError("on_state_change must be callable")
+    if on_message is not None and not callable(on_message):
+        raise ValueError("on_message must be callable")
+    if (
+        isinstance(max_concurrent, bool)
+        or not isinstance(max_concurrent, int)
+        or not 1 <= max_concurrent <= MAX_CONCURRENT
+    ):
+        raise ValueError(
+            f"max_concurrent must be an int in [1, {MAX_CONCURRENT}], not {max_concurrent!r}"
+        )
+    backlog = _validate.number("message_backlog", message_backlog, 0, 30 * day)
+    if on_message is not None and registration is None:
+        # A workspace not yet registered is registered in poll mode (only then: an operator's
+        # registration is never changed); see Cycle.check_at_start.
+        registration = registration_body(
+            workspace_id, url=None, agent_card=agent_card, delivery_mode="poll"
+        )
+        register_only_if_waiting = True
+    else:
+        register_only_if_waiting = False
+    if on_message is not None and agent_url:
+        logger.warning(
+            "on_message is given with agent_url: the platform sends the workspace's messages "
+            "to %s (push mode), so none reaches on_message; leave agent_url out to receive "
+            "them here (poll mode)",
+            _validate.redact_url(agent_url),
+        )
     for arg, value, least in (
         ("max_seen_ids", max_seen_ids, MIN_SEEN_IDS),
         ("max_cursor_ids", max_cursor_ids, MIN_CURSOR_IDS),
@@ -275,5 +319,9 @@ def settings(
         on_state_change=on_state_change,
         state_check_interval=state_check_interval,
         events=events_enabled(events, os.environ.get(_config.ENV_EVENTS)),
+        on_message=None if (on_message is not None and agent_url) else on_message,
+        max_concurrent=max_concurrent,
+        message_backlog=backlog,
+        register_only_if_waiting=register_only_if_waiting,
         env_token=os.environ.get(_config.ENV_TOKEN),
     )

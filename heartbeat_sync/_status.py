@@ -68,7 +68,9 @@ class Status:
     #: Side effects (wake-ups or notifications) dropped, all reasons together.
     side_effects_dropped: int
     #: The drops by reason: ``queue_full``, ``wakeup_failed``, ``notify_failed``,
-    #: ``notify_disabled``, ``notify_backlog``, ``stopped``.
+    #: ``notify_disabled``, ``notify_backlog``, ``stopped``, and for the replies to messages
+    #: ``reply_failed`` (refused, or not delivered within the retry deadline) and
+    #: ``reply_backlog`` (too many waiting).
     drops: Mapping[str, int]
     #: Side effects waiting on the worker.
     queue_depth: int
@@ -84,3 +86,17 @@ class Status:
     #: The event stream of the current (or last) run; None when the stream is off or was
     #: never opened (it opens as a run begins, after the registration when there is one).
     stream: StreamStatus | None = None
+    #: With ``on_message``: messages whose handler returned (its answer, if any, queued).
+    messages_handled: int = 0
+    #: With ``on_message``: messages whose handler raised (logged with the traceback).
+    handler_errors: int = 0
+    #: With ``on_message``: handlers running now (sent with the beats as tasks in progress).
+    handlers_running: int = 0
+    #: With ``on_message``: seconds the longest-running handler has run; None when none runs.
+    #: A handler that never returns shows here (it holds one of ``max_concurrent`` slots).
+    oldest_handler_seconds: float | None = None
+    #: Replies to messages the platform accepted.
+    replies_sent: int = 0
+    #: With ``on_message``: activity rows skipped as no message to anyone (no id to record
+    #: them under); a rate-limited warning says so too.
+    messages_skipped: int = 0

@@ -36,7 +36,7 @@ def number(
     and NaN are refused; so is infinity, since ``high`` is finite.
     """
     bracket = "(" if low_open else "["
-    allowed = f"a number in {bracket}{low:g}, {high:g}]"
+    allowed = f"a number in {bracket}{_plain(low)}, {_plain(high)}]"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be {allowed}, not {value!r}")
     result = float(value)
@@ -44,6 +44,11 @@ def number(
     if math.isnan(result) or too_low or result > high:
         raise ValueError(f"{name} must be {allowed}, not {value!r}")
     return result
+
+
+def _plain(bound: float) -> str:
+    """``bound`` as people write it: 2592000, not 2.592e+06."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def optional_number(

@@ -49,6 +49,13 @@ BAD_NUMBERS = [
     ("state_check_interval", float("inf"), "(0, 86400]"),  # accepted
     ("state_check_interval", 86400.5, "(0, 86400]"),
     ("state_check_interval", float("nan"), "(0, 86400]"),
+    ("message_backlog", -1, "[0, 2592000]"),
+    ("message_backlog", float("nan"), "[0, 2592000]"),
+    ("message_backlog", "600", "[0, 2592000]"),
+    ("max_concurrent", 0, "[1, 64]"),
+    ("max_concurrent", 65, "[1, 64]"),
+    ("max_concurrent", True, "[1, 64]"),  # taken for 1
+    ("max_concurrent", 2.0, "[1, 64]"),
     ("state_check_interval", 0, "(0, 86400]"),
     ("state_check_interval", -1, "(0, 86400]"),
 ]
@@ -61,7 +68,8 @@ def test_a_numeric_argument_out_of_range_is_refused_at_construction(
     with pytest.raises(ValueError) as raised:
         make_hb(**{name: value})
     message = str(raised.value)
-    assert message.startswith(f"{name} must be a number in {allowed}")
+    kind = "an int" if name == "max_concurrent" else "a number"
+    assert message.startswith(f"{name} must be {kind} in {allowed}")
 
 
 @pytest.mark.parametrize(

@@ -17,16 +17,21 @@ the caller logs the platform's.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .._ratelimit import RateLimitedLog
 from . import rows as _rows
 from .activity import ActivityPager, row_ids
+from .handoff import HandoffLog, Owner
+from .messages import MessageRow, message_row
 from .results import IdLog, ResultsFile
 from .rows import Result
 
@@ -47,6 +52,10 @@ class Page:
     next_since: str | None = None
     handled_seq: int | None = None
     failed: bool = False
+    #: Messages claimed for this process's handlers (with ``capacity``), oldest first.
+    claimed: list[MessageRow] = field(default_factory=list)
+    #: Rows skipped as no message to anyone (not an object, or without a valid id).
+    malformed: int = 0
 
 
 class Inbox:
@@ -91,6 +100,16 @@ class Inbox:
         # Until the files were read as they are on disk (and again after a failed write).
         self._stale = True
         self._warned_foreign: OrderedDict[str, None] = OrderedDict()
+        # Rows without an id already counted (by their content: a poll reads a few seconds
+        # of rows again, and these have nothing else to know them by).
+        self._counted_malformed: OrderedDict[str, None] = OrderedDict()
+        self._handoff = HandoffLog(self._results, self._cursor)
+        # The handlers' messages whose end could not be written yet (retried each poll); the
+        # handlers' threads add to it.
+        self._unfinished: set[str] = set()
+        self._unfinished_lock = threading.Lock()
+        # Messages older than this (wall time) are not handed over: history at a first start.
+        self._backlog_before: float | None = None
 
     # --- delegations ----------------------------------------------------------------------
 
@@ -142,9 +161,125 @@ class Inbox:
         logger.info("activity cursor unknown to the platform; reading the window")
         self._pager.forget(since)
 
-    def activity_page(self, rows: Sequence[Any], since: str | None, page_size: int) -> Page:
-        """Deliver the ``a2a_receive`` rows of one activity page read after ``since``; return
-        the fresh results and where the next page starts.
+    # --- messages ---------------------------------------------------------------------------
+
+    def messages_start(
+        self, owner: Owner, backlog: float, busy: Collection[str] = ()
+    ) -> list[MessageRow]:
+        """A run that hands messages to handlers begins: the messages a run that ended left in
+        handlers' hands, now ``owner``'s (to be offered again, marked redelivered). On a first
+        start (no activity cursor on disk), messages older than ``backlog`` seconds are history
+        and never handed over. ``busy``: messages whose handlers still run (left alone)."""
+        if not self._fresh_files():
+            return []
+        self._backlog_before = None if len(self._cursor) else self._clock() - backlog
+        try:
+            return self._handoff.take_over(owner, busy)
+        except OSError as exc:
+            self._warn.warning("handoff", "cannot read the hand-off log: %s", exc)
+            return []
+
+    def finished(self, row_id: str) -> None:
+        """A handler has returned: the message is no longer in its hands (written now, or at
+        a later poll when the log cannot be written now). Safe from any thread."""
+        with self._unfinished_lock:
+            self._unfinished.add(row_id)
+        self._write_finished()
+
+    def _write_finished(self) -> None:
+        with self._unfinished_lock:
+            pending = list(self._unfinished)
+        for row_id in pending:
+            try:
+                self._handoff.finish(row_id)
+            except OSError as exc:
+                self._warn.warning("handoff", "cannot record a handled message yet: %s", exc)
+                return
+            with self._unfinished_lock:
+                self._unfinished.discard(row_id)
+
+    def take_over(self, owner: Owner, busy: Collection[str] = ()) -> list[MessageRow]:
+        """Messages another run (of another process) left unhandled when it ended: now
+        ``owner``'s, but for ``busy``. A single ``lstat`` when no message is in anyone's
+        hands."""
+        try:
+            return self._handoff.take_over(owner, busy)
+        except OSError as exc:
+            self._warn.warning("handoff", "cannot read the hand-off log: %s", exc)
+            return []
+
+    def _claim(
+        self, rows: Sequence[Any], capacity: int, owner: Owner
+    ) -> tuple[int, list[MessageRow], list[str], int] | None:
+        """Which of ``rows`` (oldest first) this poll takes: the number of rows read (up to
+        the first message beyond ``capacity``), the messages claimed, the ids of the other
+        rows read, and how many rows had no id. None when the claim could not be written."""
+        taken: list[MessageRow] = []
+        others: list[str] = []
+        malformed = 0
+        cut = len(rows)
+        for index, row in enumerate(rows):
+            message = message_row(row, self.workspace_id)
+            if message is None:
+                row_id = row.get("id") if isinstance(row, dict) else None
+                if not isinstance(row_id, str) or not _rows.valid_id(row_id):
+                    malformed += self._first_sight(row)
+                elif row_id not in self._cursor:
+                    others.append(row_id)
+                continue
+            if message.id in self._cursor or (message.key and message.key in self._cursor):
+                continue
+            if self._history(message):
+                others.extend(i for i in (message.id, message.key) if i)
+                continue
+            if len(taken) >= capacity:
+                cut = index  # no handler is free: the rest wait on the platform
+                break
+            taken.append(message)
+        try:
+            claimed = self._handoff.claim(taken, owner)
+        except OSError as exc:
+            self._stale = True
+            self._warn.warning("handoff", "could not hand messages over: %s", exc)
+            return None
+        return cut, claimed, others, malformed
+
+    def _first_sight(self, row: Any) -> int:
+        """1 the first time this run's inbox reads the row without an id, else 0."""
+        try:
+            text = json.dumps(row, sort_keys=True, default=repr)
+        except (TypeError, ValueError, RecursionError):
+            text = repr(type(row))
+        digest = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
+        if digest in self._counted_malformed:
+            return 0
+        self._counted_malformed[digest] = None
+        while len(self._counted_malformed) > _MAX_WARNED_FOREIGN:
+            self._counted_malformed.popitem(last=False)
+        return 1
+
+    def _history(self, message: MessageRow) -> bool:
+        before = self._backlog_before
+        if before is None or message.received_at is None:
+            return False
+        return message.received_at.timestamp() < before
+
+    def activity_page(
+        self,
+        rows: Sequence[Any],
+        since: str | None,
+        page_size: int,
+        *,
+        capacity: int | None = None,
+        owner: Owner | None = None,
+    ) -> Page:
+        """Take the ``a2a_receive`` rows of one activity page read after ``since``; return what
+        came of it: the fresh results, where the next page starts, the messages claimed.
+
+        Without ``capacity`` (no handler), a peer's row is a result for the results file. With
+        it, a row that is a message (from the canvas or a peer) is claimed for a handler, up to
+        ``capacity`` of them (as ``owner``), and the page ends before the first message beyond:
+        the rest wait on the platform for a free handler.
 
         A page that does not hold ``since`` (a server that ignores it, or none was sent) is the
         newest window, newest first: it is read oldest first, and it ends the poll.
@@ -155,24 +290,46 @@ class Inbox:
         if not honoured or _rows.newest_first(rows):
             honoured = False
             rows = list(reversed(rows))
-        parsed = _rows.activity_results(rows, self.workspace_id, self._cursor, self._clock())
-        if parsed.malformed:
-            self._warn.warning(
-                "activity-rows", "skipped %d malformed activity row(s)", parsed.malformed
-            )
-        seqs = [q for q in (_rows.seq_of(r) for r in rows) if q is not None]
+        self._write_finished()
+        claimed: list[MessageRow] = []
         fresh: list[Result] = []
-        if parsed.results:
-            delivered = self._deliver(parsed.results, [(self._cursor, parsed.ids)], parsed.aliases)
-            if delivered is None:
-                # The pager stays put: the next poll reads these rows again.
+        malformed = 0
+        served = cut = len(rows)
+        if capacity is not None and owner is not None:
+            taken = self._claim(rows, capacity, owner)
+            if taken is None:
                 return Page(failed=True)
-            fresh = delivered
-        elif parsed.ids:
-            self._cursor.add(parsed.ids)
-            self._cursor.save()
-        full = honoured and len(rows) >= page_size
-        after = self._pager.read(since if honoured else None, row_ids(rows), full)
+            cut, claimed, others, malformed = taken
+            if others:
+                self._cursor.add(others)
+                self._cursor.save()
+            rows = list(rows[:cut])
+        else:
+            parsed = _rows.activity_results(rows, self.workspace_id, self._cursor, self._clock())
+            if parsed.malformed:
+                self._warn.warning(
+                    "activity-rows", "skipped %d malformed activity row(s)", parsed.malformed
+                )
+            if parsed.results:
+                delivered = self._deliver(
+                    parsed.results, [(self._cursor, parsed.ids)], parsed.aliases
+                )
+                if delivered is None:
+                    # The pager stays put: the next poll reads these rows again.
+                    return Page(failed=True)
+                fresh = delivered
+            elif parsed.ids:
+                self._cursor.add(parsed.ids)
+                self._cursor.save()
+        seqs = [q for q in (_rows.seq_of(r) for r in rows) if q is not None]
+        handled = max(seqs, default=None)
+        full = honoured and served >= page_size
+        cut_short = cut < served
+        # Cut short, the page is read up to the cut and the server has more: the next poll
+        # reads from there again, when a handler is free.
+        after = self._pager.read(since if honoured else None, row_ids(rows), full or cut_short)
+        if cut_short:
+            return Page(fresh, None, handled, claimed=claimed, malformed=malformed)
         if after is None or after == since:
             if full:
                 self._warn.warning(
@@ -183,8 +340,8 @@ class Inbox:
                 )
             else:
                 self._warn.reset("activity-stuck")
-            return Page(fresh, None, max(seqs, default=None))
-        return Page(fresh, after, max(seqs, default=None))
+            return Page(fresh, None, handled, claimed=claimed, malformed=malformed)
+        return Page(fresh, after, handled, claimed=claimed, malformed=malformed)
 
     # --- the files --------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Side effects: what follows a delivery, off the beat thread.
 
-Holds ``sender`` (:func:`side_effect_worker`: the thread that sends wake-ups and
-notifications), ``queue`` (:class:`~.queue.QueueWorker`, a daemon thread over a bounded queue,
+Holds ``sender`` (:func:`side_effect_worker`: the thread that sends wake-ups, notifications and
+replies), ``handlers`` (:class:`HandlerPool`: the threads of the user's message handlers),
+``queue`` (:class:`~.queue.QueueWorker`, a daemon thread over a bounded queue,
 handed its work), ``policy`` (pure: what to send when) and ``texts`` (pure: the beat body, the
 wake-up and notification texts, :func:`format_delegation_results`).
 
@@ -11,11 +12,16 @@ Offers the side-effect thread, its counts and the texts. May import the faces of
 
 from __future__ import annotations
 
-from .policy import SideEffectCounts
+from .handlers import HandlerPool, MessageHandler, PoolCounts
+from .policy import Reply, SideEffectCounts
 from .sender import SideEffectWorker, side_effect_worker
 from .texts import build_beat_body, format_delegation_results
 
 __all__ = [
+    "HandlerPool",
+    "MessageHandler",
+    "PoolCounts",
+    "Reply",
     "SideEffectCounts",
     "SideEffectWorker",
     "build_beat_body",

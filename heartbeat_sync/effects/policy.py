@@ -34,6 +34,11 @@ DROP_NOTIFY_FAILED = "notify_failed"
 DROP_NOTIFY_DISABLED = "notify_disabled"
 DROP_NOTIFY_BACKLOG = "notify_backlog"
 DROP_STOPPED = "stopped"
+DROP_REPLY_FAILED = "reply_failed"
+DROP_REPLY_BACKLOG = "reply_backlog"
+#: Replies held at most (waiting to be sent, or for a retry): a new one beyond is dropped and
+#: counted.
+MAX_REPLY_BACKLOG = 1000
 
 R = TypeVar("R")
 
@@ -85,6 +90,35 @@ class Notify(Generic[R]):
 
 
 @dataclass(frozen=True)
+class Reply:
+    """An answer to a message: ``text`` for a canvas user (``peer_id`` None: a notification)
+    or for the peer workspace ``peer_id`` (an A2A message). ``in_reply_to`` is the message's
+    ``messageId``, where it had one."""
+
+    text: str
+    peer_id: str | None = None
+    in_reply_to: str | None = None
+
+
+@dataclass(frozen=True)
+class SendReply:
+    """Send ``reply`` (attempt number ``attempt``, from 1)."""
+
+    reply: Reply
+    attempt: int = 1
+
+
+@dataclass(eq=False)
+class _HeldReply:
+    """A reply waiting: how many attempts so far, the first one's time, the next one's."""
+
+    reply: Reply
+    attempts: int = 0
+    first: float | None = None
+    due: float = float("-inf")
+
+
+@dataclass(frozen=True)
 class SideEffectCounts:
     """What was sent and dropped, and what waits, all read at one instant."""
 
@@ -96,10 +130,14 @@ class SideEffectCounts:
     drops: Mapping[str, int]
     #: Batches queued plus the wake-up and notifications not yet sent.
     queue_depth: int
+    #: Replies the platform accepted.
+    replies_sent: int = 0
 
 
-#: What to send next: a wake-up, a notification, or nothing yet.
-Action = Union[Wakeup[R], Notify[R], None]
+#: What to send next: a reply, a wake-up, a notification, or nothing yet.
+Action = Union[SendReply, Wakeup[R], Notify[R], None]
+#: How a reply ended: accepted, to be retried, or dropped.
+ReplyOutcome = Literal["sent", "retry", "dropped"]
 #: How a wake-up ended: accepted, received without an answer, to be retried, or dropped.
 WakeupOutcome = Literal["sent", "confirmed", "retry", "dropped"]
 #: How a notification ended: accepted, refused as turned off (pause begins), or dropped.
@@ -117,6 +155,11 @@ class SideEffectPolicy(Generic[R]):
     notification; at most ``max_notify_backlog`` wait, the rest are dropped. A 403
     ``talk_to_user_disabled`` pauses notifications for :data:`NOTIFY_PAUSE_SECONDS`. After a
     wake-up, a waiting notification goes before the next wake-up.
+
+    Replies to messages go first, in order, each retried as a wake-up is (a busy peer's 503
+    after its ``Retry-After``, until ``retry_deadline`` after its first attempt); one refused
+    for good is dropped and counted (``reply_failed``). A reply to the canvas is a
+    notification: a pause of notifications drops it too.
     """
 
     def __init__(
@@ -144,6 +187,10 @@ class SideEffectPolicy(Generic[R]):
         self._last_was_wakeup = False
         self._notify_paused_until = float("-inf")
         self._drops: dict[str, int] = {}
+        # Replies waiting, in order.
+        self._replies: collections.deque[_HeldReply] = collections.deque()
+        #: Replies the platform accepted.
+        self.replies_sent = 0
         #: Wake-ups the platform accepted (or confirmed delivered).
         self.wakeups_sent = 0
         #: Notifications the platform accepted.
@@ -161,6 +208,13 @@ class SideEffectPolicy(Generic[R]):
         if len(results) > room:
             self.drop(DROP_NOTIFY_BACKLOG, len(results) - room)
 
+    def add_reply(self, reply: Reply) -> None:
+        """Hold ``reply`` until it is sent (or given up)."""
+        if len(self._replies) >= MAX_REPLY_BACKLOG:
+            self.drop(DROP_REPLY_BACKLOG, 1)
+            return
+        self._replies.append(_HeldReply(reply))
+
     def drop(self, reason: str, count: int) -> None:
         """Count ``count`` side effects dropped for ``reason``."""
         self._drops[reason] = self._drops.get(reason, 0) + count
@@ -172,12 +226,13 @@ class SideEffectPolicy(Generic[R]):
             notifications_sent=self.notifications_sent,
             drops=types.MappingProxyType(dict(self._drops)),
             queue_depth=queued + self.held(),
+            replies_sent=self.replies_sent,
         )
 
     def held(self) -> int:
         """Side effects waiting: the pending wake-up (one, for any number of results) and
         the notifications."""
-        return (1 if self._wake_held() else 0) + len(self._notify)
+        return (1 if self._wake_held() else 0) + len(self._notify) + len(self._replies)
 
     def describe(self, queued: int, busy: bool) -> str:
         """What is left to do, in words, with ``queued`` batches not yet added."""
@@ -188,13 +243,24 @@ class SideEffectPolicy(Generic[R]):
             parts.append(f"a wake-up for {len(self._wake) + self._wake_more} result(s)")
         if self._notify:
             parts.append(f"{len(self._notify)} notification(s)")
+        if self._replies:
+            parts.append(f"{len(self._replies)} reply(ies)")
         if busy and not parts:
             parts.append("a request in flight")
         return ", ".join(parts) or "nothing"
 
     def due_in(self) -> float | None:
         """Seconds until something held is due (0 when now), or None when nothing is held."""
-        return 0.0 if self._notify else self.wakeup_in()
+        if self._notify:
+            return 0.0
+        waits = [w for w in (self.wakeup_in(), self._reply_in()) if w is not None]
+        return min(waits) if waits else None
+
+    def _reply_in(self) -> float | None:
+        if not self._replies:
+            return None
+        now = self._clock()
+        return max(0.0, min(held.due for held in self._replies) - now)
 
     def wakeup_in(self) -> float | None:
         """Seconds until the held wake-up may go out (0 when now), or None when none is held."""
@@ -209,12 +275,21 @@ class SideEffectPolicy(Generic[R]):
         self._wake_more = 0
         self._first_attempt_at = None  # a later wake-up gets its own retry deadline
         self._notify.clear()
+        self._replies.clear()
 
     # --- what to send -------------------------------------------------------------------
 
     def next(self) -> Action[R]:
-        """The side effect to send now, or None. A notification handed out is no longer held."""
+        """The side effect to send now, or None. A notification handed out is no longer held;
+        a reply is, until :meth:`reply_done` says how it went."""
         now = self._clock()
+        for held in self._replies:
+            if held.due <= now:
+                held.attempts += 1
+                if held.first is None:
+                    held.first = now
+                held.due = float("inf")  # in flight
+                return SendReply(held.reply, held.attempts)
         wake_due = self._wake_held() and now >= self._next_wake_at
         # After a wake-up, one notification goes first: with a short cooldown and results
         # arriving steadily, wake-ups would otherwise starve the notifications.
@@ -260,6 +335,27 @@ class SideEffectPolicy(Generic[R]):
             return "retry"
         self.drop(DROP_WAKEUP_FAILED, 1)
         self._finish_wakeup(wakeup, now)
+        return "dropped"
+
+    def reply_done(self, sent: SendReply, refusal: Refusal | None) -> ReplyOutcome:
+        """Record how ``sent`` ended (``refusal`` None: accepted) and what follows: ``"retry"``
+        keeps it held, due again after ``Retry-After``."""
+        now = self._clock()
+        held = next((h for h in self._replies if h.reply is sent.reply), None)
+        if held is None:
+            return "dropped"  # discarded meanwhile (a stop)
+        if refusal is None or refusal.delivery_confirmed:
+            self._replies.remove(held)
+            self.replies_sent += 1
+            return "sent"
+        busy = refusal.status in self.retry_statuses or refusal.connect_error
+        deadline = (held.first if held.first is not None else now) + self.retry_deadline
+        if busy and now < deadline:
+            delay = DEFAULT_RETRY_DELAY if refusal.retry_after is None else refusal.retry_after
+            held.due = now + min(max(delay, MIN_RETRY_DELAY), deadline - now)
+            return "retry"
+        self._replies.remove(held)
+        self.drop(DROP_REPLY_FAILED, 1)
         return "dropped"
 
     def notify_done(self, refusal: Refusal | None) -> NotifyOutcome:

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Callable
+from typing import Callable, Union
 
 from .._ratelimit import RateLimitedLog
 from ..delivery import Result
@@ -21,10 +21,13 @@ from ..wire import RETRY_STATUSES, PlatformClient, PlatformError
 from . import texts as _texts
 from .policy import (
     DROP_QUEUE_FULL,
+    DROP_REPLY_FAILED,
     DROP_STOPPED,
     NOTIFY_PAUSE_SECONDS,
     Notify,
     Refusal,
+    Reply,
+    SendReply,
     SideEffectCounts,
     SideEffectPolicy,
     Wakeup,
@@ -42,7 +45,7 @@ def _refusal(exc: PlatformError) -> Refusal:
 
 
 #: The side-effect thread: a queue worker over batches of results, doing :class:`SideEffects`.
-SideEffectWorker = QueueWorker[list[Result], "SideEffects"]
+SideEffectWorker = QueueWorker[Union[list[Result], Reply], "SideEffects"]
 
 
 def side_effect_worker(
@@ -122,10 +125,19 @@ class SideEffects:
 
     # --- the worker's condition held ------------------------------------------------------
 
-    def accept(self, item: list[Result]) -> None:
-        self._policy.add(item)
+    def accept(self, item: list[Result] | Reply) -> None:
+        if isinstance(item, Reply):
+            self._policy.add_reply(item)
+        else:
+            self._policy.add(item)
 
-    def rejected(self, item: list[Result], reason: str) -> None:
+    def rejected(self, item: list[Result] | Reply, reason: str) -> None:
+        if isinstance(item, Reply):
+            self._policy.drop(DROP_REPLY_FAILED if reason == DROP_STOPPED else reason, 1)
+            self._warn.warning(
+                "reply", "reply not sent: the side-effect queue refused it (%s)", reason
+            )
+            return
         self._policy.drop(reason, len(item))
         if reason == DROP_QUEUE_FULL:
             self._warn.warning(
@@ -163,7 +175,9 @@ class SideEffects:
         assert client is not None  # open() ran first on this thread
         with self._cond:
             action = self._policy.next()
-        if isinstance(action, Wakeup):
+        if isinstance(action, SendReply):
+            self._send_reply(client, action)
+        elif isinstance(action, Wakeup):
             self._send_wakeup(client, action)
         elif isinstance(action, Notify):
             self._send_notify(client, action.result)
@@ -215,6 +229,31 @@ class SideEffects:
             self._warn.warning("wakeup", "wake-up failed, dropped: %s", error)
             return
         self._warn.reset("wakeup")
+
+    def _send_reply(self, client: PlatformClient, sent: SendReply) -> None:
+        reply = sent.reply
+        error: PlatformError | None = None
+        try:
+            if reply.peer_id is None:
+                client.notify(reply.text)
+            else:
+                client.send_message(reply.peer_id, reply.text, in_reply_to=reply.in_reply_to)
+        except PlatformError as exc:
+            if self._stopping.is_set():
+                with self._cond:
+                    self._policy.reply_done(sent, _refusal(exc))  # counted as not sent
+                return
+            error = exc
+        with self._cond:
+            outcome = self._policy.reply_done(sent, None if error is None else _refusal(error))
+        to = "the canvas" if reply.peer_id is None else f"peer {reply.peer_id[:8]}"
+        if outcome == "sent":
+            logger.debug("reply sent to %s", to)
+            self._warn.reset("reply")
+        elif outcome == "retry":
+            logger.info("reply to %s not delivered (%s); retrying", to, error)
+        else:
+            self._warn.warning("reply", "reply to %s failed, dropped: %s", to, error)
 
     def _send_notify(self, client: PlatformClient, result: Result) -> None:
         try:

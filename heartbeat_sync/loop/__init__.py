@@ -3,6 +3,7 @@
 Holds ``run`` (:class:`Run`: a run's threads, its halt and alarm, the asks for a cycle or a
 poll, its client and event stream, the end on removal), ``cycle`` (:class:`Cycle`: the beat,
 the polls, the registration and the state check, each returning what came of it),
+``inbound`` (:class:`Inbound`: a run's messages, claimed and handed to the handlers),
 ``schedule`` (pure: the slots, the next step, the token bucket), ``lifecycle`` (active,
 paused, removed, from what the platform answers), ``registrar`` (when to try a registration,
 and when to give up), ``team`` (the team's even slots), ``tally`` (the counters) and
@@ -17,9 +18,10 @@ from __future__ import annotations
 
 from .callbacks import Callbacks
 from .cycle import Cycle, Outcome
+from .inbound import Inbound
 from .lifecycle import Lifecycle
 from .registrar import Registrar
 from .run import Run
 from .tally import Tally
 
-__all__ = ["Callbacks", "Cycle", "Lifecycle", "Outcome", "Registrar", "Run", "Tally"]
+__all__ = ["Callbacks", "Cycle", "Inbound", "Lifecycle", "Outcome", "Registrar", "Run", "Tally"]

@@ -20,6 +20,7 @@ from ..delivery import Inbox, Result
 from ..effects import build_beat_body
 from ..wire import Credentials, CursorGone, PlatformClient, PlatformError
 from . import lifecycle as _lifecycle
+from .inbound import Inbound
 from .lifecycle import Lifecycle
 from .registrar import PENDING, Registrar
 from .tally import Tally
@@ -77,6 +78,10 @@ class Cycle:
             (it hands the call to the callbacks' thread).
         registrar: The registration this run owes, or None.
         halt: The run's stop signal: a request it interrupts is no failure.
+        inbound: The message handlers' side of the run, or None (no ``on_message``): with it,
+            every message to the workspace goes to a handler, none to the results file.
+        register_if_waiting: The registration is owed only if the workspace waits for its
+            agent (a handler's poll-mode registration: an operator's is never changed).
     """
 
     def __init__(
@@ -92,6 +97,8 @@ class Cycle:
         on_state: StateSink,
         registrar: Registrar | None,
         halt: threading.Event,
+        inbound: Inbound | None = None,
+        register_if_waiting: bool = False,
     ) -> None:
         self._workspace_id = workspace_id
         self._inbox = inbox
@@ -103,6 +110,8 @@ class Cycle:
         self._on_state = on_state
         self._registrar = registrar
         self._halt = halt
+        self._inbound = inbound
+        self._register_if_waiting = register_if_waiting
         self._warn = RateLimitedLog(logger)
         self._announced = _status.STARTING
         # The last generation a beat's reply carried (the August 2026 platform's).
@@ -164,7 +173,7 @@ class Cycle:
         """The registration's state (None when the run does not register) and why it last
         failed."""
         registrar = self._registrar
-        if registrar is None:
+        if registrar is None or not registrar.owed:
             return None, None
         return registrar.state, registrar.error
 
@@ -187,6 +196,10 @@ class Cycle:
             logger.debug("the workspace is unknown to the platform; registering creates it")
             return Outcome.POLLED
         kind = self._check_state(client, seen)
+        registrar = self._registrar
+        waiting = seen.status in _lifecycle.WAITING_FOR_AGENT_STATUSES
+        if self._register_if_waiting and registrar is not None and not waiting:
+            registrar.stand_down()  # registered already, by its operator: left as it is
         return Outcome.POLLED if kind == _lifecycle.ACTIVE else self._inactive(kind)
 
     def _beat_and_poll(self, client: PlatformClient) -> Outcome:
@@ -227,7 +240,7 @@ class Cycle:
         return Outcome.REMOVED if kind == _lifecycle.REMOVED else Outcome.PAUSED
 
     def _beat(self, client: PlatformClient) -> Outcome:
-        report = self._tally.beat_report()
+        report = self._tally.beat_report(self._inbound.running() if self._inbound else 0)
         wedged = _wedge.wedge_reason() if _wedge.is_wedged() else None
         body = build_beat_body(
             self._workspace_id,
@@ -305,21 +318,36 @@ class Cycle:
     def _poll_activity(self, client: PlatformClient) -> None:
         """The ``a2a_receive`` rows past the cursor, up to :data:`ACTIVITY_MAX_PAGES` pages;
         the rest follows next poll."""
+        inbound = self._inbound
+        if inbound is not None and not inbound.ready(client, registered_poll=self._polls_here()):
+            inbound = None  # push mode: the messages go to the workspace's URL
+        peers_only = inbound is None  # a handler takes the canvas's messages too
         since = self._inbox.activity_since()
         handled: int | None = None  # the highest seq of the rows handled in this poll
         for _ in range(ACTIVITY_MAX_PAGES):
             try:
                 try:
-                    rows = client.activity(since, limit=ACTIVITY_PAGE)
+                    rows = client.activity(since, limit=ACTIVITY_PAGE, peers_only=peers_only)
                 except CursorGone:
                     self._inbox.forget(since)
                     since = None
-                    rows = client.activity(None, limit=ACTIVITY_PAGE)
+                    rows = client.activity(None, limit=ACTIVITY_PAGE, peers_only=peers_only)
             except PlatformError as exc:
                 self._poll_failed("activity", "activity", exc)
                 break
             self._warn.reset("activity")
-            page = self._inbox.activity_page(rows, since, ACTIVITY_PAGE)
+            if inbound is None:
+                page = self._inbox.activity_page(rows, since, ACTIVITY_PAGE)
+            else:
+                page = self._inbox.activity_page(
+                    rows, since, ACTIVITY_PAGE, capacity=inbound.capacity(), owner=inbound.owner
+                )
+                inbound.dispatch(page.claimed)
+                if page.malformed:
+                    self._tally.skipped(page.malformed)
+                    self._warn.warning(
+                        "message-rows", "skipped %d activity row(s) without an id", page.malformed
+                    )
             self._delivered(page.fresh)
             if page.failed:
                 return  # rows left to a later poll: nothing is acknowledged beyond them
@@ -331,6 +359,12 @@ class Cycle:
         else:
             logger.info("read %d pages of activity; the rest follows next poll", ACTIVITY_MAX_PAGES)
         self._acknowledge(client, handled)
+
+    def _polls_here(self) -> bool:
+        """Whether this run registers the workspace in poll mode (its URL, if it had one, no
+        longer takes its messages)."""
+        registrar = self._registrar
+        return registrar is not None and registrar.owed and registrar.poll_mode
 
     def _acknowledge(self, client: PlatformClient, handled: int | None) -> None:
         """Tell the platform the rows up to ``handled`` (a ``seq``) are safe on this side: the

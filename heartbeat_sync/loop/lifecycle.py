@@ -37,6 +37,9 @@ UNKNOWN = "unknown"
 PAUSED_STATUSES = frozenset({"paused", "hibernating", "hibernated"})
 #: After a pause, these statuses mean the workspace waits for its agent to register again.
 AWAITING_AGENT_STATUSES = frozenset({"provisioning", "awaiting_agent", "offline"})
+#: Statuses of a workspace that no agent has registered for yet (an offline one has had one,
+#: and keeps its delivery mode).
+WAITING_FOR_AGENT_STATUSES = frozenset({"provisioning", "awaiting_agent"})
 #: Statuses of a workspace route's failure that suggest the workspace itself changed.
 SUSPICIOUS_STATUSES = frozenset({401, 404, 410})
 

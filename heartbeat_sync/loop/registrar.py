@@ -34,6 +34,9 @@ MAX_REFUSALS = 5
 PENDING = "pending"
 REGISTERED = "registered"
 FAILED = "failed"
+#: Not owed: the registration was wanted only if the workspace waited for its agent, and it
+#: did not (:meth:`Registrar.stand_down`).
+NOT_OWED = "not_owed"
 
 
 class Registrar:
@@ -96,6 +99,22 @@ class Registrar:
         self._due = self._clock()
         self._delay = self._first_delay
         self._refusals = 0
+
+    def stand_down(self) -> None:
+        """Owe nothing until :meth:`renew`: the workspace does not wait for its agent, and the
+        registration was wanted only then (an operator's registration is never changed)."""
+        self.state = NOT_OWED
+        self.error = None
+
+    @property
+    def poll_mode(self) -> bool:
+        """Whether the registration puts the workspace in poll mode."""
+        return self._body.get("delivery_mode") == "poll"
+
+    @property
+    def owed(self) -> bool:
+        """Whether this run registers (or has registered) the workspace."""
+        return self.state != NOT_OWED
 
     def due_at(self) -> float:
         """When the next try is due (monotonic); infinity when none is owed."""

@@ -29,6 +29,7 @@ from . import schedule as _schedule
 from . import team as _team
 from .callbacks import Callbacks
 from .cycle import Cycle, Outcome
+from .inbound import Inbound
 from .schedule import Act, Slots, TokenBucket, next_step
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class Run:
         registers: The run registers first: the stream waits for the token that may bring.
         request_timeout: Seconds a request may take (the removal's wait for the worker).
         previous: Threads of an earlier run still ending: this run waits for them first.
+        inbound: The message handlers' side of the run (None: no ``on_message``); ``stop()``
+            gives the running handlers what is left of its time.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class Run:
         registers: bool,
         request_timeout: float,
         previous: Sequence[threading.Thread] = (),
+        inbound: Inbound | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -93,6 +97,7 @@ class Run:
         self._registers = registers
         self._request_timeout = request_timeout
         self._previous = list(previous)
+        self._inbound = inbound
         self._clock = clock
         self._wall_clock = wall_clock
         # The beat thread's alarm: one Event is both its timed sleep and "wake now". The asks
@@ -199,7 +204,9 @@ class Run:
         worker_done = self._worker.stop(max(0.0, deadline - time.monotonic()))
         events_done = events is None or events.stop(max(0.0, deadline - time.monotonic()))
         callbacks_done = self._callbacks.stop(max(0.0, deadline - time.monotonic()))
-        return beat_done and worker_done and events_done and callbacks_done
+        inbound = self._inbound
+        handlers_done = inbound is None or inbound.stop(max(0.0, deadline - time.monotonic()))
+        return beat_done and worker_done and events_done and callbacks_done and handlers_done
 
     def wait(self, timeout: float | None) -> bool:
         """Wait for the run to end with its threads (see ``Heartbeat.wait``)."""
@@ -376,4 +383,6 @@ class Run:
         # dropped. The state-change callback (queued by the cycle) still runs, on its own
         # thread, and that thread ends after it.
         self._callbacks.finish()
+        if self._inbound is not None:
+            self._inbound.stop(0.0)  # no more messages start; the running ones finish alone
         self._worker.stop(max(1.0, self._request_timeout))

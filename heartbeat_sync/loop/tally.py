@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import _status
-from ..effects import SideEffectCounts
+from ..effects import PoolCounts, SideEffectCounts
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class Tally:
         self._last_error: str | None = None
         self._standing: dict[str, str] = {}
         self._results_delivered = 0
+        self._messages_skipped = 0
 
     # --- what the agent reports -------------------------------------------------------------
 
@@ -127,17 +128,20 @@ class Tally:
 
     # --- what the beats report --------------------------------------------------------------
 
-    def beat_report(self) -> BeatReport:
-        """The agent's reports as the next beat sends them."""
+    def beat_report(self, handlers: int = 0) -> BeatReport:
+        """The agent's reports as the next beat sends them; ``handlers`` (message handlers
+        running) count as tasks in progress."""
         with self._lock:
+            tasks = self._active_tasks + max(0, handlers)
+            busy = self._busy if self._busy is not None else tasks > 0
             return BeatReport(
                 errors=self._error_count,
                 requests=self._request_count,
                 sample_error=self._sample_error,
-                active_tasks=self._active_tasks,
+                active_tasks=tasks,
                 current_task=self._current_task,
                 uptime_seconds=self._clock() - self._start_time,
-                is_busy=self._is_busy(),
+                is_busy=busy,
             )
 
     def beat_succeeded(self, sent: BeatReport) -> int:
@@ -181,6 +185,11 @@ class Tally:
                 self._standing.pop(key, None)
                 self._standing[key] = error  # the most recent last
 
+    def skipped(self, count: int) -> None:
+        """Count activity rows skipped as no message to anyone (no id)."""
+        with self._lock:
+            self._messages_skipped += count
+
     def delivered(self, count: int) -> None:
         """Count results written to the results file."""
         with self._lock:
@@ -201,6 +210,7 @@ class Tally:
         workspace_status: str | None,
         registration: tuple[str | None, str | None] = (None, None),
         stream: _status.StreamStatus | None = None,
+        handlers: PoolCounts | None = None,
     ) -> _status.Status:
         """``Status`` with the beat counters read at one instant; ``state`` None: the state
         the counters give (``starting``, ``healthy``, ``degraded`` or ``paused``)."""
@@ -223,6 +233,12 @@ class Tally:
                 registration=registration[0],
                 registration_error=registration[1],
                 stream=stream,
+                messages_handled=0 if handlers is None else handlers.handled,
+                handler_errors=0 if handlers is None else handlers.failed,
+                handlers_running=0 if handlers is None else handlers.running,
+                oldest_handler_seconds=None if handlers is None else handlers.oldest,
+                replies_sent=side.replies_sent,
+                messages_skipped=self._messages_skipped,
             )
 
     def _live_state(self, paused: bool) -> str:

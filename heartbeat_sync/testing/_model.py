@@ -212,6 +212,8 @@ class Workspace:
             (``"generation"``); raised with :meth:`FakePlatform.set_desired_generation`.
         last_acked_seq: 2026-08 only: the largest ``acked_seq`` that
             ``POST /workspaces/:id/activity/ack`` accepted (0 before any).
+        role: The workspace's role (``GET /workspaces/:id``, the peers, and on 2026-08 a
+            message's ``peer_role``), or ``None``.
     """
 
     id: str
@@ -238,6 +240,7 @@ class Workspace:
     observed_generation: int = 0
     desired_generation: int = 0
     last_acked_seq: int = 0
+    role: str | None = None
 
     @property
     def token(self) -> str | None:

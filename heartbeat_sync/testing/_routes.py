@@ -160,7 +160,7 @@ def _workspace(state: State, entry: RecordedRequest) -> Reply:
     out: dict[str, object] = {
         "id": ws.id,
         "name": ws.name,
-        "role": None,
+        "role": ws.role,
         "tier": 0 if root else 1,
         "status": ws.status,
         "url": ws.url,
@@ -213,7 +213,7 @@ def _peers(state: State, entry: RecordedRequest) -> Reply:
         {
             "id": w.id,
             "name": w.name,
-            "role": None,
+            "role": w.role,
             "tier": 0 if w.kind == "platform" else 1,
             "status": w.status,
             "agent_card": w.agent_card,
@@ -288,7 +288,27 @@ def _activity(state: State, entry: RecordedRequest, ws_id: str) -> Reply:
 
     selected = [e for e in entries if keep(e)]
     ordered = selected if since_id else selected[::-1]
-    return json_reply(200, [entry_json(e, state.generation) for e in ordered[:limit]])
+    rows = [entry_json(e, state.generation) for e in ordered[:limit]]
+    if state.aug and param("include") == "peer_info":
+        rows = [_with_peer_info(state, entry, row) for row in rows]
+    return json_reply(200, rows)
+
+
+def _with_peer_info(state: State, entry: RecordedRequest, row: object) -> object:
+    """2026-08's ``include=peer_info``: a row from a known workspace gets its ``peer_name``,
+    ``peer_role`` and ``agent_card_url`` (May ignores the parameter)."""
+    if not isinstance(row, dict) or not isinstance(row.get("source_id"), str):
+        return row
+    peer = state.workspaces.get(row["source_id"])
+    if peer is None:
+        return row
+    base = f"http://{entry.headers.get('host', '127.0.0.1')}"
+    return {
+        **row,
+        "peer_name": peer.name,
+        "peer_role": peer.role,
+        "agent_card_url": f"{base}/registry/discover/{peer.id}",
+    }
 
 
 def _ack(state: State, entry: RecordedRequest, ws_id: str) -> Reply:

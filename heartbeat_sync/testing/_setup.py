@@ -51,12 +51,14 @@ class WorkspaceSetup:
         status: str = "online",
         url: str = "",
         delivery_mode: str = "push",
+        role: str | None = None,
     ) -> Workspace:
         """Create a workspace and return its (live) :class:`Workspace`.
 
         ``workspace_id`` defaults to a fresh ``uuid4``.  With ``with_token`` (the
         default) one live auth token is minted (``ws.token``); without it the
         registry routes accept unauthenticated calls ("grandfathered").  ``url`` and
+        ``role`` is the workspace's role (a message's ``peer_role`` on 2026-08). ``url`` and
         ``delivery_mode`` are what a registration would have stored (2026-08 answers a
         push-mode message to a workspace without a URL with 503, as the real server).
         On 2026-08 a workspace without ``parent_id`` is a child of the platform root
@@ -82,6 +84,7 @@ class WorkspaceSetup:
                 url=url,
                 delivery_mode=delivery_mode,
             )
+            ws.role = role
             state.changed()
             return ws
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
@@ -338,12 +339,21 @@ class PlatformClient:
         """GET /workspaces/:id/delegations: the rows, unvalidated (the parser checks each)."""
         return self._rows("delegations")
 
-    def activity(self, since_id: str | None, limit: int = 100) -> list[Any]:
-        """GET /workspaces/:id/activity?type=a2a_receive&source=agent[&since_id=…].
+    def activity(
+        self, since_id: str | None, limit: int = 100, *, peers_only: bool = True
+    ) -> list[Any]:
+        """GET /workspaces/:id/activity?type=a2a_receive[&source=agent][&since_id=…]: the rows
+        from other workspaces (``peers_only``), or every row (the canvas's too), then with
+        ``include=peer_info`` (the August 2026 platform adds a peer's name and role; the May
+        one ignores it).
 
         Raises :class:`CursorGone` on 410 (the server no longer knows ``since_id``).
         """
-        params = {"type": "a2a_receive", "source": "agent", "limit": str(limit)}
+        params = {"type": "a2a_receive", "limit": str(limit)}
+        if peers_only:
+            params["source"] = "agent"
+        else:
+            params["include"] = "peer_info"
         if since_id:
             params["since_id"] = since_id
         return self._rows("activity", params, cursor=since_id)
@@ -461,6 +471,28 @@ class PlatformClient:
             self_message_body(text, message_id),
             self_source=True,
             timeout=timeout,
+        )
+
+    def send_message(self, peer_id: str, text: str, *, in_reply_to: str | None = None) -> int:
+        """POST /workspaces/:peer/a2a: an A2A ``message/send`` from this workspace (its bearer,
+        ``X-Workspace-ID`` itself) to the peer ``peer_id``, one text part, role ``agent``;
+        ``in_reply_to`` (a ``messageId``) goes in the message's metadata. Returns the 2xx
+        status."""
+        message: dict[str, Any] = {
+            "role": "agent",
+            "messageId": str(uuid.uuid4()),
+            "parts": [{"kind": "text", "text": text}],
+        }
+        if in_reply_to:
+            message["metadata"] = {"in_reply_to": in_reply_to}
+        body = {
+            "jsonrpc": "2.0",
+            "id": str(uuid.uuid4()),
+            "method": "message/send",
+            "params": {"message": message},
+        }
+        return self._post_as_self(
+            "reply", f"/workspaces/{_segment(peer_id)}/a2a", body, self_source=True
         )
 
     def notify(self, message: str) -> int:
