@@ -465,8 +465,12 @@ class Heartbeat:
 
         Returns within ``timeout`` even if the platform hangs: a request in flight is
         interrupted. Pending side effects are dropped (and counted); to give them a chance
-        first, see ``exit_timeout``. Called from ``on_state_change``, it returns at once:
-        the callback's own thread ends when the callback returns.
+        first, see ``exit_timeout``. With ``on_message``, no message starts any more, and the
+        running handlers get what is left of ``timeout`` to return (they cannot be
+        interrupted: one still running makes this return False), their answers sent within it
+        too; a message that never started stays for the next run. Called from
+        ``on_state_change``, it returns at once: the callback's own thread ends when the
+        callback returns.
         """
         with self._lock:
             run = self._run

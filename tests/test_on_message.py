@@ -314,7 +314,7 @@ def test_a_workspace_no_agent_registered_yet_is_registered_in_poll_mode(
     assert wait_until(lambda: handled.texts() == ["now reachable"])
 
 
-def test_a_registered_workspace_is_not_registered_again(
+def test_a_registered_workspace_is_not_registered_again_and_its_stream_opens(
     fake: FakePlatform, agent: Workspace, make_hb: HeartbeatFactory
 ) -> None:
     hb = make_hb(on=fake, workspace_id=agent.id, on_message=lambda m: None)
@@ -322,6 +322,8 @@ def test_a_registered_workspace_is_not_registered_again(
     assert wait_for_beats(fake, 3, workspace_id=agent.id)
     assert not fake.requests_for("register", agent.id)
     assert hb.status().registration is None
+    # Nothing to wait for: the event stream opens as it does without a registration.
+    assert wait_until(lambda: fake.open_streams(agent.id) == 1)
 
 
 def test_reply_after_the_heartbeat_stopped_returns_false(

@@ -154,6 +154,11 @@ class Cycle:
             return math.inf
         return registrar.due_at()
 
+    def registration_owed(self) -> bool:
+        """Whether this run registers the workspace (or has): False when it registers only
+        a workspace that waits for its agent, and this one did not."""
+        return self._registrar is not None and self._registrar.owed
+
     def register(self, client: PlatformClient) -> bool:
         """Try the registration that is due; True once it is settled (registered, or given
         up), so that whatever waited for its token may start."""
@@ -364,7 +369,7 @@ class Cycle:
         """Whether this run registers the workspace in poll mode (its URL, if it had one, no
         longer takes its messages)."""
         registrar = self._registrar
-        return registrar is not None and registrar.owed and registrar.poll_mode
+        return self.registration_owed() and registrar is not None and registrar.poll_mode
 
     def _acknowledge(self, client: PlatformClient, handled: int | None) -> None:
         """Tell the platform the rows up to ``handled`` (a ``seq``) are safe on this side: the

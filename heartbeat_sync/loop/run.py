@@ -201,11 +201,16 @@ class Run:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
             beat_done = not thread.is_alive()
+        inbound = self._inbound
+        handlers_done = True
+        if inbound is not None:
+            # No message starts any more; the running handlers get what is left of the time,
+            # then their answers go out (within it too) before the side-effect thread ends.
+            handlers_done = inbound.stop(max(0.0, deadline - time.monotonic()))
+            self._worker.flush(max(0.0, deadline - time.monotonic()))
         worker_done = self._worker.stop(max(0.0, deadline - time.monotonic()))
         events_done = events is None or events.stop(max(0.0, deadline - time.monotonic()))
         callbacks_done = self._callbacks.stop(max(0.0, deadline - time.monotonic()))
-        inbound = self._inbound
-        handlers_done = inbound is None or inbound.stop(max(0.0, deadline - time.monotonic()))
         return beat_done and worker_done and events_done and callbacks_done and handlers_done
 
     def wait(self, timeout: float | None) -> bool:
@@ -317,6 +322,9 @@ class Run:
         cycle = self.cycle
         if cycle.check_at_start(client) is Outcome.REMOVED:
             return Outcome.REMOVED
+        if self._registers and not cycle.registration_owed():
+            with self._lock:
+                self._start_events()  # the look at the start found no registration owed
         while True:
             now = self._clock()
             step = next_step(
