@@ -129,6 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_env_option(run, "--cursor-file", "PATH", ENV_CURSOR_FILE, "activity cursor file")
     _add_env_option(run, "--seen-file", "PATH", ENV_SEEN_FILE, "delivered delegation ids")
     run.add_argument(
+        "--handler",
+        metavar="MODULE:FUNCTION",
+        help=(
+            "hand every message to the workspace (from a canvas user or a peer) to this "
+            "function, imported from the current directory or the path; what it returns is "
+            "the reply (see on_message in the README)"
+        ),
+    )
+    run.add_argument(
+        "--max-concurrent",
+        metavar="N",
+        help="handlers running at once, 1 to 64 (default: 1)",
+    )
+    run.add_argument(
+        "--handler-grace",
+        metavar="SECONDS",
+        help="after SIGTERM or SIGINT, how long running handlers may take to finish "
+        "(default: 30)",
+    )
+    run.add_argument(
         "--log-level",
         type=_log_level,
         default="INFO",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from .._config import DEFAULT_RESULTS_FILE, ENV_RESULTS_FILE, ENV_TOKEN, env_pat
 from .._heartbeat import Heartbeat
 from .._status import REMOVED
 from ..delivery import ResultsFile, read_delegation_results
-from ..effects import format_delegation_results
+from ..effects import MessageHandler, format_delegation_results
 from ..wire import Credentials, RegistrationError, register
 from .args import PROG, build_parser
 from .config import ConfigError, load_register_config, load_run_config
@@ -122,7 +123,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for warning in warnings:
         logger.warning("%s", warning)
     try:
-        hb = Heartbeat(config.platform_url, config.workspace_id, **config.options)
+        handler = None if config.handler is None else _load_handler(config.handler)
+        hb = Heartbeat(
+            config.platform_url, config.workspace_id, **config.options, on_message=handler
+        )
     except ValueError as exc:
         print(f"{PROG} run: error: {exc}", file=sys.stderr)
         return 2
@@ -153,13 +157,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         # start phase, which keeps a fleet from beating in step) is unchanged.
         hb.beat_now()
         logger.info(
-            "%s %s: workspace %s on %s, a beat every %g s; results to %s",
+            "%s %s: workspace %s on %s, a beat every %g s; results to %s%s",
             PROG,
             __version__,
             config.workspace_id,
             config.platform_url,
             hb.interval_seconds,
             hb.results_path,
+            "" if handler is None else f"; messages to {config.handler}",
         )
         # A timed wait, so that the loop also notices the event where a signal cannot
         # interrupt a blocking wait; the Heartbeat ends by itself if the workspace is removed.
@@ -170,14 +175,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        deadline = time.monotonic() + STOP_TIMEOUT
+        # Running handlers get their grace: stop() waits for them, then sends their answers.
+        grace = 0.0 if handler is None else config.handler_grace
+        deadline = time.monotonic() + STOP_TIMEOUT + grace
         _drain(hb, DRAIN_TIMEOUT)
         ended = hb.stop(timeout=max(0.5, deadline - time.monotonic()))
     status = hb.status()
+    if handler is not None:
+        logger.info(
+            "messages: %d handled, %d raised, %d replies sent, %d still running",
+            status.messages_handled,
+            status.handler_errors,
+            status.replies_sent,
+            status.handlers_running,
+        )
     logger.info(
         "stopped (threads ended: %s): %d beats ok, %d failed, %d results delivered, "
         "%d wake-ups, %d notifications, %d side effects dropped",
-        "yes" if ended else "no, a request is still in flight",
+        "yes" if ended else "no, a request or a handler is still running",
         status.beats_ok,
         status.beats_failed,
         status.results_delivered,
@@ -193,6 +208,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         return EXIT_REMOVED
     return 0
+
+
+def _load_handler(spec: str) -> MessageHandler:
+    """Import ``module:function`` (the current directory first on the path, as ``python -m``
+    has it); ``ValueError`` naming what is wrong."""
+    module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module may raise anything while it loads
+        raise ValueError(f"--handler: cannot import {module_name}: {exc!r}") from None
+    for name in attribute.split("."):
+        try:
+            target = getattr(target, name)
+        except AttributeError:
+            raise ValueError(f"--handler: {module_name} has no {attribute}") from None
+    if not callable(target):
+        raise ValueError(f"--handler: {spec} is not callable")
+    handler: MessageHandler = target
+    return handler
 
 
 def _cmd_register(args: argparse.Namespace) -> int:

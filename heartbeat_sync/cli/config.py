@@ -61,16 +61,29 @@ class HeartbeatOptions(TypedDict):
     cursor_file: str | None
     seen_file: str | None
     origin: str
+    max_concurrent: int
+
+
+#: Seconds ``run --handler`` gives the running handlers after a stop signal, by default.
+DEFAULT_HANDLER_GRACE = 30.0
+#: The longest grace ``--handler-grace`` may give.
+MAX_HANDLER_GRACE = 3600.0
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything ``heartbeat-sync run`` needs, after flags and environment are merged."""
+    """Everything ``heartbeat-sync run`` needs, after flags and environment are merged.
+
+    ``handler`` is ``module:function`` (checked for shape only; the command imports it), or
+    None; ``handler_grace`` the seconds its running handlers get after a stop signal.
+    """
 
     platform_url: str
     workspace_id: str
     options: HeartbeatOptions
     log_level: str
+    handler: str | None = None
+    handler_grace: float = DEFAULT_HANDLER_GRACE
 
 
 class RegisterOptions(TypedDict):
@@ -218,8 +231,47 @@ def load_run_config(
         cursor_file=_optional(args.cursor_file, "--cursor-file", _config.ENV_CURSOR_FILE, environ),
         seen_file=_optional(args.seen_file, "--seen-file", _config.ENV_SEEN_FILE, environ),
         origin=url,
+        max_concurrent=_max_concurrent(getattr(args, "max_concurrent", None)),
     )
-    return RunConfig(url, workspace_id, options, (args.log_level or "INFO").upper()), warnings
+    handler = _handler_spec(getattr(args, "handler", None))
+    grace = _handler_grace(getattr(args, "handler_grace", None))
+    level = (args.log_level or "INFO").upper()
+    return RunConfig(url, workspace_id, options, level, handler, grace), warnings
+
+
+def _handler_spec(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    spec = raw.strip()
+    module, _, function = spec.partition(":")
+    parts = [*module.split("."), *function.split(".")]
+    if not module or not function or not all(p.isidentifier() for p in parts):
+        raise ConfigError(f"--handler must be module:function (e.g. my_agent:handle), not {raw!r}")
+    return spec
+
+
+def _max_concurrent(raw: str | None) -> int:
+    if raw is None:
+        return 1
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 64:
+        raise ConfigError(f"--max-concurrent must be an integer in [1, 64], not {raw!r}")
+    return value
+
+
+def _handler_grace(raw: str | None) -> float:
+    if raw is None:
+        return DEFAULT_HANDLER_GRACE
+    try:
+        return _validate.number("--handler-grace", float(raw.strip()), 0, MAX_HANDLER_GRACE)
+    except ValueError:
+        raise ConfigError(
+            f"--handler-grace must be a number of seconds in [0, {MAX_HANDLER_GRACE:g}], "
+            f"not {raw!r}"
+        ) from None
 
 
 def load_register_config(args: argparse.Namespace, environ: Mapping[str, str]) -> RegisterConfig:
