@@ -145,8 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--handler-grace",
         metavar="SECONDS",
-        help="after SIGTERM or SIGINT, how long running handlers may take to finish "
-        "(default: 30)",
+        help="after SIGTERM or SIGINT, how long running handlers may take to finish (default: 30)",
     )
     run.add_argument(
         "--log-level",
