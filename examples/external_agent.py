@@ -1,4 +1,5 @@
-"""An external agent from nothing: register, beat, work, read results, end when removed.
+"""An external agent from nothing: register, beat, answer messages, read results, end when
+removed.
 
 An external agent runs outside the platform (a laptop, a VM, a CI runner). Its workspace is
 created with the admin API, which shows the workspace's token once::
@@ -15,12 +16,15 @@ Then this plain synchronous script, given the id and that token, does the rest::
 
 1. ``register()`` joins the workspace in poll mode (no inbound URL needed) and keeps what the
    platform shows once (a token, the inbound secret) in ``--configs-dir``;
-2. a ``Heartbeat`` keeps it online on two daemon threads and brings delegation results back;
-3. the script works (here: it reports progress and consumes results as they arrive);
-4. ``hb.wait()`` returns when the workspace is removed on the platform, and the script ends.
+2. a ``Heartbeat`` keeps it online on daemon threads and brings delegation results back;
+3. every message to the workspace, from a user on the canvas or from a peer workspace, goes to
+   ``answer()`` (``on_message``), once; what it returns goes back the way the message came;
+4. the script works (here: it reports progress and consumes results as they arrive);
+5. ``hb.wait()`` returns when the workspace is removed on the platform, and the script ends.
 
 With no platform URL it plays the whole story against an in-process ``FakePlatform``: the
-operator creates the workspace, a delegation completes, the operator deletes the workspace.
+operator creates the workspace, a canvas user and a peer write to it, a delegation completes,
+the operator deletes the workspace.
 """
 
 from __future__ import annotations
@@ -35,10 +39,19 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from heartbeat_sync import Heartbeat, read_delegation_results, register
+    from heartbeat_sync import Heartbeat, InboundMessage, read_delegation_results, register
 except ImportError:  # run from a source checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from heartbeat_sync import Heartbeat, read_delegation_results, register
+    from heartbeat_sync import Heartbeat, InboundMessage, read_delegation_results, register
+
+
+def answer(message: InboundMessage) -> str:
+    """The agent's work for a message: on a thread of its own, so the beats go on meanwhile.
+    What it returns is the reply: a notification for a canvas user, an A2A message for a
+    peer."""
+    sender = "a canvas user" if message.source == "canvas" else message.peer_name or "a peer"
+    print(f"message from {sender}: {message.text}", flush=True)
+    return f"nightly-report here: noted {message.text!r}"
 
 
 def run_agent(
@@ -69,6 +82,7 @@ def run_agent(
         workspace_id,
         interval_seconds=interval,
         on_state_change=on_state_change,
+        on_message=answer,
         **files,
     )
     hb.start_thread()
@@ -89,6 +103,7 @@ def run_agent(
     take_results()  # what arrived just before the end
     status = hb.status()
     print(f"the heartbeat ended: state {status.state}, {status.beats_ok} beats ok")
+    print(f"{status.messages_handled} message(s) answered, {status.replies_sent} reply(ies) sent")
     print(f"{consumed} result(s) consumed")
     return 0 if status.state == "removed" else 1
 
@@ -106,8 +121,15 @@ def standalone(interval: float) -> int:
         did = fp.add_delegation(ws.id, target_id="researcher", summary="Collect the numbers")
 
         def operator() -> None:
-            # Once the agent runs, the delegation completes; later the workspace is deleted.
+            # Once the agent runs, a canvas user and a peer write to it; once both have their
+            # answers, the delegation completes; later the workspace is deleted.
             fp.wait_for(lambda: ws.status == "online", timeout=10)
+            fp.queue_poll_message(ws.id, "How is the report going?")
+            peer = fp.add_workspace(name="researcher", delivery_mode="poll")
+            fp.queue_poll_message(ws.id, "The numbers are in.", sender_id=peer.id)
+            fp.wait_for(
+                lambda: bool(fp.notifications(ws.id)) and bool(fp.activity_rows(peer.id)), 10
+            )
             fp.set_delegation(ws.id, did, status="completed", response_preview="42 rows")
 
         def delete_after(record: dict[str, Any]) -> None:

@@ -151,6 +151,9 @@ def test_external_agent_standalone_registers_works_and_ends_when_removed(tmp_pat
     assert out.index("state: starting -> healthy") < out.index("result: [completed] 42 rows")
     assert out.index("result: [completed] 42 rows") < out.index("state: healthy -> removed")
     assert "1 result(s) consumed" in out
+    assert "message from a canvas user: How is the report going?" in out
+    assert "message from a peer: The numbers are in." in out
+    assert "2 message(s) answered, 2 reply(ies) sent" in out
     assert re.search(r"^the heartbeat ended: state removed, \d+ beats ok$", done.stdout, re.M)
     assert took < 10
 
@@ -184,6 +187,9 @@ def test_external_agent_against_a_platform(platform: FakePlatform, tmp_path: Pat
         assert token_file.stat().st_mode & 0o777 == 0o600
         seen = tmp_path / "results.jsonl.seen"  # the example's seen file: delivered ids
         assert platform.wait_for(lambda: seen.exists() and did in seen.read_text(), timeout=5)
+        platform.queue_poll_message(ws.id, "are you there?")
+        answer = "nightly-report here: noted 'are you there?'"  # beside the result's own
+        assert platform.wait_for(lambda: answer in platform.notifications(ws.id), timeout=5)
         platform.delete(ws.id)
         out, err = proc.communicate(timeout=10)
     finally:
@@ -192,5 +198,6 @@ def test_external_agent_against_a_platform(platform: FakePlatform, tmp_path: Pat
             proc.communicate()
     assert proc.returncode == 0, err
     assert "result: [completed] done: 7" in out
+    assert "message from a canvas user: are you there?" in out
     assert "state: healthy -> removed" in out
     assert token not in out + err

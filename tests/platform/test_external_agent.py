@@ -274,6 +274,14 @@ def test_the_external_agent_example_against_the_real_server(
         assert r.status_code == 202, r.text
         seen = tmp_path / "results.jsonl.seen"
         assert wait_until(lambda: seen.exists() and seen.read_text().strip() != "", timeout=10)
+        # A peer writes to the agent; the answer lands in the peer's own activity.
+        assert real_platform.peer_message(ws_id, peer_id, peer_token, "numbers?").status_code == 200
+
+        def answered() -> bool:
+            rows = real_platform.activity(peer_id, peer_token, type="a2a_receive")
+            return any(r["source_id"] == ws_id for r in rows)
+
+        assert wait_until(answered, timeout=10)
         real_platform.delete(ws_id)
         out, err = proc.communicate(timeout=15)
     finally:
@@ -282,6 +290,9 @@ def test_the_external_agent_example_against_the_real_server(
             proc.communicate()
     assert proc.returncode == 0, err
     assert "result: [completed]" in out
+    # August names the peer (include=peer_info); May does not.
+    sender = "ext-peer" if real_platform.august else "a peer"
+    assert f"message from {sender}: numbers?" in out
     assert "state: healthy -> removed" in out
     assert token not in out + err
 
