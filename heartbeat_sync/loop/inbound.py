@@ -65,7 +65,7 @@ class Inbound:
                 logger.warning(
                     "workspace %s is in push mode: the platform sends its messages to %s, not "
                     "to on_message; register it in poll mode to receive them here "
-                    "(heartbeat-sync register --poll, or register=True)",
+                    "(heartbeat-sync register --delivery-mode poll, or register=True)",
                     client.workspace_id,
                     redact_url(url),
                 )
