@@ -193,6 +193,7 @@ def test_config_from_the_environment() -> None:
         "cursor_file": "/cursor",
         "seen_file": "/seen",
         "origin": "http://platform:8080",
+        "max_concurrent": 1,
     }
     assert config.log_level == "INFO"
 
