@@ -7,14 +7,16 @@ short, bounded chance first, and says what it waits for.
 from __future__ import annotations
 
 import atexit
-import logging
 import os
 import threading
 import time
 import weakref
 from typing import Protocol
 
-logger = logging.getLogger(__name__)
+from . import _logctx
+from ._logctx import get_logger
+
+logger = get_logger(__name__)
 
 
 class Pending(Protocol):
@@ -76,13 +78,14 @@ def _at_exit() -> None:
         if worker.idle():
             continue
         remaining = started + (hb.exit_timeout or 0.0) - time.monotonic()
-        logger.info(
-            "heartbeat-sync: waiting up to %.1f s for %s",
-            max(0.0, remaining),
-            worker.pending_summary(),
-        )
-        if not worker.flush(max(0.0, remaining)):
-            logger.warning("heartbeat-sync: exiting with %s not sent", worker.pending_summary())
+        with _logctx.workspace(getattr(hb, "workspace_id", None)):
+            logger.info(
+                "heartbeat-sync: waiting up to %.1f s for %s",
+                max(0.0, remaining),
+                worker.pending_summary(),
+            )
+            if not worker.flush(max(0.0, remaining)):
+                logger.warning("heartbeat-sync: exiting with %s not sent", worker.pending_summary())
     for hb in hbs:
         hb.stop(timeout=0.0)  # ask every thread at once ...
     end = time.monotonic() + 0.5

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import os
 import threading
 from pathlib import Path
 from typing import Any
 
-from . import _exit, _fork, _metadata, _settings, _status
+from . import _exit, _fork, _logctx, _metadata, _settings, _status
+from ._logctx import get_logger
 from ._settings import (
     MESSAGE_BACKLOG,
     MIN_CURSOR_IDS,
@@ -30,7 +30,7 @@ from .effects import HandlerPool, MessageHandler, side_effect_worker
 from .loop import Callbacks, Cycle, Inbound, Lifecycle, Registrar, Run, Tally
 from .wire import Credentials, PlatformClient, SessionFactory
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 __all__ = ["MIN_CURSOR_IDS", "MIN_SEEN_IDS", "Heartbeat"]
 
@@ -436,6 +436,11 @@ class Heartbeat:
         for the old threads to end, then starts working; ``status().state`` is ``starting``
         meanwhile.
         """
+        # The threads it starts work for this workspace: their log lines say so.
+        with _logctx.workspace(self.workspace_id):
+            return self._start_thread()
+
+    def _start_thread(self) -> threading.Thread:
         if os.getpid() != self._pid:
             self._after_fork_in_child()
         with self._lock:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
-logger = logging.getLogger(__name__)
+from ._logctx import get_logger
+
+logger = get_logger(__name__)
 
 MetadataSource = Callable[[], Optional[Mapping[str, Any]]]
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import stat
 import threading
 
 from . import _fork
+from ._logctx import get_logger
 
 __all__ = [
     "FILE_MODE",
@@ -32,7 +32,7 @@ __all__ = [
     "write_all",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: The mode of every file the library creates.
 FILE_MODE = 0o600

@@ -7,7 +7,6 @@ import time.
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import threading
@@ -16,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from . import _config, _fork, _metadata, _validate
+from . import _config, _fork, _logctx, _metadata, _validate
+from ._logctx import get_logger
 from .effects import MessageHandler
 from .wire import (
     SessionFactory,
@@ -28,7 +28,7 @@ from .wire import (
     resolve_org_id,
 )
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: The legacy ``start_phase`` of earlier releases (the first beat within this share of the
 #: interval, then a fixed rate from there); the default schedule now spreads by itself.
@@ -281,6 +281,7 @@ def settings(
             "to %s (push mode), so none reaches on_message; leave agent_url out to receive "
             "them here (poll mode)",
             _validate.redact_url(agent_url),
+            extra={_logctx.RECORD_ATTRIBUTE: workspace_id},
         )
     for arg, value, least in (
         ("max_seen_ids", max_seen_ids, MIN_SEEN_IDS),

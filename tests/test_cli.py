@@ -397,11 +397,11 @@ def test_demo_tells_the_whole_story() -> None:
     # Beats, as the platform saw them.
     assert "platform  heartbeat #1 accepted" in out
     # Results written by the loop, for both delegations and the peer's answer.
-    assert len(re.findall(r"library   1 new result\(s\) written to", out)) >= 2
+    assert len(re.findall(r"library   \[\w{8}\] 1 new result\(s\) written to", out)) >= 2
     # The busy agent: a 503, the retry, and the wake-up delivered.
     assert "wake-up self-message answered 503 Service Unavailable (agent busy)" in out
     assert "retrying in 1.0 s" in out
-    assert re.search(r"library   wake-up sent for \d result\(s\)", out)
+    assert re.search(r"library   \[\w{8}\] wake-up sent for \d result\(s\)", out)
     assert "wake-up self-message delivered to the agent:" in out
     # Notifications.
     assert "notification shown to the user: Delegation completed" in out

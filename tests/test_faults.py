@@ -131,7 +131,7 @@ def test_outage_warnings_stay_rate_limited(
         assert wait_until(lambda: hb.status().consecutive_failures >= 25, timeout=10)
         platform.start()
         assert wait_until(lambda: hb.status().state == "healthy", timeout=5)
-    warnings = [m for m in logs.messages(logging.WARNING) if m.startswith("heartbeat failed")]
+    warnings = [m for m in logs.messages(logging.WARNING) if "heartbeat failed" in m]
     failures = hb.status().beats_failed
     assert len(warnings) <= 3 + failures // 10
     assert len(warnings) >= 3

@@ -156,7 +156,7 @@ def test_failure_warnings_are_rate_limited(
     platform.fault("heartbeat", status=500)
     with make_hb(interval_seconds=0.02) as hb:
         assert wait_until(lambda: hb.status().beats_failed >= 21, timeout=10)
-    warned = [m for m in logs.messages(logging.WARNING) if m.startswith("heartbeat failed")]
+    warned = [m for m in logs.messages(logging.WARNING) if "heartbeat failed" in m]
     counts = [int(m.split("(")[1].split()[0]) for m in warned]
     assert counts[:5] == [1, 2, 3, 10, 20]
 

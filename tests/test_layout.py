@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "_exit": 1,
     "_fork": 1,
     "_metadata": 1,
+    "_logctx": 1,
     "_ratelimit": 1,
     "_safefile": 1,
     "_status": 1,

@@ -57,5 +57,38 @@ def test_warnings_name_the_line_that_raised_them(
     platform.fault("heartbeat", status=500, times=1)
     with make_hb() as hb:
         assert wait_until(lambda: hb.status().beats_failed >= 1)
-    (record,) = [r for r in logs.records if r.getMessage().startswith("heartbeat failed")]
+    (record,) = [r for r in logs.records if "heartbeat failed" in r.getMessage()]
     assert record.pathname.endswith(os.path.join("loop", "cycle.py"))
+
+
+def test_every_line_of_several_heartbeats_names_its_workspace(
+    platform: FakePlatform, make_hb: HeartbeatFactory, logs: LogCapture, tmp_path: Path
+) -> None:
+    """Ten Heartbeats in one process and a platform that fails them all: each warning says in
+    its message (short id) and in ``extra`` (full id) which workspace it is about, from every
+    thread (the beat thread, the side effects, the event stream)."""
+    workspaces = [platform.add_workspace(name=f"w{n}") for n in range(3)]
+    for ws in workspaces:
+        platform.add_delegation(ws.id, status="completed", response_preview="done")
+    platform.fault("heartbeat", status=500, times=3)
+    platform.fault("a2a", status=400)  # the wake-ups fail: a side-effect thread warns
+    platform.fault("events", status=500)  # the streams are refused: their threads warn
+    hbs = [
+        make_hb(workspace_id=ws.id, **platform.agent_files(ws.id, tmp_path / ws.id))
+        for ws in workspaces
+    ]
+    for hb in hbs:
+        hb.start_thread()
+    for hb in hbs:
+        assert wait_until(lambda hb=hb: hb.status().drops.get("wakeup_failed", 0) >= 1)
+        assert wait_until(lambda hb=hb: hb.status().beats_failed >= 1)
+    for hb in hbs:
+        hb.stop()
+    warnings = [r for r in logs.records if r.levelno >= logging.WARNING]
+    assert warnings
+    for record in warnings:
+        ws_id = getattr(record, "workspace_id", None)
+        assert ws_id in {ws.id for ws in workspaces}, record.getMessage()
+        assert record.getMessage().startswith(f"[{ws_id[:8]}] ")
+    threads = {r.threadName.rsplit("-", 1)[0] for r in warnings}
+    assert {"heartbeat-sync", "heartbeat-sync-side-effects", "heartbeat-sync-events"} <= threads

@@ -33,6 +33,7 @@ from typing import Any
 from ..__about__ import __version__
 from .._config import DEFAULT_RESULTS_FILE, ENV_RESULTS_FILE, ENV_TOKEN, env_path
 from .._heartbeat import Heartbeat
+from .._logctx import get_logger
 from .._status import REMOVED
 from ..delivery import ResultsFile, read_delegation_results
 from ..effects import MessageHandler, format_delegation_results
@@ -49,7 +50,7 @@ DRAIN_TIMEOUT = 2.0
 #: ``run``'s exit code when the platform removed the workspace (restarting will not help).
 EXIT_REMOVED = 3
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:

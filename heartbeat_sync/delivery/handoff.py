@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import threading
 import uuid
@@ -38,11 +37,12 @@ from typing import Any
 import filelock
 
 from .. import _fork, _safefile
+from .._logctx import get_logger
 from .idlog import IdLog
 from .messages import MessageRow
 from .results import ResultsFile
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _VERSION = 1
 #: Runs of this process whose handlers may still hold messages.

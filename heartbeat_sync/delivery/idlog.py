@@ -8,7 +8,6 @@ write succeeds, so a failed write is retried and a re-read never forgets them.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Iterable
@@ -17,12 +16,13 @@ from itertools import islice
 import filelock
 
 from .. import _fork, _safefile
+from .._logctx import get_logger
 from .._ratelimit import RateLimitedLog
 from .rows import valid_id
 
 __all__ = ["DEFAULT_LOCK_TIMEOUT", "IdLog"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Lock timeout of a file object made without one. Long enough that only a wedged peer makes
 #: it expire; the beat thread passes its own short timeout.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import threading
 import time
 from collections import OrderedDict
@@ -27,6 +26,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .._logctx import get_logger
 from .._ratelimit import RateLimitedLog
 from . import rows as _rows
 from .activity import ActivityPager, row_ids
@@ -35,7 +35,7 @@ from .messages import MessageRow, message_row
 from .results import IdLog, ResultsFile
 from .rows import Result
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Foreign delegation ids remembered, so that each is warned about once.
 _MAX_WARNED_FOREIGN = 1000

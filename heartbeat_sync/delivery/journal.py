@@ -58,11 +58,11 @@ What is refused
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Mapping
 
 from .. import _fork, _safefile
+from .._logctx import get_logger
 from .._ratelimit import RateLimitedLog
 from .._safefile import UntrustedFile
 from .idlog import IdLog
@@ -70,7 +70,7 @@ from .rows import valid_id
 
 __all__ = ["VERSION", "Journal", "append_text", "read", "record_ids", "roll_back", "write"]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: The version this module writes; it reads this one and the first.
 VERSION = 2

@@ -17,7 +17,6 @@ Nothing here calls ``fsync``: the guarantees are against a killed process, not a
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import filelock
 
 from .. import _config, _fork, _safefile
+from .._logctx import get_logger
 from .._ratelimit import RateLimitedLog
 from .._safefile import UntrustedFile
 from . import journal as _journal
@@ -39,7 +39,7 @@ __all__ = [
     "read_delegation_results",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 _TAIL_CHUNK = 64 * 1024
 _JOURNAL_VERSION = 2

@@ -10,17 +10,17 @@ traceback and counted; the next message is handled as usual.
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
-from .. import _fork
+from .. import _fork, _logctx
+from .._logctx import get_logger
 from ..delivery import InboundMessage
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: What the user gives: a message in, an answer out (a string), or None for no answer.
 MessageHandler = Callable[[InboundMessage], Optional[str]]
@@ -124,7 +124,7 @@ class HandlerPool:
             self._threads = [t for t in self._threads if t.is_alive()]
             wanted = min(self.max_concurrent, len(self._started) + len(self._queue))
             if len(self._threads) < wanted:
-                thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                thread = _logctx.thread(self._run, self.name)
                 self._threads.append(thread)
                 thread.start()
             self._cond.notify()

@@ -10,16 +10,16 @@ by composition: the worker is handed a factory of a :class:`Work` (the side effe
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import threading
 import time
 from typing import Any, Callable, Generic, Protocol, TypeVar
 
-from .. import _fork
+from .. import _fork, _logctx
+from .._logctx import get_logger
 from .policy import DROP_QUEUE_FULL, DROP_STOPPED
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 T = TypeVar("T")
 T_contra = TypeVar("T_contra", contravariant=True)
@@ -129,7 +129,7 @@ class QueueWorker(Generic[T, W]):
                     raise RuntimeError(f"{self.name} of the previous run is still ending")
                 return
             self._stopping.clear()
-            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread = _logctx.thread(self._run, self.name)
             self._thread.start()
 
     def submit(self, item: T) -> bool:

@@ -9,12 +9,12 @@ says is due, on its own session (:func:`side_effect_worker` puts the two togethe
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
 from typing import Callable, Union
 
+from .._logctx import get_logger
 from .._ratelimit import RateLimitedLog
 from ..delivery import Result
 from ..wire import RETRY_STATUSES, PlatformClient, PlatformError
@@ -34,7 +34,7 @@ from .policy import (
 )
 from .queue import QueueWorker
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: The ``kind`` of the platform's own root workspace (August 2026 and later).
 PLATFORM_KIND = "platform"

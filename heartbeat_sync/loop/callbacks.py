@@ -11,13 +11,13 @@ watchers apart from its session thread.
 from __future__ import annotations
 
 import collections
-import logging
 import threading
 from typing import Callable
 
-from .. import _fork
+from .. import _fork, _logctx
+from .._logctx import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Calls held while the user's callback is slow; beyond this the oldest is dropped (logged).
 MAX_PENDING = 1000
@@ -81,7 +81,7 @@ class Callbacks:
                 )
             self._queue.append(fn)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread = _logctx.thread(self._run, self.name)
                 self._thread.start()
             self._cond.notify()
             return True

@@ -9,12 +9,12 @@ back.
 from __future__ import annotations
 
 import enum
-import logging
 import math
 import threading
 from typing import Any, Callable, Optional
 
 from .. import _status, _wedge
+from .._logctx import get_logger
 from .._ratelimit import RateLimitedLog
 from ..delivery import Inbox, Result
 from ..effects import build_beat_body
@@ -25,7 +25,7 @@ from .lifecycle import Lifecycle
 from .registrar import PENDING, Registrar
 from .tally import Tally
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: After this many failed beats in a row the session is rebuilt (the reference's rule).
 MAX_CONSECUTIVE_FAILURES = 10

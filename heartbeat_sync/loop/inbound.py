@@ -12,16 +12,16 @@ sends the answer it returned.)
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Callable
 
+from .._logctx import get_logger
 from .._validate import redact_url
 from ..delivery import CANVAS, InboundMessage, Inbox, MessageRow, Owner
 from ..effects import HandlerPool, Reply
 from ..wire import PlatformClient, PlatformError
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class Inbound:

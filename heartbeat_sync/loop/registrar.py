@@ -6,15 +6,15 @@ this module says when to try it, how often, and when to give up.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from typing import Any, Callable
 
+from .._logctx import get_logger
 from .._ratelimit import RateLimitedLog
 from ..wire import RETRY_STATUSES, Credentials, PlatformClient, RegistrationError, register_with
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: The first wait before a registration is tried again (it doubles up to a cap).
 REGISTER_RETRY_FIRST = 1.0

@@ -13,14 +13,14 @@ removal. What one cycle does is :class:`~.cycle.Cycle`'s; when to do what is
 
 from __future__ import annotations
 
-import logging
 import random
 import threading
 import time
 from collections.abc import Sequence
 from typing import Callable
 
-from .. import _status
+from .. import _logctx, _status
+from .._logctx import get_logger
 from .._status import StreamStatus
 from ..effects import SideEffectWorker
 from ..wire import ONLINE_EVENT, EventStream, PlatformClient, PlatformError
@@ -32,7 +32,7 @@ from .cycle import Cycle, Outcome
 from .inbound import Inbound
 from .schedule import Act, Slots, TokenBucket, next_step
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: An event's poll due within twice the polls' usual time of the slot is left to the cycle
 #: (it polls too), so that the beat is never late for it; never more than this share of the
@@ -125,9 +125,7 @@ class Run:
         beat thread starts the others once the previous run's threads have ended."""
         if not self._previous:
             self._begin()  # every thread runs when start_thread() returns
-        thread = threading.Thread(
-            target=self._main, name=f"heartbeat-sync-{self.workspace_id[:8]}", daemon=True
-        )
+        thread = _logctx.thread(self._main, f"heartbeat-sync-{self.workspace_id[:8]}")
         self._thread = thread
         thread.start()
         return thread

@@ -14,14 +14,14 @@ phase hashed from the id; a transport failure or a 5xx is tried again after a la
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
+from .._logctx import get_logger
 from ..delivery import valid_id
 from ..wire import PlatformClient, PlatformError
 from . import schedule as _schedule
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Lookups a run tries (each after a beat the platform took) before it keeps the hashed phase.
 MAX_TRIES = 3

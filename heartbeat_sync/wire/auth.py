@@ -6,7 +6,6 @@ Both are secrets: nothing in this module (or anywhere in the library) logs their
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import tempfile
 import threading
@@ -18,9 +17,10 @@ from urllib3.util import parse_url
 
 from .. import _safefile, _validate
 from .._config import ENV_CONFIGS_DIR, ENV_ORG_ID, ENV_PLATFORM_URL, ENV_TOKEN
+from .._logctx import get_logger
 from .._ratelimit import RateLimitedLog
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 TOKEN_FILE = ".auth_token"
 INBOUND_SECRET_FILE = ".platform_inbound_secret"

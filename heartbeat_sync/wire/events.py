@@ -22,13 +22,15 @@ import threading
 import time
 from typing import Any, Callable, Literal
 
+from .. import _logctx
+from .._logctx import get_logger
 from .._ratelimit import RateLimitedLog
 from .._status import StreamStatus
 from .body import read_as_it_arrives
 from .client import PlatformClient, PlatformError, describe_error
 from .sse import SSEParser, credentials_rotated, is_event_stream, state_change, wants_poll
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Values of ``$HEARTBEAT_SYNC_EVENTS`` (``_config.ENV_EVENTS``) that turn the stream off.
 _OFF = frozenset({"0", "false", "no", "off"})
@@ -140,7 +142,7 @@ class EventStream:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stop.clear()
-            thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            thread = _logctx.thread(self._run, self.name)
             self._thread = thread
             thread.start()
 

@@ -9,7 +9,6 @@ never again, so it is on disk (``<configs_dir>/.auth_token``, 0600, atomically) 
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from .. import _validate
 from .._config import ENV_TOKEN
+from .._logctx import get_logger
 from .auth import (
     Credentials,
     check_token_writable,
@@ -29,7 +29,7 @@ from .auth import (
 from .client import PlatformClient, PlatformError
 from .http import make_session
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 DELIVERY_MODES = ("push", "poll")
 
