@@ -14,7 +14,7 @@ import requests
 from heartbeat_sync.loop import lifecycle as lc
 from heartbeat_sync.testing import FakePlatform, Workspace
 
-from .conftest import HeartbeatFactory, LogCapture, wait_until
+from .conftest import HeartbeatFactory, LogCapture, wait_for_beats, wait_until
 
 T = 5.0
 
@@ -423,3 +423,28 @@ def test_a_rotated_token_is_checked_but_not_taken_for_a_removal(
         platform.write_token(ws.id, hb.configs_dir)
         assert wait_until(lambda: hb.status().state == "healthy", timeout=3)
         assert hb.status().workspace_status == "online"
+
+
+def test_a_cycle_checks_the_state_once_however_many_answers_are_suspicious(
+    platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
+) -> None:
+    """A server whose database is down answers 401 to valid tokens on every route: the beat
+    and both polls of a cycle are suspicious, but one state check a cycle says all there is
+    to say (not one per 401: 7 requests a cycle instead of 5)."""
+    with make_hb(events=False) as hb:
+        assert wait_until(lambda: hb.status().beats_ok >= 1)
+        assert platform.wait_for_requests("peers", 1, timeout=3)  # the team, looked up once
+        refused = {"error": "invalid workspace auth token"}
+        for route in ("heartbeat", "delegations", "activity", "state"):
+            platform.fault(route, status=401, body=refused)
+        platform.clear_requests()
+        assert wait_for_beats(platform, 6)
+        platform.clear_faults()
+        routes = [r.route for r in platform.requests]
+    # A cycle's beat is sent twice (a 401 re-reads the token and tries once more): a run of
+    # heartbeats is one cycle. Its check comes after the beat's 401, or before the next beat.
+    cycles = sum(
+        1 for before, route in zip(["start", *routes], routes) if route == "heartbeat" != before
+    )
+    assert cycles >= 3
+    assert routes.count("state") <= cycles and routes.count("workspace") <= cycles, routes

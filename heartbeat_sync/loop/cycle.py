@@ -121,11 +121,14 @@ class Cycle:
         # route), and the highest seq acknowledged.
         self._acks = True
         self._acked = -1
+        # A state check ran in this cycle (at most one does).
+        self._checked = False
 
     # --- what the run calls ---------------------------------------------------------------------
 
     def run(self, client: PlatformClient) -> Outcome:
         """Beat, then poll (unless paused, removed or unreachable); announce a state change."""
+        self._checked = False
         outcome = self._guarded(self._beat_and_poll, client)
         self._announce_state()
         return outcome
@@ -133,6 +136,7 @@ class Cycle:
     def poll(self, client: PlatformClient) -> Outcome:
         """Only the polls (the event stream asked for them), with a state check when due;
         a state change found there is announced like a cycle's."""
+        self._checked = False
         outcome = self._guarded(self._polls, client)
         self._announce_state()
         return outcome
@@ -228,7 +232,7 @@ class Cycle:
             if self._halt.is_set():
                 return Outcome.STOPPED
             kind = self._life.kind
-            if kind == _lifecycle.ACTIVE and self._life.due():
+            if kind == _lifecycle.ACTIVE and self._check_due():
                 kind = self._check_state(client)
             if kind != _lifecycle.ACTIVE:
                 return self._inactive(kind)
@@ -236,9 +240,15 @@ class Cycle:
                 poll(client)
             except Exception:
                 logger.exception("%s failed", name)
-        if self._life.due() and not self._halt.is_set():
+        if self._check_due() and not self._halt.is_set():
             self._check_state(client)
         return Outcome.POLLED
+
+    def _check_due(self) -> bool:
+        """A state check is due, and none ran in this cycle yet: however many of its answers
+        were suspicious (a server whose database is down refuses every token), one check a
+        cycle says all there is to say; a hint raised after it waits for the next cycle."""
+        return not self._checked and self._life.due()
 
     @staticmethod
     def _inactive(kind: str) -> Outcome:
@@ -409,6 +419,7 @@ class Cycle:
         """Ask the platform (unless ``seen`` says already) and return the workspace's kind."""
         if seen is None:
             seen = _lifecycle.probe(client)
+        self._checked = True
         old, new = self._life.update(seen)
         if new == old:
             return new
