@@ -21,6 +21,7 @@ from ._settings import (
     MESSAGE_BACKLOG,
     MIN_CURSOR_IDS,
     MIN_SEEN_IDS,
+    SAFETY_POLL_INTERVAL,
     STATE_CHECK_INTERVAL,
     RandomSource,
     StateCallback,
@@ -124,6 +125,12 @@ class Heartbeat:
             wait on the platform.
         message_backlog: At a first start (no activity cursor yet), messages older than this
             many seconds are history and not handed over; in [0, 2592000].
+        safety_poll_interval: While the event stream is up, the polls run when an event asks
+            for them and at least every this many seconds, in (0, 86400]; the beats keep
+            their interval, and the workspace's state is checked on a hint only (the stream
+            announces every change, and is checked after it comes back). None: poll every
+            cycle whatever the stream. With the stream down, refused or silent, every cycle
+            polls, and after a reconnect the polls run at once.
     """
 
     def __init__(
@@ -158,6 +165,7 @@ class Heartbeat:
         on_message: MessageHandler | None = None,
         max_concurrent: int = 1,
         message_backlog: float = MESSAGE_BACKLOG,
+        safety_poll_interval: float | None = SAFETY_POLL_INTERVAL,
     ) -> None:
         # Every argument goes to _settings.settings, whose signature is this one's without
         # the defaults (a test holds the two equal): validated there, in one place.
@@ -232,6 +240,9 @@ class Heartbeat:
         self._inbox.finished(message.id)
         if answer:
             message.reply(answer)
+        run = self._run
+        if run is not None:
+            run.handler_finished()  # a free handler: the messages left waiting are read now
 
     def _new_run(self, previous: list[threading.Thread]) -> Run:
         settings = self._settings
@@ -278,6 +289,7 @@ class Heartbeat:
             callbacks=self._callbacks,
             life=self._life,
             events=settings.events,
+            safety_poll_interval=settings.safety_poll_interval,
             registers=registrar is not None,
             request_timeout=settings.request_timeout,
             previous=previous,
@@ -350,6 +362,11 @@ class Heartbeat:
     def events(self) -> bool:
         """Whether the event stream is held open (the argument and the environment)."""
         return self._settings.events
+
+    @property
+    def safety_poll_interval(self) -> float | None:
+        """Seconds between polls while the event stream is up (None: every cycle)."""
+        return self._settings.safety_poll_interval
 
     @property
     def org_id(self) -> str | None:

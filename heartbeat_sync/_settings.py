@@ -44,6 +44,8 @@ MIN_CURSOR_IDS = 2 * ACTIVITY_PAGE * ACTIVITY_MAX_PAGES
 #: Seconds between state checks when nothing suggests a change (a pause shows in no answer of
 #: an ordinary cycle): one cycle in ten at the default interval.
 STATE_CHECK_INTERVAL = 300.0
+#: While the event stream is up, the polls run on an event and at least this often (seconds).
+SAFETY_POLL_INTERVAL = 300.0
 #: The most message handlers that may run at once.
 MAX_CONCURRENT = 64
 #: At a first start, messages older than this many seconds are history, not handed over.
@@ -117,6 +119,7 @@ class Settings:
     on_state_change: StateCallback | None
     state_check_interval: float | None
     events: bool
+    safety_poll_interval: float | None
     on_message: MessageHandler | None
     max_concurrent: int
     message_backlog: float
@@ -206,6 +209,7 @@ def settings(
     on_message: MessageHandler | None,
     max_concurrent: int,
     message_backlog: float,
+    safety_poll_interval: float | None,
 ) -> Settings:
     """Check a Heartbeat's arguments (``ValueError`` naming the first bad one) and read the
     environment for those left to it.
@@ -225,6 +229,9 @@ def settings(
     wakeup_retry_deadline = _validate.number("wakeup_retry_deadline", wakeup_retry_deadline, 0, day)
     exit_timeout = _validate.optional_number("exit_timeout", exit_timeout, 0, 3600)
     start_phase = _validate.optional_number("start_phase", start_phase, 0, 1)
+    safety = _validate.optional_number(
+        "safety_poll_interval", safety_poll_interval, 0, day, low_open=True
+    )
     state_check_interval = _validate.optional_number(
         "state_check_interval", state_check_interval, 0, day, low_open=True
     )
@@ -319,6 +326,7 @@ def settings(
         org_id=tenant,
         on_state_change=on_state_change,
         state_check_interval=state_check_interval,
+        safety_poll_interval=safety,
         events=events_enabled(events, os.environ.get(_config.ENV_EVENTS)),
         on_message=None if (on_message is not None and agent_url) else on_message,
         max_concurrent=max_concurrent,

@@ -336,7 +336,8 @@ def test_an_event_over_the_limit_on_the_stream_is_dropped_with_a_warning(
     # A DELEGATION_COMPLETE whose data never ends: 2 MiB of lines, then the blank line.
     platform.emit_raw_event(ws.id, b"".join(_short_data_lines(2 << 20)) + b"\n")
     platform.emit_event(ws.id, "DELEGATION_FAILED", {"delegation_id": "x"})
-    assert platform.wait_for_requests("delegations", 2, timeout=3.0)
+    # The event after the dropped one is read on the same connection, and asks for its poll.
+    assert wait_until(lambda: _stream(hb).polls_asked >= 1, timeout=3.0)
     assert _stream(hb).connects == 1
     assert any("event over" in m for m in logs.messages(logging.WARNING))
     _bounded_stop(hb)
@@ -751,3 +752,21 @@ def test_a_failing_session_factory_never_ends_the_stream_thread(
     assert wait_until(lambda: _stream(hb).connects >= 1, timeout=10.0)
     assert _stream(hb).connected
     _bounded_stop(hb)
+
+
+def test_a_canvas_row_asks_for_a_poll_only_where_a_handler_takes_canvas_messages() -> None:
+    canvas = Event(
+        "message",
+        json.dumps(
+            {"type": "ACTIVITY_LOGGED", "data": {"activity_type": "a2a_receive", "source_id": None}}
+        ),
+    )
+    own = Event(
+        "message",
+        json.dumps(
+            {"type": "ACTIVITY_LOGGED", "data": {"activity_type": "a2a_receive", "source_id": WS}}
+        ),
+    )
+    assert not wants_poll(canvas, WS)
+    assert wants_poll(canvas, WS, canvas=True)
+    assert not wants_poll(own, WS, canvas=True)  # its own self-message is never a message

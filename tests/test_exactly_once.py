@@ -239,8 +239,9 @@ WRITER = textwrap.dedent(
     import json, sys
     from heartbeat_sync import Heartbeat
     url, ws, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    # Every cycle polls (not only on an event): the two writers contend as often as they can.
     hb = Heartbeat(url, ws, interval_seconds=0.05, exit_timeout=None, self_message_cooldown=3600,
-                   **files)
+                   safety_poll_interval=None, **files)
     hb.start_thread()
     print("READY", flush=True)
     sys.stdin.read()

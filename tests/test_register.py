@@ -394,8 +394,9 @@ def test_registration_retries_wait_for_retry_after_whatever_the_agent_asks(
     platform: FakePlatform, ws: Workspace, make_hb: HeartbeatFactory
 ) -> None:
     # beat_now() and a new current_task wake the beat thread for a cycle; they must not
-    # bring the next registration attempt forward.
-    platform.fault("register", status=429, headers={"Retry-After": "30"})
+    # bring the next registration attempt forward. (A busy 503: a 429 would hold the beats
+    # too, every request of the rate limit's key, see test_rate_limit.py.)
+    platform.fault("register", status=503, headers={"Retry-After": "30"})
     hb = make_hb(register=True, interval_seconds=0.1)
     hb.start_thread()
     assert platform.wait_for_requests("register", 1)

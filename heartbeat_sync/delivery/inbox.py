@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -56,6 +57,8 @@ class Page:
     claimed: list[MessageRow] = field(default_factory=list)
     #: Rows skipped as no message to anyone (not an object, or without a valid id).
     malformed: int = 0
+    #: Messages were left on the platform for want of a free handler.
+    waiting: bool = False
 
 
 class Inbox:
@@ -329,7 +332,7 @@ class Inbox:
         # reads from there again, when a handler is free.
         after = self._pager.read(since if honoured else None, row_ids(rows), full or cut_short)
         if cut_short:
-            return Page(fresh, None, handled, claimed=claimed, malformed=malformed)
+            return Page(fresh, None, handled, claimed=claimed, malformed=malformed, waiting=True)
         if after is None or after == since:
             if full:
                 self._warn.warning(
@@ -342,6 +345,17 @@ class Inbox:
                 self._warn.reset("activity-stuck")
             return Page(fresh, None, handled, claimed=claimed, malformed=malformed)
         return Page(fresh, after, handled, claimed=claimed, malformed=malformed)
+
+    def writable(self) -> bool:
+        """Whether the files took everything the deliveries handed them: False after a write
+        failed, while ids wait to be saved or a journal to be finished, until a later poll
+        gets them through."""
+        return not (
+            self._stale
+            or self._cursor.dirty
+            or self._seen.dirty
+            or os.path.lexists(self._results.journal_path)
+        )
 
     # --- the files --------------------------------------------------------------------------
 

@@ -121,22 +121,31 @@ class Cycle:
         # route), and the highest seq acknowledged.
         self._acks = True
         self._acked = -1
-        # A state check ran in this cycle (at most one does).
+        # A state check ran in this cycle (at most one does); and whether one may run for
+        # its interval's sake (not while the event stream is up: it announces every change).
         self._checked = False
+        self._periodic = True
+        # The last polls left something behind.
+        self._owed = False
 
     # --- what the run calls ---------------------------------------------------------------------
 
-    def run(self, client: PlatformClient) -> Outcome:
-        """Beat, then poll (unless paused, removed or unreachable); announce a state change."""
+    def run(self, client: PlatformClient, *, polls: bool = True, periodic: bool = True) -> Outcome:
+        """Beat, then poll (unless paused, removed or unreachable, or not ``polls``: the event
+        stream is up and no safety poll is due); announce a state change. ``periodic``: the
+        state may be checked for its interval's sake, not only on a hint."""
         self._checked = False
-        outcome = self._guarded(self._beat_and_poll, client)
+        self._periodic = periodic
+        beat_only = not polls
+        outcome = self._guarded(self._beat_only if beat_only else self._beat_and_poll, client)
         self._announce_state()
         return outcome
 
-    def poll(self, client: PlatformClient) -> Outcome:
+    def poll(self, client: PlatformClient, *, periodic: bool = True) -> Outcome:
         """Only the polls (the event stream asked for them), with a state check when due;
         a state change found there is announced like a cycle's."""
         self._checked = False
+        self._periodic = periodic
         outcome = self._guarded(self._polls, client)
         self._announce_state()
         return outcome
@@ -211,7 +220,7 @@ class Cycle:
             registrar.stand_down()  # registered already, by its operator: left as it is
         return Outcome.POLLED if kind == _lifecycle.ACTIVE else self._inactive(kind)
 
-    def _beat_and_poll(self, client: PlatformClient) -> Outcome:
+    def _beat_and_poll(self, client: PlatformClient, polls: bool = True) -> Outcome:
         if self._life.kind == _lifecycle.PAUSED or self._life.hinted:
             # The platform ignores a paused workspace's beats; a suggested change (an event,
             # a suspicious answer) is looked at before beating a workspace that may be paused.
@@ -219,12 +228,21 @@ class Cycle:
             if kind != _lifecycle.ACTIVE:
                 return self._inactive(kind)
         beaten = self._beat(client)
-        if beaten in (Outcome.UNREACHABLE, Outcome.STOPPED):
+        if beaten in (Outcome.UNREACHABLE, Outcome.STOPPED) or not polls:
             return beaten
         polled = self._polls(client)
         return polled if polled in (Outcome.PAUSED, Outcome.REMOVED) else beaten
 
+    def _beat_only(self, client: PlatformClient) -> Outcome:
+        outcome = self._beat_and_poll(client, polls=False)
+        if outcome in (Outcome.BEAT_OK, Outcome.BEAT_FAILED) and self._check_due():
+            kind = self._check_state(client)
+            if kind != _lifecycle.ACTIVE:
+                return self._inactive(kind)
+        return outcome
+
     def _polls(self, client: PlatformClient) -> Outcome:
+        owed = False
         for name, poll in (
             ("poll delegations", self._poll_delegations),
             ("poll activity", self._poll_activity),
@@ -237,18 +255,27 @@ class Cycle:
             if kind != _lifecycle.ACTIVE:
                 return self._inactive(kind)
             try:
-                poll(client)
+                settled = poll(client)
             except Exception:
                 logger.exception("%s failed", name)
+                settled = False
+            owed = owed or not settled
+        if not self._halt.is_set():
+            self._owed = owed
         if self._check_due() and not self._halt.is_set():
             self._check_state(client)
         return Outcome.POLLED
+
+    def polls_owed(self) -> bool:
+        """Whether the last polls left something behind (a failed request or write, pages
+        still to read): the next cycle polls then, whatever the event stream."""
+        return self._owed
 
     def _check_due(self) -> bool:
         """A state check is due, and none ran in this cycle yet: however many of its answers
         were suspicious (a server whose database is down refuses every token), one check a
         cycle says all there is to say; a hint raised after it waits for the next cycle."""
-        return not self._checked and self._life.due()
+        return not self._checked and self._life.due(self._periodic)
 
     @staticmethod
     def _inactive(kind: str) -> Outcome:
@@ -276,7 +303,8 @@ class Cycle:
                 return Outcome.STOPPED  # interrupted by stop(), not a failure of the platform
             self._hint(exc)
             self._beat_failed(client, exc)
-            if isinstance(exc, PlatformError) and exc.connect_error:
+            if isinstance(exc, PlatformError) and (exc.connect_error or exc.status == 429):
+                # Unreachable, or the rate limit holds every request: polls would only fail.
                 return Outcome.UNREACHABLE
             return Outcome.BEAT_FAILED
         recovered = self._tally.beat_succeeded(report)
@@ -294,7 +322,10 @@ class Cycle:
         # Never repr() a foreign exception: it may quote a request header (the token).
         error = str(exc) if isinstance(exc, PlatformError) else type(exc).__name__
         failures = self._tally.beat_failed(error)
-        if not self._tenant_missing(exc):
+        if isinstance(exc, PlatformError) and exc.status == 429:
+            # The rate limit's view says it once for every Heartbeat of its key.
+            logger.debug("heartbeat refused by the rate limit: %s", error)
+        elif not self._tenant_missing(exc):
             self._warn.warning("beat", "heartbeat failed (%d consecutive): %s", failures, error)
         if failures % MAX_CONSECUTIVE_FAILURES == 0:
             logger.info("recreating the HTTP session after %d failed beats", failures)
@@ -304,6 +335,9 @@ class Cycle:
 
     def _poll_failed(self, key: str, what: str, exc: PlatformError) -> None:
         if self._halt.is_set():  # a poll interrupted by stop() is not a platform failure
+            return
+        if exc.status == 429:  # the rate limit's view says it, once for every Heartbeat
+            logger.debug("%s poll not done: %s", what, exc)
             return
         if self._tenant_missing(exc):
             return
@@ -321,22 +355,26 @@ class Cycle:
             logger.error("%s", exc)
         return True
 
-    def _poll_delegations(self, client: PlatformClient) -> None:
+    def _poll_delegations(self, client: PlatformClient) -> bool:
+        """True when the poll read the rows and the files took what was fresh in them."""
         try:
             rows = client.delegations()
         except PlatformError as exc:
             self._poll_failed("delegations", "delegations", exc)
-            return
+            return False
         self._warn.reset("delegations")
         self._delivered(self._inbox.delegations(rows))
+        return self._inbox.writable()
 
-    def _poll_activity(self, client: PlatformClient) -> None:
+    def _poll_activity(self, client: PlatformClient) -> bool:
         """The ``a2a_receive`` rows past the cursor, up to :data:`ACTIVITY_MAX_PAGES` pages;
-        the rest follows next poll."""
+        the rest follows next poll. True when nothing was left behind (a failed request or
+        write, or pages still to read)."""
         inbound = self._inbound
         if inbound is not None and not inbound.ready(client, registered_poll=self._polls_here()):
             inbound = None  # push mode: the messages go to the workspace's URL
         peers_only = inbound is None  # a handler takes the canvas's messages too
+        settled = True
         since = self._inbox.activity_since()
         handled: int | None = None  # the highest seq of the rows handled in this poll
         for _ in range(ACTIVITY_MAX_PAGES):
@@ -349,6 +387,7 @@ class Cycle:
                     rows = client.activity(None, limit=ACTIVITY_PAGE, peers_only=peers_only)
             except PlatformError as exc:
                 self._poll_failed("activity", "activity", exc)
+                settled = False
                 break
             self._warn.reset("activity")
             if inbound is None:
@@ -357,7 +396,7 @@ class Cycle:
                 page = self._inbox.activity_page(
                     rows, since, ACTIVITY_PAGE, capacity=inbound.capacity(), owner=inbound.owner
                 )
-                inbound.dispatch(page.claimed)
+                inbound.dispatch(page.claimed, waiting=page.waiting)
                 if page.malformed:
                     self._tally.skipped(page.malformed)
                     self._warn.warning(
@@ -365,7 +404,7 @@ class Cycle:
                     )
             self._delivered(page.fresh)
             if page.failed:
-                return  # rows left to a later poll: nothing is acknowledged beyond them
+                return False  # rows left to a later poll: nothing is acknowledged beyond them
             if page.handled_seq is not None:
                 handled = max(handled or 0, page.handled_seq)
             if page.next_since is None:
@@ -373,7 +412,9 @@ class Cycle:
             since = page.next_since
         else:
             logger.info("read %d pages of activity; the rest follows next poll", ACTIVITY_MAX_PAGES)
+            settled = False
         self._acknowledge(client, handled)
+        return settled and self._inbox.writable()
 
     def _polls_here(self) -> bool:
         """Whether this run registers the workspace in poll mode (its URL, if it had one, no

@@ -52,6 +52,7 @@ class Inbound:
         # None until the first poll: True when messages go to the handlers this run, False
         # when the workspace is in push mode (its messages go to its URL).
         self._serving: bool | None = None
+        self._waiting = False
 
     def ready(self, client: PlatformClient, *, registered_poll: bool) -> bool:
         """Whether this poll's messages go to the handlers. The first time: unless this run
@@ -108,8 +109,18 @@ class Inbound:
         """Handlers running now (the beats count them as tasks in progress)."""
         return self._pool.running()
 
-    def dispatch(self, rows: Sequence[MessageRow], *, redelivered: bool = False) -> None:
-        """Hand each claimed message to the pool."""
+    @property
+    def waiting(self) -> bool:
+        """Whether the last poll left messages on the platform for want of a free handler
+        (when one frees, the polls should run again)."""
+        return self._waiting
+
+    def dispatch(
+        self, rows: Sequence[MessageRow], *, redelivered: bool = False, waiting: bool = False
+    ) -> None:
+        """Hand each claimed message to the pool; ``waiting``: more wait on the platform."""
+        if not redelivered:
+            self._waiting = waiting
         for row in rows:
             message = InboundMessage.of(row, redelivered=redelivered, reply=self._replier(row))
             if not self._pool.submit(message):

@@ -159,12 +159,17 @@ class Lifecycle:
         with self._lock:
             return self._hinted
 
-    def due(self) -> bool:
+    def due(self, periodic: bool = True) -> bool:
+        """Whether a state check is due: after a hint, while paused, and (unless not
+        ``periodic``: the event stream is up and announces every change) every
+        ``check_every`` seconds."""
         with self._lock:
             if self.kind == REMOVED:
                 return False
             if self._hinted or self.kind == PAUSED:
                 return True
+            if not periodic:
+                return False
             every = self.check_every
             return every is not None and self._clock() - self._last_check >= every
 

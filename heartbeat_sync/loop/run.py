@@ -13,6 +13,7 @@ removal. What one cycle does is :class:`~.cycle.Cycle`'s; when to do what is
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -57,6 +58,8 @@ class Run:
         callbacks: The thread of the state-change callbacks, likewise.
         life: The workspace's lifecycle (an event hints at a change).
         events: Hold the event stream open.
+        safety_poll_interval: While the stream is up, poll at least this often (seconds) and
+            otherwise only when an event asks; None: every cycle polls.
         registers: The run registers first: the stream waits for the token that may bring.
         request_timeout: Seconds a request may take (the removal's wait for the worker).
         previous: Threads of an earlier run still ending: this run waits for them first.
@@ -79,6 +82,7 @@ class Run:
         life: _lifecycle.Lifecycle,
         events: bool,
         registers: bool,
+        safety_poll_interval: float | None = None,
         request_timeout: float,
         previous: Sequence[threading.Thread] = (),
         inbound: Inbound | None = None,
@@ -94,6 +98,9 @@ class Run:
         self._callbacks = callbacks
         self._life = life
         self._events_wanted = events
+        self._safety = safety_poll_interval
+        # When the polls last ran (monotonic; -inf: never this run).
+        self._polled_at = -math.inf
         self._registers = registers
         self._request_timeout = request_timeout
         self._previous = list(previous)
@@ -292,6 +299,8 @@ class Run:
             idle_timeout=max(3 * self.interval, 60.0),
             draw=random.SystemRandom().random,
             on_state=self._state_announced,
+            on_connect=self._stream_opened,
+            canvas=self._inbound is not None,
             name=f"heartbeat-sync-events-{self.workspace_id[:8]}",
         )
         self._events.start()
@@ -310,6 +319,35 @@ class Run:
         else:
             self.ask_cycle()
 
+    def _stream_opened(self, connects: int) -> None:
+        # From the event stream's thread: events sent while no stream was open are lost (the
+        # first connection's too: the run began before it), so the polls run now, and the
+        # state is checked with them: a change announced meanwhile was missed.
+        self._life.hint()
+        self.ask_poll()
+
+    def _stream_up(self) -> bool:
+        """Whether the event stream is open and read (it then tells of results and state
+        changes: the polls need not run every cycle)."""
+        with self._lock:
+            events = self._events
+        return events is not None and events.status().connected
+
+    def _cycle_polls(self, now: float) -> tuple[bool, bool]:
+        """Whether this cycle polls, and whether its state check may be periodic: every cycle
+        while the stream is down; with it up, when the safety interval has passed or the last
+        polls left something behind."""
+        if self._safety is None or not self._stream_up():
+            return True, True
+        return self.cycle.polls_owed() or now - self._polled_at >= self._safety, False
+
+    def handler_finished(self) -> None:
+        """A message handler returned: if messages wait on the platform for a free one, the
+        polls run now."""
+        inbound = self._inbound
+        if inbound is not None and inbound.waiting and not self.halt.is_set():
+            self.ask_poll()
+
     def _sleep(self, seconds: float) -> None:
         self._alarm.wait(seconds)
         self._alarm.clear()
@@ -323,8 +361,18 @@ class Run:
         if self._registers and not cycle.registration_owed():
             with self._lock:
                 self._start_events()  # the look at the start found no registration owed
+        budget = client.budget()
+        budget.join(id(self), self.interval)
+        try:
+            return self._steps(client, cycle)
+        finally:
+            budget.leave(id(self))
+
+    def _steps(self, client: PlatformClient, cycle: Cycle) -> Outcome:
         while True:
             now = self._clock()
+            budget = client.budget()  # the key may change with the token
+            polls_from = budget.polls_from()
             step = next_step(
                 now,
                 self._slots.next_at,
@@ -334,6 +382,8 @@ class Run:
                 pacer=self._pacer,
                 register_at=cycle.registration_due(),
                 poll_cost=min(2.0 * self._poll_cost, POLL_COST_SHARE * self.interval),
+                held_until=budget.held_until(),
+                polls_from=polls_from,
             )
             if step.act is Act.WAIT:
                 self._sleep(step.until - now)
@@ -346,10 +396,11 @@ class Run:
                     with self._lock:
                         self._start_events()  # with the token the registration may bring
                 continue
-            self._poll_asked = False  # a cycle polls too; an event during it polls again
             if step.act is Act.POLL:
+                self._poll_asked = False  # an event during the polls asks again
                 self._pacer.take(now)
-                outcome = cycle.poll(client)
+                outcome = cycle.poll(client, periodic=not self._stream_up())
+                self._polled_at = now
                 # How long polls take, smoothed: one due to end after the slot waits for it.
                 took = self._clock() - now
                 self._poll_cost += POLL_COST_WEIGHT * (took - self._poll_cost)
@@ -357,7 +408,18 @@ class Run:
                 self._cycle_asked = False
                 if step.forced:
                     self._forced.take(now)  # an extra cycle, not the regular slot
-                outcome = cycle.run(client)
+                polls, periodic = self._cycle_polls(now)
+                # beat_now() asks for a whole cycle, the polls too; an event's poll left to
+                # this cycle (it came just before the slot) is done by it.
+                polls = polls or step.forced or self._poll_asked
+                if polls and now < polls_from:
+                    polls = False  # the rate limit runs low: the beat alone, the polls after
+                    self._poll_asked = True
+                elif polls:
+                    self._poll_asked = False  # an event during the cycle asks again
+                outcome = cycle.run(client, polls=polls, periodic=periodic)
+                if polls:
+                    self._polled_at = now
                 if outcome is Outcome.BEAT_OK and self._team_tries:
                     self._find_team(client)
                 if outcome is not Outcome.REMOVED:

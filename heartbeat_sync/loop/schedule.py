@@ -184,6 +184,8 @@ def next_step(
     pacer: TokenBucket,
     register_at: float = math.inf,
     poll_cost: float = 0.0,
+    held_until: float = -math.inf,
+    polls_from: float = -math.inf,
 ) -> Step:
     """Decide what to do at ``now`` (pure; the buckets are only read, never spent).
 
@@ -192,12 +194,16 @@ def next_step(
     at its slot, or sooner when one was asked for and the forced-cycle bucket has credit; the
     polls alone when the event stream asked and the pacer allows. A due cycle wins over the
     polls (it polls too), and so does one due within ``poll_cost`` seconds (how long the polls
-    may take): polls that would still run at the slot would make the beat late.
+    may take): polls that would still run at the slot would make the beat late. Nothing is
+    sent before ``held_until`` (a 429 of the rate limit's key), and no poll alone before
+    ``polls_from`` (the rate limit's window runs low: the beats go on).
     """
+    if now < held_until:
+        return Step(Act.WAIT, until=held_until)  # a 429 holds every request of the key
     if now >= register_at:
         return Step(Act.REGISTER)
     beat_due = min(next_slot, forced.ready_at(now)) if beat_asked else next_slot
-    poll_due = pacer.ready_at(now) if poll_asked else math.inf
+    poll_due = max(pacer.ready_at(now), polls_from) if poll_asked else math.inf
     if poll_due + poll_cost >= beat_due:
         poll_due = math.inf  # the cycle at the slot polls
     if now < beat_due and now < poll_due:

@@ -180,6 +180,19 @@ class FakePlatform(WorkspaceSetup):
             )
         )
 
+    def set_rate_limit(self, limit: int | None, window: float = 60.0) -> None:
+        """Limit every key to ``limit`` requests a ``window`` (seconds), as the real server's
+        ``RATE_LIMIT`` does (``None``: no limit, the default). The key is the
+        ``X-Molecule-Org-Id`` header, else the bearer token, else the client's address; every
+        answer then says ``X-Ratelimit-Limit``, ``-Remaining`` and ``-Reset``, and a request
+        beyond the limit is answered 429 with ``Retry-After`` (never routed, never faulted)."""
+        self._state.limiter.configure(limit, window)
+
+    @property
+    def rate_limited(self) -> int:
+        """Requests answered 429 by the rate limit so far."""
+        return self._state.limiter.refused
+
     def clear_faults(self, route: str | None = None) -> None:
         """Remove all faults, or only those of ``route``."""
         self._faults.clear(route)

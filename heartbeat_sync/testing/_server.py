@@ -236,8 +236,16 @@ class Serving:
             if stop_event.is_set():
                 self._drop(handler, entry)
                 return
+            limited, retry_after = self._state.limiter.take(
+                entry.headers, str(handler.client_address[0])
+            )
+            if retry_after is not None:
+                refused = error(429, "rate limit exceeded", retry_after=retry_after)
+                refused.headers = {**refused.headers, **limited}
+                self._send(handler, entry, refused)
+                return
             fault = self._faults.take(entry.route, entry.workspace_id)
-            extra_headers: dict[str, str] = {}
+            extra_headers: dict[str, str] = dict(limited)
             if fault is not None and fault.trickle > 0:
                 handler.wfile = Trickle(handler.wfile, fault.trickle, stop_event)
             if fault is not None:
@@ -250,7 +258,7 @@ class Serving:
                 if fault.answers():
                     self._send(handler, entry, fault.reply(), faulted=True)
                     return
-                extra_headers = fault.headers
+                extra_headers = {**extra_headers, **fault.headers}
             with self._state.lock:
                 reply = route(self._state, entry)
             if reply.delay > 0 and stop_event.wait(reply.delay):

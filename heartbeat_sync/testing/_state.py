@@ -17,6 +17,7 @@ from collections import deque
 from typing import Any, Callable
 
 from ._events import EventHub
+from ._limits import RateLimiter
 from ._model import (
     AUGUST,
     Activity,
@@ -84,6 +85,7 @@ class State:
         # The stream has its own lock, as the real server's pub/sub is apart from its
         # database: events flow while requests wait (see FakePlatform.held).
         self.hub = EventHub(threading.RLock())
+        self.limiter = RateLimiter()
         self._last_us = 0
         # One counter for the whole server, as activity_logs.seq on the real one.
         self._seq = 0
@@ -375,7 +377,8 @@ class State:
                 workspace_id, same_instant_as=same_instant_as, id=activity_id, **fields
             )
             self.activity[workspace_id].append(row)
-            self.emit_activity(row)
+            if row.committed:
+                self.emit_activity(row)  # a row committed late is announced at its commit
             self.changed()
             return row.id
 
@@ -387,7 +390,11 @@ class State:
         """Make a late row visible, with its original ``created_at``."""
         with self.lock:
             self.ws(workspace_id)
-            self.find_row(workspace_id, activity_id).committed = True
+            row = self.find_row(workspace_id, activity_id)
+            if isinstance(row, Activity) and not row.committed:
+                row.committed = True
+                # The real server announces a row after its insert returns: at its commit.
+                self.emit_activity(row)
             self.changed()
 
     # ------------------------------------------------------------------ messages (the proxy's rows)

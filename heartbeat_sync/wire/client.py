@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from .. import _config
 from .auth import Credentials
 from .body import BodyTooLarge, parse_json, read_body
 from .http import SessionFactory, abort_session, parse_retry_after, request_scope
+from .ratelimit import Budget, budget_for
 
 #: The August 2026 platform's ``code`` for a request to a tenant that lacks its org id header.
 TENANT_ORG_HEADER_REQUIRED = "TENANT_ORG_HEADER_REQUIRED"
@@ -225,6 +227,7 @@ class PlatformClient:
         auth: bool = True,
     ) -> tuple[int, Any, requests.structures.CaseInsensitiveDict[str]]:
         headers = self.credentials.headers(self.workspace_id if self_source else None, auth=auth)
+        budget = self._held(method, path, headers)
         seconds = timeout or self.timeout
         session = self.session
         # The whole request, body included, ends within ``seconds`` whatever the server does.
@@ -259,7 +262,26 @@ class PlatformClient:
                 raise PlatformError(describe_error(exc), status=None) from None
             finally:
                 resp.close()
+        budget.observe(resp.status_code, resp.headers)
         return resp.status_code, parse_json(data), resp.headers
+
+    def budget(self) -> Budget:
+        """The process's view of the rate limit this client's requests fall under."""
+        return budget_for(self.base_url, self.credentials.headers())
+
+    def _held(self, method: str, path: str, headers: dict[str, str]) -> Budget:
+        """The budget of these headers; ``PlatformError`` (429) without sending anything while
+        a 429 holds every request of its key."""
+        budget = budget_for(self.base_url, headers)
+        left = budget.held_until() - time.monotonic()
+        if left > 0:
+            raise PlatformError(
+                f"{method} {path}: not sent, the platform's rate limit holds every request "
+                f"of {budget.describe} for {left:.0f} s more",
+                status=429,
+                retry_after=left,
+            )
+        return budget
 
     @staticmethod
     def _expired(method: str, path: str, seconds: float) -> PlatformError:
@@ -393,9 +415,10 @@ class PlatformClient:
         client's). Any status but 200 raises :class:`PlatformError` with that status.
         """
         headers = self.credentials.headers()
+        path = f"/workspaces/{_segment(self.workspace_id)}/events/stream"
+        budget = self._held("GET", path, headers)
         headers["Accept"] = "text/event-stream"
         headers["Cache-Control"] = "no-cache"
-        path = f"/workspaces/{_segment(self.workspace_id)}/events/stream"
         session = self.session
         # Opening it (connect, retries, headers) is bounded like any request; reading it
         # afterwards is bounded by ``read_timeout`` between bytes.
@@ -415,6 +438,7 @@ class PlatformClient:
                     isinstance(exc, requests.exceptions.ConnectTimeout) or _is_connect_error(exc)
                 )
                 raise PlatformError(describe_error(exc), connect_error=connect) from None
+        budget.observe(resp.status_code, resp.headers)
         if resp.status_code == 200:
             return resp
         try:

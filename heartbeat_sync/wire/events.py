@@ -93,11 +93,14 @@ def reconnect_delay(outcome: Outcome, attempt: int, draw: float) -> float:
 class EventStream:
     """Holds the event stream open on its own daemon thread and its own session.
 
-    ``on_hint`` is called (from this thread) for every event that :func:`wants_poll`, and
-    ``on_state`` with the type of every event that announces a :func:`state_change`; the
-    caller coalesces. ``idle_timeout`` is how long a connection may stay silent before it is
-    replaced: the platform sends a ``WORKSPACE_HEARTBEAT`` for every beat, so a live stream
-    is never silent for long, and a silent one may be a dead connection.
+    ``on_hint`` is called (from this thread) for every event that :func:`wants_poll`,
+    ``on_state`` with the type of every event that announces a :func:`state_change`, and
+    ``on_connect`` with the count of streams opened so far each time one opens (the events
+    sent meanwhile are lost); the caller coalesces. With ``canvas``, a row from the canvas
+    asks for a poll too (a message handler takes it). ``idle_timeout`` is how long a connection
+    may stay silent before it is replaced: the platform sends a ``WORKSPACE_HEARTBEAT`` for
+    every beat, so a live stream is never silent for long, and a silent one may be a dead
+    connection.
     """
 
     def __init__(
@@ -109,12 +112,16 @@ class EventStream:
         idle_timeout: float,
         draw: Callable[[], float],
         on_state: Callable[[str], None] | None = None,
+        on_connect: Callable[[int], None] | None = None,
+        canvas: bool = False,
         name: str = "heartbeat-sync-events",
     ) -> None:
         self._client_factory = client_factory
         self.workspace_id = workspace_id
         self._on_hint = on_hint
         self._on_state = on_state
+        self._on_connect = on_connect
+        self._canvas = canvas
         self.idle_timeout = idle_timeout
         self._draw = draw
         self.name = name
@@ -276,6 +283,9 @@ class EventStream:
 
     def _read(self, resp: Any, client: PlatformClient) -> Outcome:
         self._connected = True
+        if self._on_connect is not None:
+            # Events sent while no stream was open are lost: whoever relies on them looks now.
+            self._on_connect(self.connects)
         try:
             return self._read_events(resp, client)
         finally:
@@ -290,7 +300,7 @@ class EventStream:
                 self.reads += 1
                 for event in parser.feed(chunk):
                     self.events += 1
-                    if wants_poll(event, self.workspace_id):
+                    if wants_poll(event, self.workspace_id, self._canvas):
                         self.hints += 1
                         self._on_hint()
                     elif credentials_rotated(event):

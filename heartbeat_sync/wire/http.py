@@ -26,6 +26,9 @@ from .. import __about__, _fork
 
 #: Statuses a GET is retried on (inside one request, by urllib3).
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: What urllib3 retries within a request: not a 429, whose wait every request of its key
+#: shares (``ratelimit``), where a retry of each would only spend the limit again.
+_WITHIN_REQUEST = frozenset({502, 503, 504})
 
 SessionFactory = Callable[[], requests.Session]
 
@@ -253,7 +256,8 @@ def make_retry(retry_after_cap: float) -> BoundedRetry:
     """The retry policy of every session the library makes.
 
     Connect errors are retried for every method (the request never reached the server).
-    Read errors and the statuses in :data:`RETRY_STATUSES` are retried for GET only: a POST
+    Read errors and 502, 503 and 504 are retried for GET only (a 429 is not: its wait is the
+    whole key's, see ``ratelimit``): a POST
     is not idempotent (a heartbeat or a self-message must not be sent twice). Backoff and
     ``Retry-After`` waits are both capped at ``retry_after_cap``: they happen inside a request,
     where the schedule cannot see them (only ``stop()`` cuts them short).
@@ -266,7 +270,7 @@ def make_retry(retry_after_cap: float) -> BoundedRetry:
         other=0,
         redirect=3,
         allowed_methods=frozenset({"GET"}),
-        status_forcelist=RETRY_STATUSES,
+        status_forcelist=_WITHIN_REQUEST,
         backoff_factor=0.2,
         backoff_max=max(0.0, min(2.0, retry_after_cap)),
         backoff_jitter=0.25,

@@ -140,12 +140,14 @@ def is_event_stream(content_type: str | None) -> bool:
     return media_type.strip().lower() == "text/event-stream"
 
 
-def wants_poll(event: Event, workspace_id: str) -> bool:
-    """True when the event may mean a new result for this workspace, so a poll is worth it.
+def wants_poll(event: Event, workspace_id: str, canvas: bool = False) -> bool:
+    """True when the event may mean a new result (or message) for this workspace, so a poll
+    is worth it.
 
     ``DELEGATION_COMPLETE`` and ``DELEGATION_FAILED`` always; ``ACTIVITY_LOGGED`` unless it is
-    plainly a row the activity poll skips (another type, or from the canvas or this workspace
-    itself). Heartbeat, task and status events, and anything that is not a JSON object, never.
+    plainly a row the activity poll skips (another type, or from this workspace itself, or
+    from the canvas unless ``canvas``: a message handler takes the canvas's messages too).
+    Heartbeat, task and status events, and anything that is not a JSON object, never.
     """
     if "DELEGATION_" not in event.data and ACTIVITY_EVENT not in event.data:
         return False  # a beat's or a status event: most of what the stream carries
@@ -168,7 +170,7 @@ def wants_poll(event: Event, workspace_id: str) -> bool:
         return False
     if "source_id" in data:
         source = data.get("source_id")
-        if source is None or source == "" or source == workspace_id:
+        if source == workspace_id or (not source and not canvas):
             return False
     return True
 

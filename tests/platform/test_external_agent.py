@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -277,9 +278,12 @@ def test_the_external_agent_example_against_the_real_server(
         # A peer writes to the agent; the answer lands in the peer's own activity.
         assert real_platform.peer_message(ws_id, peer_id, peer_token, "numbers?").status_code == 200
 
-        def answered() -> bool:
+        def answered() -> bool:  # the reply, not the delegation's own row at the peer
             rows = real_platform.activity(peer_id, peer_token, type="a2a_receive")
-            return any(r["source_id"] == ws_id for r in rows)
+            return any(
+                r["source_id"] == ws_id and "nightly-report here" in json.dumps(r["request_body"])
+                for r in rows
+            )
 
         assert wait_until(answered, timeout=10)
         real_platform.delete(ws_id)

@@ -39,8 +39,8 @@ def test_real_siblings_find_one_team_and_beat_on_its_even_shares(
             running.append(hb)
             hb.start_thread()
         said = {
-            f"beat slot at {phase:.3f} of the interval, in a team of 3"
-            for phase in expected.values()
+            f"[{me[:8]}] beat slot at {phase:.3f} of the interval, in a team of 3"
+            for me, phase in expected.items()
         }
         assert wait_until(lambda: said <= set(logs.messages()), timeout=10), logs.messages()
         for ws_id in ids:
