@@ -144,13 +144,15 @@ def _content_text(content: object) -> str | None:
     return None
 
 
-def error_text(error: BaseException) -> str:
+def error_text(error: BaseException, detail: str | None = None) -> str:
     """``"<type>: <message>"`` for ``record_error``: the exception's class name and its message
-    with white space runs (new lines too) squeezed to one space, the whole cut to
-    :data:`ERROR_CHARS` characters (``…`` marks a cut); the class name alone when the message is
-    empty."""
+    with white space runs (new lines too) squeezed to one space (the class name alone when the
+    message is empty), then `` (<detail>)`` when given; the whole cut to :data:`ERROR_CHARS`
+    characters (``…`` marks a cut)."""
     message = _squeeze(str(error))
     text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    if detail:
+        text = f"{text} ({_squeeze(detail)})"
     return _cut(text, ERROR_CHARS)
 
 

@@ -37,7 +37,6 @@ except ImportError as exc:  # the framework is an extra
 
 from .. import Heartbeat, InboundMessage
 from ._runs import (
-    ERROR_CHARS,
     Ledger,
     current_message,
     error_text,
@@ -212,10 +211,8 @@ class HeartbeatMonitor:
             getattr(steps[-1], "error", None), AgentMaxStepsError
         ):
             return None
-        text = error_text(AgentMaxStepsError("Reached max steps.", agent.logger))
-        if run.step_errors:
-            text = f"{text} (last step error: {run.step_errors[-1]})"
-        return text[:ERROR_CHARS]
+        last = f"last step error: {run.step_errors[-1]}" if run.step_errors else None
+        return error_text(AgentMaxStepsError("Reached max steps.", agent.logger), last)
 
     def _end(
         self, agent: MultiStepAgent, run: _Run, error: str | None, record: bool = True

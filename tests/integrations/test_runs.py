@@ -54,6 +54,7 @@ def test_an_error_is_its_type_and_the_first_line_of_its_message() -> None:
     )
     assert error_text(KeyError()) == "KeyError"
     assert error_text(RuntimeError("x" * 500)) == "RuntimeError: " + "x" * 186 + "…"
+    assert error_text(KeyError(), "after\n2 steps") == "KeyError (after 2 steps)"
 
 
 def test_a_ledger_counts_top_level_runs_and_keeps_the_heartbeat_true(

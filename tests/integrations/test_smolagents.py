@@ -178,7 +178,7 @@ def test_each_run_counts_once_a_tool_error_recovered_from_is_none(
     # it, and the run is an error.
     stuck = monitor.attach(make_agent([look("Atlantis")], max_steps=2))
     stuck.run("Weather in Atlantis?")
-    assert hb.sample_error == MAX_STEPS_ERROR[:200]
+    assert hb.sample_error == MAX_STEPS_ERROR[:200].rstrip() + "…"
     # The model fails: the run raises.
     broken = monitor.attach(make_agent([ConnectionError("the model's server is down")]))
     with pytest.raises(Exception, match="Error while generating output") as raised:
