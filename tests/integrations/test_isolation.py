@@ -3,6 +3,8 @@ framework is missing says which extra to install. Runs with or without the frame
 
 from __future__ import annotations
 
+import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +53,13 @@ def test_an_adapter_without_its_framework_names_the_extra(
     assert done.returncode == 0, done.stderr
     assert f"pip install 'heartbeat-sync[{extra}]'" in done.stdout
     assert f"heartbeat_sync.integrations.{adapter} needs" in done.stdout
+
+
+#: Comma-separated frameworks (top-level module names) the run must have: set by the nox
+#: sessions that install them, so that a broken install fails there, never skips the tests.
+REQUIRED = "HEARTBEAT_SYNC_FRAMEWORKS"
+
+
+def test_the_frameworks_this_run_installed_import() -> None:
+    for name in filter(None, os.environ.get(REQUIRED, "").split(",")):
+        importlib.import_module(name)
