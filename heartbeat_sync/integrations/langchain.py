@@ -339,9 +339,10 @@ class RunnableMessageHandler:
     are not given again.
 
     The metadata: ``source`` (``"canvas"`` or ``"peer"``), ``source_id`` (the peer's workspace
-    id, None for the canvas), ``peer_name``, ``peer_role``, ``message_id`` (the message's
-    activity row id, :attr:`heartbeat_sync.InboundMessage.id`), ``a2a_message_id`` (the A2A
-    ``messageId``, where sent) and ``redelivered``. A tool may also call
+    id, None for the canvas), ``peer_name``, ``peer_role``, ``message_id`` (the A2A
+    ``messageId``, where sent), ``activity_id`` (the message's activity row id,
+    :attr:`heartbeat_sync.InboundMessage.id`: unique) and ``redelivered``, as the
+    :class:`~heartbeat_sync.InboundMessage` has them. A tool may also call
     :func:`current_message` for the whole message.
 
     Attributes:
@@ -400,8 +401,8 @@ class RunnableMessageHandler:
             "source_id": message.source_id,
             "peer_name": message.peer_name,
             "peer_role": message.peer_role,
-            "message_id": message.id,
-            "a2a_message_id": message.message_id,
+            "message_id": message.message_id,
+            "activity_id": message.id,
             "redelivered": message.redelivered,
         }
         counter = self._counting()

@@ -288,9 +288,9 @@ def test_the_input_key_and_the_config(tmp_path: Path) -> None:
         "source": "peer",
         "source_id": "ws-2",
         "peer_name": "beta",
-        "message_id": "row-1",
+        "message_id": "m-1",
     }
-    assert metadata["a2a_message_id"] == "m-1" and metadata["redelivered"] is False
+    assert metadata["activity_id"] == "row-1" and metadata["redelivered"] is False
     assert current_message() is None
 
 
