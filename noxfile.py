@@ -45,8 +45,9 @@ Sessions:
     ``python -m build`` (sdist, then the wheel from the sdist) into a temporary directory;
     the wheel is installed into a fresh virtual environment outside the source tree (one for
     the oldest and one for the newest Python found); from a directory outside the tree it imports
-    ``heartbeat_sync`` and ``heartbeat_sync.testing``, checks ``py.typed`` was shipped, and
-    runs ``heartbeat-sync --help``.
+    ``heartbeat_sync``, ``heartbeat_sync.testing`` and ``heartbeat_sync.integrations`` (without
+    a framework), checks ``py.typed`` and the adapters were shipped, and runs
+    ``heartbeat-sync --help``.
 
 Interpreters are looked up by name on ``PATH`` (``python3.X``), then in pyenv's versions
 directory (``$PYENV_ROOT``, ``pyenv root``, ``~/.pyenv``): pyenv's shims only expose the
@@ -365,10 +366,13 @@ def package(session: nox.Session, version: str) -> None:
         # A fresh venv for the oldest and for the newest Python found.
         targets = [find_python(v) or "" for v in _ends()]
         check = (
-            "import os, sys, heartbeat_sync, heartbeat_sync.testing; "
+            "import os, sys, heartbeat_sync, heartbeat_sync.testing, heartbeat_sync.integrations; "
             "pkg = os.path.dirname(heartbeat_sync.__file__); "
             "assert pkg.startswith(sys.prefix), f'imported {pkg}, not from the venv'; "
             "assert os.path.isfile(os.path.join(pkg, 'py.typed')), 'py.typed is missing'; "
+            "adapters = [os.path.join(pkg, 'integrations', f'{n}.py') "
+            "for n in ('langchain', 'smolagents')]; "
+            "assert all(map(os.path.isfile, adapters)), 'an adapter is missing'; "
             "print('imported heartbeat_sync', heartbeat_sync.__version__, 'from', pkg)"
         )
         bindir = "Scripts" if sys.platform == "win32" else "bin"
