@@ -5,11 +5,11 @@ Needs ``smolagents`` (``pip install 'heartbeat-sync[smolagents]'``)::
     from heartbeat_sync import Heartbeat
     from heartbeat_sync.integrations.smolagents import HeartbeatMonitor, message_handler
 
-    handler = message_handler(agent)  # a message in, the agent's final answer out
+    handler = message_handler(make_agent)  # an agent for each message: its answer goes back
     hb = Heartbeat(platform_url, workspace_id, on_message=handler)
     handler.heartbeat = hb  # the message runs counted on the beats too
     hb.start_thread()
-    HeartbeatMonitor(hb).attach(agent)  # and every other agent.run(...)
+    HeartbeatMonitor(hb).attach(agent)  # and every agent.run(...) of the agent's own
 
 :class:`HeartbeatMonitor` counts an agent's runs through its ``run()`` and its step callbacks;
 :func:`message_handler` makes an agent an ``on_message`` handler.
