@@ -31,12 +31,23 @@ Sessions:
     the same interpreter) on the oldest interpreter with exactly the minimum versions of the
     run-time dependencies, read from ``install_requires`` in
     ``setup.cfg`` (every entry there must have a ``>=`` floor).
+``langchain(floor)``, ``langchain(newest)``, ``smolagents(floor)``, ``smolagents(newest)``
+    The framework adapters (``heartbeat_sync.integrations``) against the real frameworks:
+    ``tests/integrations`` and the framework's example (``tests/test_examples.py``), which the
+    other sessions skip for want of the framework. ``floor`` installs exactly the minimum
+    version of the extra's requirement (``setup.cfg``) on the oldest Python the framework
+    supports; ``newest`` the newest releases on the newest Python found, and runs
+    ``mypy --strict`` on the adapter with the framework installed (the ``types`` session leaves
+    the adapters out: their imports need the framework). LangChain's sessions add LangGraph,
+    which runs through the same callbacks. ``$HEARTBEAT_SYNC_FRAMEWORKS`` tells the tests which
+    frameworks must import: a broken install fails, never skips.
 ``package``
     ``python -m build`` (sdist, then the wheel from the sdist) into a temporary directory;
     the wheel is installed into a fresh virtual environment outside the source tree (one for
     the oldest and one for the newest Python found); from a directory outside the tree it imports
-    ``heartbeat_sync`` and ``heartbeat_sync.testing``, checks ``py.typed`` was shipped, and
-    runs ``heartbeat-sync --help``.
+    ``heartbeat_sync``, ``heartbeat_sync.testing`` and ``heartbeat_sync.integrations`` (without
+    a framework), checks ``py.typed`` and the adapters were shipped, and runs
+    ``heartbeat-sync --help``.
 
 Interpreters are looked up by name on ``PATH`` (``python3.X``), then in pyenv's versions
 directory (``$PYENV_ROOT``, ``pyenv root``, ``~/.pyenv``): pyenv's shims only expose the
@@ -70,7 +81,14 @@ MYPY = "mypy==1.20.2"
 #: pytest arguments that leave out the integration suite (it needs the real platform server).
 NO_INTEGRATION = ("--ignore=tests/platform",)
 
-nox.options.sessions = ["lint", "types", "tests", "floors", "package"]
+#: The framework adapters' extras: the oldest Python the framework's floor supports, the
+#: test-only packages their tests add, and the modules that must import in their sessions.
+FRAMEWORKS = {
+    "langchain": ("3.9", ("langgraph",), "langchain_core,langgraph"),
+    "smolagents": ("3.10", (), "smolagents"),
+}
+
+nox.options.sessions = ["lint", "types", "tests", "floors", "langchain", "smolagents", "package"]
 # Interpreters are resolved below; one that is missing is skipped by the session itself.
 # (nox would otherwise fail a missing interpreter when the CI variable is set.)
 nox.options.error_on_missing_interpreters = False
@@ -188,15 +206,21 @@ def _requirements() -> list[str]:
     return _lines(_setup_cfg()["options"]["install_requires"])
 
 
-def _floors() -> dict[str, str]:
-    """``{name: minimum version}`` from ``install_requires``; each entry must have ``>=``."""
+def _floors(reqs: list[str] | None = None) -> dict[str, str]:
+    """``{name: minimum version}`` from ``reqs`` (default ``install_requires``); each entry
+    must have a ``>=`` floor (an upper bound after it is allowed)."""
     result = {}
-    for req in _requirements():
-        match = re.fullmatch(r"([A-Za-z0-9._-]+)\s*>=\s*([^,;\s]+)", req)
+    for req in _requirements() if reqs is None else reqs:
+        match = re.fullmatch(r"([A-Za-z0-9._-]+)\s*>=\s*([^,;\s]+)(\s*,\s*<[^,;\s]+)?", req)
         if not match:
-            raise ValueError(f"setup.cfg install_requires: {req!r} has no '>=' floor")
+            raise ValueError(f"setup.cfg: {req!r} has no '>=' floor")
         result[match.group(1)] = match.group(2)
     return result
+
+
+def _extra(name: str) -> list[str]:
+    """The extra ``name`` of ``setup.cfg``."""
+    return _lines(_setup_cfg()["options.extras_require"][name])
 
 
 def _test_extra() -> list[str]:
@@ -275,6 +299,57 @@ def floors(session: nox.Session, version: str) -> None:
     session.run("python", "-m", "pytest", *(session.posargs or [*NO_INTEGRATION, "-m", "not slow"]))
 
 
+def _framework_pythons(extra: str) -> list[nox.param]:
+    """``floor`` on the oldest Python found that the framework supports, ``newest`` on the
+    newest found."""
+    supported = PYTHONS[PYTHONS.index(FRAMEWORKS[extra][0]) :]
+    oldest = _found(supported)[:1] or supported[:1]
+    newest = _newest_found(supported)
+    return [
+        nox.param(find_python(oldest[0]) or False, oldest[0], "floor", id="floor"),
+        nox.param(find_python(newest[0]) or False, newest[0], "newest", id="newest"),
+    ]
+
+
+def _framework(session: nox.Session, extra: str, version: str, which: str) -> None:
+    """The adapter of ``extra`` against its framework: its tests and example, and mypy."""
+    _skip_if_missing(session, version)
+    _, test_only, must_import = FRAMEWORKS[extra]
+    if which == "floor":
+        pins = _floors(_extra(extra))
+        session.install(".[test]", *(f"{name}=={v}" for name, v in pins.items()), *test_only)
+        check = (
+            "import sys; from importlib.metadata import version; "
+            f"pins = {pins!r}; "
+            "bad = {n: version(n) for n, v in pins.items() if version(n) != v}; "
+            "print('floors:', pins); sys.exit(f'not the floors: {bad}' if bad else 0)"
+        )
+        session.run("python", "-c", check)
+    else:
+        session.install(f".[test,{extra}]", *test_only, MYPY)
+        session.run("mypy", "--strict", f"heartbeat_sync/integrations/{extra}.py")
+    session.run("python", "-m", "pip", "check")
+    tests = ["tests/integrations", "tests/test_examples.py", "-k", f"integrations or {extra}"]
+    session.run(
+        *("python", "-m", "pytest", *(session.posargs or tests)),
+        env={"HEARTBEAT_SYNC_FRAMEWORKS": must_import},
+    )
+
+
+@nox.session
+@nox.parametrize(("python", "version", "which"), _framework_pythons("langchain"))
+def langchain(session: nox.Session, version: str, which: str) -> None:
+    """The LangChain adapter with langchain-core (and LangGraph): floor and newest."""
+    _framework(session, "langchain", version, which)
+
+
+@nox.session
+@nox.parametrize(("python", "version", "which"), _framework_pythons("smolagents"))
+def smolagents(session: nox.Session, version: str, which: str) -> None:
+    """The smolagents adapter with smolagents: floor and newest."""
+    _framework(session, "smolagents", version, which)
+
+
 @nox.session
 @nox.parametrize(("python", "version"), _pythons(_newest_found(PYTHONS)))
 def package(session: nox.Session, version: str) -> None:
@@ -291,10 +366,13 @@ def package(session: nox.Session, version: str) -> None:
         # A fresh venv for the oldest and for the newest Python found.
         targets = [find_python(v) or "" for v in _ends()]
         check = (
-            "import os, sys, heartbeat_sync, heartbeat_sync.testing; "
+            "import os, sys, heartbeat_sync, heartbeat_sync.testing, heartbeat_sync.integrations; "
             "pkg = os.path.dirname(heartbeat_sync.__file__); "
             "assert pkg.startswith(sys.prefix), f'imported {pkg}, not from the venv'; "
             "assert os.path.isfile(os.path.join(pkg, 'py.typed')), 'py.typed is missing'; "
+            "adapters = [os.path.join(pkg, 'integrations', f'{n}.py') "
+            "for n in ('langchain', 'smolagents')]; "
+            "assert all(map(os.path.isfile, adapters)), 'an adapter is missing'; "
             "print('imported heartbeat_sync', heartbeat_sync.__version__, 'from', pkg)"
         )
         bindir = "Scripts" if sys.platform == "win32" else "bin"

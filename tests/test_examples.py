@@ -201,3 +201,46 @@ def test_external_agent_against_a_platform(platform: FakePlatform, tmp_path: Pat
     assert "message from a canvas user: are you there?" in out
     assert "state: healthy -> removed" in out
     assert token not in out + err
+
+
+@pytest.mark.timeout(60)
+def test_langchain_agent_answers_messages_and_its_runs_reach_the_beats(tmp_path: Path) -> None:
+    pytest.importorskip("langchain_core")  # the langchain nox session runs it
+    done, took = run_example("langchain_agent.py", cwd=tmp_path, timeout=45)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    prompts = out.split("----- the model is given -----")[1:]
+    assert len(prompts) == 2
+    # The delegation's result in front of the first message, and of no other.
+    assert re.search(
+        r"Human: \[A2A_RESULT_FROM_PEER\]\n- \[completed\] Find three hotels in Alfama\n"
+        r"  Response: Memmo Alfama, .*\n\[/A2A_RESULT_FROM_PEER\]\n\nWhere should we stay",
+        prompts[0],
+    )
+    assert "Human: Do you need anything else?" in prompts[1]
+    assert "A2A_RESULT_FROM_PEER" not in prompts[1]
+    assert "reply to the canvas: Stay at Memmo Alfama" in out
+    assert "reply to the researcher: Nothing more for now" in out
+    failed = r"sample_error 'PermissionError: cannot write to /notes'"
+    assert re.search(r"error_rate (0\.\d*[1-9]\d*|1\.00), " + failed, out)
+    assert took < 45
+
+
+@pytest.mark.timeout(60)
+def test_smolagents_agent_answers_messages_and_its_runs_reach_the_beats(tmp_path: Path) -> None:
+    pytest.importorskip("smolagents")  # the smolagents nox session runs it
+    done, took = run_example("smolagents_agent.py", cwd=tmp_path, timeout=45)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    tasks = out.split("----- the agent's task -----")[1:]
+    assert len(tasks) == 2
+    assert re.search(
+        r"New task:\n\[A2A_RESULT_FROM_PEER\]\n- \[completed\] Find three hotels in Alfama\n"
+        r"  Response: Palacio Belmonte, .*\n\[/A2A_RESULT_FROM_PEER\]\n\nWhere can we sleep",
+        tasks[0],
+    )
+    assert "A2A_RESULT_FROM_PEER" not in tasks[1]
+    # The tool failed once and the agent recovered: an answer, and no error for that run.
+    assert "reply to the canvas: Stay at Memmo Alfama: 3 rooms free tonight." in out
+    assert re.search(r"sample_error \"AgentMaxStepsError: Reached max steps\. \(last step", out)
+    assert took < 45

@@ -23,6 +23,8 @@ README = PACKAGE.parent / "README.md"
 #: The layers, top (imports the most) to bottom. A unit is a root module or a sub-package; it
 #: may import a unit of a lower layer, and a unit of its own layer only where no cycle follows.
 LAYERS: dict[str, int] = {
+    # The frameworks' adapters: through the public face alone; nothing imports them.
+    "integrations": 8,
     "__main__": 7,
     "cli": 6,
     "testing": 5,
@@ -141,7 +143,13 @@ def unit(name: str) -> str:
     return name.split(".")[0] if "." in name or name in SUBPACKAGES else name
 
 
-SUBPACKAGES = {"cli", "delivery", "effects", "loop", "testing", "wire"}
+SUBPACKAGES = {"cli", "delivery", "effects", "integrations", "loop", "testing", "wire"}
+#: What each adapter may import of the frameworks (the package's own modules import none).
+FRAMEWORKS = {
+    "integrations.langchain": {"langchain_core"},
+    "integrations.smolagents": {"smolagents"},
+}
+ALL_FRAMEWORKS = {"langchain", "langchain_core", "langgraph", "smolagents"}
 
 
 def graph() -> dict[str, set[str]]:
@@ -219,6 +227,36 @@ def test_the_import_graph_has_no_cycle() -> None:
 
 def test_nothing_imports_up_a_layer_or_into_another_subpackage() -> None:
     assert layering_faults(graph(), set(pure_modules())) == []
+
+
+def test_the_integrations_use_the_public_face_alone() -> None:
+    # An adapter is written as a user's code would be: heartbeat_sync's public names, and the
+    # other integrations modules; no internal module, and nothing in the package imports it.
+    names = [n for n in modules() if unit(n) == "integrations"]
+    assert {"integrations", "integrations._runs"} <= set(names)
+    for name in names:
+        internal, _ = imports(name)
+        assert all(t == "" or unit(t) == "integrations" for t in internal), name
+        assert guarded_imports(name) & ALL_FRAMEWORKS == FRAMEWORKS.get(name, set()), name
+    for name in modules():
+        if unit(name) != "integrations":
+            internal, external = imports(name)
+            assert not {t for t in internal if unit(t) == "integrations"}, name
+            assert not (external | guarded_imports(name)) & ALL_FRAMEWORKS, name
+
+
+def guarded_imports(name: str) -> set[str]:
+    """The top-level packages module ``name`` imports in a ``try`` at import time (where an
+    adapter imports its framework, to name the extra when it is missing)."""
+    found: set[str] = set()
+    for node in ast.parse(modules()[name].read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Try):
+            for inner in node.body:
+                if isinstance(inner, ast.ImportFrom) and inner.module and not inner.level:
+                    found.add(inner.module.split(".")[0])
+                elif isinstance(inner, ast.Import):
+                    found.update(alias.name.split(".")[0] for alias in inner.names)
+    return found
 
 
 def test_the_checks_see_a_fault() -> None:

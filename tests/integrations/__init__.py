@@ -1,0 +1,1 @@
+"""The framework adapters, against the real frameworks (skipped where one is not installed)."""
