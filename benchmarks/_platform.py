@@ -29,10 +29,10 @@ def _serve(conn: Connection, generation: str) -> None:
     fp = FakePlatform(generation=generation)
     fp.start()
 
-    def add_workspaces(count: int) -> list[tuple[str, str]]:
+    def add_workspaces(count: int, **options: Any) -> list[tuple[str, str]]:
         out = []
         for _ in range(count):
-            ws = fp.add_workspace(name="bench")
+            ws = fp.add_workspace(name="bench", **options)
             assert ws.token
             out.append((ws.id, ws.token))
         return out
@@ -47,6 +47,9 @@ def _serve(conn: Connection, generation: str) -> None:
     def last_body(route: str, workspace_id: str | None = None) -> bytes:
         return fp.requests_for(route, workspace_id)[-1].body
 
+    def bodies(route: str, workspace_id: str | None = None) -> list[tuple[float, bytes]]:
+        return [(r.time, r.body) for r in fp.requests_for(route, workspace_id)]
+
     def first_times(route: str) -> dict[str, float]:
         first: dict[str, float] = {}
         for r in fp.requests_for(route):
@@ -60,10 +63,12 @@ def _serve(conn: Connection, generation: str) -> None:
         "add_delegation": fp.add_delegation,
         "complete": complete,
         "add_activity": fp.add_activity,
+        "queue_poll_message": fp.queue_poll_message,
         "fault": fp.fault,
         "times": times,
         "count": lambda route, ws=None: len(fp.requests_for(route, ws)),
         "last_body": last_body,
+        "bodies": bodies,
         "clear_requests": fp.clear_requests,
         "first_times": first_times,
         "open_streams": fp.open_streams,
@@ -111,12 +116,13 @@ class RemotePlatform:
             raise RuntimeError(f"platform {name}: {value}")
         return value
 
-    def add_workspaces(self, count: int) -> list[tuple[str, str]]:
-        """``count`` new workspaces with a live token each: ``[(id, token), ...]``."""
-        return list(self.call("add_workspaces", count))
+    def add_workspaces(self, count: int, **options: Any) -> list[tuple[str, str]]:
+        """``count`` new workspaces with a live token each: ``[(id, token), ...]``. ``options``
+        go to ``FakePlatform.add_workspace`` (``delivery_mode="poll"``, say)."""
+        return list(self.call("add_workspaces", count, **options))
 
-    def add_workspace(self) -> tuple[str, str]:
-        return self.add_workspaces(1)[0]
+    def add_workspace(self, **options: Any) -> tuple[str, str]:
+        return self.add_workspaces(1, **options)[0]
 
     def add_delegation(self, workspace_id: str, **kwargs: Any) -> str:
         return str(self.call("add_delegation", workspace_id, **kwargs))
@@ -127,6 +133,11 @@ class RemotePlatform:
 
     def add_activity(self, workspace_id: str, **kwargs: Any) -> str:
         return str(self.call("add_activity", workspace_id, **kwargs))
+
+    def queue_poll_message(self, workspace_id: str, text: str, sender_id: str | None = None) -> str:
+        """A message to a poll-mode workspace (a canvas user's, or ``sender_id``'s); its row
+        id. Take the send time before the call: the client may have it before this returns."""
+        return str(self.call("queue_poll_message", workspace_id, text, sender_id=sender_id))
 
     def fault(self, route: str, **kwargs: Any) -> None:
         self.call("fault", route, **kwargs)
@@ -140,6 +151,10 @@ class RemotePlatform:
 
     def last_body(self, route: str, workspace_id: str | None = None) -> bytes:
         return bytes(self.call("last_body", route, workspace_id))
+
+    def bodies(self, route: str, workspace_id: str | None = None) -> list[tuple[float, bytes]]:
+        """Arrival time (monotonic) and body of every logged request of ``route``."""
+        return [(float(t), bytes(b)) for t, b in self.call("bodies", route, workspace_id)]
 
     def clear_requests(self) -> None:
         self.call("clear_requests")

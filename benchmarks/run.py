@@ -42,13 +42,13 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing it
 import requests  # noqa: E402
 from _platform import RemotePlatform  # noqa: E402
 
-from heartbeat_sync import Heartbeat  # noqa: E402
+from heartbeat_sync import Heartbeat, InboundMessage  # noqa: E402
 from heartbeat_sync._settings import _PhaseSequence  # noqa: E402
 from heartbeat_sync.delivery.activity import OVERLAP_MAX, SETTLE_SECONDS  # noqa: E402
 from heartbeat_sync.loop.schedule import phase_of, team_phase  # noqa: E402
 from heartbeat_sync.wire.http import make_session  # noqa: E402
 
-BENCHMARKS = ("cpu", "cadence", "bytes", "memory", "fleet", "latency", "idle")
+BENCHMARKS = ("cpu", "cadence", "bytes", "memory", "fleet", "latency", "idle", "messages")
 ENV_TO_CLEAR = (
     "DELEGATION_RESULTS_FILE",
     "DELEGATION_ACTIVITY_CURSOR_FILE",
@@ -83,6 +83,20 @@ class Config:
     idle_interval: float
     idle_seconds: float
     idle_pairs: int
+    msg_stream_interval: float
+    msg_stream_samples: int
+    msg_canvas_interval: float
+    msg_canvas_samples: int
+    msg_poll_interval: float
+    msg_poll_samples: int
+    msg_count: int
+    msg_work: float
+    msg_interval: float
+    msg_concurrency: tuple[int, ...]
+    slow_work: float
+    slow_interval: float
+    slow_every: float
+    slow_seconds: float
 
 
 FULL = Config(
@@ -107,6 +121,20 @@ FULL = Config(
     idle_interval=30.0,
     idle_seconds=120.0,
     idle_pairs=4,
+    msg_stream_interval=30.0,
+    msg_stream_samples=60,
+    msg_canvas_interval=30.0,
+    msg_canvas_samples=5,
+    msg_poll_interval=1.0,
+    msg_poll_samples=30,
+    msg_count=1000,
+    msg_work=0.01,
+    msg_interval=0.2,
+    msg_concurrency=(1, 4),
+    slow_work=5.0,
+    slow_interval=0.2,
+    slow_every=1.0,
+    slow_seconds=60.0,
 )
 QUICK = Config(
     quick=True,
@@ -130,6 +158,20 @@ QUICK = Config(
     idle_interval=1.0,
     idle_seconds=2.0,
     idle_pairs=1,
+    msg_stream_interval=30.0,
+    msg_stream_samples=3,
+    msg_canvas_interval=1.0,
+    msg_canvas_samples=1,
+    msg_poll_interval=0.3,
+    msg_poll_samples=3,
+    msg_count=12,
+    msg_work=0.01,
+    msg_interval=0.2,
+    msg_concurrency=(1, 4),
+    slow_work=1.0,
+    slow_interval=0.2,
+    slow_every=0.5,
+    slow_seconds=2.0,
 )
 
 
@@ -1175,6 +1217,337 @@ def bench_idle(cfg: Config, root: Path) -> list[Row]:
     ]
 
 
+# --- 8. Messages to a handler ---------------------------------------------------------------
+
+
+class Handler:
+    """The benchmarks' ``on_message``: notes when each message (by row id) reached it, then
+    works ``seconds`` (a sleep, like a handler waiting for a model or a tool). No answer."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.calls: dict[str, list[float]] = {}  # row id -> the times its handler was called
+        self.texts: dict[str, int] = {}  # text -> calls
+        self._cond = threading.Condition()
+
+    def __call__(self, message: InboundMessage) -> str | None:
+        now = time.monotonic()
+        with self._cond:
+            self.calls.setdefault(message.id, []).append(now)
+            self.texts[message.text] = self.texts.get(message.text, 0) + 1
+            self._cond.notify_all()
+        if self.seconds > 0:
+            time.sleep(self.seconds)
+        return None
+
+    def first(self, row_id: str, timeout: float) -> float | None:
+        """When the handler was first called with ``row_id``; None if not within ``timeout``."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: row_id in self.calls, timeout):
+                return None
+            return self.calls[row_id][0]
+
+    def wait_count(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` distinct messages reached the handler."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.calls) >= count, timeout)
+
+    def duplicated(self) -> int:
+        """Calls beyond the first, by row id or by text (whichever counts more)."""
+        with self._cond:
+            by_id = sum(len(t) - 1 for t in self.calls.values())
+            by_text = sum(n - 1 for n in self.texts.values())
+            return max(by_id, by_text)
+
+
+def _message_heartbeat(
+    fp: RemotePlatform, root: Path, handler: Handler, interval: float, **options: Any
+) -> tuple[Heartbeat, str, str]:
+    """A new workspace, a peer of it, and a started Heartbeat handing the workspace's messages
+    to ``handler``, after its first cycle (and its stream, if on). The workspace waits for its
+    agent: the Heartbeat registers it in poll mode (see BENCHMARKS.md)."""
+    creds = fp.add_workspace(status="awaiting_agent")
+    workspace_id = creds[0]
+    peer, _ = fp.add_workspace()
+    hb = new_heartbeat(
+        fp.url, creds, root, interval_seconds=interval, on_message=handler, **options
+    )
+    hb.start_thread()
+    try:
+        if options.get("events", True):
+            _ready(fp, hb, workspace_id)
+        elif not wait_until(
+            lambda: hb.status().beats_ok >= 1 and fp.count("activity", workspace_id) >= 1, 30
+        ):
+            raise RuntimeError("the Heartbeat did not beat")
+    except BaseException:
+        hb.stop()
+        raise
+    return hb, workspace_id, peer
+
+
+def _ms(values: Sequence[float]) -> list[float]:
+    return [round(v * 1e3, 2) for v in values]
+
+
+def _messages_stream(cfg: Config, root: Path) -> list[Row]:
+    """A peer's message -> handler with the event stream, at the default 30 s interval."""
+    interval = cfg.msg_stream_interval
+    rng = random.Random(21)
+    handler = Handler()
+    sent: dict[str, float] = {}
+    with RemotePlatform() as fp:
+        hb, workspace_id, peer = _message_heartbeat(fp, root, handler, interval)
+        try:
+            for i in range(cfg.msg_stream_samples):
+                pause(rng.uniform(0.3, 0.5))
+                t0 = time.monotonic()  # before the call: the handler may run before it returns
+                sent[fp.queue_poll_message(workspace_id, f"message {i}", sender_id=peer)] = t0
+            for row_id in sent:
+                handler.first(row_id, 2 * interval + 10)
+            pause(0.2)  # a duplicate would come with the next poll
+            status = hb.status()
+        finally:
+            hb.stop()
+    values = [
+        handler.calls[r][0] - t0 if r in handler.calls else math.inf for r, t0 in sent.items()
+    ]
+    lost, duplicated = sum(1 for v in values if v == math.inf), handler.duplicated()
+    p50, p99 = statistics.median(values), percentile(values, 99)
+    context = (
+        f"{len(values)} messages 0.3-0.5 s apart, interval {interval:g} s, "
+        f"{status.beats_ok} beat(s) in the run"
+    )
+    if lost or duplicated:
+        context += f"; {lost} lost, {duplicated} duplicated"
+    detail = {"samples_ms": _ms(values), "beats": status.beats_ok}
+    return [
+        Row(
+            "messages",
+            "a peer's message -> handler, with the event stream, p50",
+            p50,
+            f"{p50 * 1e3:.1f} ms ({context})",
+            "<= 100 ms",
+            0.1,
+            detail=detail,
+        ),
+        Row(
+            "messages",
+            "a peer's message -> handler, with the event stream, p99",
+            p99,
+            f"{p99 * 1e3:.1f} ms (nearest rank of {len(values)}; max {max(values) * 1e3:.1f} ms)",
+            "<= 1 s",
+            1.0,
+        ),
+    ]
+
+
+def _messages_canvas(cfg: Config, root: Path) -> list[Row]:
+    """A canvas user's message -> handler with the event stream, one at a time."""
+    interval = cfg.msg_canvas_interval
+    rng = random.Random(23)
+    handler = Handler()
+    values: list[float] = []
+    with RemotePlatform() as fp:
+        hb, workspace_id, _ = _message_heartbeat(fp, root, handler, interval)
+        try:
+            for i in range(cfg.msg_canvas_samples):
+                pause(rng.uniform(0.3, 0.5))
+                t0 = time.monotonic()
+                row_id = fp.queue_poll_message(workspace_id, f"message {i}")
+                called = handler.first(row_id, 2 * interval + 10)
+                values.append(math.inf if called is None else called - t0)
+            beats = hb.status().beats_ok
+        finally:
+            hb.stop()
+    p50, top = statistics.median(values), max(values)
+    return [
+        Row(
+            "messages",
+            "a canvas user's message -> handler, with the event stream, max",
+            top,
+            f"{top * 1e3:.1f} ms (p50 {p50 * 1e3:.1f} ms; {len(values)} messages one at a "
+            f"time, interval {interval:g} s, {beats} beat(s) in the run)",
+            "<= 1 s",
+            1.0,
+            detail={"samples_ms": _ms(values)},
+        )
+    ]
+
+
+#: The margin of the stream-off maximum over one interval: a message sent just after a
+#: cycle's activity poll is read by the next cycle's, which follows that cycle's beat and
+#: delegations poll; then the handler's thread is woken. A few ms on an idle machine.
+POLL_MARGIN = 0.1
+
+
+def _messages_schedule(cfg: Config, root: Path) -> list[Row]:
+    """A peer's message -> handler without the stream: the schedule alone."""
+    interval = cfg.msg_poll_interval
+    rng = random.Random(22)
+    handler = Handler()
+    values: list[float] = []
+    with RemotePlatform() as fp:
+        hb, workspace_id, peer = _message_heartbeat(
+            fp, root, handler, interval, events=False, rng=FixedRandom(0.0)
+        )
+        try:
+            for i in range(cfg.msg_poll_samples):
+                # One message at a time, at a random point of the schedule: a poll claims one
+                # message per free handler (max_concurrent=1), so a second message sent within
+                # the same interval would measure the queue, not the schedule.
+                pause(rng.uniform(0, interval))
+                t0 = time.monotonic()
+                row_id = fp.queue_poll_message(workspace_id, f"message {i}", sender_id=peer)
+                called = handler.first(row_id, 3 * interval + 10)
+                values.append(math.inf if called is None else called - t0)
+        finally:
+            hb.stop()
+    p50, top = statistics.median(values), max(values)
+    return [
+        Row(
+            "messages",
+            "a peer's message -> handler, stream off, p50",
+            p50,
+            f"{p50 * 1e3:.0f} ms ({p50 / interval:.3f} x interval {interval:g} s; "
+            f"{len(values)} messages, one at a time)",
+            detail={"samples_ms": _ms(values)},
+        ),
+        Row(
+            "messages",
+            "a peer's message -> handler, stream off, max",
+            top,
+            f"{top * 1e3:.0f} ms ({top / interval:.3f} x interval)",
+            f"<= 1 interval (+{POLL_MARGIN:.0%})",
+            interval * (1 + POLL_MARGIN),
+        ),
+    ]
+
+
+def _messages_burst(cfg: Config, root: Path, concurrent: int) -> list[Row]:
+    """``msg_count`` peer messages sent at once to a handler that works ``msg_work`` s each."""
+    n, interval = cfg.msg_count, cfg.msg_interval
+    handler = Handler(cfg.msg_work)
+    with RemotePlatform() as fp:
+        hb, workspace_id, peer = _message_heartbeat(
+            fp, root, handler, interval, max_concurrent=concurrent
+        )
+        try:
+            beats0, polls0 = hb.status().beats_ok, fp.count("activity", workspace_id)
+            cpu0, own0 = time.process_time(), time.thread_time()
+            began = time.monotonic()
+            sent = [
+                fp.queue_poll_message(workspace_id, f"message {i}", sender_id=peer)
+                for i in range(n)
+            ]
+            fed = time.monotonic() - began
+            # A poll claims a message per free handler: at worst one poll per interval.
+            done = handler.wait_count(n, n * interval / concurrent * 1.5 + 60)
+            cpu1, own1 = time.process_time(), time.thread_time()
+            beats1, polls1 = hb.status().beats_ok, fp.count("activity", workspace_id)
+            pause(5 * interval)  # a duplicate would come with the next polls
+            status = hb.status()
+        finally:
+            hb.stop()
+    handled = len(handler.calls)
+    lost = sum(1 for r in sent if r not in handler.calls)
+    duplicated = handler.duplicated()
+    last = max((t[0] for t in handler.calls.values()), default=began)
+    per = (last - began) / max(1, handled)
+    # The client's CPU: every thread of the process but this one (the benchmark's), which
+    # sends the messages and then sleeps on a condition until the handler has seen them all.
+    cpu = ((cpu1 - cpu0) - (own1 - own0)) / max(1, handled)
+    polls, beats = polls1 - polls0, beats1 - beats0
+    label = f"{n} messages at once, {cfg.msg_work * 1e3:g} ms handler, max_concurrent={concurrent}"
+    return [
+        Row(
+            "messages",
+            f"{label}: lost or duplicated",
+            float(lost + duplicated),
+            f"{lost} lost, {duplicated} duplicated ({handled} handled; "
+            f"status: {status.messages_handled} handled, {status.handler_errors} errors)",
+            "0",
+            0.0,
+            detail={"fed_seconds": round(fed, 3), "all_handled": done},
+        ),
+        Row(
+            "messages",
+            f"{label}: wall time per message",
+            per,
+            f"{per * 1e3:.1f} ms ({last - began:.1f} s from the first sent to the last handled; "
+            f"{polls} activity polls, {beats} beats, interval {interval:g} s)",
+            detail={"activity_polls": polls, "beats": beats, "fed_seconds": round(fed, 3)},
+        ),
+        Row(
+            "messages",
+            f"{label}: client CPU per message",
+            cpu,
+            f"{cpu * 1e3:.2f} ms ({cpu * handled:.2f} s in all; the platform's not counted)",
+        ),
+    ]
+
+
+def _messages_cadence(cfg: Config, root: Path) -> list[Row]:
+    """The beats while a slow handler runs all the time and messages keep arriving."""
+    interval = cfg.slow_interval
+    handler = Handler(cfg.slow_work)
+    with RemotePlatform() as fp:
+        hb, workspace_id, peer = _message_heartbeat(
+            fp, root, handler, interval, rng=FixedRandom(0.0)
+        )
+        fed = 0
+        try:
+            began = time.monotonic()
+            while time.monotonic() - began < cfg.slow_seconds:
+                fp.queue_poll_message(workspace_id, f"message {fed}", sender_id=peer)
+                fed += 1
+                pause(cfg.slow_every)
+            ended = time.monotonic()
+            status = hb.status()
+        finally:
+            hb.stop(timeout=cfg.slow_work + 5)  # the running handler returns first
+        beats = fp.bodies("heartbeat", workspace_id)
+        polls = fp.count("activity", workspace_id)
+    during = [(t, json.loads(b)) for t, b in beats if began <= t <= ended]
+    times = [t for t, _ in during]
+    gaps = [(b - a) / interval for a, b in zip(times, times[1:])]
+    busy = sum(1 for _, body in during if body.get("active_tasks", 0) >= 1)
+    p50, p99, top = percentile(gaps, 50), percentile(gaps, 99), max(gaps)
+    label = f"{cfg.slow_work:g} s handler, a message every {cfg.slow_every:g} s"
+    taken = status.messages_handled + status.handlers_running
+    context = (
+        f"{len(gaps)} gaps; {taken} of {fed} messages taken, {busy} of {len(during)} beats "
+        f"with active_tasks >= 1, {polls} activity polls"
+    )
+    return [
+        Row("messages", f"{label}: inter-beat gap p50 / interval", p50, f"{p50:.3f}x"),
+        Row(
+            "messages",
+            f"{label}: inter-beat gap p99 / interval",
+            p99,
+            f"{p99:.3f}x ({context})",
+            "<= 1.05x",
+            1.05,
+            detail={
+                "gaps_over_1.02": sum(1 for g in gaps if g > 1.02),
+                "interval_s": interval,
+                "gaps": [round(g, 3) for g in gaps],
+            },
+        ),
+        Row("messages", f"{label}: inter-beat gap max / interval", top, f"{top:.3f}x"),
+    ]
+
+
+def bench_messages(cfg: Config, root: Path) -> list[Row]:
+    rows = _messages_stream(cfg, root)
+    rows += _messages_canvas(cfg, root)
+    rows += _messages_schedule(cfg, root)
+    for concurrent in cfg.msg_concurrency:
+        rows += _messages_burst(cfg, root, concurrent)
+    rows += _messages_cadence(cfg, root)
+    return rows
+
+
 # --- the table ------------------------------------------------------------------------------
 
 RUNNERS: dict[str, Callable[[Config, Path], list[Row]]] = {
@@ -1185,6 +1558,7 @@ RUNNERS: dict[str, Callable[[Config, Path], list[Row]]] = {
     "fleet": bench_fleet,
     "latency": bench_latency,
     "idle": bench_idle,
+    "messages": bench_messages,
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "run.py"
-BENCHMARKS = ("cpu", "cadence", "bytes", "memory", "fleet", "latency", "idle")
+BENCHMARKS = ("cpu", "cadence", "bytes", "memory", "fleet", "latency", "idle", "messages")
 # The figures each benchmark must print at least (a row per figure the issue asks for).
 FIGURES = (
     ("cpu", "ratio Heartbeat / floor"),
@@ -26,6 +26,16 @@ FIGURES = (
     ("latency", "results lost or duplicated"),
     ("idle", "CPU ratio stream on / off"),
     ("idle", "bytes per idle minute, stream on"),
+    ("messages", "a peer's message -> handler, with the event stream, p50"),
+    ("messages", "a peer's message -> handler, with the event stream, p99"),
+    ("messages", "a canvas user's message -> handler, with the event stream"),
+    ("messages", "a peer's message -> handler, stream off, p50"),
+    ("messages", "a peer's message -> handler, stream off, max"),
+    ("messages", "max_concurrent=1: lost or duplicated"),
+    ("messages", "max_concurrent=1: wall time per message"),
+    ("messages", "max_concurrent=1: client CPU per message"),
+    ("messages", "max_concurrent=4: lost or duplicated"),
+    ("messages", "inter-beat gap p99 / interval"),
 )
 
 
