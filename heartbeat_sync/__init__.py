@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .__about__ import __version__
 from ._heartbeat import Heartbeat
+from ._hub import Hub
 from ._status import Status, StreamStatus
 from ._wedge import clear_wedge, is_wedged, mark_wedged, wedge_reason
 from .delivery import InboundMessage, read_delegation_results
@@ -20,6 +21,7 @@ from .wire import Registration, RegistrationError, register
 
 __all__ = [
     "Heartbeat",
+    "Hub",
     "InboundMessage",
     "Registration",
     "RegistrationError",

@@ -27,8 +27,21 @@ from ._settings import (
     StateCallback,
 )
 from .delivery import InboundMessage, Inbox, Owner
-from .effects import HandlerPool, MessageHandler, side_effect_worker
-from .loop import Callbacks, Cycle, Inbound, Lifecycle, Registrar, Run, Tally
+from .effects import HandlerPool, MessageHandler, Pump, side_effect_worker
+from .loop import (
+    CallbackLane,
+    Callbacks,
+    CallbackShare,
+    Cycle,
+    Drivers,
+    Inbound,
+    Lifecycle,
+    Registrar,
+    Run,
+    StreamFactory,
+    Tally,
+    Ticket,
+)
 from .wire import Credentials, PlatformClient, SessionFactory
 
 logger = get_logger(__name__)
@@ -188,7 +201,13 @@ class Heartbeat:
             self_message_timeout=settings.self_message_timeout,
             name=f"heartbeat-sync-side-effects-{workspace_id[:8]}",
         )
-        self._callbacks = Callbacks(f"heartbeat-sync-callbacks-{workspace_id[:8]}")
+        self._callbacks: Callbacks | CallbackShare = Callbacks(
+            f"heartbeat-sync-callbacks-{workspace_id[:8]}"
+        )
+        # A hub's workspace: its steps, side effects, callbacks and stream on shared threads.
+        self._drivers: Drivers | None = None
+        self._streams: StreamFactory | None = None
+        self._ticket: Ticket | None = None
         self._pool: HandlerPool | None = None
         if settings.on_message is not None:
             self._pool = HandlerPool(
@@ -244,6 +263,44 @@ class Heartbeat:
         if run is not None:
             run.handler_finished()  # a free handler: the messages left waiting are read now
 
+    def _join_hub(
+        self, drivers: Drivers, pump: Pump, lane: CallbackLane, streams: StreamFactory | None
+    ) -> None:
+        """Run on a hub's shared threads rather than threads of its own (before any start)."""
+        settings = self._settings
+        wid = settings.workspace_id
+        self._worker = side_effect_worker(
+            self._new_client,
+            cooldown=settings.self_message_cooldown,
+            retry_deadline=settings.wakeup_retry_deadline,
+            self_message_timeout=settings.self_message_timeout,
+            name=f"heartbeat-sync-side-effects-{wid[:8]}",
+            pump=pump,
+        )
+        self._callbacks = lane.share(f"heartbeat-sync-callbacks-{wid[:8]}", wid)
+        self._drivers = drivers
+        self._streams = streams
+
+    def _start_on_hub(self) -> Run | None:
+        """Begin a run stepped by the hub's drivers; the run, or None if none began (the
+        workspace was removed in an earlier run, or one is running)."""
+        drivers = self._drivers
+        assert drivers is not None
+        with _logctx.workspace(self.workspace_id), self._lock:
+            current = self._run
+            if current is not None and (current.working() or self._life.removed):
+                return None
+            run = self._new_run([])
+            self._run = run
+            ticket = self._ticket
+            assert ticket is not None
+            if not run.host():
+                return None
+            drivers.add(run, ticket)
+        if self.exit_timeout is not None:
+            _exit.add(self)
+        return run
+
     def _new_run(self, previous: list[threading.Thread]) -> Run:
         settings = self._settings
         halt = threading.Event()
@@ -294,7 +351,17 @@ class Heartbeat:
             request_timeout=settings.request_timeout,
             previous=previous,
             inbound=inbound,
+            **self._hub_parts(),
         )
+
+    def _hub_parts(self) -> dict[str, Any]:
+        """What a run on a hub's threads is given besides (a lone run: nothing)."""
+        drivers = self._drivers
+        if drivers is None:
+            return {}
+        self._ticket = ticket = drivers.ticket()
+        # The hub spreads its members' beats itself; the team lookup is not needed.
+        return {"wake": ticket.wake, "streams": self._streams, "team": False}
 
     def _announce(self, old: str, new: str) -> None:
         callback = self._settings.on_state_change
@@ -458,6 +525,10 @@ class Heartbeat:
             return self._start_thread()
 
     def _start_thread(self) -> threading.Thread:
+        if self._drivers is not None:
+            raise RuntimeError(
+                f"workspace {self.workspace_id} belongs to a Hub: start and stop the hub"
+            )
         if os.getpid() != self._pid:
             self._after_fork_in_child()
         with self._lock:

@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     # The surface: the public names, the Heartbeat, its settings.
     "": 4,
     "_heartbeat": 4,
+    "_hub": 4,
     "_settings": 4,
     # The beat thread.
     "loop": 3,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .handlers import HandlerPool, MessageHandler, PoolCounts
 from .policy import Reply, SideEffectCounts
+from .queue import Pump
 from .sender import SideEffectWorker, side_effect_worker
 from .texts import build_beat_body, format_delegation_results
 
@@ -21,6 +22,7 @@ __all__ = [
     "HandlerPool",
     "MessageHandler",
     "PoolCounts",
+    "Pump",
     "Reply",
     "SideEffectCounts",
     "SideEffectWorker",

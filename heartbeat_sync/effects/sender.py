@@ -32,7 +32,7 @@ from .policy import (
     SideEffectPolicy,
     Wakeup,
 )
-from .queue import QueueWorker
+from .queue import Pump, QueueWorker
 
 logger = get_logger(__name__)
 
@@ -58,6 +58,7 @@ def side_effect_worker(
     self_message_timeout: float = 120.0,
     name: str = "heartbeat-sync-side-effects",
     clock: Callable[[], float] = time.monotonic,
+    pump: Pump | None = None,
 ) -> SideEffectWorker:
     """The side-effect thread: wake-ups and notifications for batches of results.
 
@@ -65,7 +66,8 @@ def side_effect_worker(
     effects are dropped and counted (its results are already safe in the results file). When to
     send what is :class:`~.policy.SideEffectPolicy`'s rule: one wake-up per ``cooldown`` for the
     results that arrived meanwhile, a busy agent's wake-up retried after ``Retry-After`` until
-    ``retry_deadline``, one notification per result.
+    ``retry_deadline``, one notification per result. With ``pump``, its steps are done on
+    the pump's shared threads (a hub's workspaces) rather than on a thread of its own.
     """
 
     def make(cond: threading.Condition, stopping: threading.Event) -> SideEffects:
@@ -85,7 +87,7 @@ def side_effect_worker(
             self_message_timeout=self_message_timeout,
         )
 
-    return QueueWorker(make, max_queue=max_queue, name=name)
+    return QueueWorker(make, max_queue=max_queue, name=name, pump=pump)
 
 
 class SideEffects:

@@ -18,17 +18,15 @@ import random
 import threading
 import time
 from collections.abc import Sequence
-from typing import Callable
+from typing import Callable, Protocol
 
 from .. import _logctx, _status
 from .._logctx import get_logger
 from .._status import StreamStatus
-from ..effects import SideEffectWorker
 from ..wire import ONLINE_EVENT, EventStream, PlatformClient, PlatformError
 from . import lifecycle as _lifecycle
 from . import schedule as _schedule
 from . import team as _team
-from .callbacks import Callbacks
 from .cycle import Cycle, Outcome
 from .inbound import Inbound
 from .schedule import Act, Slots, TokenBucket, next_step
@@ -41,6 +39,75 @@ logger = get_logger(__name__)
 POLL_COST_SHARE = 0.25
 #: The weight of the last poll's time in the smoothed figure.
 POLL_COST_WEIGHT = 0.3
+
+
+class EffectsThread(Protocol):
+    """What a run needs of its side-effect thread (a ``SideEffectWorker``, or a hub member's
+    share of one)."""
+
+    @property
+    def thread(self) -> threading.Thread | None: ...
+
+    def start(self) -> None: ...
+
+    def flush(self, timeout: float) -> bool: ...
+
+    def stop(self, timeout: float) -> bool: ...
+
+    def join(self, timeout: float | None) -> bool: ...
+
+
+class CallbackThread(Protocol):
+    """What a run needs of the thread of its state-change callbacks (:class:`Callbacks`, or a
+    hub member's share of one)."""
+
+    @property
+    def thread(self) -> threading.Thread | None: ...
+
+    def open(self) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def stop(self, timeout: float) -> bool: ...
+
+    def join(self, timeout: float | None) -> bool: ...
+
+
+class Stream(Protocol):
+    """What a run needs of its event stream (an :class:`~..wire.EventStream` on a thread of
+    its own, or one of the streams a hub reads on one thread)."""
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def thread(self) -> threading.Thread | None: ...
+
+    def start(self) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+    def stop(self, timeout: float) -> bool: ...
+
+    def status(self) -> StreamStatus: ...
+
+
+class StreamFactory(Protocol):
+    """Makes a run's event stream; :class:`~..wire.EventStream` is one."""
+
+    def __call__(
+        self,
+        client_factory: Callable[[], PlatformClient],
+        workspace_id: str,
+        on_hint: Callable[[], None],
+        *,
+        idle_timeout: float,
+        draw: Callable[[], float],
+        on_state: Callable[[str], None] | None = None,
+        on_connect: Callable[[int], None] | None = None,
+        canvas: bool = False,
+        name: str = ...,
+    ) -> Stream: ...
 
 
 class Run:
@@ -65,6 +132,14 @@ class Run:
         previous: Threads of an earlier run still ending: this run waits for them first.
         inbound: The message handlers' side of the run (None: no ``on_message``); ``stop()``
             gives the running handlers what is left of its time.
+        wake: Called when the run has something to do sooner than it said (an ask, a stop):
+            None for a run on a beat thread of its own (its alarm); a hub's scheduler else.
+        streams: Makes the event stream (None: an :class:`~..wire.EventStream` thread).
+        team: Look the team up for its even slots (a hub spreads its members itself).
+
+    The loop's body is :meth:`step`: whoever drives the run (its own beat thread, started by
+    :meth:`start`, or a hub's worker, after :meth:`host`) calls it, and calls it again when it
+    said, or sooner when ``wake`` is called.
     """
 
     def __init__(
@@ -77,8 +152,8 @@ class Run:
         cycle: Cycle,
         halt: threading.Event,
         new_client: Callable[[], PlatformClient],
-        worker: SideEffectWorker,
-        callbacks: Callbacks,
+        worker: EffectsThread,
+        callbacks: CallbackThread,
         life: _lifecycle.Lifecycle,
         events: bool,
         registers: bool,
@@ -86,6 +161,9 @@ class Run:
         request_timeout: float,
         previous: Sequence[threading.Thread] = (),
         inbound: Inbound | None = None,
+        wake: Callable[[], None] | None = None,
+        streams: StreamFactory | None = None,
+        team: bool = True,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -110,6 +188,8 @@ class Run:
         # The beat thread's alarm: one Event is both its timed sleep and "wake now". The asks
         # are flags read at the top of the loop, so one raised while a cycle runs is not lost.
         self._alarm = threading.Event()
+        self._wake = self._alarm.set if wake is None else wake
+        self._streams: StreamFactory = EventStream if streams is None else streams
         self._cycle_asked = False
         self._poll_asked = False
         self._forced = TokenBucket(_schedule.FORCED_BURST, _schedule.FORCED_RATE)
@@ -117,13 +197,21 @@ class Run:
         self._poll_cost = 0.0  # seconds the event's polls take, smoothed
         self._slots = Slots(interval, workspace_id, start_phase, draw, clock(), wall_clock())
         # Lookups of the team left to try; none with the deprecated start_phase.
-        self._team_tries = _team.MAX_TRIES if start_phase is None else 0
+        self._team_tries = _team.MAX_TRIES if start_phase is None and team else 0
+        self._phase: float | None = None  # a phase given by a hub, not yet followed
         self._lock = threading.Lock()
         self._begun = False
+        self._hosted = False
         self._client: PlatformClient | None = None
-        self._events: EventStream | None = None
+        self._events: Stream | None = None
         self._thread: threading.Thread | None = None
+        # The steps: the look at the start done; in the rate limit's budget; ended.
+        self._started = False
+        self._joined = False
+        self._polls_from = -math.inf  # the last step's word from the rate limit
+        self._closed = False
         self._ended = threading.Event()
+        self._local = threading.local()
 
     # --- from any thread ------------------------------------------------------------------
 
@@ -137,31 +225,51 @@ class Run:
         thread.start()
         return thread
 
+    def host(self) -> bool:
+        """Begin the run without a beat thread of its own: its driver calls :meth:`step`.
+        False if it was stopped first."""
+        self._hosted = True
+        return self._begin()
+
+    def move_to(self, phase: float) -> None:
+        """Follow the slots of ``phase`` (a share of the interval) from the next step on."""
+        self._phase = phase
+        self._wake()
+
     @property
     def thread(self) -> threading.Thread | None:
         return self._thread
 
+    def _stepping(self) -> bool:
+        """True on the thread doing this run's step (a hub's driver, within :meth:`step`)."""
+        return getattr(self._local, "stepping", False)
+
+    def _alive(self) -> bool:
+        thread = self._thread
+        if thread is not None:
+            return thread.is_alive()
+        return self._hosted and not self._ended.is_set()
+
     def ask_cycle(self) -> None:
         """Ask for a cycle soon (``beat_now()``, a new ``current_task``)."""
         self._cycle_asked = True
-        self._alarm.set()
+        self._wake()
 
     def ask_poll(self) -> None:
         """Ask for the polls soon, without a beat (the event stream). Its own flag, so that it
         is never merged into (or held back with) an asked-for cycle."""
         self._poll_asked = True
-        self._alarm.set()
+        self._wake()
 
     def working(self) -> bool:
-        """True while the run's beat thread lives and ``stop()`` was not called."""
-        thread = self._thread
-        return thread is not None and thread.is_alive() and not self.halt.is_set()
+        """True while the run's beat thread lives (or its driver steps it) and ``stop()`` was
+        not called."""
+        return self._alive() and not self.halt.is_set()
 
     def state(self) -> tuple[bool, str | None]:
         """Whether the beat thread is alive, and ``stopped`` or ``starting`` when that is the
         state whatever the counters say (None: the run is working)."""
-        thread = self._thread
-        running = thread is not None and thread.is_alive()
+        running = self._alive()
         if not running or self.halt.is_set():
             return running, _status.STOPPED
         with self._lock:
@@ -191,21 +299,16 @@ class Run:
         ``Heartbeat.stop``). From a state-change callback, its own thread counts as ended:
         it ends when the callback returns."""
         deadline = time.monotonic() + max(0.0, timeout)
-        with self._lock:
-            self.halt.set()
-            client = self._client
-            events = self._events
-        self._alarm.set()
-        if client is not None:
-            client.abort()
-        if events is not None:
-            events.request_stop()
+        events = self.interrupt()
         beat_done = True
         thread = self._thread
         if thread is not None:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
             beat_done = not thread.is_alive()
+        elif self._hosted and not self._stepping():
+            # The driver ends the run at its next step (the interrupt woke it): wait for that.
+            beat_done = self._ended.wait(max(0.0, deadline - time.monotonic()))
         inbound = self._inbound
         handlers_done = True
         if inbound is not None:
@@ -217,6 +320,20 @@ class Run:
         events_done = events is None or events.stop(max(0.0, deadline - time.monotonic()))
         callbacks_done = self._callbacks.stop(max(0.0, deadline - time.monotonic()))
         return beat_done and worker_done and events_done and callbacks_done and handlers_done
+
+    def interrupt(self) -> Stream | None:
+        """Halt the run at once and return: no step begins any more, a request in flight is
+        aborted, the event stream asked to end (returned, for the caller to wait for)."""
+        with self._lock:
+            self.halt.set()
+            client = self._client
+            events = self._events
+        self._wake()
+        if client is not None:
+            client.abort()
+        if events is not None:
+            events.request_stop()
+        return events
 
     def wait(self, timeout: float | None) -> bool:
         """Wait for the run to end with its threads (see ``Heartbeat.wait``)."""
@@ -250,16 +367,13 @@ class Run:
         try:
             if self._previous and not (self._await_previous() and self._begin()):
                 return
-            client = self._new_client()
-            with self._lock:
-                self._client = client
-            try:
-                if not self.halt.is_set() and self._loop(client) is Outcome.REMOVED:
-                    self._end_on_removal()
-            finally:
-                client.close()
+            while True:
+                at = self.step()
+                if at is None:
+                    return
+                self._sleep(at - self._clock())
         finally:
-            self._ended.set()
+            self.close()
 
     def _await_previous(self) -> bool:
         """Wait for the threads of a run that stop() could not end in time. False if halted."""
@@ -290,7 +404,7 @@ class Run:
             return
         if self._events is not None and self._events.running:
             return
-        self._events = EventStream(
+        self._events = self._streams(
             self._new_client,
             self.workspace_id,
             self.ask_poll,
@@ -352,80 +466,133 @@ class Run:
         self._alarm.wait(seconds)
         self._alarm.clear()
 
-    def _loop(self, client: PlatformClient) -> Outcome:
-        """Run cycles until stopped (``STOPPED``) or until the workspace is removed
-        (``REMOVED``). The run begins with a look at the workspace's state."""
+    # --- the steps (on the beat thread, or a hub's worker: one at a time) -----------------
+
+    def step(self) -> float | None:
+        """Do what is due now, if anything (one step: a registration, the polls, a cycle, or
+        the look at the workspace's state that begins the run); return when (monotonic) the
+        run next has something to do, or None once it has ended (stopped, or the workspace
+        removed; the run's end on removal is done). A ``wake`` may come sooner: call again."""
+        self._local.stepping = True
+        try:
+            return self._step()
+        finally:
+            self._local.stepping = False
+
+    def _step(self) -> float | None:
+        if self.halt.is_set():
+            return None
+        with self._lock:
+            client = self._client
+            if client is None:
+                client = self._client = self._new_client()
+        if not self._started:
+            self._started = True
+            if self._first(client) is Outcome.REMOVED:
+                self._end_on_removal()
+                return None
+            return self._clock()
+        phase, self._phase = self._phase, None
+        if phase is not None:
+            self._team_tries = 0
+            self._slots.move_to(phase, self._clock(), self._wall_clock())
+        now = self._clock()
+        step = self._next(client, now)
+        if step.act is not Act.WAIT:
+            if self._act(client, step, now) is Outcome.REMOVED:
+                self._end_on_removal()
+                return None
+            if self.halt.is_set():
+                return None
+            now = self._clock()
+            step = self._next(client, now)
+        return step.until if step.act is Act.WAIT else now
+
+    def close(self) -> None:
+        """The run is over: out of the rate limit's budget, its client closed, and ended (what
+        :meth:`wait` waits for). Called by the driver once :meth:`step` returned None, or when
+        it stops stepping; more calls do nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            client = self._client
+            joined, self._joined = self._joined, False
+        try:
+            if client is not None:
+                if joined:
+                    client.budget().leave(id(self))
+                client.close()
+        finally:
+            self._ended.set()
+
+    def _first(self, client: PlatformClient) -> Outcome:
+        """The run begins with a look at the workspace's state."""
         cycle = self.cycle
         if cycle.check_at_start(client) is Outcome.REMOVED:
             return Outcome.REMOVED
         if self._registers and not cycle.registration_owed():
             with self._lock:
                 self._start_events()  # the look at the start found no registration owed
-        budget = client.budget()
-        budget.join(id(self), self.interval)
-        try:
-            return self._steps(client, cycle)
-        finally:
-            budget.leave(id(self))
+        client.budget().join(id(self), self.interval)
+        with self._lock:
+            self._joined = True
+        return Outcome.POLLED
 
-    def _steps(self, client: PlatformClient, cycle: Cycle) -> Outcome:
-        while True:
-            now = self._clock()
-            budget = client.budget()  # the key may change with the token
-            polls_from = budget.polls_from()
-            step = next_step(
-                now,
-                self._slots.next_at,
-                beat_asked=self._cycle_asked,
-                poll_asked=self._poll_asked,
-                forced=self._forced,
-                pacer=self._pacer,
-                register_at=cycle.registration_due(),
-                poll_cost=min(2.0 * self._poll_cost, POLL_COST_SHARE * self.interval),
-                held_until=budget.held_until(),
-                polls_from=polls_from,
-            )
-            if step.act is Act.WAIT:
-                self._sleep(step.until - now)
-            if self.halt.is_set():
-                return Outcome.STOPPED
-            if step.act is Act.WAIT:
-                continue
-            if step.act is Act.REGISTER:
-                if cycle.register(client):
-                    with self._lock:
-                        self._start_events()  # with the token the registration may bring
-                continue
-            if step.act is Act.POLL:
-                self._poll_asked = False  # an event during the polls asks again
-                self._pacer.take(now)
-                outcome = cycle.poll(client, periodic=not self._stream_up())
-                self._polled_at = now
-                # How long polls take, smoothed: one due to end after the slot waits for it.
-                took = self._clock() - now
-                self._poll_cost += POLL_COST_WEIGHT * (took - self._poll_cost)
-            else:
-                self._cycle_asked = False
-                if step.forced:
-                    self._forced.take(now)  # an extra cycle, not the regular slot
-                polls, periodic = self._cycle_polls(now)
-                # beat_now() asks for a whole cycle, the polls too; an event's poll left to
-                # this cycle (it came just before the slot) is done by it.
-                polls = polls or step.forced or self._poll_asked
-                if polls and now < polls_from:
-                    polls = False  # the rate limit runs low: the beat alone, the polls after
-                    self._poll_asked = True
-                elif polls:
-                    self._poll_asked = False  # an event during the cycle asks again
-                outcome = cycle.run(client, polls=polls, periodic=periodic)
-                if polls:
-                    self._polled_at = now
-                if outcome is Outcome.BEAT_OK and self._team_tries:
-                    self._find_team(client)
-                if outcome is not Outcome.REMOVED:
-                    self._slots.after_cycle(self._clock())
-            if outcome is Outcome.REMOVED:
-                return outcome
+    def _next(self, client: PlatformClient, now: float) -> _schedule.Step:
+        cycle = self.cycle
+        budget = client.budget()  # the key may change with the token
+        self._polls_from = polls_from = budget.polls_from()
+        return next_step(
+            now,
+            self._slots.next_at,
+            beat_asked=self._cycle_asked,
+            poll_asked=self._poll_asked,
+            forced=self._forced,
+            pacer=self._pacer,
+            register_at=cycle.registration_due(),
+            poll_cost=min(2.0 * self._poll_cost, POLL_COST_SHARE * self.interval),
+            held_until=budget.held_until(),
+            polls_from=polls_from,
+        )
+
+    def _act(self, client: PlatformClient, step: _schedule.Step, now: float) -> Outcome | None:
+        """Do ``step`` (not a wait); what came of it (None: a registration attempt)."""
+        cycle = self.cycle
+        if step.act is Act.REGISTER:
+            if cycle.register(client):
+                with self._lock:
+                    self._start_events()  # with the token the registration may bring
+            return None
+        if step.act is Act.POLL:
+            self._poll_asked = False  # an event during the polls asks again
+            self._pacer.take(now)
+            outcome = cycle.poll(client, periodic=not self._stream_up())
+            self._polled_at = now
+            # How long polls take, smoothed: one due to end after the slot waits for it.
+            took = self._clock() - now
+            self._poll_cost += POLL_COST_WEIGHT * (took - self._poll_cost)
+            return outcome
+        self._cycle_asked = False
+        if step.forced:
+            self._forced.take(now)  # an extra cycle, not the regular slot
+        polls, periodic = self._cycle_polls(now)
+        # beat_now() asks for a whole cycle, the polls too; an event's poll left to this
+        # cycle (it came just before the slot) is done by it.
+        polls = polls or step.forced or self._poll_asked
+        if polls and now < self._polls_from:
+            polls = False  # the rate limit runs low: the beat alone, the polls after
+            self._poll_asked = True
+        elif polls:
+            self._poll_asked = False  # an event during the cycle asks again
+        outcome = cycle.run(client, polls=polls, periodic=periodic)
+        if polls:
+            self._polled_at = now
+        if outcome is Outcome.BEAT_OK and self._team_tries:
+            self._find_team(client)
+        if outcome is not Outcome.REMOVED:
+            self._slots.after_cycle(self._clock())
+        return outcome
 
     def _find_team(self, client: PlatformClient) -> None:
         """Move to the team's evenly spread slots once the platform has told the team."""
