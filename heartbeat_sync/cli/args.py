@@ -129,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_env_option(run, "--cursor-file", "PATH", ENV_CURSOR_FILE, "activity cursor file")
     _add_env_option(run, "--seen-file", "PATH", ENV_SEEN_FILE, "delivered delegation ids")
     run.add_argument(
+        "--workspace",
+        action="append",
+        metavar="ID:DIR",
+        help=(
+            "serve this workspace too, from one process (repeat for each); DIR holds its "
+            ".auth_token and its results.jsonl, activity_cursor and seen_delegations files. "
+            "Instead of --workspace-id and the file options"
+        ),
+    )
+    run.add_argument(
         "--handler",
         metavar="MODULE:FUNCTION",
         help=(

@@ -33,13 +33,14 @@ from typing import Any
 from ..__about__ import __version__
 from .._config import DEFAULT_RESULTS_FILE, ENV_RESULTS_FILE, ENV_TOKEN, env_path
 from .._heartbeat import Heartbeat
+from .._hub import Hub
 from .._logctx import get_logger
 from .._status import REMOVED
 from ..delivery import ResultsFile, read_delegation_results
 from ..effects import MessageHandler, format_delegation_results
 from ..wire import Credentials, RegistrationError, register
 from .args import PROG, build_parser
-from .config import ConfigError, load_register_config, load_run_config
+from .config import ConfigError, RunConfig, load_register_config, load_run_config
 from .demo import run_demo
 
 #: ``run``'s budget after a stop signal: pending side effects may use part of it, the threads
@@ -123,6 +124,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _configure_logging(config.log_level)
     for warning in warnings:
         logger.warning("%s", warning)
+    if config.members:
+        return _run_hub(config)
     try:
         handler = None if config.handler is None else _load_handler(config.handler)
         hb = Heartbeat(
@@ -140,18 +143,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     received: list[int] = []
-
-    def on_signal(signum: int, frame: types.FrameType | None) -> None:
-        # Only note it: logging from a signal handler could re-enter a handler's stream.
-        received.append(signum)
-        stop.set()
-
-    previous: dict[signal.Signals, Any] = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            previous[sig] = signal.signal(sig, on_signal)
-        except ValueError:  # not the main thread: the caller must stop us some other way
-            logger.warning("cannot install a handler for %s here", sig.name)
+    previous = _signals(stop, received)
     try:
         hb.start_thread()
         # Beat at once, as the reference runtime does; the regular schedule (with its random
@@ -204,6 +196,86 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if status.state == REMOVED:
         print(
             f"{PROG} run: workspace {config.workspace_id} was removed from the platform; "
+            f"exiting with code {EXIT_REMOVED}",
+            file=sys.stderr,
+        )
+        return EXIT_REMOVED
+    return 0
+
+
+def _signals(stop: threading.Event, received: list[int]) -> dict[signal.Signals, Any]:
+    """Have SIGTERM and SIGINT set ``stop`` (noted in ``received``); the handlers replaced."""
+
+    def on_signal(signum: int, frame: types.FrameType | None) -> None:
+        # Only note it: logging from a signal handler could re-enter a handler's stream.
+        received.append(signum)
+        stop.set()
+
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, on_signal)
+        except ValueError:  # not the main thread: the caller must stop us some other way
+            logger.warning("cannot install a handler for %s here", sig.name)
+    return previous
+
+
+def _run_hub(config: RunConfig) -> int:
+    """``run --workspace ID:DIR ...``: every workspace from one process, on a hub."""
+    try:
+        handler = None if config.handler is None else _load_handler(config.handler)
+        hub = Hub(config.platform_url)
+        for wid, options in config.members:
+            hb = hub.add(wid, **options, on_message=handler)
+            if not _has_token(hb.configs_dir):
+                logger.warning(
+                    "no auth token in %s/.auth_token: workspace %s beats without one",
+                    hb.configs_dir,
+                    wid,
+                )
+    except ValueError as exc:
+        print(f"{PROG} run: error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    received: list[int] = []
+    previous = _signals(stop, received)
+    try:
+        hub.start()
+        logger.info(
+            "%s %s: %d workspaces on %s, a beat every %g s each%s",
+            PROG,
+            __version__,
+            len(hub),
+            config.platform_url,
+            config.options["interval_seconds"],
+            "" if handler is None else f"; messages to {config.handler}",
+        )
+        while not stop.is_set() and not hub.wait(timeout=1.0):
+            pass
+        if received:
+            logger.info("received %s; stopping", signal.Signals(received[0]).name)
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        grace = 0.0 if handler is None else config.handler_grace
+        deadline = time.monotonic() + STOP_TIMEOUT + grace
+        for hb in hub.members:
+            _drain(hb, max(0.0, min(DRAIN_TIMEOUT, deadline - time.monotonic())))
+        ended = hub.stop(timeout=max(0.5, deadline - time.monotonic()))
+    statuses = hub.status()
+    for wid, status in statuses.items():
+        logger.info(
+            "workspace %s: %s, %d beats ok, %d failed, %d results delivered",
+            wid,
+            status.state,
+            status.beats_ok,
+            status.beats_failed,
+            status.results_delivered,
+        )
+    logger.info("stopped (threads ended: %s)", "yes" if ended else "no")
+    if statuses and all(s.state == REMOVED for s in statuses.values()):
+        print(
+            f"{PROG} run: every workspace was removed from the platform; "
             f"exiting with code {EXIT_REMOVED}",
             file=sys.stderr,
         )

@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, TypedDict
 
 from .. import _config, _validate
@@ -84,6 +85,9 @@ class RunConfig:
     log_level: str
     handler: str | None = None
     handler_grace: float = DEFAULT_HANDLER_GRACE
+    #: With ``--workspace ID:DIR`` (several workspaces served by one hub): each workspace's id
+    #: and options; ``workspace_id`` and ``options`` are then the first's.
+    members: tuple[tuple[str, HeartbeatOptions], ...] = ()
 
 
 class RegisterOptions(TypedDict):
@@ -213,7 +217,8 @@ def load_run_config(
     workspace id is missing or invalid, or the interval is not a number.
     """
     url = _platform_url(args, environ)
-    workspace_id = _workspace_id(args, environ)
+    homes = _workspace_homes(args)
+    workspace_id = homes[0][0] if homes else _workspace_id(args, environ)
     raw_interval, interval_source = _pick(
         args.interval, "--interval", _config.ENV_INTERVAL, environ
     )
@@ -236,7 +241,65 @@ def load_run_config(
     handler = _handler_spec(getattr(args, "handler", None))
     grace = _handler_grace(getattr(args, "handler_grace", None))
     level = (args.log_level or "INFO").upper()
-    return RunConfig(url, workspace_id, options, level, handler, grace), warnings
+    members = tuple((wid, _member_options(options, home)) for wid, home in homes)
+    if members:
+        options = members[0][1]
+    config = RunConfig(url, workspace_id, options, level, handler, grace, members)
+    return config, warnings
+
+
+#: The files of a workspace served with ``--workspace ID:DIR``, in its DIR (beside its
+#: ``.auth_token``).
+MEMBER_RESULTS = "results.jsonl"
+MEMBER_CURSOR = "activity_cursor"
+MEMBER_SEEN = "seen_delegations"
+#: Flags that name one workspace's id or files: not with ``--workspace``.
+_ONE_WORKSPACE_FLAGS = (
+    ("workspace_id", "--workspace-id"),
+    ("configs_dir", "--configs-dir"),
+    ("results_file", "--results-file"),
+    ("cursor_file", "--cursor-file"),
+    ("seen_file", "--seen-file"),
+)
+
+
+def _member_options(options: HeartbeatOptions, home: str) -> HeartbeatOptions:
+    member = options.copy()
+    member["configs_dir"] = home
+    member["results_file"] = str(PurePath(home, MEMBER_RESULTS))
+    member["cursor_file"] = str(PurePath(home, MEMBER_CURSOR))
+    member["seen_file"] = str(PurePath(home, MEMBER_SEEN))
+    return member
+
+
+def _workspace_homes(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The ``--workspace ID:DIR`` given (none: the one workspace of ``--workspace-id``)."""
+    raw: list[str] = getattr(args, "workspace", None) or []
+    if not raw:
+        return []
+    for attribute, flag in _ONE_WORKSPACE_FLAGS:
+        if getattr(args, attribute, None):
+            raise ConfigError(
+                f"{flag} names one workspace: with --workspace, each workspace's files are in "
+                "its DIR"
+            )
+    homes: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for item in raw:
+        wid, sep, home = item.partition(":")
+        wid = wid.strip()
+        if not sep or not wid or not home:
+            raise ConfigError(f"--workspace {item!r}: expected ID:DIR")
+        if "/" in wid or any(c.isspace() for c in wid):
+            raise ConfigError(
+                f"--workspace {item!r}: invalid workspace id {wid!r}: it may not contain '/' "
+                "or white space"
+            )
+        if wid in seen:
+            raise ConfigError(f"--workspace {item!r}: workspace {wid} is given twice")
+        seen.add(wid)
+        homes.append((wid, home))
+    return homes
 
 
 def _handler_spec(raw: str | None) -> str | None:
