@@ -134,6 +134,13 @@ _VARIANT_ENV = (
 )
 
 
+#: The rate-limited variant (``limited_platform``): 400 requests a minute per key. August
+#: applies ``RATE_LIMIT`` only outside ``MOLECULE_ENV=development`` (its start script's
+#: default); May whenever an admin token is set.
+LIMITED_RATE = 400
+_LIMITED_ENV = (f"RATE_LIMIT={LIMITED_RATE}", "MOLECULE_ENV=staging")
+
+
 def _start(scripts: Path, extra: tuple[str, ...] = ()) -> RealPlatform:
     for name in ("start", "stop"):
         if not (scripts / name).is_file():
@@ -213,11 +220,12 @@ def real_platform(request: pytest.FixtureRequest) -> RealPlatform:
 
 
 def _server(scripts: Path, variant: str) -> RealPlatform:
-    """The session's server of ``scripts`` in ``variant`` (``plain``, or ``tenant``: see
-    :data:`TENANT_ORG_ID`), started the first time it is asked for."""
+    """The session's server of ``scripts`` in ``variant`` (``plain``, ``tenant``: see
+    :data:`TENANT_ORG_ID`, or ``limited``: see :data:`LIMITED_RATE`), started the first time
+    it is asked for."""
     key = (scripts, variant)
     if key not in _Servers.started and key not in _Servers.errors:
-        extra = _VARIANT_ENV if variant == "tenant" else ()
+        extra = {"tenant": _VARIANT_ENV, "limited": _LIMITED_ENV}.get(variant, ())
         try:
             _Servers.started[key] = _start(scripts, extra)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
@@ -236,6 +244,14 @@ def tenant_platform(real_platform: RealPlatform) -> RealPlatform:
     platform = _server(real_platform.scripts, "tenant")
     platform.org_id = TENANT_ORG_ID
     return platform
+
+
+@pytest.fixture
+def limited_platform(real_platform: RealPlatform) -> RealPlatform:
+    """A second server of ``real_platform``'s generation whose rate limit is
+    :data:`LIMITED_RATE` requests a minute per key; started once per session."""
+    assert real_platform.scripts is not None
+    return _server(real_platform.scripts, "limited")
 
 
 @pytest.fixture
