@@ -65,8 +65,7 @@ class Hub:
             :meth:`add` may override them), for example ``interval_seconds``, ``org_id`` or
             ``request_timeout``. ``start_phase`` is the hub's.
 
-    ``events`` streams are read on one thread with non-blocking sockets; a stream that goes
-    through an HTTP proxy (``HTTPS_PROXY``) is read on a thread of its own instead.
+    A hub does not follow a ``fork()``: make it in the process that serves the workspaces.
     """
 
     def __init__(
@@ -111,9 +110,13 @@ class Hub:
             if hb.workspace_id in self._members:
                 raise ValueError(f"workspace {hb.workspace_id} is already in the hub")
             self._members[hb.workspace_id] = hb
-            started = self._started
+            if self._started:
+                # Under the lock: a stop() that comes meanwhile finds it and stops it too.
+                hb._start_on_hub()
+                started = True
+            else:
+                started = False
         if started:
-            hb._start_on_hub()
             self._spread()
         return hb
 
@@ -158,11 +161,10 @@ class Hub:
             if self._started:
                 return
             self._started = True
-            members = list(self._members.values())
-        self._drivers.start()
-        self._pump.start()
-        for hb in members:
-            hb._start_on_hub()
+            self._drivers.start()
+            self._pump.start()
+            for hb in self._members.values():
+                hb._start_on_hub()
         self._spread()
 
     def stop(self, timeout: float = 5.0) -> bool:
@@ -206,7 +208,9 @@ class Hub:
 
     def status(self) -> dict[str, _status.Status]:
         """Each workspace's :meth:`Heartbeat.status`, by workspace id."""
-        return {wid: hb.status() for wid, hb in zip(self, self.members)}
+        with self._lock:
+            members = list(self._members.items())
+        return {wid: hb.status() for wid, hb in members}
 
     def threads(self) -> list[threading.Thread]:
         """The hub's shared threads that are alive (the handlers' are the workspaces')."""

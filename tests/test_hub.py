@@ -204,3 +204,38 @@ def test_a_callback_that_stops_its_workspace_returns_at_once(tmp_path: Path) -> 
             assert done.wait(10)
         assert time.monotonic() - started < 5.0
         assert results == dict.fromkeys(ids, True)
+
+
+def test_a_workspace_whose_requests_hang_holds_one_beat_thread_not_the_others(
+    tmp_path: Path,
+) -> None:
+    with FakePlatform() as platform:
+        hub, ids = _hub(platform, tmp_path, 5, events=False, request_timeout=30.0)
+        with hub:
+            assert wait_until(lambda: all(s.beats_ok >= 1 for s in hub.status().values()), 10)
+            platform.fault("heartbeat", delay=60.0, workspace_id=ids[0])
+            before = len(platform.requests_for("heartbeat", ids[0]))
+            assert platform.wait_for_requests("heartbeat", before + 1, 10, ids[0])
+            beats = {w: hub[w].status().beats_ok for w in ids[1:]}
+            # The other four beat on, every interval, on the beat thread left.
+            assert wait_until(
+                lambda: all(hub[w].status().beats_ok >= beats[w] + 3 for w in ids[1:]), 10
+            )
+
+
+def test_a_slow_wake_up_holds_one_side_effect_thread_not_the_others(tmp_path: Path) -> None:
+    with FakePlatform() as platform:
+        hub, ids = _hub(platform, tmp_path, 3, events=False, self_message_timeout=30.0)
+        with hub:
+            assert wait_until(lambda: all(s.beats_ok >= 1 for s in hub.status().values()), 10)
+            platform.fault("a2a", delay=60.0, workspace_id=ids[0])
+            platform.add_delegation(ids[0], status="completed")
+            assert platform.wait_for_requests("a2a", 1, 10, ids[0])  # logged as it arrives
+            # While the first workspace's wake-up hangs, the others' results still bring
+            # their wake-ups and notifications at once.
+            for wid in ids[1:]:
+                platform.add_delegation(wid, status="completed")
+            assert wait_until(
+                lambda: all(hub[w].status().notifications_sent >= 1 for w in ids[1:]), 10
+            )
+            assert all(len(platform.a2a_messages(w)) >= 1 for w in ids[1:])
