@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import socket
 import socketserver
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +44,8 @@ from heartbeat_sync.wire.streams import (
 from .conftest import LogCapture, wait_until
 
 pytestmark = pytest.mark.timeout(90)
+
+WS = "11111111-2222-3333-4444-555555555555"
 
 _PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
@@ -664,4 +669,109 @@ def test_the_events_keep_their_meaning(
     assert calls.hints == 1
     assert calls.states == ["WORKSPACE_REMOVED"]
     assert stream.status().state_checks_asked == 1
+    assert stream.stop(5.0)
+
+
+# --- TLS --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for ``localhost`` (and 127.0.0.1), and its key."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+class TLSStreamServer(socketserver.ThreadingTCPServer):
+    """Serves an event stream over TLS: a ping, one event, then silence until stopped."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.stop_event = threading.Event()
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(cert, key)
+        self.server_names: list[str | None] = []
+        self.context.sni_callback = self._sni
+        super().__init__(("127.0.0.1", 0), _TLSHandler)
+
+    def _sni(self, sock: Any, name: str | None, context: Any) -> None:
+        self.server_names.append(name)
+
+
+class _TLSHandler(socketserver.BaseRequestHandler):
+    server: TLSStreamServer
+
+    def handle(self) -> None:
+        wrap = self.server.context.wrap_socket
+        with contextlib.suppress(OSError), wrap(self.request, server_side=True) as conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                head += data
+            event = b'data: {"type":"DELEGATION_COMPLETE","data":{}}\n\n'
+            conn.sendall(OK_HEAD + _chunk(b": ping\n\n") + _chunk(event))
+            self.server.stop_event.wait(60)
+
+
+@pytest.fixture
+def tls_server(certificate: tuple[Path, Path]) -> Iterator[TLSStreamServer]:
+    server = TLSStreamServer(*certificate)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server
+    server.stop_event.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(5.0)
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_a_stream_over_tls_is_verified_against_the_sessions_bundle(
+    reader: StreamReader,
+    tls_server: TLSStreamServer,
+    certificate: tuple[Path, Path],
+    tmp_path: Path,
+    logs: LogCapture,
+    trusted: bool,
+) -> None:
+    def session() -> Any:
+        made = make_session()
+        if trusted:
+            made.verify = str(certificate[0])
+        return made  # else requests' own bundle, which does not know this certificate
+
+    save_token(tmp_path, "token-1")
+    credentials = Credentials(tmp_path)
+    url = f"https://localhost:{tls_server.server_address[1]}"
+    calls = Calls()
+    stream = reader.stream(
+        lambda: PlatformClient(url, WS, credentials, session, timeout=5.0),
+        WS, calls.on_hint, idle_timeout=30.0, draw=lambda: 1.0, on_connect=calls.on_connect,
+    )  # fmt: skip
+    stream.start()
+    if trusted:
+        assert calls.hinted.wait(10.0)
+        assert calls.connects == [1]
+        assert tls_server.server_names[0] == "localhost"  # SNI
+    else:
+        assert wait_until(
+            lambda: any("TLS handshake failed" in m for m in logs.messages(logging.WARNING))
+        )
+        assert calls.connects == []
     assert stream.stop(5.0)
