@@ -40,7 +40,7 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping
-from typing import Callable, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Callable, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -498,6 +498,7 @@ class ReaderStream:
         thread."""
         self._close_socket()
         self._state = "done"
+        self._connected = False
         self._reader._active.discard(self)
         client, self._client = self._client, None
         self._parser = None
@@ -841,8 +842,12 @@ class ReaderStream:
         if self._on_connect is not None:
             # Events sent while no stream was open are lost: whoever relies on them looks now.
             self._call("on_connect", self._on_connect, self.connects)
-        if rest and self._state == "open":
+        if self._state != "open":
+            return  # stopped by the callback
+        if rest:
             self._stream_bytes(rest)
+        elif self._framing is not None and self._framing.done:
+            self._stream_ended("closed by the platform")  # an empty body: nothing to read
 
     def _stream_bytes(self, data: bytes) -> None:
         framing, parser = self._framing, self._parser
@@ -1229,3 +1234,9 @@ class StreamReader:
                     context = ssl.create_default_context(cafile=bundle)
             self._contexts[verify] = context
         return context
+
+
+if TYPE_CHECKING:
+    # Both ways of holding a stream fit what a run asks for (checked by mypy, never run).
+    _classic: StreamFactory = EventStream
+    _shared: StreamFactory = StreamReader().stream
