@@ -3,8 +3,9 @@
 Holds ``client`` (:class:`PlatformClient`: one method per route, returning parsed values or
 raising :class:`PlatformError`), ``http`` (sessions, urllib3 ``Retry``, whole-request deadlines,
 aborts), ``body`` (response bodies, bounded), ``auth`` (the token, the inbound secret, ``Origin``
-and the tenant header), ``events`` (:class:`EventStream`, the event-stream thread), ``sse`` (pure:
-the stream's parser and which events matter) and ``registration`` (:func:`register`).
+and the tenant header), ``events`` (:class:`EventStream`, the event-stream thread), ``streams``
+(:class:`StreamReader`: many workspaces' streams on one thread), ``sse`` (pure: the stream's
+parser and which events matter) and ``registration`` (:func:`register`).
 
 Offers those, and nothing of delivery or side effects. May import only the package's base
 modules.
@@ -30,6 +31,7 @@ from .registration import (
     registration_body,
 )
 from .sse import ONLINE_EVENT
+from .streams import Stream, StreamFactory, StreamReader
 
 __all__ = [
     "ONLINE_EVENT",
@@ -42,6 +44,9 @@ __all__ = [
     "Registration",
     "RegistrationError",
     "SessionFactory",
+    "Stream",
+    "StreamFactory",
+    "StreamReader",
     "events_enabled",
     "make_session",
     "origin_header",

@@ -80,6 +80,18 @@ class BeatReply:
     generation: int | None = None
 
 
+@dataclass(frozen=True)
+class StreamOpening:
+    """What opening the event stream takes (see :meth:`PlatformClient.event_stream_opening`)."""
+
+    #: The stream's full URL.
+    url: str
+    #: Every request header but ``Host`` (the credentials', ``Accept``, ``Cache-Control``).
+    headers: dict[str, str]
+    #: The rate-limit budget of those headers: the answer's head is observed by it.
+    budget: Budget
+
+
 #: Exceptions whose text names the URL and the network's reason, never a header value.
 _SAFE_TEXT = (
     requests.ConnectionError,
@@ -448,6 +460,29 @@ class PlatformClient:
         finally:
             resp.close()
         raise self._fail("event stream", resp.status_code, body, resp.headers)
+
+    def event_stream_opening(self) -> StreamOpening:
+        """What opening GET /workspaces/:id/events/stream takes, for a reader that sends the
+        request itself on a socket of its own (``streams.StreamReader``): the full URL, the
+        headers :meth:`event_stream` sends, and the rate-limit budget the answer's head goes to
+        (``budget.observe(status, headers)``).
+
+        Raises :class:`PlatformError` (429, ``retry_after`` the seconds left) without anything
+        sent while a 429 holds every request of the key, as every route does.
+        """
+        headers = self.credentials.headers()
+        path = f"/workspaces/{_segment(self.workspace_id)}/events/stream"
+        budget = self._held("GET", path, headers)
+        headers["Accept"] = "text/event-stream"
+        headers["Cache-Control"] = "no-cache"
+        return StreamOpening(self._url(path), headers, budget)
+
+    def event_stream_refusal(
+        self, status: int, body: Any, headers: requests.structures.CaseInsensitiveDict[str]
+    ) -> PlatformError:
+        """The error :meth:`event_stream` raises for an answer of ``status`` (not 200), its
+        parsed body and its headers: the same words, ``tenant_required`` and ``retry_after``."""
+        return self._fail("event stream", status, body, headers)
 
     def workspace(self, workspace_id: str) -> dict[str, Any]:
         """GET /workspaces/:id (an open route; sent without credentials)."""
