@@ -38,11 +38,10 @@ from .loop import (
     Lifecycle,
     Registrar,
     Run,
-    StreamFactory,
     Tally,
     Ticket,
 )
-from .wire import Credentials, PlatformClient, SessionFactory
+from .wire import Credentials, PlatformClient, SessionFactory, StreamFactory
 
 logger = get_logger(__name__)
 

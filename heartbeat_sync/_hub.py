@@ -12,7 +12,8 @@ from . import _logctx, _status
 from ._heartbeat import Heartbeat
 from ._logctx import get_logger
 from .effects import Pump
-from .loop import CallbackLane, Drivers, StreamFactory
+from .loop import CallbackLane, Drivers
+from .wire import StreamFactory, StreamReader
 
 logger = get_logger(__name__)
 
@@ -84,7 +85,7 @@ class Hub:
         self._drivers = Drivers(_positive_int("beat_threads", beat_threads))
         self._pump = Pump(_positive_int("effect_threads", effect_threads))
         self._lane = CallbackLane()
-        self._reader: Any = None  # PENDING-READER
+        self._reader = StreamReader()
         self._lock = threading.Lock()
         self._members: dict[str, Heartbeat] = {}
         self._started = False
@@ -102,7 +103,7 @@ class Hub:
         _check_options(options, "Hub.add()")
         settings = {**self._defaults, **options}
         hb = Heartbeat(self.platform_url, workspace_id, **settings)
-        streams: StreamFactory | None = None  # PENDING-READER
+        streams: StreamFactory | None = self._reader.stream if hb.events else None
         hb._join_hub(self._drivers, self._pump, self._lane, streams)
         with self._lock:
             if self._stopped:
@@ -163,6 +164,7 @@ class Hub:
             self._started = True
             self._drivers.start()
             self._pump.start()
+            self._reader.start()
             for hb in self._members.values():
                 hb._start_on_hub()
         self._spread()
@@ -186,6 +188,7 @@ class Hub:
         done = all([hb.stop(left()) for hb in members])
         done = self._drivers.stop(left()) and done
         done = self._pump.stop(left()) and done
+        done = self._reader.stop(left()) and done
         done = self._lane.stop(left()) and done
         return done
 
@@ -215,7 +218,7 @@ class Hub:
     def threads(self) -> list[threading.Thread]:
         """The hub's shared threads that are alive (the handlers' are the workspaces')."""
         shared = [*self._drivers.thread_list, *self._pump.thread_list]
-        for extra in (self._lane.thread,):
+        for extra in (self._reader.thread, self._lane.thread):
             if extra is not None:
                 shared.append(extra)
         return [t for t in shared if t.is_alive()]

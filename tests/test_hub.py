@@ -45,7 +45,7 @@ def _library_threads() -> list[str]:
 
 def test_twenty_workspaces_beat_on_a_fixed_number_of_threads(tmp_path: Path) -> None:
     with FakePlatform() as platform:
-        hub, ids = _hub(platform, tmp_path, 20, on_state_change=lambda old, new: None, events=False)
+        hub, ids = _hub(platform, tmp_path, 20, on_state_change=lambda old, new: None)
         hub.start()
         try:
             assert wait_until(lambda: all(s.beats_ok >= 2 for s in hub.status().values()), 15)
@@ -53,8 +53,12 @@ def test_twenty_workspaces_beat_on_a_fixed_number_of_threads(tmp_path: Path) -> 
             assert wait_until(lambda: hub[ids[7]].status().results_delivered == 1, 10)
             # Its wake-up goes out through the shared side-effect threads.
             assert wait_until(lambda: len(platform.a2a_messages(ids[7])) >= 1, 10)
-            # Beat threads, side-effect threads and the callbacks' lane: the same few
-            # whatever the number of workspaces.
+            # Every stream is open, on the one thread that reads them all.
+            assert wait_until(
+                lambda: all(s.stream and s.stream.connected for s in hub.status().values()), 10
+            )
+            # Beat threads, side-effect threads, the callbacks' lane and the streams' reader:
+            # the same few whatever the number of workspaces.
             names = _library_threads()
             assert len(names) <= 6, names
             assert len(hub.threads()) <= 6
@@ -239,3 +243,25 @@ def test_a_slow_wake_up_holds_one_side_effect_thread_not_the_others(tmp_path: Pa
                 lambda: all(hub[w].status().notifications_sent >= 1 for w in ids[1:]), 10
             )
             assert all(len(platform.a2a_messages(w)) >= 1 for w in ids[1:])
+
+
+def test_the_shared_stream_reader_brings_results_and_removals_at_once(tmp_path: Path) -> None:
+    """At a 30 s interval only the events can bring a result or a removal within seconds:
+    the one thread that reads every member's stream asks each member's run for its poll or
+    its state check."""
+    with FakePlatform() as platform:
+        hub, ids = _hub(platform, tmp_path, 10, interval_seconds=30.0)
+        with hub:
+            assert wait_until(
+                lambda: all(s.stream and s.stream.connected for s in hub.status().values()), 10
+            )
+            assert wait_until(lambda: all(s.beats_ok >= 1 for s in hub.status().values()), 10)
+            for wid in ids[:5]:
+                platform.add_delegation(wid, status="completed")
+            assert wait_until(
+                lambda: all(hub[w].status().results_delivered == 1 for w in ids[:5]), 5
+            )
+            platform.delete(ids[9])
+            assert hub[ids[9]].wait(timeout=5)
+            assert hub[ids[9]].status().state == "removed"
+            assert all(hub[w].status().beats_ok == 1 for w in ids[:9])  # no cycle needed

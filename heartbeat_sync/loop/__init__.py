@@ -23,7 +23,7 @@ from .drivers import Drivers, Ticket
 from .inbound import Inbound
 from .lifecycle import Lifecycle
 from .registrar import Registrar
-from .run import Run, StreamFactory
+from .run import Run
 from .tally import Tally
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "Outcome",
     "Registrar",
     "Run",
-    "StreamFactory",
     "Tally",
     "Ticket",
 ]

@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 from .. import _logctx, _status
 from .._logctx import get_logger
 from .._status import StreamStatus
-from ..wire import ONLINE_EVENT, EventStream, PlatformClient, PlatformError
+from ..wire import ONLINE_EVENT, EventStream, PlatformClient, PlatformError, Stream, StreamFactory
 from . import lifecycle as _lifecycle
 from . import schedule as _schedule
 from . import team as _team
@@ -71,43 +71,6 @@ class CallbackThread(Protocol):
     def stop(self, timeout: float) -> bool: ...
 
     def join(self, timeout: float | None) -> bool: ...
-
-
-class Stream(Protocol):
-    """What a run needs of its event stream (an :class:`~..wire.EventStream` on a thread of
-    its own, or one of the streams a hub reads on one thread)."""
-
-    @property
-    def running(self) -> bool: ...
-
-    @property
-    def thread(self) -> threading.Thread | None: ...
-
-    def start(self) -> None: ...
-
-    def request_stop(self) -> None: ...
-
-    def stop(self, timeout: float) -> bool: ...
-
-    def status(self) -> StreamStatus: ...
-
-
-class StreamFactory(Protocol):
-    """Makes a run's event stream; :class:`~..wire.EventStream` is one."""
-
-    def __call__(
-        self,
-        client_factory: Callable[[], PlatformClient],
-        workspace_id: str,
-        on_hint: Callable[[], None],
-        *,
-        idle_timeout: float,
-        draw: Callable[[], float],
-        on_state: Callable[[str], None] | None = None,
-        on_connect: Callable[[int], None] | None = None,
-        canvas: bool = False,
-        name: str = ...,
-    ) -> Stream: ...
 
 
 class Run:
