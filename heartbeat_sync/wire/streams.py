@@ -1049,6 +1049,8 @@ class StreamReader:
         self._addresses = {}
         self._contexts: dict[bool | str, ssl.SSLContext] = {}
         self._warn = RateLimitedLog(logger)
+        #: Set by stop(): cuts short the pause after a failed turn.
+        self._halt = threading.Event()
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -1099,6 +1101,7 @@ class StreamReader:
             self._wake_w.setblocking(False)
             self._selector.register(self._wake_r, selectors.EVENT_READ, None)
             self._stopping = False
+            self._halt.clear()
             self._alive = True
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
@@ -1108,6 +1111,7 @@ class StreamReader:
         with self._lock:
             thread = self._thread
             self._stopping = True
+            self._halt.set()
             self._wake()
         if thread is None:
             return True
@@ -1139,7 +1143,7 @@ class StreamReader:
                 except Exception as exc:  # a bug of the reader itself: said, never fatal
                     self._warn.warning("reader", "event streams: %s", describe_error(exc))
                     logger.debug("event streams failed", exc_info=True)
-                    time.sleep(0.1)
+                    self._halt.wait(0.1)
         finally:
             with self._lock:
                 for stream in [*self._active, *self._changed]:
