@@ -161,7 +161,7 @@ FULL = Config(
     hub_cpu_intervals=5,
     hub_cpu_lone_intervals=15,
     hub_spread_interval=5.0,
-    hub_spread_intervals=4,
+    hub_spread_intervals=5,
 )
 QUICK = Config(
     quick=True,
@@ -211,7 +211,7 @@ QUICK = Config(
     hub_cpu_intervals=2,
     hub_cpu_lone_intervals=3,
     hub_spread_interval=1.0,
-    hub_spread_intervals=2,
+    hub_spread_intervals=3,
 )
 
 
@@ -1366,7 +1366,7 @@ def bench_idle(cfg: Config, root: Path) -> list[Row]:
             req_on,
             f"{req_on:.2f} ({_routes(on)}; {pairs} workspaces x {counted['seconds']:.0f} s, "
             f"interval {cfg.idle_interval:g} s, safety_poll_interval {cfg.idle_safety:g} s; "
-            f"{on.get('events', 0)} stream connects not counted; "
+            f"stream connects in the window (not counted): {on.get('events', 0)}; "
             f"{counted['connected']} of {pairs} streams up at the end)",
             "<= 2.5",
             2.5,
@@ -1790,7 +1790,7 @@ def _kinds(names: Sequence[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for name in names:
         head, _, tail = name.rpartition("-")
-        kind = head if len(tail) == 8 and not tail.isdigit() else name
+        kind = head if len(tail) == 8 else name  # a pool's threads end in -0, -1, ...
         out[kind] = out.get(kind, 0) + 1
     return out
 
@@ -2020,18 +2020,30 @@ def _hub_spread(cfg: Config, root: Path) -> list[Row]:
             took = time.monotonic() - t0
         alive = library_threads()
         times = fp.times("heartbeat")
-    # From the second interval on, as for the fleet: the first beats come at once.
-    begin = started + interval
-    counted = [t for t in times if begin <= t < started + cfg.hub_spread_intervals * interval]
-    ratio = spread(counted, begin, interval, cfg.hub_spread_intervals - 1)
+    # The first beats come at once, within a quarter of the interval; the workspaces then move
+    # to their slots, which takes the second interval: the even spread is counted from the
+    # third on, and the second is shown apart.
+    begin, end = started + 2 * interval, started + cfg.hub_spread_intervals * interval
+    counted = [t for t in times if begin <= t < end]
+    ratio = spread(counted, begin, interval, cfg.hub_spread_intervals - 2)
+    second = [t for t in times if begin - interval <= t < begin]
+    moving = spread(second, begin - interval, interval, 1)
     return [
         Row(
             "hub",
-            f"max/mean beats per 5% window after the first interval, {n} on one hub",
+            f"max/mean beats per 5% window from the third interval on, {n} on one hub",
             ratio,
-            f"{ratio:.2f} ({n} x {interval:g} s, {len(counted)} beats)",
+            f"{ratio:.2f} ({n} x {interval:g} s, {len(counted)} beats in "
+            f"{cfg.hub_spread_intervals - 2} intervals)",
             "<= 1.2",
             1.2,
+        ),
+        Row(
+            "hub",
+            f"for comparison: the same in the second interval (moving to the slots), "
+            f"{n} on one hub",
+            moving,
+            f"{moving:.2f} ({len(second)} beats)",
         ),
         Row(
             "hub",

@@ -45,7 +45,7 @@ FIGURES = (
     ("hub", "RSS per workspace"),
     ("hub", "traced Python memory per workspace"),
     ("hub", "CPU ratio hub / lone Heartbeat, per workspace-cycle"),
-    ("hub", "max/mean beats per 5% window after the first interval"),
+    ("hub", "max/mean beats per 5% window from the third interval on"),
     ("hub", "hub.stop(timeout=5)"),
 )
 
