@@ -57,6 +57,9 @@ def _serve(conn: Connection, generation: str) -> None:
                 first.setdefault(r.workspace_id, r.time)
         return first
 
+    def log(workspace_id: str) -> list[tuple[str, float]]:
+        return [(r.route, r.time) for r in fp.requests if r.workspace_id == workspace_id]
+
     commands: dict[str, Callable[..., Any]] = {
         "url": lambda: fp.url,
         "add_workspaces": add_workspaces,
@@ -73,6 +76,8 @@ def _serve(conn: Connection, generation: str) -> None:
         "first_times": first_times,
         "open_streams": fp.open_streams,
         "drop_streams": fp.drop_streams,
+        "stall_streams": fp.stall_streams,
+        "log": log,
         "event_bytes_sent": lambda: fp.event_bytes_sent,
         "cpu": time.process_time,
     }
@@ -168,6 +173,15 @@ class RemotePlatform:
 
     def drop_streams(self, workspace_id: str | None = None) -> int:
         return int(self.call("drop_streams", workspace_id))
+
+    def stall_streams(self, stalled: bool = True, workspace_id: str | None = None) -> None:
+        """Make the open streams (of one workspace, or all and those opened from now on)
+        silent: connected, carrying nothing, every event lost (``stalled=False`` ends it)."""
+        self.call("stall_streams", stalled, workspace_id)
+
+    def log(self, workspace_id: str) -> list[tuple[str, float]]:
+        """Route and arrival time (monotonic) of every logged request about the workspace."""
+        return [(str(r), float(t)) for r, t in self.call("log", workspace_id)]
 
     def cpu(self) -> float:
         """The server process's CPU seconds (user + sys)."""

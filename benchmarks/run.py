@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import traceback
+import tracemalloc
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -42,13 +43,13 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing it
 import requests  # noqa: E402
 from _platform import RemotePlatform  # noqa: E402
 
-from heartbeat_sync import Heartbeat, InboundMessage  # noqa: E402
-from heartbeat_sync._settings import _PhaseSequence  # noqa: E402
+from heartbeat_sync import Heartbeat, Hub, InboundMessage  # noqa: E402
+from heartbeat_sync._settings import SAFETY_POLL_INTERVAL, _PhaseSequence  # noqa: E402
 from heartbeat_sync.delivery.activity import OVERLAP_MAX, SETTLE_SECONDS  # noqa: E402
 from heartbeat_sync.loop.schedule import phase_of, team_phase  # noqa: E402
 from heartbeat_sync.wire.http import make_session  # noqa: E402
 
-BENCHMARKS = ("cpu", "cadence", "bytes", "memory", "fleet", "latency", "idle", "messages")
+BENCHMARKS = ("cpu", "cadence", "bytes", "memory", "fleet", "latency", "idle", "messages", "hub")
 ENV_TO_CLEAR = (
     "DELEGATION_RESULTS_FILE",
     "DELEGATION_ACTIVITY_CURSOR_FILE",
@@ -97,6 +98,19 @@ class Config:
     slow_interval: float
     slow_every: float
     slow_seconds: float
+    idle_safety: float
+    safety_interval: float
+    safety_seconds: float
+    safety_samples: int
+    hub_counts: tuple[int, ...]
+    hub_memory_interval: float
+    hub_size: int
+    hub_cpu_interval: float
+    hub_cpu_rounds: int
+    hub_cpu_intervals: int
+    hub_cpu_lone_intervals: int
+    hub_spread_interval: float
+    hub_spread_intervals: int
 
 
 FULL = Config(
@@ -135,6 +149,19 @@ FULL = Config(
     slow_interval=0.2,
     slow_every=1.0,
     slow_seconds=60.0,
+    idle_safety=SAFETY_POLL_INTERVAL,
+    safety_interval=1.0,
+    safety_seconds=5.0,
+    safety_samples=6,
+    hub_counts=(10, 100),
+    hub_memory_interval=1.0,
+    hub_size=100,
+    hub_cpu_interval=1.0,
+    hub_cpu_rounds=4,
+    hub_cpu_intervals=5,
+    hub_cpu_lone_intervals=15,
+    hub_spread_interval=5.0,
+    hub_spread_intervals=5,
 )
 QUICK = Config(
     quick=True,
@@ -172,6 +199,19 @@ QUICK = Config(
     slow_interval=0.2,
     slow_every=0.5,
     slow_seconds=2.0,
+    idle_safety=2.0,
+    safety_interval=0.3,
+    safety_seconds=1.0,
+    safety_samples=2,
+    hub_counts=(3, 10),
+    hub_memory_interval=0.5,
+    hub_size=10,
+    hub_cpu_interval=0.3,
+    hub_cpu_rounds=2,
+    hub_cpu_intervals=2,
+    hub_cpu_lone_intervals=3,
+    hub_spread_interval=1.0,
+    hub_spread_intervals=3,
 )
 
 
@@ -231,22 +271,28 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[rank - 1]
 
 
-def new_heartbeat(url: str, creds: tuple[str, str], root: Path, **options: Any) -> Heartbeat:
-    """A Heartbeat on its own temp files, its token where it reads it, no exit hook."""
-    workspace_id, token = creds
+def member_files(token: str, root: Path) -> dict[str, Any]:
+    """A workspace's own temp files, its token where it reads it, no exit hook: Heartbeat
+    (or ``Hub.add``) keyword arguments."""
     home = Path(tempfile.mkdtemp(prefix="hb-", dir=str(root)))
     configs = home / "configs"
     configs.mkdir()
     token_file = configs / ".auth_token"
     token_file.write_text(token)
     token_file.chmod(0o600)
-    kwargs: dict[str, Any] = {
+    return {
         "results_file": home / "results.jsonl",
         "cursor_file": home / "cursor",
         "seen_file": home / "seen",
         "configs_dir": configs,
         "exit_timeout": None,
     }
+
+
+def new_heartbeat(url: str, creds: tuple[str, str], root: Path, **options: Any) -> Heartbeat:
+    """A Heartbeat on its own temp files, its token where it reads it, no exit hook."""
+    workspace_id, token = creds
+    kwargs = member_files(token, root)
     kwargs.update(options)
     return Heartbeat(url, workspace_id, **kwargs)
 
@@ -1116,7 +1162,9 @@ def _idle_child(
             wait_until(lambda: hb.status().beats_ok >= 2, 2 * cfg.idle_interval + 30, 0.01)
             pause(min(0.5, cfg.idle_interval / 4))
             cpu0, bytes0, beats0 = time.process_time(), counted["bytes"], hb.status().beats_ok
+            began = time.monotonic()
             pause(cfg.idle_seconds)
+            ended = time.monotonic()
             cpu1, bytes1, beats1 = time.process_time(), counted["bytes"], hb.status().beats_ok
             stream = hb.status().stream
             connects = stream.connects if stream is not None else 0
@@ -1130,6 +1178,7 @@ def _idle_child(
                     "bytes": bytes1 - bytes0,
                     "beats": beats1 - beats0,
                     "connects": connects,
+                    "window": (began, ended),
                 },
             )
         )
@@ -1139,17 +1188,90 @@ def _idle_child(
         conn.close()
 
 
+def _requests_in(fp: RemotePlatform, workspace_id: str, t0: float, t1: float) -> dict[str, int]:
+    """The workspace's logged requests in ``[t0, t1)``, by route."""
+    out: dict[str, int] = {}
+    for route, t in fp.log(workspace_id):
+        if t0 <= t < t1:
+            out[route] = out.get(route, 0) + 1
+    return out
+
+
+def _merge(counts: Sequence[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counts:
+        for route, n in c.items():
+            out[route] = out.get(route, 0) + n
+    return out
+
+
+def _idle_requests(
+    fp: RemotePlatform, creds: Sequence[tuple[str, str]], cfg: Config, root: Path
+) -> dict[str, Any]:
+    """Requests of idle Heartbeats with the stream up, over one whole safety interval."""
+    hbs = [
+        new_heartbeat(
+            fp.url,
+            c,
+            root,
+            interval_seconds=cfg.idle_interval,
+            safety_poll_interval=cfg.idle_safety,
+        )
+        for c in creds
+    ]
+    for hb in hbs:
+        hb.start_thread()
+    try:
+        # From just after the second beat (the first is off the slots, and the stream's
+        # connect runs the polls at once), for one safety interval: a whole number of beat
+        # intervals, and the time in which the polls are owed once.
+        if not wait_until(
+            lambda: all(hb.status().beats_ok >= 2 for hb in hbs), 2 * cfg.idle_interval + 30
+        ):
+            raise RuntimeError("the Heartbeats did not beat twice")
+        pause(min(0.5, cfg.idle_interval / 4))
+        began = time.monotonic()
+        pause(cfg.idle_safety)
+        ended = time.monotonic()
+        connected = sum(1 for hb in hbs if (s := hb.status().stream) is not None and s.connected)
+    finally:
+        for hb in hbs:
+            hb.stop()
+    counts = [_requests_in(fp, c[0], began, ended) for c in creds]
+    return {"counts": counts, "seconds": ended - began, "connected": connected}
+
+
+def _per_minute(counts: dict[str, int], seconds: float, workspaces: int) -> float:
+    """Requests a minute a workspace, the stream's connects not counted."""
+    total = sum(n for route, n in counts.items() if route != "events")
+    return total / (seconds / 60) / workspaces
+
+
+def _routes(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {route}" for route, n in sorted(counts.items()) if route != "events")
+
+
 def bench_idle(cfg: Config, root: Path) -> list[Row]:
     """CPU and bytes per idle minute, the stream on beside the stream off, measured at once.
 
     ``idle_pairs`` pairs run side by side, each Heartbeat in a process of its own; the
     figures add the pairs up (one idle Heartbeat's CPU is a few ms a minute: one pair alone
-    is mostly noise).
+    is mostly noise). Meanwhile ``idle_pairs`` more Heartbeats with the stream, in this
+    process, are counted at the platform over one safety interval; then the safety poll's
+    delivery is measured with the stream silenced.
     """
     pairs = cfg.idle_pairs
     with RemotePlatform() as fp:
         creds = fp.add_workspaces(2 * pairs)
+        long_creds = fp.add_workspaces(pairs)
         results: dict[tuple[bool, int], Any] = {}
+        counted: dict[str, Any] = {}
+
+        def count_requests() -> None:
+            try:
+                counted.update(_idle_requests(fp, long_creds, cfg, root))
+            except Exception:
+                traceback.print_exc()
 
         def run(events: bool, i: int) -> None:
             c = creds[2 * i + (0 if events else 1)]
@@ -1160,12 +1282,21 @@ def bench_idle(cfg: Config, root: Path) -> list[Row]:
             for i in range(pairs)
             for events in (True, False)
         ]
+        threads.append(threading.Thread(target=count_requests))
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    if len(results) != 2 * pairs:
-        raise RuntimeError("an idle run failed")
+        if len(results) != 2 * pairs or not counted:
+            raise RuntimeError("an idle run failed")
+        pair_counts = {
+            (events, i): _requests_in(
+                fp, creds[2 * i + (0 if events else 1)][0], *results[(events, i)]["window"]
+            )
+            for events in (True, False)
+            for i in range(pairs)
+        }
+    safety_rows = _idle_safety(cfg, root)
     minutes = cfg.idle_seconds / 60 * pairs
 
     def total(events: bool, key: str) -> float:
@@ -1179,7 +1310,7 @@ def bench_idle(cfg: Config, root: Path) -> list[Row]:
     bytes_on, bytes_off = total(True, "bytes") / minutes, total(False, "bytes") / minutes
     context = f"interval {cfg.idle_interval:g} s, {pairs} x {cfg.idle_seconds:g} s idle"
     beats_on, beats_off = int(total(True, "beats")), int(total(False, "beats"))
-    return [
+    rows = [
         Row(
             "idle",
             "CPU per idle minute, stream off",
@@ -1214,6 +1345,95 @@ def bench_idle(cfg: Config, root: Path) -> list[Row]:
             bytes_on,
             f"{bytes_on:.0f} B (sent + received, {bytes_on - bytes_off:+.0f} B)",
         ),
+    ]
+    off = _merge([pair_counts[(False, i)] for i in range(pairs)])
+    on_pairs = _merge([pair_counts[(True, i)] for i in range(pairs)])
+    req_off = _per_minute(off, cfg.idle_seconds, pairs)
+    req_on_pairs = _per_minute(on_pairs, cfg.idle_seconds, pairs)
+    on = _merge(counted["counts"])
+    req_on = _per_minute(on, counted["seconds"], pairs)
+    rows += [
+        Row(
+            "idle",
+            "requests per idle minute per workspace, stream off",
+            req_off,
+            f"{req_off:.2f} ({_routes(off)}; the stream-off side of the pairs above)",
+            detail={"by_route": off},
+        ),
+        Row(
+            "idle",
+            "requests per idle minute per workspace, stream on, over one safety interval",
+            req_on,
+            f"{req_on:.2f} ({_routes(on)}; {pairs} workspaces x {counted['seconds']:.0f} s, "
+            f"interval {cfg.idle_interval:g} s, safety_poll_interval {cfg.idle_safety:g} s; "
+            f"stream connects in the window (not counted): {on.get('events', 0)}; "
+            f"{counted['connected']} of {pairs} streams up at the end)",
+            "<= 2.5",
+            2.5,
+            detail={
+                "by_route": on,
+                "per_workspace": counted["counts"],
+                "pairs_stream_on_per_minute": round(req_on_pairs, 3),
+                "pairs_stream_on_by_route": on_pairs,
+            },
+        ),
+    ]
+    return rows + safety_rows
+
+
+def _idle_safety(cfg: Config, root: Path) -> list[Row]:
+    """A result whose every event is lost: the safety interval's poll delivers it."""
+    interval, safety = cfg.safety_interval, cfg.safety_seconds
+    rng = random.Random(31)
+    values: list[float] = []
+    with RemotePlatform() as fp:
+        creds = fp.add_workspace()
+        workspace_id = creds[0]
+        peer, _ = fp.add_workspace()
+        hb = new_heartbeat(
+            fp.url, creds, root, interval_seconds=interval, safety_poll_interval=safety
+        )
+        tail = Tail(hb.results_path)
+        hb.start_thread()
+        try:
+            _ready(fp, hb, workspace_id)
+            for _ in range(cfg.safety_samples):
+                # Let one event through (a beat's), so that the silent stream is not taken for
+                # a dead one (its read timeout is max(3 intervals, 60 s)), then silence it.
+                fp.stall_streams(False, workspace_id)
+                beats0 = fp.count("heartbeat", workspace_id)
+                wait_until(
+                    lambda b=beats0: fp.count("heartbeat", workspace_id) > b, 3 * interval + 5
+                )
+                pause(0.05)  # the beat's event, on its way to the stream
+                fp.stall_streams(True, workspace_id)
+                pause(rng.uniform(0, safety))  # a random point between two safety polls
+                did = fp.add_delegation(
+                    workspace_id, target_id=peer, status="completed", response_preview="ok"
+                )
+                added = time.monotonic()
+                values.append(tail.wait_for(did, safety + 3 * interval + 10) - added)
+            stream = hb.status().stream
+            up = stream is not None and stream.connected
+        finally:
+            hb.stop()
+        polls = fp.times("delegations", workspace_id)
+    gaps = [b - a for a, b in zip(polls, polls[1:])]
+    top = max(values)
+    bound = 1 + interval / safety
+    return [
+        Row(
+            "idle",
+            "every event lost: result -> results file, max / safety interval",
+            top / safety,
+            f"{top / safety:.3f} ({top:.2f} s; p50 {statistics.median(values):.2f} s; "
+            f"{len(values)} results, safety_poll_interval {safety:g} s, interval {interval:g} s; "
+            f"largest gap between delegation polls {max(gaps, default=0):.2f} s; "
+            f"stream {'up' if up else 'down'} at the end)",
+            f"<= 1 (+1 interval: {bound:.2f})",
+            bound,
+            detail={"samples_s": [round(v, 3) for v in values], "poll_gaps_s": gaps},
+        )
     ]
 
 
@@ -1548,6 +1768,305 @@ def bench_messages(cfg: Config, root: Path) -> list[Row]:
     return rows
 
 
+# --- 9. Many workspaces on one hub ----------------------------------------------------------
+
+#: The HTTP watchdog is one thread per process, shared by every client (a lone Heartbeat's
+#: too): not counted among the hub's threads.
+WATCHDOG = "heartbeat-sync-watchdog"
+
+
+def library_threads() -> list[str]:
+    """Names of the library's threads alive in this process, the watchdog excepted."""
+    return [
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("heartbeat-sync") and t.name != WATCHDOG and t.is_alive()
+    ]
+
+
+def _kinds(names: Sequence[str]) -> dict[str, int]:
+    """Thread names without the workspace suffix (``heartbeat-sync-events-1a2b3c4d`` ->
+    ``heartbeat-sync-events``), counted."""
+    out: dict[str, int] = {}
+    for name in names:
+        head, _, tail = name.rpartition("-")
+        kind = head if len(tail) == 8 else name  # a pool's threads end in -0, -1, ...
+        out[kind] = out.get(kind, 0) + 1
+    return out
+
+
+def _hub_child(
+    conn: Connection,
+    url: str,
+    creds: list[tuple[str, str]],
+    root: str,
+    interval: float,
+    events: bool,
+    trace: bool,
+) -> None:
+    try:
+        home = Path(root)
+        files = [member_files(token, home) for _, token in creds]  # made before any count
+        if trace:
+            tracemalloc.start()
+        # Warm up with a hub of one workspace to its first beat, so that first-use costs
+        # (imports, caches, the allocator's arenas) are not charged to the workspaces.
+        warm = Hub(url, interval_seconds=interval, events=events)
+        warm.add(creds[0][0], **files[0])
+        warm.start()
+        wait_until(lambda: all(s.beats_ok >= 1 for s in warm.status().values()), 30)
+        warm.stop()
+        hub = Hub(url, interval_seconds=interval, events=events)
+        hub.start()
+        pause(0.2)
+        gc.collect()
+        rss0, threads0 = vm_rss_kib(), library_threads()
+        traced0 = tracemalloc.get_traced_memory()[0] if trace else 0
+        for (workspace_id, _), kwargs in zip(creds[1:], files[1:]):
+            hub.add(workspace_id, **kwargs)
+        ok = wait_until(lambda: all(s.beats_ok >= 2 for s in hub.status().values()), 60, 0.05)
+        gc.collect()
+        rss1, threads1 = vm_rss_kib(), library_threads()
+        traced1 = tracemalloc.get_traced_memory()[0] if trace else 0
+        shared = len(hub.threads())
+        t0 = time.monotonic()
+        stopped = hub.stop(5.0)
+        took = time.monotonic() - t0
+        conn.send(
+            (
+                True,
+                {
+                    "rss0": rss0,
+                    "rss1": rss1,
+                    "traced0": traced0,
+                    "traced1": traced1,
+                    "threads0": len(threads0),
+                    "threads1": len(threads1),
+                    "kinds": _kinds(threads1),
+                    "hub_threads": shared,
+                    "ok": ok,
+                    "stopped": stopped,
+                    "stop_seconds": took,
+                },
+            )
+        )
+    except Exception:
+        conn.send((False, traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def _stream_label(events: bool) -> str:
+    return "stream on (default)" if events else "events=False"
+
+
+def _hub_memory(cfg: Config, root: Path) -> list[Row]:
+    """Threads at each count, and memory at the largest, with the stream on and off."""
+    rows: list[Row] = []
+    n_max = max(cfg.hub_counts)
+    with RemotePlatform() as fp:
+        for events in (True, False):
+            label = _stream_label(events)
+            for n in cfg.hub_counts:
+                creds = fp.add_workspaces(n + 1)
+                got = run_in_child(
+                    _hub_child, fp.url, creds, str(root), cfg.hub_memory_interval, events, False
+                )
+                note = "" if got["ok"] else "; not all had beaten twice"
+                kinds = ", ".join(f"{k} {v}" for k, v in sorted(got["kinds"].items()))
+                rows.append(
+                    Row(
+                        "hub",
+                        f"library threads alive, {n} workspaces on one hub, {label}",
+                        float(got["threads1"]),
+                        f"{got['threads1']} ({kinds}; hub.threads() {got['hub_threads']}{note})",
+                        "<= 6",
+                        6.0,
+                        detail=got,
+                    )
+                )
+                if n != n_max:
+                    continue
+                rss = (got["rss1"] - got["rss0"]) / n
+                rows.append(
+                    Row(
+                        "hub",
+                        f"RSS per workspace, {n} on one hub, {label}",
+                        rss,
+                        f"{rss:.0f} KiB (process +{got['rss1'] - got['rss0']} KiB over an "
+                        f"empty started hub{note})",
+                        "< 60 KiB",
+                        60.0,
+                    )
+                )
+                creds = fp.add_workspaces(n + 1)
+                traced = run_in_child(
+                    _hub_child, fp.url, creds, str(root), cfg.hub_memory_interval, events, True
+                )
+                per = (traced["traced1"] - traced["traced0"]) / 1024 / n
+                rows.append(
+                    Row(
+                        "hub",
+                        f"traced Python memory per workspace, {n} on one hub, {label}",
+                        per,
+                        f"{per:.0f} KiB (tracemalloc, a run of its own; RSS there "
+                        f"{(traced['rss1'] - traced['rss0']) / n:.0f} KiB with tracemalloc's "
+                        f"own overhead)",
+                        detail=traced,
+                    )
+                )
+    return rows
+
+
+def _hub_cpu_run(
+    fp: RemotePlatform, root: Path, interval: float, n: int, intervals: int
+) -> tuple[float, int]:
+    """CPU per workspace-cycle of a hub of ``n`` (``n == 0``: one lone Heartbeat)."""
+    creds = fp.add_workspaces(max(1, n))
+    if n:
+        hub = Hub(fp.url, interval_seconds=interval)
+        for workspace_id, token in creds:
+            hub.add(workspace_id, **member_files(token, root))
+        hub.start()
+        stop: Callable[[], bool] = lambda: hub.stop(5.0)  # noqa: E731
+        beats = lambda: sum(s.beats_ok for s in hub.status().values())  # noqa: E731
+    else:
+        hb = new_heartbeat(fp.url, creds[0], root, interval_seconds=interval)
+        hb.start_thread()
+        stop = lambda: hb.stop(5.0)  # noqa: E731
+        beats = lambda: hb.status().beats_ok  # noqa: E731
+    try:
+        if not wait_until(lambda: beats() >= 2 * max(1, n), 2 * interval + 30, 0.05):
+            raise RuntimeError("the workspaces did not beat twice")
+        pause(interval / 4)
+        beats0, cpu0 = beats(), time.process_time()
+        pause(intervals * interval)
+        cpu1, beats1 = time.process_time(), beats()
+    finally:
+        stop()
+    return (cpu1 - cpu0) / max(1, beats1 - beats0), beats1 - beats0
+
+
+def _hub_cpu(cfg: Config, root: Path) -> list[Row]:
+    """CPU per workspace-cycle: a hub of ``hub_size`` against a lone Heartbeat, ABBA order."""
+    n, interval = cfg.hub_size, cfg.hub_cpu_interval
+    hub: list[float] = []
+    lone: list[float] = []
+    hub_beats = lone_beats = 0
+    with RemotePlatform() as fp:
+        for round_ in range(cfg.hub_cpu_rounds):
+            for kind in ("hub", "lone") if round_ % 2 == 0 else ("lone", "hub"):
+                if kind == "hub":
+                    cpu, beats = _hub_cpu_run(fp, root, interval, n, cfg.hub_cpu_intervals)
+                    hub.append(cpu)
+                    hub_beats += beats
+                else:
+                    cpu, beats = _hub_cpu_run(fp, root, interval, 0, cfg.hub_cpu_lone_intervals)
+                    lone.append(cpu)
+                    lone_beats += beats
+    hub_med, lone_med = statistics.median(hub), statistics.median(lone)
+    ratio = hub_med / lone_med
+    paired = statistics.median(h / x for h, x in zip(hub, lone))
+    return [
+        Row(
+            "hub",
+            f"CPU per workspace-cycle, {n} on one hub (median)",
+            hub_med,
+            f"{hub_med * 1e6:.0f} µs (runs {min(hub) * 1e6:.0f} to {max(hub) * 1e6:.0f} µs; "
+            f"{hub_beats} beats)",
+            detail={"hub_us": [round(x * 1e6, 1) for x in hub]},
+        ),
+        Row(
+            "hub",
+            "CPU per cycle, a lone Heartbeat (median)",
+            lone_med,
+            f"{lone_med * 1e6:.0f} µs (runs {min(lone) * 1e6:.0f} to {max(lone) * 1e6:.0f} µs; "
+            f"{lone_beats} beats)",
+            detail={"lone_us": [round(x * 1e6, 1) for x in lone]},
+        ),
+        Row(
+            "hub",
+            "CPU ratio hub / lone Heartbeat, per workspace-cycle",
+            ratio,
+            f"{ratio:.2f}x (median of paired runs {paired:.2f}x; {cfg.hub_cpu_rounds}+"
+            f"{cfg.hub_cpu_rounds} runs, interval {interval:g} s, stream on)",
+            f"<= 1.0x (+{HUB_CPU_TOLERANCE:.0%} noise)",
+            1.0 + HUB_CPU_TOLERANCE,
+            detail={"paired_ratio_median": round(paired, 3)},
+        ),
+    ]
+
+
+#: The CPU ratio's allowance for noise: runs of the same side differ by more than this.
+HUB_CPU_TOLERANCE = 0.05
+
+
+def _hub_spread(cfg: Config, root: Path) -> list[Row]:
+    """The beats of ``hub_size`` workspaces at the platform, then the hub's stop."""
+    n, interval = cfg.hub_size, cfg.hub_spread_interval
+    with RemotePlatform() as fp:
+        creds = fp.add_workspaces(n)
+        hub = Hub(fp.url, interval_seconds=interval)
+        for workspace_id, token in creds:
+            hub.add(workspace_id, **member_files(token, root))
+        gc.collect()
+        started = time.monotonic()
+        hub.start()
+        try:
+            pause(cfg.hub_spread_intervals * interval + 0.1)
+        finally:
+            t0 = time.monotonic()
+            stopped = hub.stop(timeout=HUB_STOP_TIMEOUT)
+            took = time.monotonic() - t0
+        alive = library_threads()
+        times = fp.times("heartbeat")
+    # The first beats come at once, within a quarter of the interval; the workspaces then move
+    # to their slots, which takes the second interval: the even spread is counted from the
+    # third on, and the second is shown apart.
+    begin, end = started + 2 * interval, started + cfg.hub_spread_intervals * interval
+    counted = [t for t in times if begin <= t < end]
+    ratio = spread(counted, begin, interval, cfg.hub_spread_intervals - 2)
+    second = [t for t in times if begin - interval <= t < begin]
+    moving = spread(second, begin - interval, interval, 1)
+    return [
+        Row(
+            "hub",
+            f"max/mean beats per 5% window from the third interval on, {n} on one hub",
+            ratio,
+            f"{ratio:.2f} ({n} x {interval:g} s, {len(counted)} beats in "
+            f"{cfg.hub_spread_intervals - 2} intervals)",
+            "<= 1.2",
+            1.2,
+        ),
+        Row(
+            "hub",
+            f"for comparison: the same in the second interval (moving to the slots), "
+            f"{n} on one hub",
+            moving,
+            f"{moving:.2f} ({len(second)} beats)",
+        ),
+        Row(
+            "hub",
+            f"hub.stop(timeout={HUB_STOP_TIMEOUT:g}) of {n} workspaces, wall time",
+            took if stopped else math.inf,
+            f"{took * 1e3:.0f} ms, returned {stopped} ({len(alive)} library threads left)",
+            f"<= {HUB_STOP_TIMEOUT:g} s, True",
+            HUB_STOP_TIMEOUT,
+            detail={"returned": stopped, "seconds": took, "left": alive},
+        ),
+    ]
+
+
+HUB_STOP_TIMEOUT = 5.0
+
+
+def bench_hub(cfg: Config, root: Path) -> list[Row]:
+    rows = _hub_memory(cfg, root)
+    rows += _hub_cpu(cfg, root)
+    rows += _hub_spread(cfg, root)
+    return rows
+
+
 # --- the table ------------------------------------------------------------------------------
 
 RUNNERS: dict[str, Callable[[Config, Path], list[Row]]] = {
@@ -1559,6 +2078,7 @@ RUNNERS: dict[str, Callable[[Config, Path], list[Row]]] = {
     "latency": bench_latency,
     "idle": bench_idle,
     "messages": bench_messages,
+    "hub": bench_hub,
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "run.py"
-BENCHMARKS = ("cpu", "cadence", "bytes", "memory", "fleet", "latency", "idle", "messages")
+BENCHMARKS = ("cpu", "cadence", "bytes", "memory", "fleet", "latency", "idle", "messages", "hub")
 # The figures each benchmark must print at least (a row per figure the issue asks for).
 FIGURES = (
     ("cpu", "ratio Heartbeat / floor"),
@@ -26,6 +26,9 @@ FIGURES = (
     ("latency", "results lost or duplicated"),
     ("idle", "CPU ratio stream on / off"),
     ("idle", "bytes per idle minute, stream on"),
+    ("idle", "requests per idle minute per workspace, stream off"),
+    ("idle", "requests per idle minute per workspace, stream on, over one safety interval"),
+    ("idle", "every event lost: result -> results file, max / safety interval"),
     ("messages", "a peer's message -> handler, with the event stream, p50"),
     ("messages", "a peer's message -> handler, with the event stream, p99"),
     ("messages", "a canvas user's message -> handler, with the event stream"),
@@ -36,6 +39,14 @@ FIGURES = (
     ("messages", "max_concurrent=1: client CPU per message"),
     ("messages", "max_concurrent=4: lost or duplicated"),
     ("messages", "inter-beat gap p99 / interval"),
+    ("hub", "on one hub, stream on (default)"),
+    ("hub", "on one hub, events=False"),
+    ("hub", "library threads alive"),
+    ("hub", "RSS per workspace"),
+    ("hub", "traced Python memory per workspace"),
+    ("hub", "CPU ratio hub / lone Heartbeat, per workspace-cycle"),
+    ("hub", "max/mean beats per 5% window from the third interval on"),
+    ("hub", "hub.stop(timeout=5)"),
 )
 
 
