@@ -119,9 +119,11 @@ def test_a_window_that_runs_low_defers_the_polls_never_the_beats() -> None:
     budget.observe(
         200, {"X-RateLimit-Limit": "100", "X-RateLimit-Remaining": "10", "X-RateLimit-Reset": "30"}
     )
-    assert budget.polls_from() == now[0] + 30  # the polls wait for the window to reset
+    # The polls wait for the window to reset: a second after it says, since the platform
+    # truncates its seconds (a poll sent at the moment said would meet the old window).
+    assert budget.polls_from() == now[0] + 30 + 1
     assert budget.held_until() < now[0]  # the beats do not
-    now[0] += 31
+    now[0] += 32
     assert budget.polls_from() <= now[0]
 
 
@@ -132,7 +134,7 @@ def test_polls_deferred_a_whole_window_go_once_so_that_results_still_come() -> N
     budget.join(1, 1.0)
     low = {"X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "50", "X-RateLimit-Reset": "59"}
     budget.observe(200, low)
-    assert budget.polls_from() == 159.0
+    assert budget.polls_from() == 160.0
     now[0] = 158.0
     budget.observe(200, low)  # a new window, as full of beats
     assert budget.polls_from() > now[0]
@@ -148,9 +150,9 @@ def test_a_429_holds_the_key_for_its_retry_after_and_the_polls_a_moment_longer()
     budget.observe(
         429, {"Retry-After": "20", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "20"}
     )
-    assert budget.held_until() == 120.0
-    assert budget.polls_from() > 120.0
-    now[0] = 121.5
+    assert budget.held_until() == 121.0  # Retry-After's whole seconds, and one for the rest
+    assert budget.polls_from() > 121.0
+    now[0] = 122.5
     budget.observe(
         200, {"X-RateLimit-Limit": "30", "X-RateLimit-Remaining": "29", "X-RateLimit-Reset": "59"}
     )
@@ -174,4 +176,4 @@ def test_headers_that_are_not_numbers_change_nothing() -> None:
     budget.observe(429, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})  # in the past
     assert budget.held_until() == 105.0  # no shorter than what holds already
     budget.observe(429, {"Retry-After": "86400"})  # capped at the platform's window
-    assert budget.held_until() == 160.0
+    assert budget.held_until() == 161.0

@@ -11,7 +11,6 @@ event stream costs one request when it opens.
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -54,7 +53,9 @@ class RateLimiter:
             if window is None or now - window.start >= self.window:
                 window = self._windows[key] = _Window(now)
             window.used += 1
-            reset = max(1, math.ceil(window.start + self.window - now))
+            # Whole seconds, truncated, as the platform says them (ratelimit.go:
+            # int(time.Until(reset).Seconds())): the window ends up to a second later.
+            reset = max(0, int(window.start + self.window - now))
             remaining = max(0, self.limit - window.used)
             added = {
                 "X-Ratelimit-Limit": str(self.limit),

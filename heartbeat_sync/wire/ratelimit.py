@@ -44,6 +44,10 @@ MAX_WAIT = 60.0
 MIN_HOLD = 1.0
 #: ... and this long when it says nothing of the wait (not the platform's: it always does).
 NO_RETRY_AFTER = 5.0
+#: The platform says its waits in whole seconds, truncated (``X-RateLimit-Reset`` and
+#: ``Retry-After`` of 57 mean 57 to 58 s): its window ends up to this much after it says, and
+#: a request sent at the moment said would still meet the old window (another 429).
+RESET_SLACK = 1.0
 #: Budgets kept at most (one per key ever seen; the oldest idle one goes first).
 MAX_BUDGETS = 4096
 
@@ -107,7 +111,7 @@ class Budget:
                 if self.remaining > self._reserve(now):
                     self._said_low = False
             if reset is not None:
-                self._reset_at = now + min(reset, MAX_WAIT)
+                self._reset_at = now + min(reset, MAX_WAIT) + RESET_SLACK
             if status != 429:
                 if now >= self._hold_until:
                     self._said_hold = False
@@ -115,8 +119,10 @@ class Budget:
             self.refusals += 1
             wait = parse_retry_after(headers.get("Retry-After"))  # seconds, or an HTTP date
             if wait is None:
-                wait = reset if reset is not None else NO_RETRY_AFTER
-            until = now + min(max(wait, MIN_HOLD), MAX_WAIT)
+                wait = reset
+            # The platform's whole seconds, and the slack they need; nothing said: a guess.
+            wait = NO_RETRY_AFTER if wait is None else min(wait, MAX_WAIT) + RESET_SLACK
+            until = now + max(wait, MIN_HOLD)
             if until > self._hold_until:
                 self._hold_until = until
             said = self._said_hold
@@ -178,7 +184,8 @@ class Budget:
         left = max(0.0, self._reset_at - now)
         # Each member's beats until the reset, and room for a poll of each (two requests) that
         # may already be on its way: members decide at the same moment on the same count.
-        beats = sum(math.floor(left / interval) for interval in self._members.values())
+        # At most ceil(left / interval) beats fall in ``left`` seconds, wherever the slots are.
+        beats = sum(math.ceil(left / interval) for interval in self._members.values())
         return beats + POLL_MARGIN * max(1, len(self._members))
 
 

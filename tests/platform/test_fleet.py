@@ -3,6 +3,7 @@ alone), and a fleet of one organisation under a low rate limit (no 429 storm, no
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from pathlib import Path
@@ -73,13 +74,14 @@ def test_with_the_stream_up_an_idle_cycle_is_the_beat_alone(
     assert idle["delegations"] == idle["activity"] == idle["state"] == 0, idle
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(400)
 def test_a_fleet_of_one_organisation_under_a_low_limit_loses_nothing(
-    limited_platform: RealPlatform, tmp_path: Path
+    limited_platform: RealPlatform, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Twenty workspaces of one organisation (one bucket, ``X-Molecule-Org-Id``) beating every
     5 s under a limit of 400 a minute: their beats alone take 240, so the polls wait whenever
     the window runs low, a 429 holds them all, and every result still arrives, once."""
+    caplog.set_level(logging.INFO, logger="heartbeat_sync")  # what a failure shows
     real = limited_platform
     sender, sender_token = real.create_workspace("fleet-sender")
     members: list[tuple[str, str]] = []
@@ -111,9 +113,11 @@ def test_a_fleet_of_one_organisation_under_a_low_limit_loses_nothing(
         for ws_id, _ in members:
             reply = real.peer_message(ws_id, sender, sender_token, f"report for {ws_id[:8]}")
             assert reply.status_code == 200, reply.text
+        # A poll may wait for the window's reset (up to a minute), and the first window is
+        # the start's: generous for a loaded machine.
         assert wait_until(
-            lambda: all(hb.status().results_delivered == 1 for hb in hbs), timeout=120
-        )
+            lambda: all(hb.status().results_delivered == 1 for hb in hbs), timeout=150
+        ), [hb.status() for hb in hbs if hb.status().results_delivered != 1]
         beats = [hb.status().beats_ok for hb in hbs]
         assert wait_until(
             lambda: all(hb.status().beats_ok >= b + 2 for hb, b in zip(hbs, beats)), timeout=60

@@ -102,9 +102,13 @@ def test_a_message_logged_twice_behind_a_busy_agent_is_delivered_once(
     b, tb = real_platform.create_workspace("queued-from")
     first = real_platform.peer_message(a, b, tb, "waiting for you")
     assert first.status_code == 202, first.text
-    rows = real_platform.activity(a, ta, type="a2a_receive")
-    summaries = sorted(r["summary"].rsplit("(", 1)[-1] for r in rows)
-    assert summaries == ["ingest)", "queued: target busy)"], rows
+
+    def summaries() -> list[str]:
+        rows = real_platform.activity(a, ta, type="a2a_receive")
+        return sorted(r["summary"].rsplit("(", 1)[-1] for r in rows)
+
+    # The second row is written after the 202, as the server queues the message.
+    assert wait_until(lambda: summaries() == ["ingest)", "queued: target busy)"]), summaries()
     write_token(hb_files["configs_dir"], ta)
     with _heartbeat(real_platform, a, hb_files, register=True, self_message_cooldown=3600.0) as hb:
         assert wait_until(lambda: len(_results(hb_files)) >= 1)
