@@ -602,8 +602,16 @@ def test_a_rotation_announced_on_the_stream_has_the_next_request_read_the_new_to
     hb = make_hb(interval_seconds=30.0)
     hb.start_thread()
     assert wait_until(lambda: _stream_open(platform, ws, hb))
-    # The first cycle is over (its polls, then the team's lookup): nothing is sent until asked.
+    # The first cycle is over (its polls, then the team's lookup), and so are the polls the
+    # stream asked for when it opened (a forced cycle does them, whenever the stream came):
+    # nothing is sent until asked.
     assert platform.wait_for_requests("peers", 1)
+    hb.beat_now()
+    assert platform.wait_for(lambda: len(platform.heartbeats(ws.id)) >= 2)
+    second = platform.requests_for("heartbeat", ws.id)[1].time
+    assert platform.wait_for(
+        lambda: any(r.time > second for r in platform.requests_for("activity", ws.id))
+    )
     token = platform.rotate_token(ws.id)
     (tmp_path / "configs" / ".auth_token").write_text(token)
     read = _stream(hb).events
@@ -611,7 +619,7 @@ def test_a_rotation_announced_on_the_stream_has_the_next_request_read_the_new_to
     platform.emit_event(ws.id, "EXTERNAL_CREDENTIALS_ROTATED", {"workspace_id": ws.id})
     assert wait_until(lambda: _stream(hb).events > read)
     hb.beat_now()
-    assert platform.wait_for(lambda: len(platform.heartbeats(ws.id)) >= 2)
+    assert platform.wait_for(lambda: len(platform.heartbeats(ws.id)) >= 3)
     after = platform.requests[sent:]
     beats = [r for r in after if r.route == "heartbeat"]
     assert beats and beats[0].headers["authorization"] == f"Bearer {token}"
