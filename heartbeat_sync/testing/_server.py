@@ -53,6 +53,9 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def setup(self) -> None:
+        # The connection's thread says whose it is (a thread dump, a test counting threads);
+        # socketserver leaves it "Thread-N".
+        threading.current_thread().name = f"FakePlatform:{self.server.server_address[1]} connection"
         super().setup()
         self.server.serving.track(self.connection)
 
