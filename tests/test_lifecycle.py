@@ -164,3 +164,20 @@ def test_stop_is_bounded_while_a_poll_hangs(
     # The interrupted GET is not retried (a retry would reconnect and hang again).
     assert len(platform.requests_for(route)) == 1
     assert not [m for m in logs.messages(logging.WARNING) if "poll failed" in m]
+
+
+def test_a_hint_that_comes_while_a_state_check_is_in_flight_is_not_lost() -> None:
+    """The stream announces a hibernation while a state check's request (sent before it) is
+    on its way: the check's "online" must not clear the hint, or with the stream up (no
+    periodic checks) the pause would go unseen."""
+    from heartbeat_sync.loop.lifecycle import ACTIVE, Lifecycle, Observation
+
+    life = Lifecycle(None)
+    life.hint()  # the stream opened: look
+    mark = life.hints_seen()  # the check's request goes out
+    life.hint()  # WORKSPACE_HIBERNATED arrives meanwhile
+    life.update(Observation(kind=ACTIVE, status="online"), since=mark)
+    assert life.hinted and life.due(periodic=False)
+    # A check sent after the last hint settles it.
+    life.update(Observation(kind=ACTIVE, status="online"), since=life.hints_seen())
+    assert not life.hinted and not life.due(periodic=False)

@@ -458,10 +458,12 @@ class Cycle:
         self, client: PlatformClient, seen: _lifecycle.Observation | None = None
     ) -> str:
         """Ask the platform (unless ``seen`` says already) and return the workspace's kind."""
+        since = None
         if seen is None:
+            since = self._life.hints_seen()  # a hint during the request is kept
             seen = _lifecycle.probe(client)
         self._checked = True
-        old, new = self._life.update(seen)
+        old, new = self._life.update(seen, since)
         if new == old:
             return new
         if new == _lifecycle.REMOVED:

@@ -136,6 +136,7 @@ class Lifecycle:
         self.kind = ACTIVE
         self.platform_status: str | None = None
         self._hinted = False
+        self._hints = 0  # hints so far: a check clears only those that came before it
         self._last_check = clock()
 
     @property
@@ -152,6 +153,13 @@ class Lifecycle:
         """Something suggests the state changed: check at the next opportunity."""
         with self._lock:
             self._hinted = True
+            self._hints += 1
+
+    def hints_seen(self) -> int:
+        """How many hints came so far: a check takes it before its request, and gives it to
+        :meth:`update`, so that a hint that came while the request was on its way stays."""
+        with self._lock:
+            return self._hints
 
     @property
     def hinted(self) -> bool:
@@ -173,10 +181,14 @@ class Lifecycle:
             every = self.check_every
             return every is not None and self._clock() - self._last_check >= every
 
-    def update(self, seen: Observation) -> tuple[str, str]:
-        """Record a check's outcome; return (old kind, new kind). Unknown changes nothing."""
+    def update(self, seen: Observation, since: int | None = None) -> tuple[str, str]:
+        """Record a check's outcome; return (old kind, new kind). Unknown changes nothing.
+        ``since`` is :meth:`hints_seen` from before the check's request: a hint that came
+        later (an event announcing a change the answer may predate) still asks for a check.
+        None: the answer settles every hint."""
         with self._lock:
-            self._hinted = False
+            if since is None or since >= self._hints:
+                self._hinted = False
             self._last_check = self._clock()
             old = self.kind
             if seen.kind != UNKNOWN and old != REMOVED:
