@@ -70,8 +70,10 @@ def test_a_429_holds_every_request_of_the_organisation_then_the_beats_go_first(
     assert sum(did in line for line in results) == 1
     said = [m for m in logs.messages(logging.WARNING) if "rate limit reached" in m]
     assert len(said) == 1 and ORG in said[0]
-    # At most the one beat each member had on its way when the first 429 came.
-    assert len(_refused_to_members(platform)) <= len(hbs)
+    # No storm: at most the request each member had on its way when the first 429 came, and
+    # one more each at a window's edge (the platform's seconds are truncated: a request sent
+    # in the last fraction of a second may still meet the spent window).
+    assert len(_refused_to_members(platform)) <= 2 * len(hbs)
 
 
 def test_a_fleet_under_a_low_limit_beats_on_and_polls_between_windows(
