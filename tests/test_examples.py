@@ -148,6 +148,7 @@ def test_external_agent_standalone_registers_works_and_ends_when_removed(tmp_pat
     assert done.returncode == 0, done.stderr
     out = done.stdout.splitlines()
     assert "registered: delivery mode poll, new token issued: False" in out
+    assert "state: starting -> healthy" in out, done.stdout  # what it said instead, if not
     assert out.index("state: starting -> healthy") < out.index("result: [completed] 42 rows")
     assert out.index("result: [completed] 42 rows") < out.index("state: healthy -> removed")
     assert "1 result(s) consumed" in out
