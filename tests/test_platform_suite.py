@@ -49,8 +49,10 @@ def test_ci_runs_the_integration_suite_once_against_both_generations() -> None:
     export = ci.index("export HEARTBEAT_SYNC_PLATFORM")
     # CI has the servers' folders beside the checkout; only .ci/run names them, each labelled.
     assert ci[export - 1] == 'HEARTBEAT_SYNC_PLATFORM="2026-05=$MAY:2026-08=$AUGUST"'
-    assert 'MAY="$(cd ../shared/platform && pwd -P)"' in ci
-    assert 'AUGUST="$(cd ../shared/platform-2026-08 && pwd -P)"' in ci
+    # Each label's folder is resolved to an absolute path before it is exported.
+    for label in ("MAY", "AUGUST"):
+        line = next(x for x in ci if x.startswith(f'{label}="$(cd '))
+        assert line.endswith(' && pwd -P)"'), line
     # Set before the README's test command, which runs the whole suite (tests/platform too)...
     tests = next(i for i, line in enumerate(ci) if line.endswith(".venv/bin/python -m pytest"))
     assert export < tests
